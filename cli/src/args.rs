@@ -1,0 +1,134 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "dedisk",
+    version,
+    about = "Deduplicating block-level backup of virtual-machine disks",
+    after_help = "Exit codes: 0 success, 1 error, 2 command-line usage error, 3 finished with warnings."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args)]
+pub struct Global {
+    /// Repository directory.
+    #[arg(long, global = true, env = "DEDISK_REPO", value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout (no progress bar).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bar.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up one VM's disks into a new snapshot.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// Restore a snapshot's disk to a file or block device.
+    Restore(RestoreArgs),
+    /// Show repository size, deduplication and compression.
+    Stats,
+    /// Rebuild derived data from what the repository holds.
+    Repair {
+        #[command(subcommand)]
+        what: RepairWhat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ChunkerArg {
+    AlignedCdc,
+    Fastcdc,
+    Fixed,
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Where to create the repository (or --repo).
+    pub path: Option<PathBuf>,
+    /// Chunking algorithm (fixed for the repository's lifetime).
+    #[arg(long, value_enum, default_value = "aligned-cdc")]
+    pub chunker: ChunkerArg,
+    /// Smallest chunk, in KiB.
+    #[arg(long, value_name = "KIB")]
+    pub chunk_min: Option<u32>,
+    /// Target average chunk, in KiB.
+    #[arg(long, value_name = "KIB")]
+    pub chunk_avg: Option<u32>,
+    /// Largest chunk, in KiB.
+    #[arg(long, value_name = "KIB")]
+    pub chunk_max: Option<u32>,
+    /// zstd compression level for new chunks (1-19).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression_level: i32,
+    /// Target pack file size, in MiB.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub pack_size: u64,
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    /// VM name the snapshot belongs to.
+    #[arg(long)]
+    pub name: String,
+    /// Tag for the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Disks: PATH, LABEL=PATH, or - for a raw stream on stdin.
+    #[arg(required = true, value_name = "DISK")]
+    pub disks: Vec<String>,
+    /// Small file to keep with the snapshot (domain XML, .cfg, NVRAM); repeatable.
+    #[arg(long = "meta", value_name = "FILE")]
+    pub meta: Vec<PathBuf>,
+    /// Hash/compress threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Read through the page cache instead of O_DIRECT.
+    #[arg(long)]
+    pub no_direct: bool,
+}
+
+#[derive(Args)]
+pub struct SnapshotsArgs {
+    /// Only this VM's snapshots.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// SNAPSHOT[:LABEL]: an id prefix, `latest` or `VM@latest`; LABEL picks a disk or metadata file.
+    pub snapshot: String,
+    /// File or block device to write; a directory when the snapshot has several disks and no LABEL is given.
+    pub target: PathBuf,
+    /// Overwrite an existing target file.
+    #[arg(long)]
+    pub force: bool,
+    /// Restore threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Subcommand)]
+pub enum RepairWhat {
+    /// Rebuild the SQLite index from the pack files.
+    Index,
+}

@@ -1,0 +1,447 @@
+//! One function per subcommand: parse what the user gave, call the engine, print.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use engine::backup::{backup, BackupOptions, DiskInput, MetaInput};
+use engine::restore::restore_disk;
+use engine::select::{resolve_snapshot, split_label};
+use repo_format::{ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, Repository};
+
+use crate::args::*;
+use crate::output::{self, bytes, rate};
+use crate::progress::Bar;
+
+/// What a command reports besides its output.
+#[derive(Default)]
+pub struct Outcome {
+    /// Things the user should know; exit code 3 when non-empty.
+    pub warnings: Vec<String>,
+}
+
+fn repo_path(g: &Global) -> Result<&Path> {
+    g.repo
+        .as_deref()
+        .context("no repository given: pass --repo REPO or set DEDISK_REPO")
+}
+
+/// Opens the repository, turning what opening had to repair into warnings.
+fn open_repo(g: &Global, out: &mut Outcome) -> Result<Repository> {
+    let path = repo_path(g)?;
+    let repo =
+        Repository::open(path).with_context(|| format!("opening repository {}", path.display()))?;
+    let r = repo.index_repair;
+    if r.rebuilt {
+        out.warnings.push(format!(
+            "the index was missing or unusable and was rebuilt from {} packs",
+            r.packs_added
+        ));
+    }
+    if r.packs_dropped > 0 {
+        out.warnings.push(format!(
+            "{} pack(s) listed in the index are missing on disk",
+            r.packs_dropped
+        ));
+    }
+    Ok(repo)
+}
+
+pub fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
+    let path = a
+        .path
+        .as_deref()
+        .or(g.repo.as_deref())
+        .context("where? give `dedisk init REPO` or --repo")?;
+    let algorithm = match a.chunker {
+        ChunkerArg::AlignedCdc => ChunkerAlgorithm::AlignedCdc,
+        ChunkerArg::Fastcdc => ChunkerAlgorithm::Fastcdc,
+        ChunkerArg::Fixed => ChunkerAlgorithm::Fixed,
+    };
+    let mut chunker = ChunkerParams {
+        algorithm,
+        ..ChunkerParams::default()
+    };
+    if let Some(k) = a.chunk_min {
+        chunker.min_bytes = k.saturating_mul(1024);
+    }
+    if let Some(k) = a.chunk_avg {
+        chunker.avg_bytes = k.saturating_mul(1024);
+    }
+    if let Some(k) = a.chunk_max {
+        chunker.max_bytes = k.saturating_mul(1024);
+    }
+    chunker.zero_run_min_bytes = chunker
+        .zero_run_min_bytes
+        .min(chunker.min_bytes.max(chunker.align_bytes));
+    chunker.zero_run_min_bytes -= chunker.zero_run_min_bytes % chunker.align_bytes;
+    if let Err(e) = chunker.validate() {
+        bail!("invalid chunk sizes: {e}");
+    }
+    let compression = CompressionParams {
+        level: a.compression_level,
+        ..CompressionParams::default()
+    };
+    let config = RepoConfig::new(chunker, compression, a.pack_size << 20)?;
+    let repo = Repository::init(path, config)
+        .with_context(|| format!("creating repository {}", path.display()))?;
+    let c = repo.config();
+    if g.json {
+        output::json(&json!({"type": "init", "repo": path, "config": c}));
+    } else {
+        output::line(format!(
+            "created repository {} (id {}, chunker {} {}/{}/{} KiB, zstd level {})",
+            path.display(),
+            c.repo_id.short(),
+            c.chunker.algorithm,
+            c.chunker.min_bytes / 1024,
+            c.chunker.avg_bytes / 1024,
+            c.chunker.max_bytes / 1024,
+            c.compression.level
+        ));
+    }
+    Ok(Outcome::default())
+}
+
+/// `LABEL=PATH` or `PATH` (label = file name) or `-` (label `stdin`).
+fn parse_disk(spec: &str) -> (String, String) {
+    if let Some((label, path)) = spec.split_once('=') {
+        if !label.is_empty() && !label.contains('/') {
+            return (label.to_string(), path.to_string());
+        }
+    }
+    if spec == "-" {
+        return ("stdin".into(), spec.into());
+    }
+    let label = Path::new(spec)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| spec.to_string());
+    (label, spec.to_string())
+}
+
+pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let mut disks = Vec::new();
+    let mut stdin_used = false;
+    for spec in &a.disks {
+        let (label, path) = parse_disk(spec);
+        if path == "-" {
+            if stdin_used {
+                bail!("only one disk can come from stdin");
+            }
+            stdin_used = true;
+        }
+        let source = engine::source::open_source(&path, !a.no_direct)
+            .with_context(|| format!("opening disk {label}"))?;
+        disks.push(DiskInput { label, source });
+    }
+    let meta = a
+        .meta
+        .iter()
+        .map(|p| MetaInput {
+            name: p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: p.clone(),
+        })
+        .collect();
+    let opts = BackupOptions {
+        name: a.name.clone(),
+        tags: a.tags.clone(),
+        workers: a.workers.unwrap_or_else(engine::default_workers),
+    };
+    let bar = Bar::new(!g.json && !g.quiet);
+    let done = backup(&repo, disks, meta, &opts, &bar)
+        .context("backup failed; no snapshot was written")?;
+    let s = &done.snapshot;
+    if g.json {
+        output::json(&json!({
+            "type": "summary",
+            "snapshot": done.id,
+            "name": s.name,
+            "time": s.time,
+            "tags": s.tags,
+            "disks": s.disks.iter().map(|d| json!({
+                "label": d.label, "source": d.source, "size_bytes": d.size_bytes, "stats": d.stats,
+            })).collect::<Vec<_>>(),
+            "meta": s.meta.iter().map(|m| json!({"name": m.name, "size_bytes": m.size_bytes})).collect::<Vec<_>>(),
+        }));
+    } else {
+        output::line(format!(
+            "snapshot {} saved ({} {})",
+            done.id.short(),
+            s.name,
+            output::time(s.time)
+        ));
+        for d in &s.disks {
+            let st = &d.stats;
+            output::line(format!(
+                "  {}: size {}, read {}, holes {}, new {} -> {} stored, {} chunks ({} new), {} in {:.1}s ({})",
+                d.label,
+                bytes(d.size_bytes),
+                bytes(st.read_bytes),
+                bytes(st.hole_bytes),
+                bytes(st.new_bytes),
+                bytes(st.new_stored_bytes),
+                st.chunks,
+                st.new_chunks,
+                bytes(d.size_bytes),
+                st.seconds,
+                rate(d.size_bytes, st.seconds)
+            ));
+        }
+        for m in &s.meta {
+            output::line(format!("  meta {}: {}", m.name, bytes(m.size_bytes)));
+        }
+    }
+    Ok(out)
+}
+
+pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let mut rows = Vec::new();
+    for r in repo.list_snapshots()? {
+        match r {
+            Ok((id, s)) if a.name.as_ref().is_none_or(|n| *n == s.name) => rows.push((id, s)),
+            Ok(_) => {}
+            Err(e) => out.warnings.push(e.to_string()),
+        }
+    }
+    if g.json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(id, s)| {
+                json!({
+                    "id": id, "time": s.time, "name": s.name, "hostname": s.hostname, "tags": s.tags,
+                    "size_bytes": s.size_bytes(),
+                    "disks": s.disks.iter().map(|d| json!({"label": d.label, "size_bytes": d.size_bytes, "new_stored_bytes": d.stats.new_stored_bytes})).collect::<Vec<_>>(),
+                    "meta": s.meta.iter().map(|m| &m.name).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        output::json(&json!({"type": "snapshots", "version": 1, "snapshots": list}));
+        return Ok(out);
+    }
+    output::line(format!(
+        "{:<10} {:<19} {:<16} {:<12} {:>11} {:>11}  DISKS",
+        "ID", "TIME", "VM", "TAGS", "SIZE", "ADDED"
+    ));
+    for (id, s) in &rows {
+        let added: u64 = s.disks.iter().map(|d| d.stats.new_stored_bytes).sum();
+        output::line(format!(
+            "{:<10} {:<19} {:<16} {:<12} {:>11} {:>11}  {}",
+            id.short(),
+            output::time(s.time),
+            s.name,
+            s.tags.join(","),
+            bytes(s.size_bytes()),
+            bytes(added),
+            s.disks
+                .iter()
+                .map(|d| d.label.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    output::line(format!("{} snapshot(s)", rows.len()));
+    Ok(out)
+}
+
+pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let (spec, label) = split_label(&a.snapshot);
+    let (id, snap) = resolve_snapshot(&repo, spec)?;
+    let workers = a.workers.unwrap_or_else(engine::default_workers);
+    // (label, manifest, target path)
+    let mut jobs: Vec<(String, repo_format::ManifestRoot, PathBuf)> = Vec::new();
+    match label {
+        Some(label) => {
+            let manifest = snap
+                .disks
+                .iter()
+                .find(|d| d.label == label)
+                .map(|d| d.manifest)
+                .or_else(|| {
+                    snap.meta
+                        .iter()
+                        .find(|m| m.name == label)
+                        .map(|m| m.manifest)
+                });
+            let Some(manifest) = manifest else {
+                let available: Vec<_> = snap
+                    .disks
+                    .iter()
+                    .map(|d| d.label.as_str())
+                    .chain(snap.meta.iter().map(|m| m.name.as_str()))
+                    .collect();
+                return Err(engine::Error::NoSuchDisk {
+                    snapshot: id.short(),
+                    label: label.into(),
+                    available: available.join(", "),
+                }
+                .into());
+            };
+            jobs.push((label.to_string(), manifest, a.target.clone()));
+        }
+        None if snap.disks.len() == 1 && snap.meta.is_empty() => {
+            let d = &snap.disks[0];
+            jobs.push((d.label.clone(), d.manifest, a.target.clone()));
+        }
+        None => {
+            // Several disks (or metadata): the target is a directory that receives them all.
+            std::fs::create_dir_all(&a.target)
+                .with_context(|| format!("creating directory {}", a.target.display()))?;
+            for d in &snap.disks {
+                jobs.push((
+                    d.label.clone(),
+                    d.manifest,
+                    a.target.join(format!("{}.raw", d.label)),
+                ));
+            }
+            for m in &snap.meta {
+                jobs.push((m.name.clone(), m.manifest, a.target.join(&m.name)));
+            }
+        }
+    }
+    let bar = Bar::new(!g.json && !g.quiet);
+    let mut reports = Vec::new();
+    for (label, manifest, target) in jobs {
+        let short = id.short();
+        let req = engine::restore::RestoreRequest {
+            snapshot: &short,
+            label: &label,
+            manifest: &manifest,
+            target: &target,
+            force: a.force,
+            workers,
+        };
+        let report = restore_disk(&repo, &req, &bar);
+        let report = match report {
+            Err(engine::Error::Damaged { snapshot, damage }) => {
+                for d in &damage {
+                    eprintln!("dedisk: damaged: snapshot {snapshot} {d}");
+                }
+                bail!(
+                    "restore of snapshot {snapshot} disk {label} found {} damaged chunk(s); the partial disk (damaged ranges zeroed) was kept beside {}",
+                    damage.len(),
+                    target.display()
+                );
+            }
+            r => r.with_context(|| {
+                format!(
+                    "restoring snapshot {} disk {label} to {}",
+                    id.short(),
+                    target.display()
+                )
+            })?,
+        };
+        if !g.json {
+            output::line(format!(
+                "restored {} disk {} -> {}: {} ({} data, {} holes) in {:.1}s ({})",
+                id.short(),
+                label,
+                target.display(),
+                bytes(report.size_bytes),
+                bytes(report.written_bytes),
+                bytes(report.hole_bytes),
+                report.seconds,
+                rate(report.size_bytes, report.seconds)
+            ));
+        }
+        reports.push(json!({"label": label, "report": report}));
+    }
+    if g.json {
+        output::json(&json!({"type": "restore", "snapshot": id, "disks": reports}));
+    }
+    Ok(out)
+}
+
+pub fn stats(g: &Global) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let t = repo.index()?.totals()?;
+    let (mut snapshots, mut logical, mut data) = (0u64, 0u64, 0u64);
+    for r in repo.list_snapshots()? {
+        match r {
+            Ok((_, s)) => {
+                snapshots += 1;
+                logical += s.size_bytes();
+                data += s.disks.iter().map(|d| d.stats.data_bytes).sum::<u64>();
+            }
+            Err(e) => out.warnings.push(e.to_string()),
+        }
+    }
+    let index_bytes: u64 = ["", "-wal"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(format!("{}{s}", repo.index_path().display())).ok())
+        .map(|m| m.len())
+        .sum();
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let dedup = ratio(data, t.data_raw_bytes);
+    let compression = ratio(t.data_raw_bytes, t.data_stored_bytes);
+    if g.json {
+        output::json(&json!({
+            "type": "stats", "snapshots": snapshots, "logical_bytes": logical, "referenced_data_bytes": data,
+            "unique_bytes": t.data_raw_bytes, "stored_bytes": t.pack_bytes, "chunks": t.data_blobs,
+            "manifest_nodes": t.node_blobs, "packs": t.packs, "index_bytes": index_bytes,
+            "dedup_ratio": dedup, "compression_ratio": compression,
+        }));
+    } else {
+        output::line(format!("snapshots:          {snapshots}"));
+        output::line(format!(
+            "logical size:       {} (virtual disk sizes)",
+            bytes(logical)
+        ));
+        output::line(format!(
+            "referenced data:    {} (excluding holes)",
+            bytes(data)
+        ));
+        output::line(format!(
+            "unique data:        {} in {} chunks",
+            bytes(t.data_raw_bytes),
+            t.data_blobs
+        ));
+        output::line(format!(
+            "stored:             {} in {} packs",
+            bytes(t.pack_bytes),
+            t.packs
+        ));
+        output::line(format!(
+            "manifests:          {} nodes, {}",
+            t.node_blobs,
+            bytes(t.node_stored_bytes)
+        ));
+        output::line(format!("index:              {}", bytes(index_bytes)));
+        output::line(format!("dedup ratio:        {dedup:.2}x"));
+        output::line(format!("compression ratio:  {compression:.2}x"));
+        output::line(format!(
+            "overall:            {:.2}x (logical / stored)",
+            ratio(logical, t.pack_bytes)
+        ));
+    }
+    Ok(out)
+}
+
+pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
+    match what {
+        RepairWhat::Index => {
+            let path = repo_path(g)?;
+            // Opening may itself rebuild a broken index; rebuild explicitly either way.
+            let repo = Repository::open(path)
+                .with_context(|| format!("opening repository {}", path.display()))?;
+            let r = repo.rebuild_index().context("rebuilding the index")?;
+            if g.json {
+                output::json(&json!({"type": "repair-index", "packs": r.packs_added}));
+            } else {
+                output::line(format!("index rebuilt from {} pack(s)", r.packs_added));
+            }
+            Ok(Outcome::default())
+        }
+    }
+}

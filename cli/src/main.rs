@@ -1,0 +1,61 @@
+//! `dedisk`: the command-line edge. Parses arguments, sets up logging, runs one command,
+//! prints the error chain once and maps the outcome to a documented exit code.
+
+mod args;
+mod commands;
+mod output;
+mod progress;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+
+/// Exit codes (documented in README.md).
+const EXIT_ERROR: i32 = 1;
+const EXIT_WARNINGS: i32 = 3;
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+
+    let g = &cli.global;
+    let result = match &cli.command {
+        Command::Init(a) => commands::init(g, a),
+        Command::Backup(a) => commands::backup_cmd(g, a),
+        Command::Snapshots(a) => commands::snapshots(g, a),
+        Command::Restore(a) => commands::restore(g, a),
+        Command::Stats => commands::stats(g),
+        Command::Repair { what } => commands::repair(g, what),
+    };
+    match result {
+        Ok(outcome) if outcome.warnings.is_empty() => {}
+        Ok(outcome) => {
+            for w in &outcome.warnings {
+                eprintln!("dedisk: warning: {w}");
+            }
+            std::process::exit(EXIT_WARNINGS);
+        }
+        Err(e) => {
+            // One line: the context chain, outermost first.
+            // Library errors often include their cause in their own text; skip a cause
+            // already said by the message before it.
+            let mut chain: Vec<String> = Vec::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !chain.last().is_some_and(|prev| prev.contains(&cause)) {
+                    chain.push(cause);
+                }
+            }
+            eprintln!("dedisk: error: {}", chain.join(": "));
+            std::process::exit(EXIT_ERROR);
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! The backup pipeline: read -> cut -> hash + compress (parallel) -> pack writer.
+//!
+//! ```text
+//!  reader ──pieces──▶ cutter ──chunks──▶ N hash/compress workers ──done──▶ writer
+//!    ▲                  │                  (skip chunks the index knows)    (this thread:
+//!    └──── buffer pool ─┘                                                  packs, index,
+//!                                                                          manifest tree)
+//! ```
+//!
+//! Every channel is bounded, so memory stays flat whatever the disk size: a few read
+//! buffers, a few dozen chunks in flight, one open pack, one open manifest node per tree
+//! level. A failing stage returns its error and drops its channels; the others see the
+//! closed channel and stop; the driver joins every thread and reports the root cause.
+//!
+//! Write order (FORMAT.md, "Write order"): packs are made durable and indexed as they
+//! fill; the snapshot file is written last. A backup killed at any moment leaves at most
+//! unreferenced packs (reused by the next backup through the index) and a temporary file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use repo_format::blob::BlobKind;
+use repo_format::{
+    BlobEncoder, BlobId, DiskStats, EncodedBlob, Extent, Index, ManifestBuilder, ManifestRoot,
+    Node, PackWriter, Repository, Snapshot, SnapshotDisk, SnapshotId, SnapshotMeta,
+};
+
+use crate::chunker::{Cut, Cutter};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::source::{AlignedBuf, DiskSource, StreamSource};
+
+/// Size of one read from the source.
+const READ_BUF_BYTES: usize = 4 << 20;
+/// Read buffers in circulation (bounds the reader's lead over the cutter).
+const READ_BUFS: usize = 8;
+/// Reads in flight at once on sources that allow parallel reads.
+const READ_DEPTH: usize = 4;
+/// Chunks queued per worker.
+const CHUNKS_PER_WORKER: usize = 16;
+/// Largest metadata file (domain XML, NVRAM) a snapshot keeps.
+pub const MAX_META_BYTES: u64 = 64 << 20;
+
+/// What to back up and how.
+pub struct BackupOptions {
+    /// VM name the snapshot belongs to.
+    pub name: String,
+    pub tags: Vec<String>,
+    /// Hash/compress worker threads.
+    pub workers: usize,
+}
+
+/// One disk to back up.
+pub struct DiskInput {
+    pub label: String,
+    pub source: Box<dyn DiskSource>,
+}
+
+/// One metadata file to keep with the snapshot.
+pub struct MetaInput {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// A finished backup.
+pub struct BackupOutcome {
+    pub id: SnapshotId,
+    pub snapshot: Snapshot,
+}
+
+/// Checks a disk label or metadata name: non-empty, no path separators or control chars.
+pub fn check_label(label: &str) -> Result<()> {
+    let ok = !label.is_empty()
+        && label.len() <= 200
+        && label != "."
+        && label != ".."
+        && !label
+            .chars()
+            .any(|c| c == '/' || c == '\0' || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "invalid disk label {label:?}: use letters, digits, '.', '-', '_' (no '/')"
+        )))
+    }
+}
+
+/// Backs up `disks` (and `meta` files) as one new snapshot of VM `opts.name`.
+pub fn backup(
+    repo: &Repository,
+    disks: Vec<DiskInput>,
+    meta: Vec<MetaInput>,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    if opts.name.trim().is_empty() {
+        return Err(Error::Usage("a snapshot needs a VM name (--name)".into()));
+    }
+    if disks.is_empty() {
+        return Err(Error::Usage(
+            "nothing to back up: name at least one disk".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for label in disks
+        .iter()
+        .map(|d| &d.label)
+        .chain(meta.iter().map(|m| &m.name))
+    {
+        check_label(label)?;
+        if !seen.insert(label.clone()) {
+            return Err(Error::Usage(format!(
+                "label {label:?} is given twice; name disks LABEL=PATH"
+            )));
+        }
+    }
+    let mut store = BlobStore::new(repo)?;
+    let mut snap_disks = Vec::new();
+    for d in disks {
+        let source = d.source.describe();
+        let expected = d.source.size_bytes();
+        progress.start(&d.label, expected);
+        let (manifest, stats) = back_up_one(repo, &mut store, d.source, opts.workers, progress)?;
+        progress.finish();
+        if let Some(expected) = expected.filter(|e| *e != manifest.len_bytes) {
+            return Err(Error::SizeMismatch {
+                disk: d.label,
+                expected,
+                got: manifest.len_bytes,
+            });
+        }
+        snap_disks.push(SnapshotDisk {
+            label: d.label,
+            source,
+            size_bytes: manifest.len_bytes,
+            manifest,
+            stats,
+        });
+    }
+    let mut snap_meta = Vec::new();
+    for m in meta {
+        let bytes = read_meta(&m.path)?;
+        let source = Box::new(StreamSource::new(
+            std::io::Cursor::new(bytes),
+            m.path.display().to_string(),
+        ));
+        let (manifest, _) = back_up_one(
+            repo,
+            &mut store,
+            source,
+            opts.workers,
+            &crate::progress::NoProgress,
+        )?;
+        snap_meta.push(SnapshotMeta {
+            name: m.name,
+            size_bytes: manifest.len_bytes,
+            manifest,
+        });
+    }
+    // Every pack the snapshot needs is durable and indexed before the snapshot exists.
+    store.finish_pack()?;
+    let snapshot = Snapshot {
+        snapshot_version: repo_format::snapshot::SNAPSHOT_VERSION,
+        time: jiff::Timestamp::now(),
+        name: opts.name.clone(),
+        hostname: hostname(),
+        tags: opts.tags.clone(),
+        disks: snap_disks,
+        meta: snap_meta,
+        program_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let id = repo.write_snapshot(&snapshot)?;
+    Ok(BackupOutcome { id, snapshot })
+}
+
+fn read_meta(path: &std::path::Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| crate::source::SourceError::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    if !meta.is_file() || meta.len() > MAX_META_BYTES {
+        return Err(Error::Usage(format!(
+            "{}: metadata must be a regular file of at most {} MiB",
+            path.display(),
+            MAX_META_BYTES >> 20
+        )));
+    }
+    std::fs::read(path).map_err(|e| {
+        crate::source::SourceError::Io {
+            path: path.into(),
+            source: e,
+        }
+        .into()
+    })
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The writer side of the repository during one backup: the open pack, the ids it holds,
+/// and the index connection that records finished packs. Used from one thread.
+pub struct BlobStore<'r> {
+    repo: &'r Repository,
+    index: Index,
+    pack: Option<PackWriter>,
+    in_pack: HashSet<BlobId>,
+    node_encoder: BlobEncoder,
+}
+
+impl<'r> BlobStore<'r> {
+    pub fn new(repo: &'r Repository) -> Result<Self> {
+        Ok(BlobStore {
+            repo,
+            index: repo.index()?,
+            pack: None,
+            in_pack: HashSet::new(),
+            node_encoder: BlobEncoder::new(repo.config().compression.level)?,
+        })
+    }
+
+    /// Stores `blob` unless the repository already has it. Returns the bytes it took in
+    /// the pack (header included) when it was stored.
+    pub fn put(&mut self, blob: &EncodedBlob) -> Result<Option<u64>> {
+        if self.in_pack.contains(&blob.id) || self.index.contains(&blob.id)? {
+            return Ok(None);
+        }
+        if self.pack.is_none() {
+            self.pack = Some(PackWriter::create(&self.repo.tmp_dir())?);
+        }
+        let pack = self.pack.as_mut().expect("created above");
+        pack.add(blob)?;
+        self.in_pack.insert(blob.id);
+        let stored = blob.payload.len() as u64 + repo_format::pack::BLOB_HEADER_LEN;
+        if pack.len_bytes() >= self.repo.config().pack_target_bytes {
+            self.finish_pack()?;
+        }
+        Ok(Some(stored))
+    }
+
+    /// Encodes and stores a manifest node; returns its id.
+    pub fn put_node(&mut self, node: &Node) -> Result<BlobId> {
+        let blob = self
+            .node_encoder
+            .encode(BlobKind::ManifestNode, &node.encode())?;
+        self.put(&blob)?;
+        Ok(blob.id)
+    }
+
+    /// Makes the open pack durable and records it in the index.
+    pub fn finish_pack(&mut self) -> Result<()> {
+        if let Some(pack) = self.pack.take() {
+            let finished = pack.finish(&self.repo.packs_dir())?;
+            self.repo.index_finished_pack(&mut self.index, &finished)?;
+            self.in_pack.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BlobStore<'_> {
+    fn drop(&mut self) {
+        // A backup that fails leaves no temporary pack behind.
+        if let Some(pack) = self.pack.take() {
+            pack.abandon();
+        }
+    }
+}
+
+enum Piece {
+    Data { buf: AlignedBuf, len: usize },
+    Zeros { len: u64 },
+    End,
+}
+
+struct Work {
+    seq: u64,
+    cut: Cut,
+}
+
+struct Done {
+    seq: u64,
+    extent: Extent,
+    new: Option<EncodedBlob>,
+}
+
+/// Runs the pipeline over one disk and returns its manifest root and statistics.
+pub fn back_up_one(
+    repo: &Repository,
+    store: &mut BlobStore<'_>,
+    mut source: Box<dyn DiskSource>,
+    workers: usize,
+    progress: &dyn Progress,
+) -> Result<(ManifestRoot, DiskStats)> {
+    let started = Instant::now();
+    let params = repo.config().chunker;
+    let level = repo.config().compression.level;
+    let workers = workers.max(1);
+    let (piece_tx, piece_rx) = bounded::<Piece>(2);
+    let (pool_tx, pool_rx) = unbounded::<AlignedBuf>();
+    for _ in 0..READ_BUFS {
+        pool_tx
+            .send(AlignedBuf::new(READ_BUF_BYTES))
+            .expect("receiver alive");
+    }
+    let (work_tx, work_rx) = bounded::<Work>(workers * CHUNKS_PER_WORKER);
+    let (done_tx, done_rx) = bounded::<Done>(workers * CHUNKS_PER_WORKER);
+
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || read_stage(source.as_mut(), piece_tx, pool_rx));
+        let cutter = s.spawn(move || cut_stage(Cutter::new(params), piece_rx, pool_tx, work_tx));
+        let hashers: Vec<_> = (0..workers)
+            .map(|_| {
+                let (rx, tx) = (work_rx.clone(), done_tx.clone());
+                s.spawn(move || hash_stage(repo, level, rx, tx))
+            })
+            .collect();
+        drop((work_rx, done_tx));
+
+        let written = write_stage(store, done_rx, progress);
+
+        // Join everything, then report the earliest stage's error: it is the root cause
+        // (later stages only saw their input close).
+        let read = reader.join().map_err(|_| Error::StageFailed("reader"))?;
+        let cut = cutter.join().map_err(|_| Error::StageFailed("chunker"))?;
+        let mut hashed = Ok(());
+        for h in hashers {
+            let r = h.join().map_err(|_| Error::StageFailed("hash"))?;
+            if hashed.is_ok() {
+                hashed = r;
+            }
+        }
+        let read_bytes = read?;
+        let size = cut?;
+        hashed?;
+        let (builder, mut stats) = written?;
+        let Some(size) = size else {
+            return Err(Error::StageFailed("chunker"));
+        };
+        let manifest = builder.finish(&mut |n: &Node| store.put_node(n))?;
+        debug_assert_eq!(manifest.len_bytes, size);
+        stats.read_bytes = read_bytes;
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok((manifest, stats))
+    })
+}
+
+/// Reads allocated ranges into pooled buffers; unallocated ranges become `Zeros`.
+///
+/// Sources that can be cloned are read with `READ_DEPTH` reads in flight: one sequential
+/// O_DIRECT stream leaves most of a virtio or NVMe device idle (measured on the shared
+/// workload: 0.86 GB/s with one stream, 1.26 GB/s with four). Results are forwarded in
+/// disk order.
+fn read_stage(
+    source: &mut dyn DiskSource,
+    tx: Sender<Piece>,
+    pool: Receiver<AlignedBuf>,
+) -> Result<u64> {
+    let clones: Vec<Box<dyn DiskSource>> = (0..READ_DEPTH)
+        .map_while(|_| source.clone_reader())
+        .collect();
+    if clones.len() < 2 {
+        return read_sequential(source, tx, pool);
+    }
+    type Reply = Sender<Result<(AlignedBuf, usize)>>;
+    let (req_tx, req_rx) = bounded::<(u64, usize, AlignedBuf, Reply)>(READ_DEPTH);
+    std::thread::scope(|s| {
+        for mut clone in clones {
+            let req_rx = req_rx.clone();
+            s.spawn(move || {
+                for (offset, want, mut buf, reply) in req_rx {
+                    let r = clone.read_at(offset, &mut buf[..want]).map(|n| (buf, n));
+                    let _ = reply.send(r.map_err(Error::from));
+                }
+            });
+        }
+        drop(req_rx);
+        enum Pending {
+            Zeros(u64),
+            Read(Receiver<Result<(AlignedBuf, usize)>>),
+        }
+        let mut queue: std::collections::VecDeque<Pending> = Default::default();
+        let mut read = 0u64;
+        // Forwards the oldest pending piece; Ok(false) when downstream has gone away.
+        let mut forward = |queue: &mut std::collections::VecDeque<Pending>| -> Result<bool> {
+            let piece = match queue.pop_front() {
+                None => return Ok(true),
+                Some(Pending::Zeros(len)) => Piece::Zeros { len },
+                Some(Pending::Read(rx)) => {
+                    let (buf, len) = rx.recv().map_err(|_| Error::StageFailed("reader"))??;
+                    read += len as u64;
+                    Piece::Data { buf, len }
+                }
+            };
+            Ok(tx.send(piece).is_ok())
+        };
+        let size = source.size_bytes().unwrap_or(0);
+        let mut pos = 0u64;
+        loop {
+            let (start, end) = source.next_data(pos)?.unwrap_or((size, size));
+            if start > pos {
+                queue.push_back(Pending::Zeros(start - pos));
+                pos = start;
+            }
+            while pos < end {
+                // Never block on the pool while holding finished reads the cutter waits for.
+                let buf = loop {
+                    match pool.try_recv() {
+                        Ok(buf) => break buf,
+                        Err(_) if !queue.is_empty() => {
+                            if !forward(&mut queue)? {
+                                return Ok(read);
+                            }
+                        }
+                        Err(_) => match pool.recv() {
+                            Ok(buf) => break buf,
+                            Err(_) => return Ok(read),
+                        },
+                    }
+                };
+                let want = (buf.len() as u64).min(end - pos) as usize;
+                let (reply_tx, reply_rx) = bounded(1);
+                if req_tx.send((pos, want, buf, reply_tx)).is_err() {
+                    return Err(Error::StageFailed("reader"));
+                }
+                queue.push_back(Pending::Read(reply_rx));
+                pos += want as u64;
+                if queue.len() > READ_DEPTH && !forward(&mut queue)? {
+                    return Ok(read);
+                }
+            }
+            if pos >= size {
+                break;
+            }
+        }
+        while !queue.is_empty() {
+            if !forward(&mut queue)? {
+                return Ok(read);
+            }
+        }
+        drop(req_tx);
+        let _ = tx.send(Piece::End);
+        Ok(read)
+    })
+}
+
+/// The one-read-at-a-time reader for streams.
+fn read_sequential(
+    source: &mut dyn DiskSource,
+    tx: Sender<Piece>,
+    pool: Receiver<AlignedBuf>,
+) -> Result<u64> {
+    let size = source.size_bytes();
+    let mut pos = 0u64;
+    let mut read = 0u64;
+    'extents: while let Some((start, end)) = source.next_data(pos)? {
+        if start > pos {
+            if tx.send(Piece::Zeros { len: start - pos }).is_err() {
+                return Ok(read);
+            }
+            pos = start;
+        }
+        while pos < end {
+            let Ok(mut buf) = pool.recv() else {
+                return Ok(read);
+            };
+            let want = (buf.len() as u64).min(end - pos) as usize;
+            let n = source.read_at(pos, &mut buf[..want])?;
+            if n == 0 {
+                break 'extents; // end of a stream
+            }
+            pos += n as u64;
+            read += n as u64;
+            if tx.send(Piece::Data { buf, len: n }).is_err() {
+                return Ok(read);
+            }
+        }
+    }
+    if let Some(size) = size.filter(|s| *s > pos) {
+        if tx.send(Piece::Zeros { len: size - pos }).is_err() {
+            return Ok(read);
+        }
+    }
+    let _ = tx.send(Piece::End);
+    Ok(read)
+}
+
+/// Cuts the disk and numbers the cuts. Returns the disk size, or `None` when the input
+/// ended early (the reader failed) or the output closed (a later stage failed).
+fn cut_stage(
+    mut cutter: Cutter,
+    rx: Receiver<Piece>,
+    pool: Sender<AlignedBuf>,
+    tx: Sender<Work>,
+) -> Result<Option<u64>> {
+    let closed = std::cell::Cell::new(false);
+    let mut seq = 0u64;
+    let mut emit = |cut: Cut| {
+        if !closed.get() && tx.send(Work { seq, cut }).is_err() {
+            closed.set(true);
+        }
+        seq += 1;
+    };
+    for piece in rx {
+        match piece {
+            Piece::Data { buf, len } => {
+                cutter.feed(&buf[..len], &mut emit);
+                let _ = pool.send(buf);
+            }
+            Piece::Zeros { len } => cutter.feed_zeros(len, &mut emit),
+            Piece::End => {
+                let size = cutter.finish(&mut emit);
+                return Ok((!closed.get()).then_some(size));
+            }
+        }
+        if closed.get() {
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}
+
+/// Hashes chunks and compresses the ones the repository does not have yet.
+fn hash_stage(repo: &Repository, level: i32, rx: Receiver<Work>, tx: Sender<Done>) -> Result<()> {
+    let index = repo.index()?;
+    let mut encoder = BlobEncoder::new(level)?;
+    for Work { seq, cut } in rx {
+        let done = match cut {
+            Cut::Hole { len, .. } => Done {
+                seq,
+                extent: Extent::Hole { len },
+                new: None,
+            },
+            Cut::Chunk { data, .. } => {
+                let id = BlobId::of(&data);
+                let extent = Extent::Chunk {
+                    id,
+                    len: data.len() as u32,
+                };
+                // A chunk the index knows is never compressed or written again.
+                let new = if index.contains(&id)? {
+                    None
+                } else {
+                    Some(encoder.encode_with_id(id, BlobKind::Data, &data)?)
+                };
+                Done { seq, extent, new }
+            }
+        };
+        if tx.send(done).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Stores new chunks as they arrive and feeds extents to the manifest in disk order.
+fn write_stage(
+    store: &mut BlobStore<'_>,
+    rx: Receiver<Done>,
+    progress: &dyn Progress,
+) -> Result<(ManifestBuilder, DiskStats)> {
+    let mut stats = DiskStats::default();
+    let mut builder = ManifestBuilder::new();
+    // Workers finish out of order; extents wait here until their predecessors arrive.
+    // Bounded by the chunks in flight (channel capacities plus workers).
+    let mut waiting: BTreeMap<u64, Extent> = BTreeMap::new();
+    let mut next = 0u64;
+    for done in rx {
+        if let Some(blob) = &done.new {
+            if let Some(stored) = store.put(blob)? {
+                stats.new_chunks += 1;
+                stats.new_bytes += blob.raw_len as u64;
+                stats.new_stored_bytes += stored;
+            }
+        }
+        waiting.insert(done.seq, done.extent);
+        while let Some(extent) = waiting.remove(&next) {
+            next += 1;
+            match extent {
+                Extent::Chunk { len, .. } => {
+                    stats.chunks += 1;
+                    stats.data_bytes += len as u64;
+                }
+                Extent::Hole { len } => stats.hole_bytes += len,
+            }
+            progress.advance(extent.len());
+            builder.push(extent, &mut |n: &Node| store.put_node(n))?;
+        }
+    }
+    Ok((builder, stats))
+}

@@ -1,0 +1,542 @@
+//! Cutting a disk into chunks and holes.
+//!
+//! The [`Cutter`] is fed the disk in order, as data pieces and known-zero spans, at any
+//! piece sizes. It first splits the disk into runs of all-zero aligned blocks (at least
+//! `zero_run_min_bytes` long: recorded as holes, never stored) and data runs; then it
+//! cuts each data run into chunks with the configured algorithm. Every decision depends
+//! only on the bytes and their absolute disk offsets, never on how the input was split
+//! into pieces, so the same disk always gives the same chunks whatever the buffer size,
+//! read size or thread count (a property test below proves it).
+
+use repo_format::{ChunkerAlgorithm, ChunkerParams};
+
+/// A piece of the cut disk, in disk order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// A chunk: its disk offset and bytes.
+    Chunk { offset: u64, data: Vec<u8> },
+    /// `len` bytes of zeros starting at `offset`.
+    Hole { offset: u64, len: u64 },
+}
+
+/// True when every byte is zero. Reads eight bytes at a time with no early exit inside
+/// a 256-byte stretch, which the compiler vectorizes.
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut chunks = buf.chunks_exact(256);
+    for c in &mut chunks {
+        let mut acc = 0u64;
+        for w in c.chunks_exact(8) {
+            acc |= u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// Bytes of the block start that aligned-cdc hashes to decide a cut.
+const ALIGNED_WINDOW: usize = 64;
+
+/// Chooses cut points inside a data run.
+#[derive(Clone)]
+pub struct CutPoints {
+    params: ChunkerParams,
+    /// aligned-cdc: a block boundary is a cut candidate when `hash & mask == 0`.
+    aligned_mask: u64,
+    fastcdc: Option<FastCdcTables>,
+}
+
+#[derive(Clone)]
+struct FastCdcTables {
+    mask_s: u64,
+    mask_l: u64,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+}
+
+impl CutPoints {
+    /// Panics if `params` do not validate; configs are validated when a repository opens.
+    pub fn new(params: ChunkerParams) -> Self {
+        assert!(
+            params.validate().is_ok(),
+            "unvalidated chunker params {params:?}"
+        );
+        // Expected chunk = min + align * 2^bits: pick bits so that lands near avg.
+        let gap_blocks = ((params.avg_bytes - params.min_bytes) / params.align_bytes).max(1);
+        let bits = (gap_blocks as f64).log2().round() as u32;
+        let aligned_mask = (1u64 << bits) - 1;
+        let fastcdc = (params.algorithm == ChunkerAlgorithm::Fastcdc).then(|| {
+            // Normalization level 1, as the fastcdc crate's default constructor uses.
+            let bits = fastcdc::v2020::logarithm2(params.avg_bytes);
+            let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(params.seed);
+            FastCdcTables {
+                mask_s: fastcdc::v2020::MASKS[(bits + 1) as usize],
+                mask_l: fastcdc::v2020::MASKS[(bits - 1) as usize],
+                gear,
+                gear_ls,
+            }
+        });
+        CutPoints {
+            params,
+            aligned_mask,
+            fastcdc,
+        }
+    }
+
+    pub fn params(&self) -> &ChunkerParams {
+        &self.params
+    }
+
+    /// Length of the next chunk of a data run whose next byte sits at disk `offset`.
+    ///
+    /// Callers pass at least `max_bytes` of data unless the run ends within `data`.
+    /// Returns a length in `1..=min(max_bytes, data.len())`.
+    pub fn next_cut(&self, data: &[u8], offset: u64) -> usize {
+        let p = &self.params;
+        let (min, max) = (p.min_bytes as usize, p.max_bytes as usize);
+        if data.len() <= min {
+            return data.len();
+        }
+        let limit = data.len().min(max);
+        match p.algorithm {
+            ChunkerAlgorithm::Fixed => {
+                // Boundaries on the absolute grid, so a chunk after a hole still lines up.
+                let avg = p.avg_bytes as u64;
+                let to_grid = (avg - offset % avg) as usize;
+                to_grid.min(limit)
+            }
+            ChunkerAlgorithm::AlignedCdc => {
+                let align = p.align_bytes as usize;
+                let mut at = min;
+                while at < limit {
+                    if at + ALIGNED_WINDOW <= data.len()
+                        && self.aligned_candidate(&data[at..at + ALIGNED_WINDOW])
+                    {
+                        return at;
+                    }
+                    at += align;
+                }
+                limit
+            }
+            ChunkerAlgorithm::Fastcdc => {
+                let t = self.fastcdc.as_ref().expect("tables built for fastcdc");
+                let (_, len) = fastcdc::v2020::cut_gear(
+                    &data[..limit],
+                    min,
+                    p.avg_bytes as usize,
+                    max,
+                    t.mask_s,
+                    t.mask_l,
+                    t.mask_s << 1,
+                    t.mask_l << 1,
+                    &t.gear,
+                    &t.gear_ls,
+                );
+                len.max(1)
+            }
+        }
+    }
+
+    /// aligned-cdc's decision for a block boundary, from the first 64 bytes of the block
+    /// that starts there. In a disk, files start on block boundaries, so this looks at file
+    /// heads: the same file gives the same cuts wherever its blocks sit. A window of zeros
+    /// is never a candidate (it says nothing about the content).
+    fn aligned_candidate(&self, window: &[u8]) -> bool {
+        let mut h = self.params.seed ^ 0x2545_f491_4f6c_dd1d;
+        let mut any = 0u64;
+        for w in window.chunks_exact(8) {
+            let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            any |= v;
+            h = (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 29;
+        }
+        any != 0 && (h >> 20) & self.aligned_mask == 0
+    }
+}
+
+/// The streaming zero-run splitter and chunker. See the module doc.
+pub struct Cutter {
+    points: CutPoints,
+    align: u64,
+    zero_run_min: u64,
+    /// Disk offset of the next byte to be fed.
+    pos: u64,
+    /// Zero bytes seen since the last data byte (whole blocks, or a tail at the end).
+    zero_run: u64,
+    /// Disk offset where the current zero run starts (meaningful while `zero_run > 0`).
+    zero_run_at: u64,
+    /// Data of the current run not yet cut; `pending[head..]` starts at disk `pending_at`.
+    pending: Vec<u8>,
+    head: usize,
+    pending_at: u64,
+    /// A partial block carried between pieces (pieces need not be block-aligned).
+    partial: Vec<u8>,
+}
+
+impl Cutter {
+    pub fn new(params: ChunkerParams) -> Self {
+        Cutter {
+            align: params.align_bytes as u64,
+            zero_run_min: params.zero_run_min_bytes as u64,
+            points: CutPoints::new(params),
+            pos: 0,
+            zero_run: 0,
+            zero_run_at: 0,
+            pending: Vec::with_capacity(2 * params.max_bytes as usize),
+            head: 0,
+            pending_at: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Disk offset of the next byte expected.
+    pub fn position(&self) -> u64 {
+        self.pos + self.partial.len() as u64
+    }
+
+    /// Feeds the next bytes of the disk.
+    pub fn feed(&mut self, mut data: &[u8], out: &mut impl FnMut(Cut)) {
+        let align = self.align as usize;
+        if !self.partial.is_empty() {
+            let need = align - self.partial.len();
+            let take = need.min(data.len());
+            self.partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.partial.len() < align {
+                return;
+            }
+            let block = std::mem::take(&mut self.partial);
+            self.feed_blocks(&block, out);
+        }
+        let whole = data.len() - data.len() % align;
+        self.feed_blocks(&data[..whole], out);
+        self.partial.extend_from_slice(&data[whole..]);
+    }
+
+    /// Feeds `len` bytes known to be zero (a hole of the source) without materializing them.
+    pub fn feed_zeros(&mut self, mut len: u64, out: &mut impl FnMut(Cut)) {
+        // Complete a partial block with real zeros first, so blocks stay aligned.
+        while len > 0 && !self.partial.is_empty() {
+            let need = (self.align as usize - self.partial.len()).min(len as usize);
+            let zeros = vec![0u8; need];
+            self.feed(&zeros, out);
+            len -= need as u64;
+        }
+        let whole = len - len % self.align;
+        if self.zero_run == 0 {
+            self.zero_run_at = self.pos;
+        }
+        self.zero_run += whole;
+        self.pos += whole;
+        if len > whole {
+            let zeros = vec![0u8; (len - whole) as usize];
+            self.feed(&zeros, out);
+        }
+    }
+
+    /// Feeds whole blocks starting at `self.pos` (block-aligned).
+    fn feed_blocks(&mut self, data: &[u8], out: &mut impl FnMut(Cut)) {
+        let align = self.align as usize;
+        let mut start_of_data: Option<usize> = None;
+        for (i, block) in data.chunks(align).enumerate() {
+            let at = i * align;
+            if is_zero(block) {
+                if let Some(s) = start_of_data.take() {
+                    self.push_data(self.pos + s as u64, &data[s..at], out);
+                }
+                if self.zero_run == 0 {
+                    self.zero_run_at = self.pos + at as u64;
+                }
+                self.zero_run += block.len() as u64;
+            } else if start_of_data.is_none() {
+                self.end_zero_run(out);
+                start_of_data = Some(at);
+            }
+        }
+        if let Some(s) = start_of_data {
+            self.push_data(self.pos + s as u64, &data[s..], out);
+        }
+        self.pos += data.len() as u64;
+    }
+
+    /// Decides what the zero run before the next data becomes: a hole if long enough,
+    /// otherwise zeros inside the current data run.
+    fn end_zero_run(&mut self, out: &mut impl FnMut(Cut)) {
+        if self.zero_run == 0 {
+            return;
+        }
+        let run_start = self.zero_run_at;
+        if self.zero_run >= self.zero_run_min {
+            self.flush_run(out);
+            out(Cut::Hole {
+                offset: run_start,
+                len: self.zero_run,
+            });
+        } else {
+            let n = self.zero_run as usize;
+            if self.pending_len() == 0 {
+                self.pending_at = run_start;
+            }
+            self.pending.resize(self.pending.len() + n, 0);
+            self.cut_ready(out);
+        }
+        self.zero_run = 0;
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.len() - self.head
+    }
+
+    /// Appends data that starts at disk `offset` to the current run.
+    fn push_data(&mut self, offset: u64, data: &[u8], out: &mut impl FnMut(Cut)) {
+        debug_assert_eq!(self.zero_run, 0);
+        if self.pending_len() == 0 {
+            self.pending_at = offset;
+        }
+        debug_assert_eq!(self.pending_at + self.pending_len() as u64, offset);
+        self.pending.extend_from_slice(data);
+        self.cut_ready(out);
+    }
+
+    /// Emits every chunk whose end is already decided (at least `max` bytes pending).
+    fn cut_ready(&mut self, out: &mut impl FnMut(Cut)) {
+        let max = self.points.params().max_bytes as usize;
+        while self.pending_len() >= max {
+            self.emit_one(out);
+        }
+        // Keep the buffer from growing: move the undecided tail to the front.
+        if self.head > 0 && self.head >= self.pending.len() / 2 {
+            self.pending.drain(..self.head);
+            self.head = 0;
+        }
+    }
+
+    fn emit_one(&mut self, out: &mut impl FnMut(Cut)) {
+        let data = &self.pending[self.head..];
+        let len = self.points.next_cut(data, self.pending_at);
+        out(Cut::Chunk {
+            offset: self.pending_at,
+            data: data[..len].to_vec(),
+        });
+        self.head += len;
+        self.pending_at += len as u64;
+    }
+
+    /// Ends the current data run: cuts everything pending.
+    fn flush_run(&mut self, out: &mut impl FnMut(Cut)) {
+        while self.pending_len() > 0 {
+            self.emit_one(out);
+        }
+        self.pending.clear();
+        self.head = 0;
+    }
+
+    /// Ends the disk. Returns its size in bytes.
+    pub fn finish(mut self, out: &mut impl FnMut(Cut)) -> u64 {
+        // The last partial block (a disk size that is not a multiple of the block size).
+        if !self.partial.is_empty() {
+            let tail = std::mem::take(&mut self.partial);
+            if is_zero(&tail) {
+                if self.zero_run == 0 {
+                    self.zero_run_at = self.pos;
+                }
+                self.zero_run += tail.len() as u64;
+            } else {
+                self.end_zero_run(out);
+                self.push_data(self.pos, &tail, out);
+            }
+            self.pos += tail.len() as u64;
+        }
+        if self.zero_run > 0 {
+            // Trailing zeros: a hole however short, since nothing follows to share a chunk.
+            self.flush_run(out);
+            out(Cut::Hole {
+                offset: self.zero_run_at,
+                len: self.zero_run,
+            });
+        } else {
+            self.flush_run(out);
+        }
+        self.pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn params(algorithm: ChunkerAlgorithm) -> ChunkerParams {
+        ChunkerParams {
+            algorithm,
+            min_bytes: 8192,
+            avg_bytes: 32768,
+            max_bytes: 65536,
+            align_bytes: 4096,
+            seed: 0,
+            zero_run_min_bytes: 8192,
+        }
+    }
+
+    /// A disk-like test image: pseudo-random blocks, text, zero runs, an unaligned size.
+    fn disk(seed: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        let mut x = seed | 1;
+        let mut at = 0;
+        while at < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let run = 4096 * (1 + (x % 40) as usize);
+            let end = (at + run).min(len);
+            match x % 5 {
+                0 => {} // zeros
+                1 => {
+                    for (i, b) in out[at..end].iter_mut().enumerate() {
+                        *b = b"the quick brown fox "[i % 20];
+                    }
+                }
+                _ => {
+                    let mut y = x;
+                    for b in &mut out[at..end] {
+                        y = y
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        *b = (y >> 56) as u8;
+                    }
+                }
+            }
+            at = end;
+        }
+        out
+    }
+
+    fn cut_all(
+        p: ChunkerParams,
+        data: &[u8],
+        piece: usize,
+        zeros_as_holes: bool,
+    ) -> Vec<(u64, u64, bool)> {
+        let mut c = Cutter::new(p);
+        let mut cuts = vec![];
+        let mut out = |cut: Cut| {
+            cuts.push(match cut {
+                Cut::Chunk { offset, data } => (offset, data.len() as u64, true),
+                Cut::Hole { offset, len } => (offset, len, false),
+            })
+        };
+        for part in data.chunks(piece) {
+            if zeros_as_holes && is_zero(part) {
+                c.feed_zeros(part.len() as u64, &mut out);
+            } else {
+                c.feed(part, &mut out);
+            }
+        }
+        let size = c.finish(&mut out);
+        assert_eq!(size, data.len() as u64);
+        cuts
+    }
+
+    fn check_cover(p: &ChunkerParams, data: &[u8], cuts: &[(u64, u64, bool)]) {
+        let mut at = 0;
+        for &(off, len, is_chunk) in cuts {
+            assert_eq!(off, at, "cuts must tile the disk");
+            assert!(len > 0);
+            if is_chunk {
+                assert!(len <= p.max_bytes as u64);
+            } else {
+                assert!(is_zero(&data[off as usize..(off + len) as usize]));
+            }
+            at += len;
+        }
+        assert_eq!(at, data.len() as u64);
+    }
+
+    #[test]
+    fn chunks_tile_the_disk_for_every_algorithm() {
+        let data = disk(7, 3 << 20 | 1234);
+        for alg in [
+            ChunkerAlgorithm::AlignedCdc,
+            ChunkerAlgorithm::Fastcdc,
+            ChunkerAlgorithm::Fixed,
+        ] {
+            let p = params(alg);
+            let cuts = cut_all(p, &data, 1 << 20, false);
+            check_cover(&p, &data, &cuts);
+            let chunks = cuts.iter().filter(|c| c.2).count();
+            assert!(chunks > 20, "{alg}: {chunks} chunks");
+            assert!(
+                cuts.iter().any(|c| !c.2),
+                "{alg}: zero runs must become holes"
+            );
+        }
+    }
+
+    #[test]
+    fn aligned_cdc_cuts_only_on_block_boundaries() {
+        let data = disk(3, 2 << 20);
+        let cuts = cut_all(params(ChunkerAlgorithm::AlignedCdc), &data, 65536, false);
+        for (off, _, _) in cuts {
+            assert_eq!(off % 4096, 0);
+        }
+    }
+
+    #[test]
+    fn aligned_cdc_average_is_near_target() {
+        let data = disk(11, 16 << 20);
+        let p = params(ChunkerAlgorithm::AlignedCdc);
+        let cuts = cut_all(p, &data, 1 << 20, false);
+        let chunk_lens: Vec<u64> = cuts.iter().filter(|c| c.2).map(|c| c.1).collect();
+        let avg = chunk_lens.iter().sum::<u64>() / chunk_lens.len() as u64;
+        assert!((16_000..=48_000).contains(&avg), "average {avg}");
+    }
+
+    #[test]
+    fn in_place_change_keeps_other_chunks() {
+        let a = disk(5, 4 << 20);
+        let mut b = a.clone();
+        for x in &mut b[2_000_000..2_004_096] {
+            *x = x.wrapping_add(1);
+        }
+        for alg in [
+            ChunkerAlgorithm::AlignedCdc,
+            ChunkerAlgorithm::Fastcdc,
+            ChunkerAlgorithm::Fixed,
+        ] {
+            let ca = cut_all(params(alg), &a, 1 << 20, false);
+            let cb = cut_all(params(alg), &b, 1 << 20, false);
+            let changed = cb.iter().filter(|c| !ca.contains(c)).count();
+            assert!(
+                changed <= 3,
+                "{alg}: {changed} cuts moved after a 4 KiB in-place change"
+            );
+        }
+    }
+
+    #[test]
+    fn short_zero_runs_stay_inside_chunks_and_trailing_zeros_are_a_hole() {
+        let mut data = vec![1u8; 40960];
+        data[8192..12288].fill(0); // one zero block: shorter than zero_run_min
+        data.extend_from_slice(&[0u8; 100]);
+        let cuts = cut_all(params(ChunkerAlgorithm::Fixed), &data, 7000, false);
+        assert_eq!(cuts.iter().filter(|c| !c.2).count(), 1, "{cuts:?}");
+        assert_eq!(*cuts.last().unwrap(), (40960, 100, false));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// The same disk gives the same cuts whatever the piece size and whether zeros
+        /// arrive as data or as source holes.
+        #[test]
+        fn cuts_do_not_depend_on_piece_sizes(seed in 1u64..10_000, len in 1usize..(1 << 20), piece in 1usize..300_000, alg in 0..3u8) {
+            let alg = [ChunkerAlgorithm::AlignedCdc, ChunkerAlgorithm::Fastcdc, ChunkerAlgorithm::Fixed][alg as usize];
+            let p = params(alg);
+            let data = disk(seed, len);
+            let reference = cut_all(p, &data, 1 << 20, false);
+            check_cover(&p, &data, &reference);
+            prop_assert_eq!(&cut_all(p, &data, piece, false), &reference);
+            prop_assert_eq!(&cut_all(p, &data, 4096 * (1 + piece % 64), true), &reference);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The engine's error type: one matchable kind per failure an admin can act on.
+
+use std::path::PathBuf;
+
+use repo_format::{BlobId, PackId};
+
+use crate::source::SourceError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A chunk that could not be restored: where it belongs and why.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Damage {
+    pub disk: String,
+    pub offset: u64,
+    pub len: u64,
+    pub chunk: BlobId,
+    pub pack: Option<PackId>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "disk {} bytes {}..{}: chunk {} in pack {}: {}",
+            self.disk,
+            self.offset,
+            self.offset + self.len,
+            self.chunk.short(),
+            self.pack.map_or_else(|| "(unknown)".into(), |p| p.short()),
+            self.reason
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Repo(#[from] repo_format::Error),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{path}: {source}")]
+    Target {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} already exists; pass --force to overwrite it")]
+    TargetExists { path: PathBuf },
+    #[error("{path} holds {have_bytes} bytes but the disk needs {need_bytes}")]
+    TargetTooSmall {
+        path: PathBuf,
+        have_bytes: u64,
+        need_bytes: u64,
+    },
+    #[error("{path}: not a regular file or block device")]
+    TargetNotADisk { path: PathBuf },
+    #[error("no snapshot matches {0:?}")]
+    NoSuchSnapshot(String),
+    #[error("{spec:?} is ambiguous: it matches {} snapshots ({})", .matches.len(), .matches.join(", "))]
+    AmbiguousSnapshot { spec: String, matches: Vec<String> },
+    #[error("snapshot {snapshot} has no disk {label:?} (it has: {available})")]
+    NoSuchDisk {
+        snapshot: String,
+        label: String,
+        available: String,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("snapshot {snapshot}: {} damaged chunk(s); first: {}", .damage.len(), .damage[0])]
+    Damaged {
+        snapshot: String,
+        damage: Vec<Damage>,
+    },
+    #[error("manifest of disk {disk} covers {got} bytes, the snapshot says {expected}")]
+    SizeMismatch {
+        disk: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("internal error: the {0} stage stopped unexpectedly")]
+    StageFailed(&'static str),
+}
+
+impl Error {
+    pub fn target(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Target {
+            path: path.into(),
+            source,
+        }
+    }
+}

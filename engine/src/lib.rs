@@ -1,0 +1,29 @@
+//! The dedisk engine: reading disks, cutting them into chunks, and the backup and
+//! restore pipelines over a [`repo_format::Repository`].
+//!
+//! ```no_run
+//! use engine::backup::{backup, BackupOptions, DiskInput};
+//! use engine::source::open_source;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let repo = repo_format::Repository::open("/srv/backup/repo".as_ref())?;
+//! let disk = DiskInput { label: "vda".into(), source: open_source("/dev/vg0/vm1-snap", true)? };
+//! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2 };
+//! let done = backup(&repo, vec![disk], vec![], &opts, &engine::progress::NoProgress)?;
+//! println!("snapshot {}", done.id.short());
+//! # Ok(()) }
+//! ```
+
+pub mod backup;
+pub mod chunker;
+pub mod error;
+pub mod progress;
+pub mod restore;
+pub mod select;
+pub mod source;
+
+pub use error::{Damage, Error, Result};
+
+/// Worker threads to use by default: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}

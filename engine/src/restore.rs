@@ -1,0 +1,293 @@
+//! Restore: rebuild a disk from its manifest, fetching, decompressing and verifying
+//! chunks on parallel workers that write them out of order at their offsets.
+//!
+//! A new file is created sparse (holes are not written). A file is restored under a
+//! temporary name and renamed only when every chunk verified, so a failed restore never
+//! leaves a plausible-looking disk under the requested name. A block device is written
+//! in place; its holes are zeroed (BLKZEROOUT, falling back to writing zeros).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+use repo_format::{BlobId, BlobReader, Extent, ManifestRoot, ManifestWalker, Repository};
+
+use crate::error::{Damage, Error, Result};
+use crate::progress::Progress;
+
+/// Damaged chunks listed in full; past this only the count grows.
+const DAMAGE_LIST_MAX: usize = 1000;
+const ZERO_BUF_BYTES: usize = 1 << 20;
+
+/// Numbers from one restored disk.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RestoreReport {
+    pub size_bytes: u64,
+    pub written_bytes: u64,
+    pub hole_bytes: u64,
+    pub chunks: u64,
+    pub seconds: f64,
+    pub target: PathBuf,
+}
+
+/// Where a disk is restored to.
+enum Target {
+    /// A new (or forcibly replaced) file, written under `tmp` and renamed to `path`.
+    File { tmp: PathBuf, path: PathBuf },
+    /// An existing block device.
+    Device { path: PathBuf },
+}
+
+fn open_target(path: &Path, size: u64, force: bool) -> Result<(Target, File)> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => {
+            let file = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_EXCL) // refuse a device that is mounted
+                .open(path)
+                .map_err(|e| Error::target(path, e))?;
+            let have = device_size(&file).map_err(|e| Error::target(path, e))?;
+            if have < size {
+                return Err(Error::TargetTooSmall {
+                    path: path.into(),
+                    have_bytes: have,
+                    need_bytes: size,
+                });
+            }
+            Ok((Target::Device { path: path.into() }, file))
+        }
+        Ok(m) if m.is_file() && !force => Err(Error::TargetExists { path: path.into() }),
+        Ok(m) if !m.is_file() => Err(Error::TargetNotADisk { path: path.into() }),
+        Ok(_) | Err(_) => {
+            if let Err(e) = std::fs::metadata(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(Error::target(path, e));
+                }
+            }
+            let name = path
+                .file_name()
+                .ok_or_else(|| Error::TargetNotADisk { path: path.into() })?;
+            let tmp = path.with_file_name(format!(".{}.dedisk-restore", name.to_string_lossy()));
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| Error::target(&tmp, e))?;
+            file.set_len(size).map_err(|e| Error::target(&tmp, e))?;
+            Ok((
+                Target::File {
+                    tmp,
+                    path: path.into(),
+                },
+                file,
+            ))
+        }
+    }
+}
+
+fn device_size(file: &File) -> std::io::Result<u64> {
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: the ioctl writes one u64 into `size`.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// Zeroes `[offset, offset+len)` of a block device.
+fn zero_device_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    const BLKZEROOUT: libc::c_ulong = 0x127f;
+    let range = [offset, len];
+    // SAFETY: BLKZEROOUT reads two u64 (start, length) from `range`.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) };
+    if r == 0 {
+        return Ok(());
+    }
+    let zeros = vec![0u8; ZERO_BUF_BYTES];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(ZERO_BUF_BYTES as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// What to restore where.
+pub struct RestoreRequest<'a> {
+    /// Names the snapshot in messages.
+    pub snapshot: &'a str,
+    /// Names the disk (or metadata file) in messages.
+    pub label: &'a str,
+    pub manifest: &'a ManifestRoot,
+    pub target: &'a Path,
+    /// Replace an existing target file.
+    pub force: bool,
+    pub workers: usize,
+}
+
+/// Restores one disk (or metadata file) to its target.
+///
+/// Every chunk's BLAKE3 is checked. Damaged chunks do not stop the restore: they are all
+/// collected, and the call returns `Error::Damaged` naming each (disk, offset, chunk,
+/// pack), leaving the partial file under its temporary name.
+pub fn restore_disk(
+    repo: &Repository,
+    req: &RestoreRequest<'_>,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let RestoreRequest {
+        snapshot,
+        label,
+        manifest,
+        target,
+        force,
+        workers,
+    } = *req;
+    let started = Instant::now();
+    let size = manifest.len_bytes;
+    let (kind, file) = open_target(target, size, force)?;
+    let write_path = match &kind {
+        Target::File { tmp, .. } => tmp.clone(),
+        Target::Device { path } => path.clone(),
+    };
+    let is_device = matches!(kind, Target::Device { .. });
+    let damage = Mutex::new(Vec::<Damage>::new());
+    let mut report = RestoreReport {
+        size_bytes: size,
+        target: target.into(),
+        ..Default::default()
+    };
+    let workers = workers.max(1);
+    progress.start(label, Some(size));
+
+    let (tx, rx) = bounded::<(u64, Extent)>(workers * 32);
+    let outcome: Result<()> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = rx.clone();
+                let (file, damage, write_path) = (&file, &damage, &write_path);
+                s.spawn(move || -> Result<()> {
+                    let mut reader = BlobReader::new(repo)?;
+                    for (offset, extent) in rx {
+                        match extent {
+                            Extent::Chunk { id, len } => match fetch(&mut reader, &id) {
+                                Ok(data) => file
+                                    .write_all_at(&data, offset)
+                                    .map_err(|e| Error::target(write_path, e))?,
+                                Err(failed) => {
+                                    let (pack, e) = *failed;
+                                    let mut d = damage.lock().expect("no panics hold it");
+                                    if d.len() < DAMAGE_LIST_MAX {
+                                        d.push(Damage {
+                                            disk: label.into(),
+                                            offset,
+                                            len: len as u64,
+                                            chunk: id,
+                                            pack,
+                                            reason: e.to_string(),
+                                        });
+                                    }
+                                }
+                            },
+                            Extent::Hole { len } => {
+                                if is_device {
+                                    zero_device_range(file, offset, len)
+                                        .map_err(|e| Error::target(write_path, e))?;
+                                }
+                            }
+                        }
+                        progress.advance(extent.len());
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        drop(rx);
+        // Walk the manifest here, feeding the workers in disk order.
+        let walked = (|| -> Result<u64> {
+            let mut nodes = BlobReader::new(repo)?;
+            let mut walker = ManifestWalker::new(*manifest, |id: &BlobId| nodes.read_node(id));
+            let mut end = 0;
+            while let Some((offset, extent)) = walker.next_extent()? {
+                match extent {
+                    Extent::Chunk { len, .. } => {
+                        report.chunks += 1;
+                        report.written_bytes += len as u64;
+                    }
+                    Extent::Hole { len } => report.hole_bytes += len,
+                }
+                end = offset + extent.len();
+                if tx.send((offset, extent)).is_err() {
+                    break; // a worker failed; its error is reported below
+                }
+            }
+            Ok(end)
+        })();
+        drop(tx);
+        let mut first_err = None;
+        for h in handles {
+            let r = h.join().map_err(|_| Error::StageFailed("restore worker"))?;
+            if let (Err(e), None) = (r, &first_err) {
+                first_err = Some(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let end = walked?;
+        if end != size {
+            return Err(Error::SizeMismatch {
+                disk: label.into(),
+                expected: size,
+                got: end,
+            });
+        }
+        Ok(())
+    });
+    progress.finish();
+    let cleanup = |kind: &Target| {
+        if let Target::File { tmp, .. } = kind {
+            let _ = std::fs::remove_file(tmp);
+        }
+    };
+    if let Err(e) = outcome {
+        cleanup(&kind);
+        return Err(e);
+    }
+    file.sync_all().map_err(|e| Error::target(&write_path, e))?;
+    let damage = damage.into_inner().expect("workers joined");
+    if !damage.is_empty() {
+        // Keep the partial file under its temporary name; the error names it.
+        log::warn!(
+            "partial restore kept at {} (damaged ranges read as zeros)",
+            write_path.display()
+        );
+        return Err(Error::Damaged {
+            snapshot: snapshot.into(),
+            damage,
+        });
+    }
+    if let Target::File { tmp, path } = &kind {
+        repo_format::durable::rename_durable(tmp, path).map_err(Error::Repo)?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Reads one chunk; on failure also says which pack it was in, when known.
+type FetchError = Box<(Option<repo_format::PackId>, repo_format::Error)>;
+
+fn fetch(reader: &mut BlobReader<'_>, id: &BlobId) -> std::result::Result<Vec<u8>, FetchError> {
+    let loc = reader.locate(id).map_err(|e| Box::new((None, e)))?;
+    reader
+        .read_at(&loc)
+        .map_err(|e| Box::new((Some(loc.pack), e)))
+}

@@ -1,0 +1,67 @@
+//! Disk sources: where backup reads a disk from.
+//!
+//! A source answers two questions, "where is the next allocated data at or after this
+//! offset?" and "read these bytes", so the pipeline never branches on the format.
+//! Unallocated ranges are never read: they reach the chunker as known zeros.
+
+mod aligned;
+mod raw;
+mod stream;
+
+use std::path::PathBuf;
+
+pub use aligned::AlignedBuf;
+pub use raw::RawSource;
+pub use stream::StreamSource;
+
+/// Errors from opening or reading a source. Each names the source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a regular file or block device")]
+    NotADisk { path: PathBuf },
+    #[error("{path}: the source shrank while it was read (expected {expected} bytes, got {got})")]
+    Shrank {
+        path: PathBuf,
+        expected: u64,
+        got: u64,
+    },
+}
+
+/// A disk to back up.
+pub trait DiskSource: Send {
+    /// Names the source in messages (path or `stdin`).
+    fn describe(&self) -> String;
+    /// Virtual size, when known before reading (not for streams).
+    fn size_bytes(&self) -> Option<u64>;
+    /// The next range `[start, end)` at or after `offset` that may hold data, or `None`
+    /// when the rest of the disk is unallocated. `end` may be `u64::MAX` for "to the end".
+    fn next_data(&mut self, offset: u64) -> Result<Option<(u64, u64)>, SourceError>;
+    /// Reads up to `buf.len()` bytes at `offset`; returns 0 only at the end of the disk.
+    /// Streams only accept the offset that follows the previous read.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError>;
+    /// Another handle on the same disk for parallel reads, where the source allows it
+    /// (files and devices do; streams do not).
+    fn clone_reader(&self) -> Option<Box<dyn DiskSource>> {
+        None
+    }
+}
+
+/// Opens a path or `-` (standard input) as a raw disk source.
+pub fn open_source(spec: &str, direct: bool) -> Result<Box<dyn DiskSource>, SourceError> {
+    if spec == "-" {
+        return Ok(Box::new(StreamSource::new(
+            std::io::stdin(),
+            "stdin".into(),
+        )));
+    }
+    Ok(Box::new(RawSource::open(
+        std::path::Path::new(spec),
+        direct,
+    )?))
+}

@@ -1,0 +1,58 @@
+//! A raw disk arriving as a stream (`xe vdi-export ... | dedisk backup -`): read once,
+//! in order, size unknown until the end.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use super::{DiskSource, SourceError};
+
+pub struct StreamSource<R> {
+    reader: R,
+    name: String,
+    pos: u64,
+}
+
+impl<R: Read + Send> StreamSource<R> {
+    pub fn new(reader: R, name: String) -> Self {
+        StreamSource {
+            reader,
+            name,
+            pos: 0,
+        }
+    }
+}
+
+impl<R: Read + Send> DiskSource for StreamSource<R> {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    fn size_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    fn next_data(&mut self, offset: u64) -> Result<Option<(u64, u64)>, SourceError> {
+        Ok(Some((offset, u64::MAX)))
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+        assert_eq!(offset, self.pos, "streams are read in order");
+        // Fill the buffer: pipes return short reads, and the chunker wants whole blocks.
+        let mut done = 0;
+        while done < buf.len() {
+            match self.reader.read(&mut buf[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(SourceError::Io {
+                        path: PathBuf::from(&self.name),
+                        source,
+                    })
+                }
+            }
+        }
+        self.pos += done as u64;
+        Ok(done)
+    }
+}

@@ -1,0 +1,209 @@
+//! Blobs: the unit of storage. A blob is either a data chunk of a disk or a manifest
+//! node; it is addressed by the BLAKE3-256 of its uncompressed bytes and stored
+//! zstd-compressed unless compression does not shrink it.
+
+use crate::error::{Error, Result};
+use crate::ids::BlobId;
+
+/// Largest data chunk the format allows (the chunker's `max_bytes` must not exceed it).
+pub const MAX_CHUNK_BYTES: usize = 16 << 20;
+/// Largest uncompressed blob of any kind; bounds every decompression.
+pub const MAX_BLOB_BYTES: usize = 16 << 20;
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlobKind {
+    /// Bytes of a disk (or of a metadata file).
+    Data = 1,
+    /// A node of a manifest tree.
+    ManifestNode = 2,
+}
+
+impl BlobKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(BlobKind::Data),
+            2 => Some(BlobKind::ManifestNode),
+            _ => None,
+        }
+    }
+}
+
+/// How a blob's payload is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Compression {
+    None = 0,
+    Zstd = 1,
+}
+
+impl Compression {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A blob ready to be appended to a pack.
+#[derive(Clone, Debug)]
+pub struct EncodedBlob {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub compression: Compression,
+    pub raw_len: u32,
+    pub payload: Vec<u8>,
+}
+
+/// Compresses blobs, reusing one zstd context. One per worker thread; not `Sync`.
+pub struct BlobEncoder {
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl BlobEncoder {
+    pub fn new(level: i32) -> Result<Self> {
+        let compressor =
+            zstd::bulk::Compressor::new(level).map_err(|e| Error::Compress(e.to_string()))?;
+        Ok(BlobEncoder { compressor })
+    }
+
+    /// Encodes `raw` whose id the caller already computed (hashing is done once, upstream).
+    pub fn encode_with_id(
+        &mut self,
+        id: BlobId,
+        kind: BlobKind,
+        raw: &[u8],
+    ) -> Result<EncodedBlob> {
+        if raw.len() > MAX_BLOB_BYTES {
+            return Err(Error::BlobTooLarge {
+                len_bytes: raw.len(),
+                max_bytes: MAX_BLOB_BYTES,
+            });
+        }
+        let compressed = self
+            .compressor
+            .compress(raw)
+            .map_err(|e| Error::Compress(e.to_string()))?;
+        // Incompressible data (media, archives, encrypted volumes) is stored as it is, so
+        // restore does not pay for a decompression that gains nothing.
+        let (compression, payload) = if compressed.len() < raw.len() {
+            (Compression::Zstd, compressed)
+        } else {
+            (Compression::None, raw.to_vec())
+        };
+        Ok(EncodedBlob {
+            id,
+            kind,
+            compression,
+            raw_len: raw.len() as u32,
+            payload,
+        })
+    }
+
+    /// Hashes and encodes `raw`.
+    pub fn encode(&mut self, kind: BlobKind, raw: &[u8]) -> Result<EncodedBlob> {
+        self.encode_with_id(BlobId::of(raw), kind, raw)
+    }
+}
+
+/// Where a blob was read from, for error messages.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobOrigin {
+    pub pack: crate::ids::PackId,
+    pub offset: u64,
+}
+
+/// Decompresses `payload` and checks that it hashes to `id`.
+///
+/// `raw_len` bounds the decompression, so a hostile payload cannot make it allocate more.
+pub fn decode_blob(
+    id: BlobId,
+    compression: Compression,
+    raw_len: u32,
+    payload: &[u8],
+    origin: BlobOrigin,
+) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| Error::CorruptBlob {
+        blob: id,
+        pack: origin.pack,
+        offset: origin.offset,
+        reason,
+    };
+    if raw_len as usize > MAX_BLOB_BYTES {
+        return Err(corrupt(format!(
+            "raw length {raw_len} exceeds the format limit"
+        )));
+    }
+    let raw = match compression {
+        Compression::None => payload.to_vec(),
+        Compression::Zstd => zstd::bulk::decompress(payload, raw_len as usize)
+            .map_err(|e| corrupt(format!("zstd: {e}")))?,
+    };
+    if raw.len() != raw_len as usize {
+        return Err(corrupt(format!(
+            "decoded {} bytes, expected {raw_len}",
+            raw.len()
+        )));
+    }
+    let actual = BlobId::of(&raw);
+    if actual != id {
+        return Err(corrupt(format!(
+            "content hashes to {}, not to its id",
+            actual.short()
+        )));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::PackId;
+
+    const ORIGIN: BlobOrigin = BlobOrigin {
+        pack: PackId([0; 32]),
+        offset: 0,
+    };
+
+    #[test]
+    fn compressible_and_incompressible_round_trip() {
+        let mut enc = BlobEncoder::new(3).unwrap();
+        let text = b"abcabcabc".repeat(1000);
+        let b = enc.encode(BlobKind::Data, &text).unwrap();
+        assert_eq!(b.compression, Compression::Zstd);
+        assert!(b.payload.len() < text.len());
+        let back = decode_blob(b.id, b.compression, b.raw_len, &b.payload, ORIGIN).unwrap();
+        assert_eq!(back, text);
+
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let noise = blake3::Hasher::new().update(&noise).finalize_xof();
+        let mut bytes = vec![0u8; 8192];
+        noise.clone().fill(&mut bytes);
+        let b = enc.encode(BlobKind::Data, &bytes).unwrap();
+        assert_eq!(b.compression, Compression::None);
+        assert_eq!(b.payload, bytes);
+    }
+
+    #[test]
+    fn flipped_byte_is_detected() {
+        let mut enc = BlobEncoder::new(3).unwrap();
+        let b = enc.encode(BlobKind::Data, &b"x".repeat(500)).unwrap();
+        let mut payload = b.payload.clone();
+        let last = payload.len() - 1;
+        payload[last] ^= 1;
+        assert!(decode_blob(b.id, b.compression, b.raw_len, &payload, ORIGIN).is_err());
+    }
+
+    #[test]
+    fn lying_raw_len_does_not_allocate_unbounded() {
+        let mut enc = BlobEncoder::new(3).unwrap();
+        let b = enc.encode(BlobKind::Data, &vec![7u8; 100_000]).unwrap();
+        assert!(decode_blob(b.id, b.compression, 10, &b.payload, ORIGIN).is_err());
+        assert!(decode_blob(b.id, b.compression, u32::MAX, &b.payload, ORIGIN).is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! The one error type of this crate. Each variant names the file, pack, blob or offset
+//! involved so that a message printed at the CLI edge tells an admin where to look.
+
+use std::path::PathBuf;
+
+use crate::ids::{BlobId, PackId};
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, with the thing it went wrong on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a dedisk repository (no config.json)")]
+    NotARepository { path: PathBuf },
+    #[error("{path} already exists and is not empty; refusing to create a repository there")]
+    AlreadyExists { path: PathBuf },
+    #[error("{path}: repository format version {found} is not supported (this dedisk reads version {supported})")]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path}: invalid repository config: {reason}")]
+    BadConfig { path: PathBuf, reason: String },
+    #[error("pack {pack}: {reason} (at byte {offset})")]
+    CorruptPack {
+        pack: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("blob {blob} in pack {pack} at byte {offset}: {reason}")]
+    CorruptBlob {
+        blob: BlobId,
+        pack: PackId,
+        offset: u64,
+        reason: String,
+    },
+    #[error("blob {0} is not in the repository index")]
+    MissingBlob(BlobId),
+    #[error("pack {pack} is referenced by the index but missing on disk ({path})")]
+    MissingPack { pack: PackId, path: PathBuf },
+    #[error("manifest node {node}: {reason}")]
+    CorruptManifest { node: BlobId, reason: String },
+    #[error("snapshot file {path}: {reason}")]
+    CorruptSnapshot { path: PathBuf, reason: String },
+    #[error("invalid {kind} id {text:?}")]
+    BadId { kind: &'static str, text: String },
+    #[error("index {path}: {source}")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("blob of {len_bytes} bytes is larger than the format allows ({max_bytes})")]
+    BlobTooLarge { len_bytes: usize, max_bytes: usize },
+    #[error("compression failed: {0}")]
+    Compress(String),
+    #[error("random source failed: {0}")]
+    Random(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the error means stored data is damaged (as opposed to an operational failure).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::CorruptPack { .. }
+                | Error::CorruptBlob { .. }
+                | Error::CorruptManifest { .. }
+                | Error::CorruptSnapshot { .. }
+                | Error::MissingBlob(_)
+                | Error::MissingPack { .. }
+        )
+    }
+}
+
+/// Extension to attach a path to `std::io::Result`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

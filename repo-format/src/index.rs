@@ -1,0 +1,307 @@
+//! The SQLite index: blob id -> (pack, offset, lengths). A cache of what the pack TOCs
+//! say, never the only copy of anything: it can be deleted and rebuilt at any time.
+//!
+//! Rows for a pack are inserted only after the pack is durable under its final name,
+//! so every row points at a complete pack.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::blob::{BlobKind, Compression};
+use crate::error::{Error, Result};
+use crate::ids::{BlobId, PackId};
+use crate::pack::TocEntry;
+
+/// Schema version kept in `PRAGMA user_version`; an index of another version is rebuilt.
+pub const INDEX_SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE packs (
+    num        INTEGER PRIMARY KEY,
+    id         BLOB NOT NULL UNIQUE,
+    len_bytes  INTEGER NOT NULL,
+    blobs      INTEGER NOT NULL
+);
+CREATE TABLE blobs (
+    id          BLOB PRIMARY KEY,
+    pack        INTEGER NOT NULL REFERENCES packs(num),
+    offset      INTEGER NOT NULL,
+    stored_len  INTEGER NOT NULL,
+    raw_len     INTEGER NOT NULL,
+    kind        INTEGER NOT NULL,
+    compression INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX blobs_by_pack ON blobs(pack);
+";
+
+/// Where a blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: PackId,
+    pub entry: TocEntry,
+}
+
+/// Totals over the index, for `dedisk stats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexTotals {
+    pub packs: u64,
+    pub pack_bytes: u64,
+    pub data_blobs: u64,
+    pub data_raw_bytes: u64,
+    pub data_stored_bytes: u64,
+    pub node_blobs: u64,
+    pub node_stored_bytes: u64,
+}
+
+/// One connection to the index. Not `Sync`: each thread opens its own.
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Index {
+    fn err(&self, source: rusqlite::Error) -> Error {
+        Error::Index {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Opens (creating if needed) the index at `path`. Fails with `Error::Index` when the
+    /// file is not a usable index of this schema version; callers rebuild it then.
+    pub fn open(path: &Path) -> Result<Index> {
+        let wrap = |source| Error::Index {
+            path: path.into(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(wrap)?;
+        conn.busy_timeout(Duration::from_secs(60)).map_err(wrap)?;
+        // WAL: readers (restore workers, a concurrent mount) never block the one writer.
+        // synchronous=NORMAL may lose the last commits on power loss; harmless, because
+        // the index is a cache that `reconcile` refills from the packs.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrap)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(wrap)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(wrap)?;
+        let idx = Index {
+            conn,
+            path: path.into(),
+        };
+        if version == 0 {
+            let tables: i64 = idx
+                .conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(wrap)?;
+            if tables == 0 {
+                idx.conn.execute_batch(SCHEMA).map_err(wrap)?;
+                idx.conn
+                    .pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)
+                    .map_err(wrap)?;
+                return Ok(idx);
+            }
+        }
+        if version != INDEX_SCHEMA_VERSION {
+            return Err(wrap(rusqlite::Error::InvalidParameterName(format!(
+                "index schema version {version}, expected {INDEX_SCHEMA_VERSION}"
+            ))));
+        }
+        Ok(idx)
+    }
+
+    /// Where blob `id` is, if the index knows it.
+    pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT p.id, b.offset, b.stored_len, b.raw_len, b.kind, b.compression
+                 FROM blobs b JOIN packs p ON p.num = b.pack WHERE b.id = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let row = stmt
+            .query_row([&id.0[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((pack, offset, stored_len, raw_len, kind, compression)) = row else {
+            return Ok(None);
+        };
+        let bad = |what: &str| {
+            self.err(rusqlite::Error::InvalidParameterName(format!(
+                "row for blob {} has an invalid {what}",
+                id.short()
+            )))
+        };
+        Ok(Some(BlobLocation {
+            pack: PackId::from_slice(&pack).ok_or_else(|| bad("pack id"))?,
+            entry: TocEntry {
+                id: *id,
+                kind: BlobKind::from_u8(kind as u8).ok_or_else(|| bad("kind"))?,
+                compression: Compression::from_u8(compression as u8)
+                    .ok_or_else(|| bad("compression"))?,
+                stored_len: u32::try_from(stored_len).map_err(|_| bad("length"))?,
+                raw_len: u32::try_from(raw_len).map_err(|_| bad("length"))?,
+                offset: u64::try_from(offset).map_err(|_| bad("offset"))?,
+            },
+        }))
+    }
+
+    /// True when the index knows blob `id`.
+    pub fn contains(&self, id: &BlobId) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        stmt.exists([&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// Records a durable pack and all its blobs, in one transaction. A blob already
+    /// indexed from another pack keeps its first location.
+    pub fn add_pack(&mut self, pack: &PackId, len_bytes: u64, entries: &[TocEntry]) -> Result<()> {
+        let path = self.path.clone();
+        let wrap = |source| Error::Index {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs (id, len_bytes, blobs) VALUES (?1, ?2, ?3)",
+            params![&pack.0[..], len_bytes as i64, entries.len() as i64],
+        )
+        .map_err(wrap)?;
+        let num: i64 = tx
+            .query_row("SELECT num FROM packs WHERE id = ?1", [&pack.0[..]], |r| {
+                r.get(0)
+            })
+            .map_err(wrap)?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO blobs (id, pack, offset, stored_len, raw_len, kind, compression)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(wrap)?;
+            for e in entries {
+                ins.execute(params![
+                    &e.id.0[..],
+                    num,
+                    e.offset as i64,
+                    e.stored_len as i64,
+                    e.raw_len as i64,
+                    e.kind as u8 as i64,
+                    e.compression as u8 as i64
+                ])
+                .map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Forgets a pack that no longer exists on disk.
+    pub fn remove_pack(&mut self, pack: &PackId) -> Result<()> {
+        let path = self.path.clone();
+        let wrap = |source| Error::Index {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        tx.execute(
+            "DELETE FROM blobs WHERE pack = (SELECT num FROM packs WHERE id = ?1)",
+            [&pack.0[..]],
+        )
+        .map_err(wrap)?;
+        tx.execute("DELETE FROM packs WHERE id = ?1", [&pack.0[..]])
+            .map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
+    /// Every pack the index knows.
+    pub fn pack_ids(&self) -> Result<HashSet<PackId>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM packs")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = HashSet::new();
+        for r in rows {
+            let bytes = r.map_err(|e| self.err(e))?;
+            if let Some(id) = PackId::from_slice(&bytes) {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts and byte totals.
+    pub fn totals(&self) -> Result<IndexTotals> {
+        let mut t = IndexTotals::default();
+        self.conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(len_bytes), 0) FROM packs",
+                [],
+                |r| {
+                    t.packs = r.get::<_, i64>(0)? as u64;
+                    t.pack_bytes = r.get::<_, i64>(1)? as u64;
+                    Ok(())
+                },
+            )
+            .map_err(|e| self.err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT kind, count(*), coalesce(sum(raw_len),0), coalesce(sum(stored_len),0)
+                 FROM blobs GROUP BY kind",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        for r in rows {
+            let (kind, n, raw, stored) = r.map_err(|e| self.err(e))?;
+            if kind == BlobKind::Data as i64 {
+                t.data_blobs = n;
+                t.data_raw_bytes = raw;
+                t.data_stored_bytes = stored;
+            } else {
+                t.node_blobs = n;
+                t.node_stored_bytes = stored;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Folds the write-ahead log into the main file (after bulk work such as a rebuild).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(|e| self.err(e))
+    }
+}

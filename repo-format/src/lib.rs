@@ -1,0 +1,39 @@
+//! The dedisk repository format: everything about bytes at rest.
+//!
+//! A repository is a directory of immutable, content-addressed files (packs of
+//! compressed chunks, snapshot files) plus a SQLite index that caches where each chunk
+//! lives. This crate reads and writes those files and nothing else: no image parsing,
+//! no pipeline, no command line. `docs/FORMAT.md` in this crate is the normative spec.
+//!
+//! ```no_run
+//! use repo_format::{Repository, BlobReader};
+//! # fn main() -> Result<(), repo_format::Error> {
+//! let repo = Repository::open(std::path::Path::new("/srv/backup/repo"))?;
+//! let mut reader = BlobReader::new(&repo)?;
+//! for snap in repo.list_snapshots()? {
+//!     let (id, snap) = snap?;
+//!     println!("{} {} {} disk(s)", id.short(), snap.name, snap.disks.len());
+//! }
+//! # let _ = &mut reader; Ok(()) }
+//! ```
+
+pub mod blob;
+pub mod config;
+pub mod durable;
+pub mod error;
+pub mod ids;
+pub mod index;
+pub mod manifest;
+pub mod pack;
+pub mod repo;
+pub mod snapshot;
+
+pub use blob::{BlobEncoder, BlobKind, Compression, EncodedBlob};
+pub use config::{ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, FORMAT_VERSION};
+pub use error::{Error, Result};
+pub use ids::{BlobId, PackId, RepoId, SnapshotId};
+pub use index::{BlobLocation, Index, IndexTotals};
+pub use manifest::{Extent, ManifestBuilder, ManifestRoot, ManifestWalker, Node};
+pub use pack::{FinishedPack, PackWriter, TocEntry};
+pub use repo::{BlobReader, IndexRepair, Repository};
+pub use snapshot::{DiskStats, Snapshot, SnapshotDisk, SnapshotMeta};

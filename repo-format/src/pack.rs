@@ -1,0 +1,385 @@
+//! Pack files: many blobs appended into one immutable file with its own table of
+//! contents (TOC), so the index can always be rebuilt from the packs alone.
+//!
+//! Layout (all integers little-endian; FORMAT.md, "Pack files", is the normative text):
+//!
+//! ```text
+//! PackHeader  16 bytes   "DDSKPACK" | version u8 = 1 | 7 reserved zero bytes
+//! Blob*                  BlobHeader (48 bytes) followed by stored_len payload bytes
+//! TOC                    entry_count × TocEntry (56 bytes)
+//! Footer      56 bytes   toc_offset u64 | entry_count u32 | reserved u32 |
+//!                        BLAKE3(TOC) [32] | "DDSKEND1"
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::blob::{BlobKind, Compression, EncodedBlob, MAX_BLOB_BYTES};
+use crate::error::{Error, IoContext, Result};
+use crate::ids::{BlobId, PackId};
+
+pub const PACK_MAGIC: &[u8; 8] = b"DDSKPACK";
+pub const PACK_END_MAGIC: &[u8; 8] = b"DDSKEND1";
+pub const PACK_VERSION: u8 = 1;
+pub const PACK_HEADER_LEN: u64 = 16;
+pub const BLOB_HEADER_LEN: u64 = 48;
+pub const TOC_ENTRY_LEN: u64 = 56;
+pub const FOOTER_LEN: u64 = 56;
+/// A pack may hold at most this many blobs; bounds the TOC a reader allocates.
+pub const MAX_PACK_ENTRIES: u32 = 1 << 20;
+
+/// One TOC entry: where a blob sits in its pack and how to decode it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TocEntry {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub compression: Compression,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    /// Offset of the blob's header in the pack; the payload follows the header.
+    pub offset: u64,
+}
+
+impl TocEntry {
+    /// Offset of the payload (after the 48-byte blob header).
+    pub fn payload_offset(&self) -> u64 {
+        self.offset + BLOB_HEADER_LEN
+    }
+
+    fn encode(&self) -> [u8; TOC_ENTRY_LEN as usize] {
+        let mut b = [0u8; TOC_ENTRY_LEN as usize];
+        b[..32].copy_from_slice(&self.id.0);
+        b[32] = self.kind as u8;
+        b[33] = self.compression as u8;
+        // 34..36 reserved
+        b[36..40].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[40..44].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[44..52].copy_from_slice(&self.offset.to_le_bytes());
+        // 52..56 reserved
+        b
+    }
+
+    fn decode(b: &[u8], pack: &str, at: u64) -> Result<Self> {
+        let bad = |reason: String| Error::CorruptPack {
+            pack: pack.to_string(),
+            offset: at,
+            reason,
+        };
+        if b.len() != TOC_ENTRY_LEN as usize {
+            return Err(bad("short TOC entry".into()));
+        }
+        let kind =
+            BlobKind::from_u8(b[32]).ok_or_else(|| bad(format!("unknown blob kind {}", b[32])))?;
+        let compression = Compression::from_u8(b[33])
+            .ok_or_else(|| bad(format!("unknown compression {}", b[33])))?;
+        Ok(TocEntry {
+            id: BlobId::from_slice(&b[..32]).expect("slice is 32 bytes"),
+            kind,
+            compression,
+            stored_len: u32::from_le_bytes(b[36..40].try_into().expect("4 bytes")),
+            raw_len: u32::from_le_bytes(b[40..44].try_into().expect("4 bytes")),
+            offset: u64::from_le_bytes(b[44..52].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// The 48-byte header in front of every blob payload. It repeats the TOC's facts so a
+/// pack whose tail (TOC) is lost can still be scanned blob by blob.
+fn encode_blob_header(blob: &EncodedBlob) -> [u8; BLOB_HEADER_LEN as usize] {
+    let mut h = [0u8; BLOB_HEADER_LEN as usize];
+    h[..32].copy_from_slice(&blob.id.0);
+    h[32] = blob.kind as u8;
+    h[33] = blob.compression as u8;
+    h[36..40].copy_from_slice(&(blob.payload.len() as u32).to_le_bytes());
+    h[40..44].copy_from_slice(&blob.raw_len.to_le_bytes());
+    let check = blake3::hash(&h[..44]);
+    h[44..48].copy_from_slice(&check.as_bytes()[..4]);
+    h
+}
+
+/// Path of a pack inside the repository's `packs/` directory.
+pub fn pack_path(packs_dir: &Path, id: &PackId) -> PathBuf {
+    let hex = id.to_hex();
+    packs_dir.join(&hex[..2]).join(format!("{hex}.pack"))
+}
+
+/// Appends blobs to a new pack file under a temporary name; `finish` makes it durable
+/// and gives it its final, content-addressed name.
+pub struct PackWriter {
+    tmp_path: PathBuf,
+    out: BufWriter<File>,
+    hasher: blake3::Hasher,
+    len_bytes: u64,
+    toc: Vec<TocEntry>,
+}
+
+/// A pack made durable by [`PackWriter::finish`].
+#[derive(Debug)]
+pub struct FinishedPack {
+    pub id: PackId,
+    pub path: PathBuf,
+    pub len_bytes: u64,
+    pub entries: Vec<TocEntry>,
+}
+
+impl PackWriter {
+    /// Starts a pack at a fresh temporary path inside `tmp_dir`.
+    pub fn create(tmp_dir: &Path) -> Result<Self> {
+        let name = hex::encode(&crate::ids::random_bytes()?[..12]);
+        let tmp_path = tmp_dir.join(format!("pack-{name}.tmp"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)
+            .at(&tmp_path)?;
+        let mut w = PackWriter {
+            tmp_path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            len_bytes: 0,
+            toc: Vec::new(),
+        };
+        let mut header = [0u8; PACK_HEADER_LEN as usize];
+        header[..8].copy_from_slice(PACK_MAGIC);
+        header[8] = PACK_VERSION;
+        w.write(&header)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes).at(&self.tmp_path)?;
+        self.hasher.update(bytes);
+        self.len_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends one blob and returns its TOC entry.
+    pub fn add(&mut self, blob: &EncodedBlob) -> Result<TocEntry> {
+        let entry = TocEntry {
+            id: blob.id,
+            kind: blob.kind,
+            compression: blob.compression,
+            stored_len: blob.payload.len() as u32,
+            raw_len: blob.raw_len,
+            offset: self.len_bytes,
+        };
+        self.write(&encode_blob_header(blob))?;
+        self.write(&blob.payload)?;
+        self.toc.push(entry);
+        Ok(entry)
+    }
+
+    /// Bytes written so far (header and blobs).
+    pub fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+
+    /// Number of blobs added so far.
+    pub fn blob_count(&self) -> usize {
+        self.toc.len()
+    }
+
+    /// Writes the TOC and footer, fsyncs, and renames the pack into `packs_dir` under its id.
+    pub fn finish(mut self, packs_dir: &Path) -> Result<FinishedPack> {
+        let toc_offset = self.len_bytes;
+        let mut toc_bytes = Vec::with_capacity(self.toc.len() * TOC_ENTRY_LEN as usize);
+        for e in &self.toc {
+            toc_bytes.extend_from_slice(&e.encode());
+        }
+        let mut footer = [0u8; FOOTER_LEN as usize];
+        footer[..8].copy_from_slice(&toc_offset.to_le_bytes());
+        footer[8..12].copy_from_slice(&(self.toc.len() as u32).to_le_bytes());
+        footer[16..48].copy_from_slice(blake3::hash(&toc_bytes).as_bytes());
+        footer[48..56].copy_from_slice(PACK_END_MAGIC);
+        self.write(&toc_bytes)?;
+        self.write(&footer)?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
+        file.sync_all().at(&self.tmp_path)?;
+        drop(file);
+        let id = PackId(*self.hasher.finalize().as_bytes());
+        let path = pack_path(packs_dir, &id);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).at(dir)?;
+        }
+        crate::durable::rename_durable(&self.tmp_path, &path)?;
+        Ok(FinishedPack {
+            id,
+            path,
+            len_bytes: self.len_bytes,
+            entries: self.toc,
+        })
+    }
+
+    /// Deletes the temporary file of a pack that will not be finished.
+    pub fn abandon(self) {
+        let path = self.tmp_path.clone();
+        drop(self);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Reads a pack's table of contents, checking footer magic, bounds and the TOC hash.
+pub fn read_toc(file: &File, len_bytes: u64, name: &str) -> Result<Vec<TocEntry>> {
+    let bad = |offset: u64, reason: String| Error::CorruptPack {
+        pack: name.to_string(),
+        offset,
+        reason,
+    };
+    if len_bytes < PACK_HEADER_LEN + FOOTER_LEN {
+        return Err(bad(
+            0,
+            format!("file of {len_bytes} bytes is too short to be a pack"),
+        ));
+    }
+    let mut header = [0u8; PACK_HEADER_LEN as usize];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| bad(0, format!("reading header: {e}")))?;
+    if &header[..8] != PACK_MAGIC {
+        return Err(bad(0, "not a dedisk pack (bad magic)".into()));
+    }
+    if header[8] != PACK_VERSION {
+        return Err(bad(8, format!("unsupported pack version {}", header[8])));
+    }
+    let footer_at = len_bytes - FOOTER_LEN;
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    file.read_exact_at(&mut footer, footer_at)
+        .map_err(|e| bad(footer_at, format!("reading footer: {e}")))?;
+    if &footer[48..56] != PACK_END_MAGIC {
+        return Err(bad(
+            footer_at,
+            "footer magic missing (truncated pack?)".into(),
+        ));
+    }
+    let toc_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes"));
+    if count > MAX_PACK_ENTRIES {
+        return Err(bad(footer_at, format!("TOC claims {count} entries")));
+    }
+    let toc_len = count as u64 * TOC_ENTRY_LEN;
+    if toc_offset.checked_add(toc_len) != Some(footer_at) || toc_offset < PACK_HEADER_LEN {
+        return Err(bad(
+            footer_at,
+            "TOC offset and entry count do not fit the file".into(),
+        ));
+    }
+    let mut toc = vec![0u8; toc_len as usize];
+    file.read_exact_at(&mut toc, toc_offset)
+        .map_err(|e| bad(toc_offset, format!("reading TOC: {e}")))?;
+    if blake3::hash(&toc).as_bytes() != &footer[16..48] {
+        return Err(bad(toc_offset, "TOC checksum mismatch".into()));
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    for (i, raw) in toc.chunks_exact(TOC_ENTRY_LEN as usize).enumerate() {
+        let at = toc_offset + i as u64 * TOC_ENTRY_LEN;
+        let e = TocEntry::decode(raw, name, at)?;
+        let end = e.payload_offset().checked_add(e.stored_len as u64);
+        if e.offset < PACK_HEADER_LEN || end.is_none_or(|end| end > toc_offset) {
+            return Err(bad(at, format!("entry {i} points outside the blob area")));
+        }
+        if e.raw_len as usize > MAX_BLOB_BYTES || e.stored_len as usize > MAX_BLOB_BYTES + 1024 {
+            return Err(bad(at, format!("entry {i} claims an oversized blob")));
+        }
+        entries.push(e);
+    }
+    Ok(entries)
+}
+
+/// Reads a blob's payload and checks its header against what the index or TOC said.
+pub fn read_payload(file: &File, pack: PackId, entry: &TocEntry) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| Error::CorruptBlob {
+        blob: entry.id,
+        pack,
+        offset: entry.offset,
+        reason,
+    };
+    if entry.stored_len as usize > MAX_BLOB_BYTES + 1024 {
+        return Err(corrupt("stored length exceeds the format limit".into()));
+    }
+    let mut buf = vec![0u8; BLOB_HEADER_LEN as usize + entry.stored_len as usize];
+    file.read_exact_at(&mut buf, entry.offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            corrupt("pack ends before the blob (truncated pack)".into())
+        } else {
+            corrupt(format!("read failed: {e}"))
+        }
+    })?;
+    if buf[..32] != entry.id.0 {
+        return Err(corrupt("blob header names a different id".into()));
+    }
+    buf.drain(..BLOB_HEADER_LEN as usize);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::{decode_blob, BlobEncoder, BlobOrigin};
+
+    fn write_pack(dir: &Path, blobs: &[Vec<u8>]) -> FinishedPack {
+        let mut enc = BlobEncoder::new(3).unwrap();
+        let mut w = PackWriter::create(dir).unwrap();
+        for b in blobs {
+            w.add(&enc.encode(BlobKind::Data, b).unwrap()).unwrap();
+        }
+        w.finish(dir).unwrap()
+    }
+
+    #[test]
+    fn toc_round_trip_and_payloads_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize * 37]).collect();
+        let p = write_pack(dir.path(), &blobs);
+        let f = File::open(&p.path).unwrap();
+        let len = f.metadata().unwrap().len();
+        assert_eq!(len, p.len_bytes);
+        assert_eq!(
+            PackId(*blake3::hash(&std::fs::read(&p.path).unwrap()).as_bytes()),
+            p.id
+        );
+        let toc = read_toc(&f, len, "t").unwrap();
+        assert_eq!(toc, p.entries);
+        for (e, raw) in toc.iter().zip(&blobs) {
+            let payload = read_payload(&f, p.id, e).unwrap();
+            let origin = BlobOrigin {
+                pack: p.id,
+                offset: e.offset,
+            };
+            assert_eq!(
+                &decode_blob(e.id, e.compression, e.raw_len, &payload, origin).unwrap(),
+                raw
+            );
+        }
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn truncated_or_damaged_toc_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_pack(dir.path(), &[vec![1; 5000], vec![2; 7000]]);
+        let bytes = std::fs::read(&p.path).unwrap();
+        for cut in [0, 10, 16, 100, bytes.len() - 57, bytes.len() - 1] {
+            let t = dir.path().join(format!("cut{cut}"));
+            std::fs::write(&t, &bytes[..cut]).unwrap();
+            let f = File::open(&t).unwrap();
+            assert!(read_toc(&f, cut as u64, "cut").is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        let toc_at = bytes.len() - 56 - 2 * 56 + 3;
+        flipped[toc_at] ^= 0x40;
+        let t = dir.path().join("flip");
+        std::fs::write(&t, &flipped).unwrap();
+        let err = read_toc(&File::open(&t).unwrap(), flipped.len() as u64, "flip").unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+}

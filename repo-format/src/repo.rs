@@ -1,0 +1,395 @@
+//! A repository on a local filesystem: its directory layout, opening (with index
+//! reconciliation), reading blobs and snapshots, and writing snapshots durably.
+//!
+//! ```text
+//! REPO/config.json                 immutable after init
+//! REPO/packs/<2 hex>/<64 hex>.pack immutable, content-addressed
+//! REPO/snapshots/<64 hex>.json     immutable, content-addressed
+//! REPO/index.sqlite (+ -wal, -shm) cache, rebuildable from packs
+//! REPO/tmp/                        packs and files being written
+//! REPO/locks/                      reserved for repository locks
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::blob::{decode_blob, BlobKind, BlobOrigin};
+use crate::config::RepoConfig;
+use crate::durable::{sync_dir, write_atomic};
+use crate::error::{Error, IoContext, Result};
+use crate::ids::{BlobId, PackId, SnapshotId};
+use crate::index::{BlobLocation, Index};
+use crate::manifest::Node;
+use crate::pack::{pack_path, read_payload, read_toc, FinishedPack};
+use crate::snapshot::Snapshot;
+
+const CONFIG_FILE: &str = "config.json";
+const INDEX_FILE: &str = "index.sqlite";
+/// A temporary file untouched for this long belongs to a process that died.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+
+/// What opening the repository had to do to the index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexRepair {
+    /// The index was missing or unusable and was rebuilt from the packs.
+    pub rebuilt: bool,
+    /// Packs on disk the index did not know (e.g. from a backup killed after writing them).
+    pub packs_added: usize,
+    /// Index rows for packs no longer on disk.
+    pub packs_dropped: usize,
+}
+
+/// An open repository. Cheap to share across threads by reference; per-thread index
+/// connections come from [`Repository::index`].
+pub struct Repository {
+    root: PathBuf,
+    config: RepoConfig,
+    /// What `open` did to the index (for logging at the CLI edge).
+    pub index_repair: IndexRepair,
+}
+
+impl Repository {
+    /// Creates a new repository at `root`, which must not exist or be an empty directory.
+    pub fn init(root: &Path, config: RepoConfig) -> Result<Repository> {
+        config.validate().map_err(|reason| Error::BadConfig {
+            path: root.join(CONFIG_FILE),
+            reason,
+        })?;
+        if root.exists() {
+            let mut entries = fs::read_dir(root).at(root)?;
+            if entries.next().is_some() {
+                return Err(Error::AlreadyExists { path: root.into() });
+            }
+        }
+        for dir in ["", "packs", "snapshots", "tmp", "locks"] {
+            fs::create_dir_all(root.join(dir)).at(&root.join(dir))?;
+        }
+        Index::open(&root.join(INDEX_FILE))?;
+        // Config last: a directory without it is not (yet) a repository.
+        let bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
+        write_atomic(&root.join(CONFIG_FILE), &root.join("tmp"), &bytes)?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        Ok(Repository {
+            root: root.into(),
+            config,
+            index_repair: IndexRepair::default(),
+        })
+    }
+
+    /// Opens an existing repository, rebuilding or reconciling its index with the packs.
+    pub fn open(root: &Path) -> Result<Repository> {
+        let config_path = root.join(CONFIG_FILE);
+        let bytes = match fs::read(&config_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotARepository { path: root.into() })
+            }
+            Err(e) => return Err(Error::io(config_path, e)),
+        };
+        let config = RepoConfig::parse(&config_path, &bytes)?;
+        for dir in ["packs", "snapshots", "tmp", "locks"] {
+            fs::create_dir_all(root.join(dir)).at(&root.join(dir))?;
+        }
+        let mut repo = Repository {
+            root: root.into(),
+            config,
+            index_repair: IndexRepair::default(),
+        };
+        repo.clean_stale_tmp();
+        repo.index_repair = match repo.index() {
+            Ok(mut idx) => repo.reconcile(&mut idx)?,
+            Err(e @ Error::Index { .. }) => {
+                log::warn!("{e}; rebuilding the index from the packs");
+                repo.rebuild_index()?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(repo)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join(INDEX_FILE)
+    }
+
+    /// A new connection to the index (one per thread).
+    pub fn index(&self) -> Result<Index> {
+        if !self.index_path().exists() {
+            return Err(Error::Index {
+                path: self.index_path(),
+                source: rusqlite::Error::InvalidPath(self.index_path()),
+            });
+        }
+        Index::open(&self.index_path())
+    }
+
+    fn clean_stale_tmp(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > STALE_TMP_AGE);
+            if old {
+                log::info!("removing stale temporary file {}", e.path().display());
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Every pack file on disk, by id.
+    pub fn list_packs(&self) -> Result<HashMap<PackId, PathBuf>> {
+        let dir = self.packs_dir();
+        let mut out = HashMap::new();
+        for sub in fs::read_dir(&dir).at(&dir)? {
+            let sub = sub.at(&dir)?.path();
+            if !sub.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&sub).at(&sub)? {
+                let path = f.at(&sub)?.path();
+                let id = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".pack"))
+                    .and_then(|h| h.parse::<PackId>().ok());
+                match id {
+                    Some(id) => {
+                        out.insert(id, path);
+                    }
+                    None => log::warn!("ignoring unexpected file {}", path.display()),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one pack's TOC and adds it to the index. A damaged pack is skipped with a
+    /// warning, so one bad pack never keeps the rest of the repository from opening.
+    fn index_pack(&self, idx: &mut Index, id: &PackId, path: &Path) -> Result<bool> {
+        let file = File::open(path).at(path)?;
+        let len = file.metadata().at(path)?.len();
+        match read_toc(&file, len, &id.to_hex()) {
+            Ok(entries) => {
+                idx.add_pack(id, len, &entries)?;
+                Ok(true)
+            }
+            Err(e) => {
+                log::warn!("not indexing damaged pack: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Brings the index in line with the packs on disk: adds packs it does not know and
+    /// drops rows of packs that are gone.
+    pub fn reconcile(&self, idx: &mut Index) -> Result<IndexRepair> {
+        let on_disk = self.list_packs()?;
+        let known = idx.pack_ids()?;
+        let mut r = IndexRepair::default();
+        for (id, path) in &on_disk {
+            if !known.contains(id) && self.index_pack(idx, id, path)? {
+                r.packs_added += 1;
+            }
+        }
+        for id in known.iter().filter(|id| !on_disk.contains_key(id)) {
+            idx.remove_pack(id)?;
+            r.packs_dropped += 1;
+        }
+        if r.packs_added > 0 || r.packs_dropped > 0 {
+            log::info!(
+                "index reconciled with packs: {} added, {} dropped",
+                r.packs_added,
+                r.packs_dropped
+            );
+        }
+        Ok(r)
+    }
+
+    /// Rebuilds the index from the packs alone, into a new file that replaces the old one.
+    pub fn rebuild_index(&self) -> Result<IndexRepair> {
+        let tmp = self
+            .tmp_dir()
+            .join(format!("index-rebuild-{}.sqlite", std::process::id()));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", tmp.display()));
+        }
+        let mut r = IndexRepair {
+            rebuilt: true,
+            ..Default::default()
+        };
+        {
+            let mut idx = Index::open(&tmp)?;
+            for (id, path) in self.list_packs()? {
+                if self.index_pack(&mut idx, &id, &path)? {
+                    r.packs_added += 1;
+                }
+            }
+            idx.checkpoint()?;
+        }
+        let live = self.index_path();
+        for suffix in ["-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", live.display()));
+        }
+        crate::durable::rename_durable(&tmp, &live)?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", tmp.display()));
+        }
+        Ok(r)
+    }
+
+    /// Records a finished pack in the index.
+    pub fn index_finished_pack(&self, idx: &mut Index, pack: &FinishedPack) -> Result<()> {
+        idx.add_pack(&pack.id, pack.len_bytes, &pack.entries)
+    }
+
+    /// Writes a snapshot file durably; from this moment on the snapshot exists.
+    pub fn write_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
+        let (id, bytes) = snap.encode();
+        let path = self.snapshots_dir().join(format!("{}.json", id.to_hex()));
+        write_atomic(&path, &self.tmp_dir(), &bytes)?;
+        Ok(id)
+    }
+
+    /// Every snapshot, oldest first. A damaged snapshot file is reported, not skipped
+    /// silently: it comes back as an `Err` in the list.
+    pub fn list_snapshots(&self) -> Result<Vec<Result<(SnapshotId, Snapshot)>>> {
+        let dir = self.snapshots_dir();
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let path = e.at(&dir)?.path();
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|h| h.parse::<SnapshotId>().ok())
+            else {
+                continue;
+            };
+            out.push(
+                fs::read(&path)
+                    .at(&path)
+                    .and_then(|bytes| Snapshot::decode(&path, id, &bytes))
+                    .map(|s| (id, s)),
+            );
+        }
+        out.sort_by_key(|r| match r {
+            Ok((id, s)) => (Some(s.time), Some(*id)),
+            Err(_) => (None, None),
+        });
+        Ok(out)
+    }
+
+    /// Loads one snapshot by its full id.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let path = self.snapshots_dir().join(format!("{}.json", id.to_hex()));
+        let bytes = fs::read(&path).at(&path)?;
+        Snapshot::decode(&path, *id, &bytes)
+    }
+}
+
+/// Reads blobs through the index, keeping pack files open. One per thread.
+pub struct BlobReader<'r> {
+    repo: &'r Repository,
+    index: Index,
+    open_packs: HashMap<PackId, File>,
+}
+
+/// Packs a reader keeps open at once.
+const OPEN_PACKS_MAX: usize = 64;
+
+impl<'r> BlobReader<'r> {
+    pub fn new(repo: &'r Repository) -> Result<Self> {
+        Ok(BlobReader {
+            repo,
+            index: repo.index()?,
+            open_packs: HashMap::new(),
+        })
+    }
+
+    /// Where blob `id` is stored.
+    pub fn locate(&self, id: &BlobId) -> Result<BlobLocation> {
+        self.index.lookup(id)?.ok_or(Error::MissingBlob(*id))
+    }
+
+    fn pack_file(&mut self, pack: PackId) -> Result<&File> {
+        if !self.open_packs.contains_key(&pack) {
+            if self.open_packs.len() >= OPEN_PACKS_MAX {
+                self.open_packs.clear();
+            }
+            let path = pack_path(&self.repo.packs_dir(), &pack);
+            let f = File::open(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::MissingPack {
+                    pack,
+                    path: path.clone(),
+                },
+                _ => Error::io(&path, e),
+            })?;
+            self.open_packs.insert(pack, f);
+        }
+        Ok(&self.open_packs[&pack])
+    }
+
+    /// Reads, decompresses and verifies a blob at a known location.
+    pub fn read_at(&mut self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let file = self.pack_file(loc.pack)?;
+        let payload = read_payload(file, loc.pack, &loc.entry)?;
+        let origin = BlobOrigin {
+            pack: loc.pack,
+            offset: loc.entry.offset,
+        };
+        decode_blob(
+            loc.entry.id,
+            loc.entry.compression,
+            loc.entry.raw_len,
+            &payload,
+            origin,
+        )
+    }
+
+    /// Reads, decompresses and verifies blob `id`.
+    pub fn read(&mut self, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = self.locate(id)?;
+        self.read_at(&loc)
+    }
+
+    /// Reads and decodes a manifest node.
+    pub fn read_node(&mut self, id: &BlobId) -> Result<Node> {
+        let loc = self.locate(id)?;
+        if loc.entry.kind != BlobKind::ManifestNode {
+            return Err(Error::CorruptManifest {
+                node: *id,
+                reason: "blob is not a manifest node".into(),
+            });
+        }
+        let bytes = self.read_at(&loc)?;
+        Node::decode(*id, &bytes)
+    }
+}
