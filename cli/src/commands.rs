@@ -323,14 +323,19 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
         };
         let report = restore_disk(&repo, &req, &bar);
         let report = match report {
-            Err(engine::Error::Damaged { snapshot, damage }) => {
+            Err(engine::Error::Damaged {
+                snapshot,
+                damage,
+                partial,
+            }) => {
                 for d in &damage {
                     eprintln!("dedisk: damaged: snapshot {snapshot} {d}");
                 }
                 bail!(
-                    "restore of snapshot {snapshot} disk {label} found {} damaged chunk(s); the partial disk (damaged ranges zeroed) was kept beside {}",
+                    "restore of snapshot {snapshot} disk {label} found {} damaged chunk(s); nothing was written to {}; the partial disk (damaged ranges zeroed) is at {}",
                     damage.len(),
-                    target.display()
+                    target.display(),
+                    partial.display()
                 );
             }
             r => r.with_context(|| {

@@ -68,10 +68,12 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
-    #[error("snapshot {snapshot}: {} damaged chunk(s); first: {}", .damage.len(), .damage[0])]
+    #[error("snapshot {snapshot}: {} damaged chunk(s); first: {}; partial disk kept at {}", .damage.len(), .damage[0], .partial.display())]
     Damaged {
         snapshot: String,
         damage: Vec<Damage>,
+        /// The partially restored file or device (damaged ranges read as zeros).
+        partial: PathBuf,
     },
     #[error("manifest of disk {disk} covers {got} bytes, the snapshot says {expected}")]
     SizeMismatch {

@@ -266,13 +266,10 @@ pub fn restore_disk(
     let damage = damage.into_inner().expect("workers joined");
     if !damage.is_empty() {
         // Keep the partial file under its temporary name; the error names it.
-        log::warn!(
-            "partial restore kept at {} (damaged ranges read as zeros)",
-            write_path.display()
-        );
         return Err(Error::Damaged {
             snapshot: snapshot.into(),
             damage,
+            partial: write_path,
         });
     }
     if let Target::File { tmp, path } = &kind {

@@ -1,1 +1,11 @@
+//! End-to-end tests: the real `dedisk` binary against real disk images made by
+//! `sfdisk`, `mkfs.ext4 -d`, `debugfs` and `qemu-img`, as an admin would run it.
+//!
+//! Tools missing on a developer machine skip a test loudly; under CI (CI=true) a missing
+//! tool fails it, so CI can never pass by skipping.
 
+mod backup_restore;
+mod crash;
+mod damage;
+mod errors;
+mod helpers;

@@ -1,0 +1,67 @@
+//! A backup killed with SIGKILL at any moment leaves no snapshot and a working repository.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+#[test]
+fn kill_9_mid_backup_then_backup_and_restore_succeed() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = dir.join("repo");
+    // Small packs, so packs are durable long before the backup ends.
+    ok(&["init", "--pack-size", "1", p(&repo)]);
+    let img = dir.join("big.raw");
+    sh(&format!(
+        "head -c 400000000 /dev/urandom > '{}'",
+        img.display()
+    ));
+    let before = sha256(&img);
+
+    let mut child = dedisk()
+        .args([
+            "backup",
+            "--repo",
+            p(&repo),
+            "--name",
+            "vm",
+            "-q",
+            "--workers",
+            "1",
+            p(&img),
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let packs = std::fs::read_dir(repo.join("packs")).unwrap().count();
+        if packs >= 3 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup finished before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "no packs appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let list = ok_json(&["snapshots", "--repo", p(&repo)]);
+    assert_eq!(
+        list["snapshots"].as_array().unwrap().len(),
+        0,
+        "a killed backup is not a snapshot"
+    );
+
+    let done = ok_json(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)]);
+    let stats = &done["disks"][0]["stats"];
+    assert!(
+        stats["new_bytes"].as_u64().unwrap() < stats["data_bytes"].as_u64().unwrap(),
+        "chunks the killed run made durable are reused: {stats}"
+    );
+    let out = dir.join("out.raw");
+    ok(&["restore", "--repo", p(&repo), "latest", p(&out)]);
+    assert_eq!(sha256(&out), before);
+}

@@ -1,0 +1,159 @@
+//! Bad input gets one clear line and a non-zero exit, never a panic.
+
+use crate::helpers::*;
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = dir.join("repo");
+    ok(&["init", p(&repo)]);
+    let img = dir.join("d.raw");
+    std::fs::write(&img, vec![9u8; 100_000]).unwrap();
+
+    fails(
+        &[
+            "backup",
+            "--repo",
+            p(&repo),
+            "--name",
+            "vm",
+            "/no/such/disk.raw",
+        ],
+        1,
+        "/no/such/disk.raw",
+    );
+    fails(
+        &["snapshots", "--repo", p(dir)],
+        1,
+        "not a dedisk repository",
+    );
+    fails(&["snapshots"], 1, "--repo");
+    fails(
+        &["restore", "--repo", p(&repo), "deadbeef", p(&dir.join("x"))],
+        1,
+        "no snapshot matches",
+    );
+    fails(
+        &[
+            "restore",
+            "--repo",
+            p(&repo),
+            "yesterday",
+            p(&dir.join("x")),
+        ],
+        1,
+        "does not name a snapshot",
+    );
+    fails(&["init", p(&repo)], 1, "not empty");
+    fails(
+        &["backup", "--repo", p(&repo), "--bogus-flag"],
+        2,
+        "--bogus-flag",
+    );
+    fails(
+        &[
+            "backup",
+            "--repo",
+            p(&repo),
+            "--name",
+            "vm",
+            &format!("a={}", p(&img)),
+            &format!("a={}", p(&img)),
+        ],
+        1,
+        "twice",
+    );
+
+    ok(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)]);
+    fails(
+        &[
+            "restore",
+            "--repo",
+            p(&repo),
+            "latest:nodisk",
+            p(&dir.join("x")),
+        ],
+        1,
+        "no disk \"nodisk\"",
+    );
+    // An existing file is never overwritten without --force.
+    let existing = dir.join("existing.raw");
+    std::fs::write(&existing, b"keep me").unwrap();
+    fails(
+        &["restore", "--repo", p(&repo), "latest", p(&existing)],
+        1,
+        "--force",
+    );
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+    ok(&[
+        "restore",
+        "--repo",
+        p(&repo),
+        "latest",
+        p(&existing),
+        "--force",
+    ]);
+    assert_eq!(
+        std::fs::read(&existing).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+}
+
+#[test]
+fn a_block_device_smaller_than_the_disk_is_refused() {
+    if !is_root() || !have("losetup") {
+        eprintln!("SKIPPED: needs root and losetup");
+        assert!(
+            std::env::var_os("CI").is_none() || !is_root(),
+            "losetup is required under CI"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = dir.join("repo");
+    ok(&["init", p(&repo)]);
+    let img = dir.join("d.raw");
+    sh(&format!(
+        "head -c 3000000 /dev/urandom > '{0}'; truncate -s 8M '{0}'",
+        img.display()
+    ));
+    ok(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)]);
+
+    let small = dir.join("small.img");
+    let big = dir.join("big.img");
+    sh(&format!(
+        "truncate -s 4M '{}'; truncate -s 16M '{}'",
+        small.display(),
+        big.display()
+    ));
+    let small_dev = sh(&format!("losetup --find --show '{}'", small.display()))
+        .trim()
+        .to_string();
+    let big_dev = sh(&format!("losetup --find --show '{}'", big.display()))
+        .trim()
+        .to_string();
+    // Fill the big device with junk: holes of the disk must come back as zeros.
+    sh(&format!("head -c 16777216 /dev/urandom > '{}'", big_dev));
+    let too_small = run(&["restore", "--repo", p(&repo), "latest", &small_dev]);
+    let onto_big = run(&["restore", "--repo", p(&repo), "latest", &big_dev]);
+    let restored = sh(&format!("head -c 8388608 '{}' | sha256sum", big_dev));
+    sh(&format!("losetup -d {small_dev}; losetup -d {big_dev}"));
+
+    let err = String::from_utf8_lossy(&too_small.stderr);
+    assert_eq!(too_small.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("holds 4194304 bytes but the disk needs 8388608"),
+        "{err}"
+    );
+    assert!(
+        onto_big.status.success(),
+        "{}",
+        String::from_utf8_lossy(&onto_big.stderr)
+    );
+    assert!(
+        restored.starts_with(&sha256(&img)),
+        "device content differs from the disk"
+    );
+}

@@ -1,0 +1,194 @@
+//! Building real disk images and running the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// True when `tool` is on PATH. Without it, skip loudly, or fail under CI.
+pub fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is required under CI (install it in .ci/run)"
+        );
+        eprintln!("SKIPPED: {tool} not found");
+    }
+    found
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a shell command, panicking with its output if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("sh runs");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The dedisk binary under test.
+pub fn dedisk() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dedisk"));
+    c.env_remove("DEDISK_REPO").env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs dedisk with `args`; returns the output whatever the exit code.
+pub fn run(args: &[&str]) -> Output {
+    dedisk().args(args).output().expect("dedisk runs")
+}
+
+/// Runs dedisk and insists on exit code 0.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "dedisk {args:?} failed ({:?}):\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs dedisk with --json and parses its (last) JSON line.
+pub fn ok_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let text = ok(&all);
+    serde_json::from_str(text.lines().last().expect("some output")).expect("valid JSON")
+}
+
+/// Asserts a failure: the exit code, one clear message naming `needle`, no panic.
+pub fn fails(args: &[&str], code: i32, needle: &str) -> String {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "dedisk {args:?}: {err}");
+    assert!(!err.contains("panicked"), "dedisk {args:?} panicked: {err}");
+    assert!(
+        err.contains(needle),
+        "dedisk {args:?}: expected {needle:?} in: {err}"
+    );
+    err
+}
+
+pub fn sha256(path: &Path) -> String {
+    sh(&format!("sha256sum '{}'", path.display()))
+        .split_whitespace()
+        .next()
+        .expect("a hash")
+        .to_string()
+}
+
+/// Allocated bytes of a file (to check that restores stay sparse).
+pub fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// A directory tree like a small root filesystem: text, binaries, compressible and
+/// incompressible data, nested folders.
+pub fn make_tree(dir: &Path, seed: u32) {
+    sh(&format!(
+        "set -e; d='{d}'; mkdir -p $d/etc $d/usr/bin $d/var/log $d/home/u/docs $d/srv
+         cp -r /etc/apt $d/etc/ 2>/dev/null || true
+         for f in /bin/ls /bin/cp /bin/sh /usr/bin/env; do cp -L $f $d/usr/bin/; done
+         for i in $(seq 1 300); do echo \"$i {seed} log line for the backup test $RANDOM\"; done > $d/var/log/syslog
+         head -c 3000000 /dev/urandom > $d/srv/random.bin
+         for i in $(seq 1 40); do seq $i {seed}000 > $d/home/u/docs/n$i.txt; done",
+        d = dir.display()
+    ));
+}
+
+/// A partitioned disk: `label` (gpt or dos) table, partition 1 at 1 MiB holding an ext4
+/// filesystem made with `mkfs.ext4 -d`, unpartitioned zeros after it, and a size that is
+/// a multiple of neither 512 nor the chunk size. Returns (disk, partition image).
+pub fn make_disk(dir: &Path, name: &str, label: &str, seed: u32) -> (PathBuf, PathBuf) {
+    let tree = dir.join(format!("{name}-tree"));
+    make_tree(&tree, seed);
+    let disk = dir.join(format!("{name}.raw"));
+    let part = dir.join(format!("{name}-p1.img"));
+    sh(&format!(
+        "set -e; truncate -s 40M '{p}'; mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 -d '{t}' '{p}'
+         truncate -s $((64*1024*1024 + 12345)) '{d}'
+         printf 'label: {label}\\nstart=2048, size=81920, type=L\\n' | sfdisk -q '{d}'",
+        p = part.display(),
+        t = tree.display(),
+        d = disk.display()
+    ));
+    write_partition(&disk, &part);
+    (disk, part)
+}
+
+/// Copies the partition image back into the disk at 1 MiB, in place.
+pub fn write_partition(disk: &Path, part: &Path) {
+    sh(&format!(
+        "dd if='{}' of='{}' bs=1M seek=1 conv=notrunc,sparse status=none",
+        part.display(),
+        disk.display()
+    ));
+}
+
+/// Changes the filesystem in place the way a running VM would: a new file, a rewritten
+/// file, a deleted file, a grown log. Uses debugfs, which writes into the image directly.
+pub fn change_fs(dir: &Path, part: &Path, round: u32) {
+    let new = dir.join(format!("new{round}.bin"));
+    sh(&format!(
+        "set -e; head -c 700000 /dev/urandom > '{n}'
+         seq 1 {round}0000 > '{dir}/log{round}.txt'
+         debugfs -w -R 'write {n} /srv/new{round}.bin' '{p}' >/dev/null 2>&1
+         debugfs -w -R 'rm /home/u/docs/n{round}.txt' '{p}' >/dev/null 2>&1
+         debugfs -w -R 'write {dir}/log{round}.txt /var/log/app{round}.log' '{p}' >/dev/null 2>&1
+         e2fsck -fn '{p}' >/dev/null",
+        n = new.display(),
+        p = part.display(),
+        dir = dir.display()
+    ));
+}
+
+/// Whether the image tools the tests build disks with are present.
+pub fn have_image_tools() -> bool {
+    have("mkfs.ext4") && have("sfdisk") && have("debugfs") && have("sha256sum")
+}
+
+/// Reads the snapshot files of a repository (for checks below the CLI).
+pub fn snapshot_files(repo: &Path) -> Vec<serde_json::Value> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(repo.join("snapshots")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            out.push(serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for sub in std::fs::read_dir(repo.join("packs")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 test paths")
+}
