@@ -3,7 +3,7 @@
 //! A repository is a directory of immutable, content-addressed files (packs of
 //! compressed chunks, snapshot files) plus a SQLite index that caches where each chunk
 //! lives. This crate reads and writes those files and nothing else: no image parsing,
-//! no pipeline, no command line. `docs/FORMAT.md` in this crate is the normative spec.
+//! no pipeline, no command line. `FORMAT.md` beside this crate's Cargo.toml is the normative spec.
 //!
 //! ```no_run
 //! use repo_format::{Repository, BlobReader};
