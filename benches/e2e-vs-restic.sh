@@ -7,6 +7,7 @@
 # Both tools back up the disk at one path (a hard link to dayN.raw, as a nightly LVM
 # snapshot path would be), day 1 full then six incrementals, then restore day 7.
 # The page cache is dropped before every step (a nightly backup reads cold data).
+# restic's restore is followed by `sync` (dedisk fsyncs its restored disk itself).
 # Prints, per step and tool: wall s, CPU s (user+sys), peak RSS, repository bytes, and
 # restic/dedisk ratios. Needs root (drop_caches), restic, GNU time.
 set -euo pipefail
@@ -43,7 +44,9 @@ rm -f "$B/disk.raw"
 measure dedisk-restore-7 "$BIN" restore -q --repo "$B/dedisk-repo" latest "$B/dedisk-day7.raw"
 cmp "$B/dedisk-day7.raw" "$W/day7.raw" || { echo "dedisk restore differs from day7.raw" >&2; exit 1; }
 rm -f "$B/dedisk-day7.raw"
-measure restic-restore-7 restic restore -q --repo "$B/restic-repo" latest --target "$B/restic-restore"
+# dedisk fsyncs the restored disk before it reports success; restic does not, so its
+# restore is timed with a trailing sync to compare the same durable result.
+measure restic-restore-7 sh -c "restic restore -q --repo '$B/restic-repo' latest --target '$B/restic-restore' && sync"
 rm -rf "$B/restic-restore"
 
 python3 - "$B" <<'PY'

@@ -116,10 +116,48 @@ pub struct BlobOrigin {
     pub offset: u64,
 }
 
+/// Decompresses and verifies blobs, reusing one zstd context (creating a context per
+/// blob cost 5 % of a restore's CPU). One per thread; not `Sync`.
+pub struct BlobDecoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+}
+
+impl BlobDecoder {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            decompressor: zstd::bulk::Decompressor::new()
+                .map_err(|e| Error::Compress(e.to_string()))?,
+        })
+    }
+
+    /// Like [`decode_blob`], with this decoder's context.
+    pub fn decode(
+        &mut self,
+        id: BlobId,
+        compression: Compression,
+        raw_len: u32,
+        payload: &[u8],
+        origin: BlobOrigin,
+    ) -> Result<Vec<u8>> {
+        decode_with(Some(&mut self.decompressor), id, compression, raw_len, payload, origin)
+    }
+}
+
 /// Decompresses `payload` and checks that it hashes to `id`.
 ///
 /// `raw_len` bounds the decompression, so a hostile payload cannot make it allocate more.
 pub fn decode_blob(
+    id: BlobId,
+    compression: Compression,
+    raw_len: u32,
+    payload: &[u8],
+    origin: BlobOrigin,
+) -> Result<Vec<u8>> {
+    decode_with(None, id, compression, raw_len, payload, origin)
+}
+
+fn decode_with(
+    decompressor: Option<&mut zstd::bulk::Decompressor<'static>>,
     id: BlobId,
     compression: Compression,
     raw_len: u32,
@@ -139,8 +177,11 @@ pub fn decode_blob(
     }
     let raw = match compression {
         Compression::None => payload.to_vec(),
-        Compression::Zstd => zstd::bulk::decompress(payload, raw_len as usize)
-            .map_err(|e| corrupt(format!("zstd: {e}")))?,
+        Compression::Zstd => match decompressor {
+            Some(d) => d.decompress(payload, raw_len as usize),
+            None => zstd::bulk::decompress(payload, raw_len as usize),
+        }
+        .map_err(|e| corrupt(format!("zstd: {e}")))?,
     };
     if raw.len() != raw_len as usize {
         return Err(corrupt(format!(

@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::blob::{decode_blob, BlobKind, BlobOrigin};
+use crate::blob::{BlobDecoder, BlobKind, BlobOrigin};
 use crate::config::RepoConfig;
 use crate::durable::{sync_dir, write_atomic};
 use crate::error::{Error, IoContext, Result};
@@ -320,6 +320,7 @@ pub struct BlobReader<'r> {
     repo: &'r Repository,
     index: Index,
     open_packs: HashMap<PackId, File>,
+    decoder: BlobDecoder,
 }
 
 /// Packs a reader keeps open at once.
@@ -331,6 +332,7 @@ impl<'r> BlobReader<'r> {
             repo,
             index: repo.index()?,
             open_packs: HashMap::new(),
+            decoder: BlobDecoder::new()?,
         })
     }
 
@@ -365,7 +367,7 @@ impl<'r> BlobReader<'r> {
             pack: loc.pack,
             offset: loc.entry.offset,
         };
-        decode_blob(
+        self.decoder.decode(
             loc.entry.id,
             loc.entry.compression,
             loc.entry.raw_len,
