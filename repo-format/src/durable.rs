@@ -11,7 +11,13 @@ use std::path::Path;
 use crate::error::{IoContext, Result};
 
 /// fsyncs a directory so that a rename or create inside it survives a power loss.
+/// An empty path (the parent of a bare file name) means the current directory.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
@@ -47,4 +53,20 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_file_names_are_synced_in_the_current_directory() {
+        // Path::new("disk.raw").parent() is Some(""), which must mean ".".
+        sync_dir(Path::new("")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"x").unwrap();
+        rename_durable(&a, &b).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"x");
+    }
 }
