@@ -524,6 +524,34 @@ mod tests {
         assert_eq!(*cuts.last().unwrap(), (40960, 100, false));
     }
 
+    /// Pins the cut points of each algorithm with the default parameters: they decide what
+    /// deduplicates against what, so they are part of the format (FORMAT.md §7). If this
+    /// fails, the change breaks dedup against every existing repository.
+    #[test]
+    fn golden_cut_points() {
+        let data = disk(42, 8 << 20);
+        for (alg, expected) in [
+            (ChunkerAlgorithm::AlignedCdc, "5a00659d9a446d64"),
+            (ChunkerAlgorithm::Fastcdc, "d9ca8aae4181f860"),
+            (ChunkerAlgorithm::Fixed, "04e6051074f0362a"),
+        ] {
+            let p = ChunkerParams {
+                algorithm: alg,
+                ..ChunkerParams::default()
+            };
+            let cuts = cut_all(p, &data, 1 << 20, false);
+            let mut h = blake3::Hasher::new();
+            for (off, len, chunk) in &cuts {
+                h.update(&off.to_le_bytes());
+                h.update(&len.to_le_bytes());
+                h.update(&[*chunk as u8]);
+            }
+            let digest = h.finalize().to_hex()[..16].to_string();
+            println!("{alg}: {} cuts, {digest}", cuts.len());
+            assert_eq!(digest, expected, "{alg} cut points moved");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// The same disk gives the same cuts whatever the piece size and whether zeros

@@ -139,7 +139,14 @@ impl BlobDecoder {
         payload: &[u8],
         origin: BlobOrigin,
     ) -> Result<Vec<u8>> {
-        decode_with(Some(&mut self.decompressor), id, compression, raw_len, payload, origin)
+        decode_with(
+            Some(&mut self.decompressor),
+            id,
+            compression,
+            raw_len,
+            payload,
+            origin,
+        )
     }
 }
 

@@ -103,7 +103,11 @@ impl Repository {
         repo.index_repair = match repo.index() {
             Ok(mut idx) => repo.reconcile(&mut idx)?,
             Err(e @ Error::Index { .. }) => {
-                log::warn!("{e}; rebuilding the index from the packs");
+                // A missing index is routine (deleted to save space, lost with a disk);
+                // callers report `index_repair.rebuilt`. An unreadable one is worth a log.
+                if repo.index_path().exists() {
+                    log::warn!("{e}; rebuilding the index from the packs");
+                }
                 repo.rebuild_index()?
             }
             Err(e) => return Err(e),
