@@ -10,7 +10,7 @@ mod stream;
 
 use std::path::PathBuf;
 
-pub use aligned::AlignedBuf;
+pub use aligned::{AlignedBuf, DIRECT_ALIGN};
 pub use raw::RawSource;
 pub use stream::StreamSource;
 
