@@ -54,7 +54,10 @@ impl Output {
     ) -> std::io::Result<()> {
         let align = DIRECT_ALIGN as u64;
         if let Some(direct) = &self.direct {
-            if offset % align == 0 && data.len() as u64 % align == 0 && !data.is_empty() {
+            if offset.is_multiple_of(align)
+                && (data.len() as u64).is_multiple_of(align)
+                && !data.is_empty()
+            {
                 let buf = bounce
                     .get_or_insert_with(|| AlignedBuf::new(repo_format::blob::MAX_CHUNK_BYTES));
                 buf[..data.len()].copy_from_slice(data);
