@@ -14,6 +14,7 @@
 //! ```
 
 pub mod backup;
+pub mod blockdev;
 pub mod chunker;
 pub mod error;
 pub mod progress;

@@ -8,7 +8,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -84,7 +83,7 @@ fn open_target(path: &Path, size: u64, force: bool) -> Result<(Target, File)> {
                 .custom_flags(libc::O_EXCL) // refuse a device that is mounted
                 .open(path)
                 .map_err(|e| Error::target(path, e))?;
-            let have = device_size(&file).map_err(|e| Error::target(path, e))?;
+            let have = crate::blockdev::size_bytes(&file).map_err(|e| Error::target(path, e))?;
             if have < size {
                 return Err(Error::TargetTooSmall {
                     path: path.into(),
@@ -124,24 +123,9 @@ fn open_target(path: &Path, size: u64, force: bool) -> Result<(Target, File)> {
     }
 }
 
-fn device_size(file: &File) -> std::io::Result<u64> {
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-    let mut size: u64 = 0;
-    // SAFETY: the ioctl writes one u64 into `size`.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(size)
-}
-
 /// Zeroes `[offset, offset+len)` of a block device.
 fn zero_device_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    const BLKZEROOUT: libc::c_ulong = 0x127f;
-    let range = [offset, len];
-    // SAFETY: BLKZEROOUT reads two u64 (start, length) from `range`.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) };
-    if r == 0 {
+    if crate::blockdev::zero_out(file, offset, len).is_ok() {
         return Ok(());
     }
     let zeros = vec![0u8; ZERO_BUF_BYTES];

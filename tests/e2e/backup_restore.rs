@@ -9,8 +9,7 @@ fn ext4_disks_changed_in_place_restore_identical_every_night() {
     }
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let repo = dir.join("repo");
-    ok(&["init", p(&repo)]);
+    let repo = new_repo(dir, &[]);
     let (gpt, gpt_part) = make_disk(dir, "vda", "gpt", 1);
     let (mbr, _) = make_disk(dir, "vdb", "dos", 2);
     let xml = dir.join("vm1.xml");
@@ -124,8 +123,7 @@ fn stdin_stream_and_file_give_the_same_chunks_whatever_the_threads() {
     }
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let repo = dir.join("repo");
-    ok(&["init", p(&repo)]);
+    let repo = new_repo(dir, &[]);
     let (disk, _) = make_disk(dir, "vda", "gpt", 7);
     let vda = format!("vda={}", p(&disk));
     ok(&[
@@ -196,8 +194,7 @@ fn qemu_made_image_round_trips_and_qemu_agrees() {
     }
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let repo = dir.join("repo");
-    ok(&["init", "--chunker", "fastcdc", p(&repo)]);
+    let repo = new_repo(dir, &["--chunker", "fastcdc"]);
     let img = dir.join("vm.raw");
     sh(&format!(
         "set -e; qemu-img create -q -f raw '{i}' 100M
@@ -224,13 +221,8 @@ fn qemu_made_image_round_trips_and_qemu_agrees() {
 fn a_missing_index_is_rebuilt_from_the_packs() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let repo = dir.join("repo");
-    ok(&["init", p(&repo)]);
-    let img = dir.join("d.raw");
-    sh(&format!(
-        "head -c 3000000 /dev/urandom > '{0}'; truncate -s 9M '{0}'",
-        img.display()
-    ));
+    let repo = new_repo(dir, &[]);
+    let img = random_image(dir, "d.raw", 3_000_000, 9 << 20);
     ok(&["backup", "--repo", p(&repo), "--name", "x", p(&img)]);
     for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
         let _ = std::fs::remove_file(repo.join(f));

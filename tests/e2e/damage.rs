@@ -8,13 +8,8 @@ use crate::helpers::*;
 fn a_flipped_pack_byte_is_reported_with_snapshot_disk_offset_chunk_and_pack() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let repo = dir.join("repo");
-    ok(&["init", p(&repo)]);
-    let img = dir.join("d.raw");
-    sh(&format!(
-        "head -c 2000000 /dev/urandom > '{}'",
-        img.display()
-    ));
+    let repo = new_repo(dir, &[]);
+    let img = random_image(dir, "d.raw", 2_000_000, 2_000_000);
     let done = ok_json(&[
         "backup",
         "--repo",

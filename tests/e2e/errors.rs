@@ -6,8 +6,7 @@ use crate::helpers::*;
 fn bad_input_is_a_clear_error() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let repo = dir.join("repo");
-    ok(&["init", p(&repo)]);
+    let repo = new_repo(dir, &[]);
     let img = dir.join("d.raw");
     std::fs::write(&img, vec![9u8; 100_000]).unwrap();
 
@@ -112,13 +111,8 @@ fn a_block_device_smaller_than_the_disk_is_refused() {
     }
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let repo = dir.join("repo");
-    ok(&["init", p(&repo)]);
-    let img = dir.join("d.raw");
-    sh(&format!(
-        "head -c 3000000 /dev/urandom > '{0}'; truncate -s 8M '{0}'",
-        img.display()
-    ));
+    let repo = new_repo(dir, &[]);
+    let img = random_image(dir, "d.raw", 3_000_000, 8 << 20);
     ok(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)]);
 
     let small = dir.join("small.img");

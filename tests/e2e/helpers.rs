@@ -192,3 +192,23 @@ pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
 pub fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 test paths")
 }
+
+/// `dedisk init` a repository at DIR/repo (with extra init flags) and return its path.
+pub fn new_repo(dir: &Path, init_flags: &[&str]) -> PathBuf {
+    let repo = dir.join("repo");
+    let mut args = vec!["init"];
+    args.extend_from_slice(init_flags);
+    args.push(p(&repo));
+    ok(&args);
+    repo
+}
+
+/// A raw image at DIR/NAME: `data_bytes` random bytes, then zeros up to `size_bytes`.
+pub fn random_image(dir: &Path, name: &str, data_bytes: u64, size_bytes: u64) -> PathBuf {
+    let img = dir.join(name);
+    sh(&format!(
+        "head -c {data_bytes} /dev/urandom > '{0}'; truncate -s {size_bytes} '{0}'",
+        img.display()
+    ));
+    img
+}

@@ -60,7 +60,7 @@ impl RawSource {
             (File::open(path).map_err(io(path))?, false)
         };
         let size = if ft.is_block_device() {
-            block_device_size(&file).map_err(io(path))?
+            crate::blockdev::size_bytes(&file).map_err(io(path))?
         } else {
             meta.len()
         };
@@ -91,18 +91,6 @@ impl RawSource {
         }
         Ok(Some(r as u64))
     }
-}
-
-fn block_device_size(file: &File) -> std::io::Result<u64> {
-    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-    let mut size: u64 = 0;
-    // SAFETY: the ioctl writes one u64 into `size`, which outlives the call.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(size)
 }
 
 impl DiskSource for RawSource {
