@@ -13,12 +13,16 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
-use repo_format::{BlobId, BlobReader, Extent, ManifestRoot, ManifestWalker, Repository};
+use repo_format::{
+    BlobId, BlobLocation, BlobReader, Extent, ManifestRoot, ManifestWalker, Repository,
+};
 
 use crate::error::{Damage, Error, Result};
 use crate::progress::Progress;
 use crate::source::{AlignedBuf, DIRECT_ALIGN};
 
+/// Chunks between the walker (which prefetches) and the workers (which read).
+const PREFETCH_CHUNKS: usize = 512;
 /// Damaged chunks listed in full; past this only the count grows.
 const DAMAGE_LIST_MAX: usize = 1000;
 const ZERO_BUF_BYTES: usize = 1 << 20;
@@ -205,7 +209,9 @@ pub fn restore_disk(
     let workers = workers.max(1);
     progress.start(label, Some(size));
 
-    let (tx, rx) = bounded::<(u64, Extent)>(workers * 32);
+    // The walker locates each chunk and asks the kernel to prefetch it; the queue's
+    // length sets how far ahead (about 16 MiB of packs).
+    let (tx, rx) = bounded::<(u64, Extent, Option<BlobLocation>)>(PREFETCH_CHUNKS);
     let outcome: Result<()> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -214,9 +220,9 @@ pub fn restore_disk(
                 s.spawn(move || -> Result<()> {
                     let mut reader = BlobReader::new(repo)?;
                     let mut bounce = None;
-                    for (offset, extent) in rx {
+                    for (offset, extent, loc) in rx {
                         match extent {
-                            Extent::Chunk { id, len } => match fetch(&mut reader, &id) {
+                            Extent::Chunk { id, len } => match fetch(&mut reader, &id, loc) {
                                 Ok(data) => out
                                     .write_at(&data, offset, &mut bounce)
                                     .map_err(|e| Error::target(write_path, e))?,
@@ -252,6 +258,7 @@ pub fn restore_disk(
         // Walk the manifest here, feeding the workers in disk order.
         let walked = (|| -> Result<u64> {
             let mut nodes = BlobReader::new(repo)?;
+            let mut ahead = BlobReader::new(repo)?;
             let mut walker = ManifestWalker::new(*manifest, |id: &BlobId| nodes.read_node(id));
             let mut end = 0;
             while let Some((offset, extent)) = walker.next_extent()? {
@@ -263,7 +270,14 @@ pub fn restore_disk(
                     Extent::Hole { len } => report.hole_bytes += len,
                 }
                 end = offset + extent.len();
-                if tx.send((offset, extent)).is_err() {
+                let loc = match extent {
+                    Extent::Chunk { id, .. } => ahead.locate(&id).ok(),
+                    Extent::Hole { .. } => None,
+                };
+                if let Some(loc) = &loc {
+                    ahead.prefetch(loc)?;
+                }
+                if tx.send((offset, extent, loc)).is_err() {
                     break; // a worker failed; its error is reported below
                 }
             }
@@ -323,8 +337,15 @@ pub fn restore_disk(
 /// Reads one chunk; on failure also says which pack it was in, when known.
 type FetchError = Box<(Option<repo_format::PackId>, repo_format::Error)>;
 
-fn fetch(reader: &mut BlobReader<'_>, id: &BlobId) -> std::result::Result<Vec<u8>, FetchError> {
-    let loc = reader.locate(id).map_err(|e| Box::new((None, e)))?;
+fn fetch(
+    reader: &mut BlobReader<'_>,
+    id: &BlobId,
+    known: Option<BlobLocation>,
+) -> std::result::Result<Vec<u8>, FetchError> {
+    let loc = match known {
+        Some(loc) => loc,
+        None => reader.locate(id).map_err(|e| Box::new((None, e)))?,
+    };
     reader
         .read_at(&loc)
         .map_err(|e| Box::new((Some(loc.pack), e)))
