@@ -248,13 +248,20 @@ impl<'r> BlobStore<'r> {
         Ok(Some(stored))
     }
 
-    /// Encodes and stores a manifest node; returns its id.
+    /// Encodes and stores a manifest node; returns its id. Most nodes of a nightly
+    /// backup already exist (node boundaries are content-defined), so the id is checked
+    /// before anything is compressed.
     pub fn put_node(&mut self, node: &Node) -> Result<BlobId> {
+        let bytes = node.encode();
+        let id = BlobId::of(&bytes);
+        if self.in_pack.contains(&id) || self.index.contains(&id)? {
+            return Ok(id);
+        }
         let blob = self
             .node_encoder
-            .encode(BlobKind::ManifestNode, &node.encode())?;
+            .encode_with_id(id, BlobKind::ManifestNode, &bytes)?;
         self.put(&blob)?;
-        Ok(blob.id)
+        Ok(id)
     }
 
     /// Makes the open pack durable and records it in the index.

@@ -275,7 +275,9 @@ pub fn restore_disk(
                     Extent::Hole { .. } => None,
                 };
                 if let Some(loc) = &loc {
-                    ahead.prefetch(loc)?;
+                    // Only advice: a pack that cannot be opened is reported, precisely, by
+                    // the worker that reads the chunk.
+                    let _ = ahead.prefetch(loc);
                 }
                 if tx.send((offset, extent, loc)).is_err() {
                     break; // a worker failed; its error is reported below
