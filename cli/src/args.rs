@@ -104,6 +104,16 @@ pub struct BackupArgs {
     /// Read through the page cache instead of O_DIRECT.
     #[arg(long)]
     pub no_direct: bool,
+    /// Image format of the disks; `auto` refuses image containers (qcow2, VHD, VHDX,
+    /// VMDK, VDI) that cannot be read natively yet, `raw` stores any file as it is.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: FormatArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Auto,
+    Raw,
 }
 
 #[derive(Args)]

@@ -134,7 +134,7 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
             }
             stdin_used = true;
         }
-        let source = engine::source::open_source(&path, !a.no_direct)
+        let source = engine::source::open_source(&path, !a.no_direct, a.format == FormatArg::Raw)
             .with_context(|| format!("opening disk {label}"))?;
         disks.push(DiskInput { label, source });
     }

@@ -6,7 +6,7 @@
 //! use engine::source::open_source;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let repo = repo_format::Repository::open("/srv/backup/repo".as_ref())?;
-//! let disk = DiskInput { label: "vda".into(), source: open_source("/dev/vg0/vm1-snap", true)? };
+//! let disk = DiskInput { label: "vda".into(), source: open_source("/dev/vg0/vm1-snap", true, false)? };
 //! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2 };
 //! let done = backup(&repo, vec![disk], vec![], &opts, &engine::progress::NoProgress)?;
 //! println!("snapshot {}", done.id.short());

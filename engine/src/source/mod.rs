@@ -5,6 +5,7 @@
 //! Unallocated ranges are never read: they reach the chunker as known zeros.
 
 mod aligned;
+pub mod detect;
 mod raw;
 mod stream;
 
@@ -25,6 +26,11 @@ pub enum SourceError {
     },
     #[error("{path}: not a regular file or block device")]
     NotADisk { path: PathBuf },
+    #[error("{path} is a {format} image, not a raw disk; dedisk cannot read {format} natively yet: convert it with `qemu-img convert -O raw`, or pass --format raw to store the {format} file itself")]
+    UnsupportedImage {
+        path: PathBuf,
+        format: detect::ImageFormat,
+    },
     #[error("{path}: the source shrank while it was read (expected {expected} bytes, got {got})")]
     Shrank {
         path: PathBuf,
@@ -52,16 +58,37 @@ pub trait DiskSource: Send {
     }
 }
 
-/// Opens a path or `-` (standard input) as a raw disk source.
-pub fn open_source(spec: &str, direct: bool) -> Result<Box<dyn DiskSource>, SourceError> {
+/// Opens a path or `-` (standard input) as a disk source.
+///
+/// A regular file is checked for image-container magic (qcow2, VHD, ...) unless
+/// `force_raw`; block devices and streams are read as raw disks.
+pub fn open_source(
+    spec: &str,
+    direct: bool,
+    force_raw: bool,
+) -> Result<Box<dyn DiskSource>, SourceError> {
     if spec == "-" {
         return Ok(Box::new(StreamSource::new(
             std::io::stdin(),
             "stdin".into(),
         )));
     }
-    Ok(Box::new(RawSource::open(
-        std::path::Path::new(spec),
-        direct,
-    )?))
+    let path = std::path::Path::new(spec);
+    let source = RawSource::open(path, direct)?;
+    if !force_raw && std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        let io = |source| SourceError::Io {
+            path: path.into(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let format = detect::detect(&file, len).map_err(io)?;
+        if format != detect::ImageFormat::Raw {
+            return Err(SourceError::UnsupportedImage {
+                path: path.into(),
+                format,
+            });
+        }
+    }
+    Ok(Box::new(source))
 }

@@ -1,0 +1,121 @@
+//! Recognising disk-image containers by their magic bytes, not their file names.
+//!
+//! Backing up a qcow2 or VHD file as if it were a raw disk would store the container, and
+//! a restore would give back that container rather than the disk the VM sees. Until
+//! native readers exist, such files are refused with a message that says what they are.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// What a file holds, judged from its first and last bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+    /// Microsoft VHD (a "conectix" footer at the end, or its copy at the start).
+    Vhd,
+    Vhdx,
+    Vmdk,
+    /// VirtualBox VDI.
+    Vdi,
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Vhd => "vhd",
+            ImageFormat::Vhdx => "vhdx",
+            ImageFormat::Vmdk => "vmdk",
+            ImageFormat::Vdi => "vdi",
+        })
+    }
+}
+
+/// Looks at the head and tail of `file` (of `len_bytes`). Anything unrecognised is raw.
+pub fn detect(file: &File, len_bytes: u64) -> std::io::Result<ImageFormat> {
+    let mut head = [0u8; 512];
+    let n = read_up_to(file, &mut head, 0)?;
+    let head = &head[..n];
+    if head.starts_with(b"QFI\xfb") {
+        return Ok(ImageFormat::Qcow2);
+    }
+    if head.starts_with(b"vhdxfile") {
+        return Ok(ImageFormat::Vhdx);
+    }
+    if head.starts_with(b"KDMV")
+        || head.starts_with(b"COWD")
+        || head.starts_with(b"# Disk DescriptorFile")
+    {
+        return Ok(ImageFormat::Vmdk);
+    }
+    if head.len() >= 0x44 && head[0x40..0x44] == 0xbeda107fu32.to_le_bytes() {
+        return Ok(ImageFormat::Vdi);
+    }
+    if head.starts_with(b"conectix") {
+        return Ok(ImageFormat::Vhd); // dynamic VHDs copy the footer to the start
+    }
+    if len_bytes >= 512 {
+        // Fixed VHDs are a raw disk plus a 512-byte footer (511 bytes in old versions).
+        let mut tail = [0u8; 512];
+        let n = read_up_to(file, &mut tail, len_bytes - 512)?;
+        if n == 512 && (tail.starts_with(b"conectix") || &tail[1..9] == b"conectix") {
+            return Ok(ImageFormat::Vhd);
+        }
+    }
+    Ok(ImageFormat::Raw)
+}
+
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn detect_bytes(head: &[u8], tail: Option<&[u8]>) -> ImageFormat {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(head).unwrap();
+        f.write_all(&vec![0u8; 4096]).unwrap();
+        if let Some(t) = tail {
+            f.write_all(t).unwrap();
+        }
+        let len = f.metadata().unwrap().len();
+        detect(&f, len).unwrap()
+    }
+
+    #[test]
+    fn magics_are_recognised_and_everything_else_is_raw() {
+        assert_eq!(detect_bytes(b"QFI\xfb\0\0\0\x03", None), ImageFormat::Qcow2);
+        assert_eq!(detect_bytes(b"vhdxfile", None), ImageFormat::Vhdx);
+        assert_eq!(detect_bytes(b"KDMV\x01\0\0\0", None), ImageFormat::Vmdk);
+        assert_eq!(
+            detect_bytes(b"# Disk DescriptorFile\n", None),
+            ImageFormat::Vmdk
+        );
+        let mut vdi = vec![0u8; 0x44];
+        vdi[0x40..0x44].copy_from_slice(&0xbeda107fu32.to_le_bytes());
+        assert_eq!(detect_bytes(&vdi, None), ImageFormat::Vdi);
+        let mut footer = vec![0u8; 512];
+        footer[..8].copy_from_slice(b"conectix");
+        assert_eq!(detect_bytes(b"", Some(&footer)), ImageFormat::Vhd);
+        assert_eq!(
+            detect_bytes(b"\xeb\x63\x90 an MBR boot sector", None),
+            ImageFormat::Raw
+        );
+        assert_eq!(
+            detect(&tempfile::tempfile().unwrap(), 0).unwrap(),
+            ImageFormat::Raw
+        );
+    }
+}
