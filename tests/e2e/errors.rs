@@ -151,3 +151,52 @@ fn a_block_device_smaller_than_the_disk_is_refused() {
         "device content differs from the disk"
     );
 }
+
+/// A repository filesystem that fills up mid-backup: a clear error, no snapshot, no
+/// leftover temporary pack, and every earlier snapshot still restores.
+#[test]
+fn a_full_disk_fails_the_backup_cleanly() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to mount a small tmpfs");
+        assert!(std::env::var_os("CI").is_none() || !is_root());
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let mnt = dir.join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(&format!(
+        "mount -t tmpfs -o size=6m tmpfs '{}'",
+        mnt.display()
+    ));
+    let repo = mnt.join("repo");
+    ok(&["init", "--pack-size", "1", p(&repo)]);
+    let small = random_image(dir, "small.raw", 1_000_000, 2 << 20);
+    let big = random_image(dir, "big.raw", 12_000_000, 12_000_000);
+    ok(&["backup", "--repo", p(&repo), "--name", "vm", p(&small)]);
+    let out = run(&["backup", "--repo", p(&repo), "--name", "vm", p(&big)]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let tmp_left = std::fs::read_dir(repo.join("tmp")).unwrap().count();
+    let snaps = ok_json(&["snapshots", "--repo", p(&repo)]);
+    let restored = dir.join("small-back.raw");
+    let restore = run(&["restore", "--repo", p(&repo), "latest", p(&restored)]);
+    sh(&format!("umount '{}'", mnt.display()));
+
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("No space left on device") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert_eq!(tmp_left, 0, "the failed backup's temporary pack is removed");
+    assert_eq!(
+        snaps["snapshots"].as_array().unwrap().len(),
+        1,
+        "no snapshot from the failed backup"
+    );
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    assert_eq!(sha256(&restored), sha256(&small));
+}
