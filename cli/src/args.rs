@@ -46,6 +46,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Show repository size, deduplication and compression.
     Stats,
+    /// Check the repository: structure, and with --read-data every chunk's bytes.
+    Verify(VerifyArgs),
     /// Rebuild derived data from what the repository holds.
     Repair {
         #[command(subcommand)]
@@ -133,6 +135,25 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub force: bool,
     /// Restore threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Also read, decompress and BLAKE3-check every chunk (and every pack file).
+    #[arg(long)]
+    pub read_data: bool,
+    /// With --read-data: only a deterministic share of the packs, `N%` or slice `K/N`.
+    #[arg(long, requires = "read_data", value_name = "N%|K/N")]
+    pub subset: Option<String>,
+    /// Only this VM's snapshots.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only this snapshot (id prefix, `latest` or `VM@latest`).
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Threads reading packs (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
 }

@@ -433,6 +433,63 @@ pub fn stats(g: &Global) -> Result<Outcome> {
     Ok(out)
 }
 
+pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let subset = match &a.subset {
+        Some(text) => engine::verify::Subset::parse(text)?,
+        None => engine::verify::Subset::All,
+    };
+    let snapshot = match &a.snapshot {
+        Some(spec) => Some(resolve_snapshot(&repo, spec)?.0),
+        None => None,
+    };
+    let opts = engine::verify::VerifyOptions {
+        read_data: a.read_data,
+        subset,
+        name: a.name.clone(),
+        snapshot,
+        workers: a.workers.unwrap_or_else(engine::default_workers),
+    };
+    let report = engine::verify::verify(&repo, &opts).context("verifying the repository")?;
+    if g.json {
+        output::json(&json!({"type": "verify", "report": report}));
+    } else {
+        for p in &report.problems {
+            output::line(format!("damaged: {p}"));
+        }
+        let data = if a.read_data {
+            format!(
+                ", read {} of {} packs ({} blobs, {})",
+                report.packs_read,
+                report.packs,
+                report.blobs_read,
+                bytes(report.bytes_read)
+            )
+        } else {
+            String::new()
+        };
+        output::line(format!(
+            "verified {} snapshot(s), {} disk(s), {} chunk references{data}: {}",
+            report.snapshots,
+            report.disks,
+            report.chunk_refs,
+            if report.problems.is_empty() {
+                "no damage found".to_string()
+            } else {
+                format!("{} problem(s)", report.problems.len())
+            }
+        ));
+    }
+    if !report.problems.is_empty() {
+        bail!(
+            "the repository is damaged: {} problem(s), listed above",
+            report.problems.len()
+        );
+    }
+    Ok(out)
+}
+
 pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
     match what {
         RepairWhat::Index => {

@@ -34,6 +34,7 @@ fn main() {
         Command::Snapshots(a) => commands::snapshots(g, a),
         Command::Restore(a) => commands::restore(g, a),
         Command::Stats => commands::stats(g),
+        Command::Verify(a) => commands::verify(g, a),
         Command::Repair { what } => commands::repair(g, what),
     };
     match result {

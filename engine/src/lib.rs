@@ -21,6 +21,7 @@ pub mod progress;
 pub mod restore;
 pub mod select;
 pub mod source;
+pub mod verify;
 
 pub use error::{Damage, Error, Result};
 

@@ -9,3 +9,4 @@ mod crash;
 mod damage;
 mod errors;
 mod helpers;
+mod verify;
