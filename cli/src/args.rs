@@ -48,6 +48,8 @@ pub enum Command {
     Stats,
     /// Check the repository: structure, and with --read-data every chunk's bytes.
     Verify(VerifyArgs),
+    /// Forget snapshots a retention policy does not keep (per VM).
+    Forget(ForgetArgs),
     /// Rebuild derived data from what the repository holds.
     Repair {
         #[command(subcommand)]
@@ -156,6 +158,40 @@ pub struct VerifyArgs {
     /// Threads reading packs (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep everything newer than the VM's newest snapshot minus this (7d, 2w, 6m, 1y6m, 36h).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Only this VM's snapshots.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// List every snapshot with keep/remove and the rule that keeps it; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Subcommand)]

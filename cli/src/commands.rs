@@ -490,6 +490,57 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
     Ok(out)
 }
 
+pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let policy = engine::forget::Policy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within: a
+            .keep_within
+            .as_deref()
+            .map(engine::forget::parse_within)
+            .transpose()?,
+        tags: a.keep_tags.clone(),
+    };
+    let tz = jiff::tz::TimeZone::system();
+    let decisions = engine::forget::forget(&repo, &policy, a.name.as_deref(), a.dry_run, &tz)?;
+    let removed = decisions.iter().filter(|d| !d.keep).count();
+    if g.json {
+        output::json(&json!({"type": "forget", "dry_run": a.dry_run, "decisions": decisions}));
+        return Ok(out);
+    }
+    let mut vm = "";
+    for d in &decisions {
+        if d.name != vm {
+            vm = &d.name;
+            output::line(format!("{vm}:"));
+        }
+        output::line(format!(
+            "  {} {}  {:<6}  {}",
+            d.id.short(),
+            output::time(d.time),
+            if d.keep { "keep" } else { "remove" },
+            d.reasons.join(", ")
+        ));
+    }
+    output::line(format!(
+        "{} {removed} of {} snapshot(s){}",
+        if a.dry_run { "would forget" } else { "forgot" },
+        decisions.len(),
+        if removed > 0 && !a.dry_run {
+            "; their unique data stays in the packs until a prune"
+        } else {
+            ""
+        }
+    ));
+    Ok(out)
+}
+
 pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
     match what {
         RepairWhat::Index => {

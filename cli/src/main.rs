@@ -35,6 +35,7 @@ fn main() {
         Command::Restore(a) => commands::restore(g, a),
         Command::Stats => commands::stats(g),
         Command::Verify(a) => commands::verify(g, a),
+        Command::Forget(a) => commands::forget(g, a),
         Command::Repair { what } => commands::repair(g, what),
     };
     match result {

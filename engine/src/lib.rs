@@ -17,6 +17,7 @@ pub mod backup;
 pub mod blockdev;
 pub mod chunker;
 pub mod error;
+pub mod forget;
 pub mod progress;
 pub mod restore;
 pub mod select;

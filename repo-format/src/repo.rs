@@ -311,6 +311,14 @@ impl Repository {
         Ok(out)
     }
 
+    /// Deletes a snapshot file (what `forget` does). The data it referenced stays until
+    /// a prune finds it unreferenced.
+    pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        let path = self.snapshots_dir().join(format!("{}.json", id.to_hex()));
+        fs::remove_file(&path).at(&path)?;
+        sync_dir(&self.snapshots_dir())
+    }
+
     /// Loads one snapshot by its full id.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let path = self.snapshots_dir().join(format!("{}.json", id.to_hex()));

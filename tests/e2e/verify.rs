@@ -112,3 +112,67 @@ fn flipped_bytes_and_lost_packs_are_named_by_snapshot_disk_and_range() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("chunk missing from the repository"), "{text}");
 }
+
+#[test]
+fn forget_applies_the_policy_per_vm_and_dry_run_changes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = new_repo(dir, &[]);
+    let img = random_image(dir, "d.raw", 100_000, 1 << 20);
+    for vm in ["a", "a", "a", "b", "b"] {
+        ok(&["backup", "--repo", p(&repo), "--name", vm, p(&img)]);
+    }
+    let tagged = ok_json(&[
+        "backup",
+        "--repo",
+        p(&repo),
+        "--name",
+        "a",
+        "--tag",
+        "golden",
+        p(&img),
+    ]);
+    ok(&["backup", "--repo", p(&repo), "--name", "a", p(&img)]);
+    fails(&["forget", "--repo", p(&repo)], 1, "no keep rule");
+    fails(
+        &["forget", "--repo", p(&repo), "--keep-within", "7x"],
+        1,
+        "invalid duration",
+    );
+
+    let plan = ok_json(&[
+        "forget",
+        "--repo",
+        p(&repo),
+        "--keep-last",
+        "1",
+        "--keep-tag",
+        "golden",
+        "--dry-run",
+    ]);
+    let decisions = plan["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 7);
+    let kept: Vec<_> = decisions.iter().filter(|d| d["keep"] == true).collect();
+    assert_eq!(kept.len(), 3, "a: newest + golden, b: newest: {plan}");
+    assert!(kept
+        .iter()
+        .any(|d| d["id"] == tagged["snapshot"] && d["reasons"][0] == "tag golden"));
+    assert_eq!(snapshot_files(&repo).len(), 7, "a dry run deletes nothing");
+
+    let text = ok(&[
+        "forget",
+        "--repo",
+        p(&repo),
+        "--keep-last",
+        "1",
+        "--keep-tag",
+        "golden",
+    ]);
+    assert!(text.contains("forgot 4 of 7"), "{text}");
+    assert_eq!(snapshot_files(&repo).len(), 3);
+    // What is left still verifies and restores.
+    ok(&["verify", "--repo", p(&repo), "--read-data"]);
+    let out = dir.join("b.raw");
+    ok(&["restore", "--repo", p(&repo), "b@latest", p(&out)]);
+    assert_eq!(sha256(&out), sha256(&img));
+}
