@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "dedisk",
     version,
     about = "Deduplicating block-level backup of virtual-machine disks",
-    after_help = "Exit codes: 0 success, 1 error, 2 command-line usage error, 3 finished with warnings."
+    after_help = "Exit codes: 0 success, 1 error, 2 command-line usage error, 3 finished with warnings, 130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]

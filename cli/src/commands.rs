@@ -21,6 +21,10 @@ pub struct Outcome {
     pub warnings: Vec<String>,
 }
 
+/// Set by SIGINT/SIGTERM (see `main`): backup and restore stop at the next safe point.
+pub static CANCEL: std::sync::LazyLock<engine::cancel::Cancel> =
+    std::sync::LazyLock::new(engine::cancel::Cancel::new);
+
 fn repo_path(g: &Global) -> Result<&Path> {
     g.repo
         .as_deref()
@@ -153,6 +157,7 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
         name: a.name.clone(),
         tags: a.tags.clone(),
         workers: a.workers.unwrap_or_else(engine::default_workers),
+        cancel: CANCEL.clone(),
     };
     let bar = Bar::new(!g.json && !g.quiet);
     let done = backup(&repo, disks, meta, &opts, &bar)
@@ -320,6 +325,7 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
             target: &target,
             force: a.force,
             workers,
+            cancel: &CANCEL,
         };
         let report = restore_disk(&repo, &req, &bar);
         let report = match report {

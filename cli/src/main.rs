@@ -13,6 +13,21 @@ use args::{Cli, Command};
 /// Exit codes (documented in README.md).
 const EXIT_ERROR: i32 = 1;
 const EXIT_WARNINGS: i32 = 3;
+/// 128 + SIGINT, as shells report an interrupted command.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// The first SIGINT/SIGTERM asks the running command to stop cleanly (temporary files
+/// removed, no snapshot written); a second one ends the process at once.
+fn handle_signals() {
+    let flag = commands::CANCEL.flag();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registration fails only for forbidden signals, which these are not; without a
+        // handler Ctrl-C still stops dedisk, just less tidily.
+        let _ =
+            signal_hook::flag::register_conditional_shutdown(sig, EXIT_INTERRUPTED, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+}
 
 fn main() {
     let cli = Cli::parse();
@@ -27,6 +42,7 @@ fn main() {
         .format_target(false)
         .init();
 
+    handle_signals();
     let g = &cli.global;
     let result = match &cli.command {
         Command::Init(a) => commands::init(g, a),
@@ -45,6 +61,13 @@ fn main() {
                 eprintln!("dedisk: warning: {w}");
             }
             std::process::exit(EXIT_WARNINGS);
+        }
+        Err(e)
+            if e.chain()
+                .any(|c| matches!(c.downcast_ref(), Some(engine::Error::Interrupted))) =>
+        {
+            eprintln!("dedisk: {e:#}; temporary files were removed");
+            std::process::exit(EXIT_INTERRUPTED);
         }
         Err(e) => {
             // One line: the context chain, outermost first.

@@ -50,6 +50,8 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Hash/compress worker threads.
     pub workers: usize,
+    /// Checked before every read; set it to stop the backup (no snapshot is written).
+    pub cancel: crate::cancel::Cancel,
 }
 
 /// One disk to back up.
@@ -123,7 +125,7 @@ pub fn backup(
         let source = d.source.describe();
         let expected = d.source.size_bytes();
         progress.start(&d.label, expected);
-        let (manifest, stats) = back_up_one(repo, &mut store, d.source, opts.workers, progress)?;
+        let (manifest, stats) = back_up_one(repo, &mut store, d.source, opts, progress)?;
         progress.finish();
         if let Some(expected) = expected.filter(|e| *e != manifest.len_bytes) {
             return Err(Error::SizeMismatch {
@@ -147,13 +149,8 @@ pub fn backup(
             std::io::Cursor::new(bytes),
             m.path.display().to_string(),
         ));
-        let (manifest, _) = back_up_one(
-            repo,
-            &mut store,
-            source,
-            opts.workers,
-            &crate::progress::NoProgress,
-        )?;
+        let (manifest, _) =
+            back_up_one(repo, &mut store, source, opts, &crate::progress::NoProgress)?;
         snap_meta.push(SnapshotMeta {
             name: m.name,
             size_bytes: manifest.len_bytes,
@@ -306,13 +303,14 @@ pub fn back_up_one(
     repo: &Repository,
     store: &mut BlobStore<'_>,
     mut source: Box<dyn DiskSource>,
-    workers: usize,
+    opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<(ManifestRoot, DiskStats)> {
     let started = Instant::now();
+    let cancel = &opts.cancel;
     let params = repo.config().chunker;
     let level = repo.config().compression.level;
-    let workers = workers.max(1);
+    let workers = opts.workers.max(1);
     let (piece_tx, piece_rx) = bounded::<Piece>(2);
     let (pool_tx, pool_rx) = unbounded::<AlignedBuf>();
     for _ in 0..READ_BUFS {
@@ -324,7 +322,7 @@ pub fn back_up_one(
     let (done_tx, done_rx) = bounded::<Done>(workers * CHUNKS_PER_WORKER);
 
     std::thread::scope(|s| {
-        let reader = s.spawn(move || read_stage(source.as_mut(), piece_tx, pool_rx));
+        let reader = s.spawn(move || read_stage(source.as_mut(), piece_tx, pool_rx, cancel));
         let cutter = s.spawn(move || cut_stage(Cutter::new(params), piece_rx, pool_tx, work_tx));
         let hashers: Vec<_> = (0..workers)
             .map(|_| {
@@ -372,12 +370,13 @@ fn read_stage(
     source: &mut dyn DiskSource,
     tx: Sender<Piece>,
     pool: Receiver<AlignedBuf>,
+    cancel: &crate::cancel::Cancel,
 ) -> Result<u64> {
     let clones: Vec<Box<dyn DiskSource>> = (0..READ_DEPTH)
         .map_while(|_| source.clone_reader())
         .collect();
     if clones.len() < 2 {
-        return read_sequential(source, tx, pool);
+        return read_sequential(source, tx, pool, cancel);
     }
     type Reply = Sender<Result<(AlignedBuf, usize)>>;
     let (req_tx, req_rx) = bounded::<(u64, usize, AlignedBuf, Reply)>(READ_DEPTH);
@@ -420,6 +419,7 @@ fn read_stage(
                 pos = start;
             }
             while pos < end {
+                cancel.check()?;
                 // Never block on the pool while holding finished reads the cutter waits for.
                 let buf = loop {
                     match pool.try_recv() {
@@ -466,6 +466,7 @@ fn read_sequential(
     source: &mut dyn DiskSource,
     tx: Sender<Piece>,
     pool: Receiver<AlignedBuf>,
+    cancel: &crate::cancel::Cancel,
 ) -> Result<u64> {
     let size = source.size_bytes();
     let mut pos = 0u64;
@@ -478,6 +479,7 @@ fn read_sequential(
             pos = start;
         }
         while pos < end {
+            cancel.check()?;
             let Ok(mut buf) = pool.recv() else {
                 return Ok(read);
             };

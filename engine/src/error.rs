@@ -81,6 +81,8 @@ pub enum Error {
         expected: u64,
         got: u64,
     },
+    #[error("interrupted")]
+    Interrupted,
     #[error("internal error: the {0} stage stopped unexpectedly")]
     StageFailed(&'static str),
 }

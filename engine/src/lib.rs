@@ -7,7 +7,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let repo = repo_format::Repository::open("/srv/backup/repo".as_ref())?;
 //! let disk = DiskInput { label: "vda".into(), source: open_source("/dev/vg0/vm1-snap", true, false)? };
-//! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2 };
+//! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2, cancel: Default::default() };
 //! let done = backup(&repo, vec![disk], vec![], &opts, &engine::progress::NoProgress)?;
 //! println!("snapshot {}", done.id.short());
 //! # Ok(()) }
@@ -15,6 +15,7 @@
 
 pub mod backup;
 pub mod blockdev;
+pub mod cancel;
 pub mod chunker;
 pub mod error;
 pub mod forget;

@@ -153,6 +153,8 @@ pub struct RestoreRequest<'a> {
     /// Replace an existing target file.
     pub force: bool,
     pub workers: usize,
+    /// Checked before every extent; set it to stop (the partial file is removed).
+    pub cancel: &'a crate::cancel::Cancel,
 }
 
 /// Restores one disk (or metadata file) to its target.
@@ -172,6 +174,7 @@ pub fn restore_disk(
         target,
         force,
         workers,
+        cancel,
     } = *req;
     let started = Instant::now();
     let size = manifest.len_bytes;
@@ -262,6 +265,7 @@ pub fn restore_disk(
             let mut walker = ManifestWalker::new(*manifest, |id: &BlobId| nodes.read_node(id));
             let mut end = 0;
             while let Some((offset, extent)) = walker.next_extent()? {
+                cancel.check()?;
                 match extent {
                     Extent::Chunk { len, .. } => {
                         report.chunks += 1;

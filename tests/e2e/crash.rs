@@ -65,3 +65,53 @@ fn kill_9_mid_backup_then_backup_and_restore_succeed() {
     ok(&["restore", "--repo", p(&repo), "latest", p(&out)]);
     assert_eq!(sha256(&out), before);
 }
+
+#[test]
+fn ctrl_c_stops_a_backup_cleanly_and_the_next_one_reuses_its_packs() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = new_repo(dir, &["--pack-size", "1"]);
+    let img = random_image(dir, "big.raw", 300_000_000, 300_000_000);
+    let child = dedisk()
+        .args([
+            "backup",
+            "--repo",
+            p(&repo),
+            "--name",
+            "vm",
+            "-q",
+            "--workers",
+            "1",
+            p(&img),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(repo.join("packs")).unwrap().count() < 2 {
+        assert!(Instant::now() < deadline, "no packs appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("no snapshot was written"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(repo.join("tmp")).unwrap().count(),
+        0,
+        "temporary pack removed"
+    );
+    assert_eq!(snapshot_files(&repo).len(), 0);
+
+    let done = ok_json(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)]);
+    let stats = &done["disks"][0]["stats"];
+    assert!(
+        stats["new_bytes"].as_u64().unwrap() < stats["data_bytes"].as_u64().unwrap(),
+        "{stats}"
+    );
+}
