@@ -265,7 +265,8 @@ impl<'r> BlobStore<'r> {
     pub fn finish_pack(&mut self) -> Result<()> {
         if let Some(pack) = self.pack.take() {
             let finished = pack.finish(&self.repo.packs_dir())?;
-            self.repo.index_finished_pack(&mut self.index, &finished)?;
+            self.index
+                .add_pack(&finished.id, finished.len_bytes, &finished.entries)?;
             self.in_pack.clear();
         }
         Ok(())

@@ -23,10 +23,6 @@ impl Cancel {
         Arc::clone(&self.0)
     }
 
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
     /// `Err(Error::Interrupted)` once cancelled.
     pub fn check(&self) -> Result<()> {
         if self.0.load(Ordering::Relaxed) {

@@ -190,11 +190,6 @@ impl Cutter {
         }
     }
 
-    /// Disk offset of the next byte expected.
-    pub fn position(&self) -> u64 {
-        self.pos + self.partial.len() as u64
-    }
-
     /// Feeds the next bytes of the disk.
     pub fn feed(&mut self, mut data: &[u8], out: &mut impl FnMut(Cut)) {
         let align = self.align as usize;

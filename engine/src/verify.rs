@@ -128,7 +128,8 @@ pub struct VerifyReport {
 pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let on_disk = repo.list_packs()?;
-    let indexed = repo.index()?.pack_ids()?;
+    let index = repo.index()?;
+    let indexed = index.pack_ids()?;
     report.packs = on_disk.len() as u64;
     for id in on_disk.keys().filter(|id| !indexed.contains(id)) {
         // Reconciliation indexes every readable pack, so this one's TOC is damaged.
@@ -172,7 +173,6 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
             }),
         }
     }
-    let index = repo.index()?;
     let mut nodes = BlobReader::new(repo)?;
     for (id, snap) in &snapshots {
         report.snapshots += 1;

@@ -176,11 +176,6 @@ impl PackWriter {
         self.len_bytes
     }
 
-    /// Number of blobs added so far.
-    pub fn blob_count(&self) -> usize {
-        self.toc.len()
-    }
-
     /// Writes the TOC and footer, fsyncs, and renames the pack into `packs_dir` under its id.
     pub fn finish(mut self, packs_dir: &Path) -> Result<FinishedPack> {
         let toc_offset = self.len_bytes;

@@ -22,7 +22,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::ids::{BlobId, PackId, SnapshotId};
 use crate::index::{BlobLocation, Index};
 use crate::manifest::Node;
-use crate::pack::{pack_path, read_payload, read_toc, FinishedPack};
+use crate::pack::{pack_path, read_payload, read_toc};
 use crate::snapshot::Snapshot;
 
 const CONFIG_FILE: &str = "config.json";
@@ -267,11 +267,6 @@ impl Repository {
             let _ = fs::remove_file(format!("{}{suffix}", tmp.display()));
         }
         Ok(r)
-    }
-
-    /// Records a finished pack in the index.
-    pub fn index_finished_pack(&self, idx: &mut Index, pack: &FinishedPack) -> Result<()> {
-        idx.add_pack(&pack.id, pack.len_bytes, &pack.entries)
     }
 
     /// Writes a snapshot file durably; from this moment on the snapshot exists.

@@ -80,6 +80,8 @@ pub fn open_source(
             path: path.into(),
             source,
         };
+        // A second, buffered handle: the source's own may be O_DIRECT, which refuses the
+        // small unaligned reads of the header and footer.
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let format = detect::detect(&file, len).map_err(io)?;

@@ -74,11 +74,6 @@ impl RawSource {
         })
     }
 
-    /// True when reads bypass the page cache.
-    pub fn is_direct(&self) -> bool {
-        self.direct
-    }
-
     fn lseek(&self, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
         // SAFETY: lseek on a valid fd owned by self.file has no memory effects.
         let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
