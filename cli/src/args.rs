@@ -50,6 +50,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Forget snapshots a retention policy does not keep (per VM).
     Forget(ForgetArgs),
+    /// Show what dedisk sees in a disk image: format, size, backing chain, allocation.
+    Inspect(InspectArgs),
     /// Rebuild derived data from what the repository holds.
     Repair {
         #[command(subcommand)]
@@ -108,16 +110,57 @@ pub struct BackupArgs {
     /// Read through the page cache instead of O_DIRECT.
     #[arg(long)]
     pub no_direct: bool,
-    /// Image format of the disks; `auto` refuses image containers (qcow2, VHD, VHDX,
-    /// VMDK, VDI) that cannot be read natively yet, `raw` stores any file as it is.
+    /// Image format of the disks: `auto` judges each file by its content (qcow2, VHD,
+    /// VHDX, VMDK, VDI, XVA, else raw); `raw` stores any file byte for byte.
     #[arg(long, value_enum, default_value = "auto")]
     pub format: FormatArg,
+    /// qcow2: back up this internal snapshot (name or id) instead of the active layer.
+    #[arg(long, value_name = "NAME")]
+    pub qcow2_snapshot: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
     Auto,
     Raw,
+    Qcow2,
+    Vhd,
+    Vhdx,
+    Vmdk,
+    Vdi,
+    Xva,
+}
+
+impl FormatArg {
+    /// The format to open with, or `None` to detect it.
+    pub fn image_format(self) -> Option<engine::source::detect::ImageFormat> {
+        use engine::source::detect::ImageFormat as F;
+        match self {
+            FormatArg::Auto => None,
+            FormatArg::Raw => Some(F::Raw),
+            FormatArg::Qcow2 => Some(F::Qcow2),
+            FormatArg::Vhd => Some(F::Vhd),
+            FormatArg::Vhdx => Some(F::Vhdx),
+            FormatArg::Vmdk => Some(F::Vmdk),
+            FormatArg::Vdi => Some(F::Vdi),
+            FormatArg::Xva => Some(F::Xva),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Image file (qcow2, VHD, VHDX, VMDK, VDI, XVA or raw).
+    pub image: PathBuf,
+    /// Read it as this format instead of judging by content.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: FormatArg,
+    /// qcow2: inspect this internal snapshot instead of the active layer.
+    #[arg(long, value_name = "NAME")]
+    pub qcow2_snapshot: Option<String>,
+    /// List every allocated extent (human output shows the first 20).
+    #[arg(long)]
+    pub extents: bool,
 }
 
 #[derive(Args)]

@@ -8,6 +8,7 @@ use serde_json::json;
 use engine::backup::{backup, BackupOptions, DiskInput, MetaInput};
 use engine::restore::restore_disk;
 use engine::select::{resolve_snapshot, split_label};
+use engine::source::SourceOptions;
 use repo_format::{ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, Repository};
 
 use crate::args::*;
@@ -138,7 +139,12 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
             }
             stdin_used = true;
         }
-        let source = engine::source::open_source(&path, !a.no_direct, a.format == FormatArg::Raw)
+        let opts = SourceOptions {
+            direct: !a.no_direct,
+            format: a.format.image_format(),
+            qcow2_snapshot: a.qcow2_snapshot.clone(),
+        };
+        let source = engine::source::open_source(&path, &opts)
             .with_context(|| format!("opening disk {label}"))?;
         disks.push(DiskInput { label, source });
     }

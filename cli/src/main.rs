@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod inspect;
 mod output;
 mod progress;
 
@@ -52,6 +53,7 @@ fn main() {
         Command::Stats => commands::stats(g),
         Command::Verify(a) => commands::verify(g, a),
         Command::Forget(a) => commands::forget(g, a),
+        Command::Inspect(a) => inspect::inspect(g, a),
         Command::Repair { what } => commands::repair(g, what),
     };
     match result {

@@ -6,7 +6,7 @@
 //! use engine::source::open_source;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let repo = repo_format::Repository::open("/srv/backup/repo".as_ref())?;
-//! let disk = DiskInput { label: "vda".into(), source: open_source("/dev/vg0/vm1-snap", true, false)? };
+//! let disk = DiskInput { label: "vda".into(), source: open_source("/var/lib/libvirt/images/vm1.qcow2", &Default::default())? };
 //! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2, cancel: Default::default() };
 //! let done = backup(&repo, vec![disk], vec![], &opts, &engine::progress::NoProgress)?;
 //! println!("snapshot {}", done.id.short());
@@ -19,6 +19,7 @@ pub mod cancel;
 pub mod chunker;
 pub mod error;
 pub mod forget;
+pub mod image;
 pub mod progress;
 pub mod restore;
 pub mod select;

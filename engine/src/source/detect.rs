@@ -1,14 +1,15 @@
 //! Recognising disk-image containers by their magic bytes, not their file names.
 //!
 //! Backing up a qcow2 or VHD file as if it were a raw disk would store the container, and
-//! a restore would give back that container rather than the disk the VM sees. Until
-//! native readers exist, such files are refused with a message that says what they are.
+//! a restore would give back that container rather than the disk the VM sees, so the
+//! format is always judged from the content (a `.qcow2` name on a raw file is common).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 /// What a file holds, judged from its first and last bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Raw,
     Qcow2,
@@ -18,6 +19,8 @@ pub enum ImageFormat {
     Vmdk,
     /// VirtualBox VDI.
     Vdi,
+    /// XenServer `xe vm-export`: a tar of `ova.xml` and 1 MiB blocks per disk.
+    Xva,
 }
 
 impl std::fmt::Display for ImageFormat {
@@ -29,6 +32,7 @@ impl std::fmt::Display for ImageFormat {
             ImageFormat::Vhdx => "vhdx",
             ImageFormat::Vmdk => "vmdk",
             ImageFormat::Vdi => "vdi",
+            ImageFormat::Xva => "xva",
         })
     }
 }
@@ -52,6 +56,10 @@ pub fn detect(file: &File, len_bytes: u64) -> std::io::Result<ImageFormat> {
     }
     if head.len() >= 0x44 && head[0x40..0x44] == 0xbeda107fu32.to_le_bytes() {
         return Ok(ImageFormat::Vdi);
+    }
+    // A tar whose first member is ova.xml (name field at 0, "ustar" magic at 257).
+    if head.starts_with(b"ova.xml\0") && head.len() >= 262 && &head[257..262] == b"ustar" {
+        return Ok(ImageFormat::Xva);
     }
     if head.starts_with(b"conectix") {
         return Ok(ImageFormat::Vhd); // dynamic VHDs copy the footer to the start

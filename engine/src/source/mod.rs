@@ -26,11 +26,8 @@ pub enum SourceError {
     },
     #[error("{path}: not a regular file or block device")]
     NotADisk { path: PathBuf },
-    #[error("{path} is a {format} image, not a raw disk; dedisk cannot read {format} natively yet: convert it with `qemu-img convert -O raw`, or pass --format raw to store the {format} file itself")]
-    UnsupportedImage {
-        path: PathBuf,
-        format: detect::ImageFormat,
-    },
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     #[error("{path}: the source shrank while it was read (expected {expected} bytes, got {got})")]
     Shrank {
         path: PathBuf,
@@ -58,15 +55,23 @@ pub trait DiskSource: Send {
     }
 }
 
-/// Opens a path or `-` (standard input) as a disk source.
+/// How to open a disk source.
+#[derive(Clone, Debug, Default)]
+pub struct SourceOptions {
+    /// Read with O_DIRECT where possible.
+    pub direct: bool,
+    /// The format, or `None` to judge it from the content.
+    pub format: Option<detect::ImageFormat>,
+    /// qcow2: read this internal snapshot instead of the active layer.
+    pub qcow2_snapshot: Option<String>,
+}
+
+/// Opens a path or `-` (standard input, always a raw stream) as a disk source.
 ///
-/// A regular file is checked for image-container magic (qcow2, VHD, ...) unless
-/// `force_raw`; block devices and streams are read as raw disks.
-pub fn open_source(
-    spec: &str,
-    direct: bool,
-    force_raw: bool,
-) -> Result<Box<dyn DiskSource>, SourceError> {
+/// Regular files are read in the format their content shows (or `opts.format`): raw
+/// files and block devices directly, image containers through [`crate::image`], so the
+/// pipeline sees the virtual disk either way.
+pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn DiskSource>, SourceError> {
     if spec == "-" {
         return Ok(Box::new(StreamSource::new(
             std::io::stdin(),
@@ -74,23 +79,29 @@ pub fn open_source(
         )));
     }
     let path = std::path::Path::new(spec);
-    let source = RawSource::open(path, direct)?;
-    if !force_raw && std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-        let io = |source| SourceError::Io {
-            path: path.into(),
-            source,
-        };
-        // A second, buffered handle: the source's own may be O_DIRECT, which refuses the
-        // small unaligned reads of the header and footer.
-        let file = std::fs::File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let format = detect::detect(&file, len).map_err(io)?;
-        if format != detect::ImageFormat::Raw {
-            return Err(SourceError::UnsupportedImage {
+    let format = match opts.format {
+        Some(f) => f,
+        None if std::fs::metadata(path).is_ok_and(|m| m.is_file()) => {
+            let io = |source| SourceError::Io {
                 path: path.into(),
-                format,
-            });
+                source,
+            };
+            let file = std::fs::File::open(path).map_err(io)?;
+            let len = file.metadata().map_err(io)?.len();
+            detect::detect(&file, len).map_err(io)?
         }
+        None => detect::ImageFormat::Raw,
+    };
+    if format == detect::ImageFormat::Raw && opts.qcow2_snapshot.is_none() {
+        return Ok(Box::new(RawSource::open(path, opts.direct)?));
     }
-    Ok(Box::new(source))
+    let image = crate::image::open_image(
+        path,
+        &crate::image::OpenOptions {
+            direct: opts.direct,
+            format: Some(format),
+            qcow2_snapshot: opts.qcow2_snapshot.clone(),
+        },
+    )?;
+    Ok(Box::new(image))
 }
