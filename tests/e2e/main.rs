@@ -9,4 +9,5 @@ mod crash;
 mod damage;
 mod errors;
 mod helpers;
+mod images;
 mod verify;

@@ -1,0 +1,407 @@
+//! Image containers read natively: third-party fixtures, every qemu-img option, and
+//! malformed images. The reference for "the right bytes" is always qemu: a restore must
+//! equal `qemu-img convert -O raw` of the same image.
+
+use std::path::{Path, PathBuf};
+
+use crate::helpers::*;
+
+/// Backs up `disks` (label, path, qemu's name for the format) as one snapshot with
+/// `flags`, restores each, and checks it against qemu's reading of the image
+/// (`reference`: more flags for qemu-img convert). qemu runs in `dir`, where it
+/// resolves relative data-file names.
+fn round_trip(
+    dir: &Path,
+    repo: &Path,
+    disks: &[(&str, PathBuf, &str)],
+    flags: &[&str],
+    reference: &[&str],
+) {
+    let specs: Vec<String> = disks
+        .iter()
+        .map(|(l, p, _)| format!("{l}={}", p.display()))
+        .collect();
+    let mut args = vec!["--repo", p(repo), "backup", "--name", "img", "-q"];
+    args.extend_from_slice(flags);
+    args.extend(specs.iter().map(String::as_str));
+    ok(&args);
+    for (label, path, fmt) in disks {
+        let want = dir.join(format!("{label}.want"));
+        let got = dir.join(format!("{label}.got"));
+        sh(&format!(
+            "cd '{}' && qemu-img convert -f {fmt} {} -O raw '{}' '{}'",
+            dir.display(),
+            reference.join(" "),
+            path.display(),
+            want.display()
+        ));
+        let _ = std::fs::remove_file(&got);
+        ok(&[
+            "--repo",
+            p(repo),
+            "restore",
+            "-q",
+            &format!("latest:{label}"),
+            p(&got),
+        ]);
+        assert_eq!(
+            sha256(&got),
+            sha256(&want),
+            "{label}: restore differs from qemu-img convert"
+        );
+        std::fs::remove_file(&want).unwrap();
+        std::fs::remove_file(&got).unwrap();
+    }
+}
+
+/// A 64 MiB raw disk: random data at several offsets (some cluster-unaligned), an
+/// explicitly written zero range, and holes.
+fn base_image(dir: &Path) -> PathBuf {
+    let base = dir.join("base.raw");
+    sh(&format!(
+        "set -e; truncate -s 64M '{b}'
+         for spec in 0:1024 5120:3072 40964:513 65024:512; do
+           off=${{spec%%:*}}; kib=${{spec##*:}}
+           head -c $((kib*1024)) /dev/urandom | dd of='{b}' bs=1024 seek=$off conv=notrunc status=none
+         done
+         dd if=/dev/zero of='{b}' bs=1M seek=20 count=2 conv=notrunc status=none",
+        b = base.display()
+    ));
+    base
+}
+
+fn have_qemu() -> bool {
+    have("qemu-img") && have("qemu-io")
+}
+
+#[test]
+fn every_format_qemu_img_writes_restores_as_qemu_reads_it() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let base = base_image(d);
+    let b = base.display();
+    let img = |name: &str| d.join(name);
+    let convert = |name: &str, opts: &str| {
+        sh(&format!(
+            "qemu-img convert -q {opts} '{b}' '{}'",
+            img(name).display()
+        ));
+        img(name)
+    };
+    let disks = vec![
+        (
+            "qcow2-v2",
+            convert("v2.qcow2", "-O qcow2 -o compat=0.10"),
+            "qcow2",
+        ),
+        (
+            "qcow2-512",
+            convert("c512.qcow2", "-O qcow2 -o cluster_size=512"),
+            "qcow2",
+        ),
+        (
+            "qcow2-2m",
+            convert("c2m.qcow2", "-O qcow2 -o cluster_size=2M"),
+            "qcow2",
+        ),
+        ("qcow2-zlib", convert("zlib.qcow2", "-c -O qcow2"), "qcow2"),
+        (
+            "qcow2-zstd",
+            convert("zstd.qcow2", "-c -O qcow2 -o compression_type=zstd"),
+            "qcow2",
+        ),
+        (
+            "qcow2-extl2",
+            convert(
+                "extl2.qcow2",
+                "-O qcow2 -o extended_l2=on,cluster_size=128k",
+            ),
+            "qcow2",
+        ),
+        ("vpc-dynamic", convert("dyn.vhd", "-O vpc"), "vpc"),
+        (
+            "vpc-fixed",
+            convert("fixed.vhd", "-O vpc -o subformat=fixed"),
+            "vpc",
+        ),
+        ("vhdx-dynamic", convert("dyn.vhdx", "-O vhdx"), "vhdx"),
+        (
+            "vhdx-fixed",
+            convert("fixed.vhdx", "-O vhdx -o subformat=fixed"),
+            "vhdx",
+        ),
+        ("vmdk-sparse", convert("sparse.vmdk", "-O vmdk"), "vmdk"),
+        (
+            "vmdk-stream",
+            convert("stream.vmdk", "-O vmdk -o subformat=streamOptimized"),
+            "vmdk",
+        ),
+        (
+            "vmdk-flat",
+            convert("flat.vmdk", "-O vmdk -o subformat=monolithicFlat"),
+            "vmdk",
+        ),
+        (
+            "vmdk-split",
+            convert("split.vmdk", "-O vmdk -o subformat=twoGbMaxExtentSparse"),
+            "vmdk",
+        ),
+        ("vdi-dynamic", convert("dyn.vdi", "-O vdi"), "vdi"),
+        (
+            "vdi-static",
+            convert("static.vdi", "-O vdi -o static=on"),
+            "vdi",
+        ),
+    ];
+    round_trip(d, &repo, &disks, &[], &[]);
+}
+
+#[test]
+fn qcow2_zero_clusters_subclusters_chains_data_files_and_snapshots() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let base = base_image(d);
+    let io = |fmt: &str, path: &Path, cmds: &str| {
+        sh(&format!(
+            "cd '{}' && qemu-io -f {fmt} {cmds} '{}' >/dev/null",
+            d.display(),
+            path.display()
+        ));
+    };
+    let path = |n: &str| d.join(n);
+
+    // Zero clusters: over allocated data (zero flag with an offset) and over nothing.
+    let zero = path("zero.qcow2");
+    sh(&format!(
+        "qemu-img convert -q -O qcow2 '{}' '{}'",
+        base.display(),
+        zero.display()
+    ));
+    io(
+        "qcow2",
+        &zero,
+        "-c 'write -z 0 512k' -c 'write -z 30M 2M' -c 'write -z -u 5M 1M'",
+    );
+
+    // Subclusters: 4 KiB writes and zero writes inside 128 KiB clusters.
+    let sub = path("sub.qcow2");
+    sh(&format!(
+        "qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=128k '{}' 64M",
+        sub.display()
+    ));
+    io("qcow2", &sub, "-c 'write -P 0x5a 4k 4k' -c 'write -P 0x6b 132k 8k' -c 'write -z 136k 4k' -c 'write -P 0x11 1M 256k' -c 'write -z 1028k 4k'");
+
+    // A three-deep chain with relative names, the top larger than its backing.
+    sh(&format!(
+        "set -e; cd '{d}'
+         qemu-img convert -q -O qcow2 base.raw chain0.qcow2
+         qemu-img create -q -f qcow2 -b chain0.qcow2 -F qcow2 chain1.qcow2
+         qemu-img create -q -f qcow2 -b chain1.qcow2 -F qcow2 chain2.qcow2 80M",
+        d = d.display()
+    ));
+    io(
+        "qcow2",
+        &path("chain1.qcow2"),
+        "-c 'write -P 0x21 100k 200k' -c 'write -z 5M 64k'",
+    );
+    io(
+        "qcow2",
+        &path("chain2.qcow2"),
+        "-c 'write -P 0x22 150k 10k' -c 'write -P 0x23 70M 1M'",
+    );
+
+    // A qcow2 overlay on a raw base, with no backing format recorded (probed).
+    sh(&format!(
+        "cd '{}' && qemu-img create -q -f qcow2 -b base.raw -F raw over-raw.qcow2",
+        d.display()
+    ));
+    io("qcow2", &path("over-raw.qcow2"), "-c 'write -P 0x31 2M 1M'");
+
+    // External data files, raw and not.
+    for (name, raw) in [("ext-raw", "on"), ("ext", "off")] {
+        let q = path(&format!("{name}.qcow2"));
+        sh(&format!(
+            "cd '{}' && qemu-img create -q -f qcow2 -o data_file={name}.data,data_file_raw={raw} {name}.qcow2 64M",
+            d.display()
+        ));
+        io(
+            "qcow2",
+            &q,
+            "-c 'write -P 0x41 0 1M' -c 'write -P 0x42 9M 64k' -c 'write -z 0 64k'",
+        );
+    }
+
+    let disks = vec![
+        ("zero", zero, "qcow2"),
+        ("sub", sub, "qcow2"),
+        ("chain", path("chain2.qcow2"), "qcow2"),
+        ("over-raw", path("over-raw.qcow2"), "qcow2"),
+        ("ext-raw", path("ext-raw.qcow2"), "qcow2"),
+        ("ext", path("ext.qcow2"), "qcow2"),
+    ];
+    round_trip(d, &repo, &disks, &[], &[]);
+
+    // An internal snapshot, then more writes: the snapshot and the active layer differ.
+    let snap = path("snap.qcow2");
+    sh(&format!(
+        "qemu-img convert -q -O qcow2 '{}' '{}'",
+        base.display(),
+        snap.display()
+    ));
+    sh(&format!("qemu-img snapshot -c before '{}'", snap.display()));
+    io("qcow2", &snap, "-c 'write -P 0x51 0 4M'");
+    round_trip(
+        d,
+        &repo,
+        &[("snap", snap.clone(), "qcow2")],
+        &["--qcow2-snapshot", "before"],
+        &["-l", "snapshot.name=before"],
+    );
+    round_trip(d, &repo, &[("snap", snap.clone(), "qcow2")], &[], &[]);
+    fails(
+        &[
+            "--repo",
+            p(&repo),
+            "backup",
+            "--name",
+            "x",
+            "--qcow2-snapshot",
+            "nope",
+            p(&snap),
+        ],
+        1,
+        "no internal snapshot named \"nope\"",
+    );
+}
+
+#[test]
+fn sparse_two_tib_qcow2_reads_only_its_data() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let big = d.join("big.qcow2");
+    sh(&format!(
+        "qemu-img create -q -f qcow2 '{}' 2T",
+        big.display()
+    ));
+    sh(&format!(
+        "qemu-io -f qcow2 -c 'write -P 0x61 0 4M' -c 'write -P 0x62 1T 4M' -c 'write -P 0x63 2047G 2M' '{}' >/dev/null",
+        big.display()
+    ));
+    let info = ok_json(&["inspect", "--json", p(&big)]);
+    assert_eq!(info["virtual_size"], 2u64 << 40);
+    assert_eq!(info["allocated_bytes"], 10u64 << 20);
+    assert_eq!(info["extents"].as_array().unwrap().len(), 3);
+    ok(&["--repo", p(&repo), "backup", "--name", "big", "-q", p(&big)]);
+    let snap = &snapshot_files(&repo)[0];
+    let disk = &snap["disks"][0];
+    assert_eq!(disk["size_bytes"], 2u64 << 40);
+    let read = disk["stats"]["read_bytes"].as_u64().unwrap();
+    assert_eq!(read, 10 << 20, "only allocated clusters are read");
+}
+
+/// Third-party images with the answers their EXPECTED.tsv gives (tests/fixtures/thirdparty).
+#[test]
+fn third_party_fixtures_read_or_are_refused_as_expected() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/thirdparty");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    // Unpack everything first: descriptors refer to their extents by name.
+    for sub in std::fs::read_dir(&fixtures).unwrap() {
+        let sub = sub.unwrap().path();
+        if !sub.is_dir() {
+            continue;
+        }
+        let out = d.join(sub.file_name().unwrap());
+        std::fs::create_dir_all(&out).unwrap();
+        for f in std::fs::read_dir(&sub).unwrap() {
+            let f = f.unwrap().path();
+            let name = f.file_stem().unwrap();
+            let bytes = zstd::decode_all(std::fs::File::open(&f).unwrap()).unwrap();
+            std::fs::write(out.join(name), bytes).unwrap();
+        }
+    }
+    let table = std::fs::read_to_string(fixtures.join("EXPECTED.tsv")).unwrap();
+    let mut checked = 0;
+    for row in table.lines().skip(1) {
+        let cols: Vec<&str> = row.split('\t').collect();
+        let (file, format, expect, size, hash) = (cols[0], cols[2], cols[3], cols[4], cols[5]);
+        let path = d.join(file);
+        let out = run(&[
+            "--repo",
+            p(&repo),
+            "backup",
+            "--name",
+            "fx",
+            "-q",
+            &format!("disk={}", path.display()),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(101), "{file}: panicked: {stderr}");
+        let read_ok = out.status.success();
+        let check_bytes = || {
+            let got = d.join("restored.raw");
+            let _ = std::fs::remove_file(&got);
+            ok(&["--repo", p(&repo), "restore", "-q", "latest:disk", p(&got)]);
+            if size != "-" {
+                assert_eq!(
+                    std::fs::metadata(&got).unwrap().len().to_string(),
+                    size,
+                    "{file}: virtual size"
+                );
+            }
+            assert_eq!(
+                sha256(&got),
+                hash,
+                "{file}: bytes differ from qemu-img's reading"
+            );
+        };
+        match expect {
+            "read" => {
+                assert!(read_ok, "{file} should be read: {stderr}");
+                check_bytes();
+            }
+            "reject" if format == "unknown" => {
+                // Not an image at all: read as the raw disk it is, never as a container.
+                assert!(read_ok, "{file}: {stderr}");
+                let info = ok_json(&["inspect", "--json", p(&path)]);
+                assert_eq!(info["chain"][0]["format"], "raw", "{file}");
+                fails(
+                    &["inspect", "--format", "qcow2", p(&path)],
+                    1,
+                    "no qcow2 magic",
+                );
+            }
+            "reject" => {
+                assert_eq!(out.status.code(), Some(1), "{file} should be refused");
+                assert!(
+                    stderr.contains(file.rsplit('/').next().unwrap()),
+                    "{file}: message names the file: {stderr}"
+                );
+            }
+            "either" => {
+                if read_ok {
+                    check_bytes();
+                } else {
+                    assert_eq!(out.status.code(), Some(1), "{file}: {stderr}");
+                }
+            }
+            "skip" => continue,
+            other => panic!("EXPECTED.tsv: unknown expectation {other}"),
+        }
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} fixtures checked");
+}
