@@ -405,3 +405,159 @@ fn third_party_fixtures_read_or_are_refused_as_expected() {
     }
     assert!(checked >= 25, "only {checked} fixtures checked");
 }
+
+fn read_be64(path: &Path, at: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 8];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
+    u64::from_be_bytes(b)
+}
+
+fn write_at(path: &Path, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, at).unwrap();
+}
+
+/// Expects dedisk to refuse `image` with exit 1, naming the file and `needle`, both when
+/// backing up and when inspecting (never a panic, a hang or a huge allocation).
+fn refused(repo: &Path, image: &Path, extra: &[&str], needle: &str) {
+    let mut args = vec!["--repo", p(repo), "backup", "--name", "bad", "-q"];
+    args.extend_from_slice(extra);
+    args.push(p(image));
+    let err = fails(&args, 1, needle);
+    assert!(
+        err.contains(image.file_name().unwrap().to_str().unwrap()),
+        "names the file: {err}"
+    );
+    let mut args = vec!["inspect"];
+    args.extend_from_slice(extra);
+    args.push(p(image));
+    fails(&args, 1, needle);
+}
+
+#[test]
+fn malformed_images_are_refused_with_the_structure_and_offset() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let base = base_image(d);
+    let fresh = |name: &str, fmt: &str| {
+        let out = d.join(name);
+        sh(&format!(
+            "qemu-img convert -q -O {fmt} '{}' '{}'",
+            base.display(),
+            out.display()
+        ));
+        out
+    };
+    let truncate = |path: &Path, len: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    };
+
+    // Truncated at the header.
+    let q = fresh("short.qcow2", "qcow2");
+    truncate(&q, 50);
+    refused(&repo, &q, &[], "header at byte 0: file is only 50 bytes");
+
+    // Truncated inside the L1 table.
+    let q = fresh("l1.qcow2", "qcow2");
+    let l1 = read_be64(&q, 40);
+    truncate(&q, l1 + 4);
+    refused(&repo, &q, &[], "L1 table at byte");
+
+    // Truncated inside the data: the header and tables are fine, a cluster is not.
+    let q = fresh("data.qcow2", "qcow2");
+    let len = std::fs::metadata(&q).unwrap().len();
+    truncate(&q, len - 100_000);
+    refused(&repo, &q, &[], "run past the end of the file");
+
+    // An L2 entry pointing past the end of the file.
+    let q = fresh("past.qcow2", "qcow2");
+    let l2 = read_be64(&q, read_be64(&q, 40)) & 0x00ff_ffff_ffff_fe00;
+    write_at(
+        &q,
+        l2,
+        &(0x8000_0000_0000_0000u64 | (1u64 << 40)).to_be_bytes(),
+    );
+    refused(&repo, &q, &[], "run past the end of the file");
+
+    // Invalid (reserved) bits in an L2 entry.
+    let q = fresh("bits.qcow2", "qcow2");
+    let l2 = read_be64(&q, read_be64(&q, 40)) & 0x00ff_ffff_ffff_fe00;
+    let e = read_be64(&q, l2);
+    write_at(&q, l2, &(e | 1 << 57).to_be_bytes());
+    refused(&repo, &q, &[], "invalid cluster bits");
+
+    // A header claiming a 2^63-byte disk.
+    let q = fresh("huge.qcow2", "qcow2");
+    write_at(&q, 24, &(1u64 << 63).to_be_bytes());
+    refused(&repo, &q, &[], "cannot map a virtual size");
+
+    // A backing loop: a -> b -> a.
+    sh(&format!(
+        "set -e; cd '{}'; qemu-img create -q -f qcow2 a.qcow2 64M
+         qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 b.qcow2
+         qemu-img rebase -q -u -b b.qcow2 -F qcow2 a.qcow2",
+        d.display()
+    ));
+    refused(&repo, &d.join("b.qcow2"), &[], "loops back");
+
+    // A VHD whose BAT is cut off, and one whose footer checksum is wrong.
+    let v = fresh("bat.vhd", "vpc");
+    truncate(&v, 1536 + 8);
+    refused(&repo, &v, &[], "block allocation table at byte 1536");
+    let v = fresh("sum.vhd", "vpc");
+    let len = std::fs::metadata(&v).unwrap().len();
+    write_at(&v, len - 512 + 48, b"\x7f");
+    refused(&repo, &v, &["--format", "vhd"], "checksum");
+
+    // VMDK, VDI, VHDX with their tables pointing past the end.
+    let k = fresh("gd.vmdk", "vmdk");
+    truncate(&k, 4096);
+    refused(&repo, &k, &[], "run past the end of the file");
+    let i = fresh("map.vdi", "vdi");
+    truncate(&i, 0x1c8 + 4);
+    refused(&repo, &i, &[], "block map at byte");
+    let x = fresh("bat.vhdx", "vhdx");
+    truncate(&x, 300 << 10);
+    refused(&repo, &x, &[], "run past the end of the file");
+
+    // Random bytes behind each magic, and with each format forced.
+    let rnd = random_image(d, "random.img", 1 << 20, 1 << 20);
+    for (magic, at) in [
+        (&b"QFI\xfb\0\0\0\x03"[..], 0u64),
+        (b"KDMV\x01\0\0\0", 0),
+        (b"vhdxfile", 0),
+        (b"conectix", 0),
+    ] {
+        write_at(&rnd, at, magic);
+        let out = run(&["--repo", p(&repo), "backup", "--name", "rnd", "-q", p(&rnd)]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for fmt in ["qcow2", "vhd", "vhdx", "vmdk", "vdi"] {
+        let out = run(&["inspect", "--format", fmt, p(&rnd)]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{fmt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -46,12 +46,14 @@ pub struct Inspection {
     pub extents: Vec<(u64, u64)>,
 }
 
-/// Opens `path` and walks its whole map. Costs one pass over the metadata, no data reads.
+/// Opens `path`, checks its whole map (see [`super::Image::check_map`]) and lists where
+/// the data is. Costs passes over the metadata, no data reads.
 pub fn inspect(
     path: &std::path::Path,
     opts: &super::OpenOptions,
 ) -> Result<Inspection, super::ImageError> {
     let mut image = super::open_image(path, opts)?;
+    image.check_map()?;
     let chain = image.chain().into_iter().cloned().collect();
     let mut extents: Vec<(u64, u64)> = Vec::new();
     let mut pos = 0;

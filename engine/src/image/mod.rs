@@ -508,6 +508,40 @@ impl Image {
         Ok(&self.unit.as_ref().expect("unit loaded above").1)
     }
 
+    /// Walks the whole block map of every layer and checks that each run it names lies
+    /// in its file, without reading data: a truncated export fails here, not halfway
+    /// through a backup. Costs one pass over the metadata.
+    pub fn check_map(&mut self) -> Result<(), ImageError> {
+        let size = self.virtual_size();
+        let mut pos = 0;
+        while pos < size {
+            let (run, len) = self.run_at(pos)?;
+            let (file, host, need) = match run {
+                Run::Data { file, host } => (file, host, len),
+                Run::Compressed(c) => (c.file, c.host, 1),
+                Run::Zero | Run::Backing => {
+                    pos += len;
+                    continue;
+                }
+            };
+            let f = self.host_file(file, pos)?;
+            if host.checked_add(need).is_none_or(|end| end > f.len_bytes()) {
+                return Err(ImageError::PastEnd {
+                    path: f.path().into(),
+                    what: format!("data for guest offset {pos}"),
+                    offset: host,
+                    len_bytes: need,
+                    file_bytes: f.len_bytes(),
+                });
+            }
+            pos += len;
+        }
+        match self.backing.as_deref_mut() {
+            Some(b) => b.check_map(),
+            None => Ok(()),
+        }
+    }
+
     /// Another reader on the same image for parallel reads.
     pub fn try_clone(&self) -> Image {
         Image {
