@@ -179,9 +179,18 @@ pub struct RestoreArgs {
     /// Overwrite an existing target file.
     #[arg(long)]
     pub force: bool,
+    /// Write disks as raw (a sparse file or a device) or as a sparse qcow2 file.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub format: RestoreFormatArg,
     /// Restore threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestoreFormatArg {
+    Raw,
+    Qcow2,
 }
 
 #[derive(Args)]

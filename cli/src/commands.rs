@@ -269,20 +269,25 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
     let (spec, label) = split_label(&a.snapshot);
     let (id, snap) = resolve_snapshot(&repo, spec)?;
     let workers = a.workers.unwrap_or_else(engine::default_workers);
-    // (label, manifest, target path)
-    let mut jobs: Vec<(String, repo_format::ManifestRoot, PathBuf)> = Vec::new();
+    use engine::restore::TargetFormat;
+    let disk_format = match a.format {
+        RestoreFormatArg::Raw => TargetFormat::Raw,
+        RestoreFormatArg::Qcow2 => TargetFormat::Qcow2,
+    };
+    // (label, manifest, target path, format): metadata files are always restored as is.
+    let mut jobs: Vec<(String, repo_format::ManifestRoot, PathBuf, TargetFormat)> = Vec::new();
     match label {
         Some(label) => {
             let manifest = snap
                 .disks
                 .iter()
                 .find(|d| d.label == label)
-                .map(|d| d.manifest)
+                .map(|d| (d.manifest, disk_format))
                 .or_else(|| {
                     snap.meta
                         .iter()
                         .find(|m| m.name == label)
-                        .map(|m| m.manifest)
+                        .map(|m| (m.manifest, TargetFormat::Raw))
                 });
             let Some(manifest) = manifest else {
                 let available: Vec<_> = snap
@@ -298,31 +303,41 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
                 }
                 .into());
             };
-            jobs.push((label.to_string(), manifest, a.target.clone()));
+            jobs.push((label.to_string(), manifest.0, a.target.clone(), manifest.1));
         }
         None if snap.disks.len() == 1 && snap.meta.is_empty() => {
             let d = &snap.disks[0];
-            jobs.push((d.label.clone(), d.manifest, a.target.clone()));
+            jobs.push((d.label.clone(), d.manifest, a.target.clone(), disk_format));
         }
         None => {
             // Several disks (or metadata): the target is a directory that receives them all.
             std::fs::create_dir_all(&a.target)
                 .with_context(|| format!("creating directory {}", a.target.display()))?;
+            let ext = match disk_format {
+                TargetFormat::Raw => "raw",
+                TargetFormat::Qcow2 => "qcow2",
+            };
             for d in &snap.disks {
                 jobs.push((
                     d.label.clone(),
                     d.manifest,
-                    a.target.join(format!("{}.raw", d.label)),
+                    a.target.join(format!("{}.{ext}", d.label)),
+                    disk_format,
                 ));
             }
             for m in &snap.meta {
-                jobs.push((m.name.clone(), m.manifest, a.target.join(&m.name)));
+                jobs.push((
+                    m.name.clone(),
+                    m.manifest,
+                    a.target.join(&m.name),
+                    TargetFormat::Raw,
+                ));
             }
         }
     }
     let bar = Bar::new(!g.json && !g.quiet);
     let mut reports = Vec::new();
-    for (label, manifest, target) in jobs {
+    for (label, manifest, target, format) in jobs {
         let short = id.short();
         let req = engine::restore::RestoreRequest {
             snapshot: &short,
@@ -330,6 +345,7 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
             manifest: &manifest,
             target: &target,
             force: a.force,
+            format,
             workers,
             cancel: &CANCEL,
         };

@@ -18,6 +18,7 @@ use repo_format::{
 };
 
 use crate::error::{Damage, Error, Result};
+use crate::image::qcow2_writer::Qcow2Writer;
 use crate::progress::Progress;
 use crate::source::{AlignedBuf, DIRECT_ALIGN};
 
@@ -46,6 +47,8 @@ pub struct RestoreReport {
 struct Output {
     file: File,
     direct: Option<File>,
+    /// Set when restoring to a qcow2 file: writes go through its cluster allocator.
+    qcow2: Option<Qcow2Writer>,
 }
 
 impl Output {
@@ -55,6 +58,9 @@ impl Output {
         offset: u64,
         bounce: &mut Option<AlignedBuf>,
     ) -> std::io::Result<()> {
+        if let Some(q) = &self.qcow2 {
+            return q.write_at(data, offset);
+        }
         let align = DIRECT_ALIGN as u64;
         if let Some(direct) = &self.direct {
             if offset.is_multiple_of(align)
@@ -142,6 +148,16 @@ fn zero_device_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> 
     Ok(())
 }
 
+/// The file format a disk is restored in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TargetFormat {
+    /// The disk's bytes (a sparse file, or a block device).
+    #[default]
+    Raw,
+    /// A sparse qcow2 file (not for block devices).
+    Qcow2,
+}
+
 /// What to restore where.
 pub struct RestoreRequest<'a> {
     /// Names the snapshot in messages.
@@ -152,6 +168,7 @@ pub struct RestoreRequest<'a> {
     pub target: &'a Path,
     /// Replace an existing target file.
     pub force: bool,
+    pub format: TargetFormat,
     pub workers: usize,
     /// Checked before every extent; set it to stop (the partial file is removed).
     pub cancel: &'a crate::cancel::Cancel,
@@ -173,12 +190,30 @@ pub fn restore_disk(
         manifest,
         target,
         force,
+        format,
         workers,
         cancel,
     } = *req;
     let started = Instant::now();
     let size = manifest.len_bytes;
     let (kind, file) = open_target(target, size, force)?;
+    let qcow2 = match (&kind, format) {
+        (_, TargetFormat::Raw) => None,
+        (Target::Device { path }, TargetFormat::Qcow2) => {
+            return Err(Error::Usage(format!(
+                "{} is a block device; --format qcow2 writes a file",
+                path.display()
+            )));
+        }
+        (Target::File { tmp, .. }, TargetFormat::Qcow2) => {
+            let clone = file.try_clone().map_err(|e| Error::target(tmp, e))?;
+            let writer = Qcow2Writer::new(clone, size).map_err(|e| {
+                let _ = std::fs::remove_file(tmp);
+                Error::target(tmp, e)
+            })?;
+            Some(writer)
+        }
+    };
     let direct = match &kind {
         // Opened after the exclusive descriptor, which already holds the device.
         Target::Device { path } => match OpenOptions::new()
@@ -197,7 +232,11 @@ pub fn restore_disk(
         },
         Target::File { .. } => None,
     };
-    let out = Output { file, direct };
+    let out = Output {
+        file,
+        direct,
+        qcow2,
+    };
     let write_path = match &kind {
         Target::File { tmp, .. } => tmp.clone(),
         Target::Device { path } => path.clone(),
@@ -321,9 +360,14 @@ pub fn restore_disk(
         return Err(e);
     }
     // One fsync flushes the buffered writes and the device's write cache for both.
-    out.file
-        .sync_all()
-        .map_err(|e| Error::target(&write_path, e))?;
+    let synced = match out.qcow2 {
+        Some(q) => q.finish().map(drop),
+        None => out.file.sync_all(),
+    };
+    if let Err(e) = synced {
+        cleanup(&kind);
+        return Err(Error::target(&write_path, e));
+    }
     let damage = damage.into_inner().expect("workers joined");
     if !damage.is_empty() {
         // Keep the partial file under its temporary name; the error names it.

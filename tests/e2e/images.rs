@@ -561,3 +561,76 @@ fn malformed_images_are_refused_with_the_structure_and_offset() {
         );
     }
 }
+
+#[test]
+fn restore_as_qcow2_passes_qemu_img_check_and_compare() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    // Several L2 tables' worth of disk with data in each, an odd tail, and a qcow2 source.
+    let disk = d.join("disk.raw");
+    sh(&format!(
+        "set -e; truncate -s $((3*1024*1024*1024 + 4096*3)) '{0}'
+         for mib in 0 700 1536 3071; do head -c 3M /dev/urandom | dd of='{0}' bs=1M seek=$mib conv=notrunc status=none; done
+         printf tail | dd of='{0}' bs=1 seek=$((3*1024*1024*1024 + 4096*3 - 4)) conv=notrunc status=none",
+        disk.display()
+    ));
+    let src = d.join("src.qcow2");
+    sh(&format!(
+        "qemu-img convert -q -c -O qcow2 '{}' '{}'",
+        base_image(d).display(),
+        src.display()
+    ));
+    ok(&[
+        "--repo",
+        p(&repo),
+        "backup",
+        "--name",
+        "q",
+        "-q",
+        &format!("disk={}", disk.display()),
+        &format!("src={}", src.display()),
+    ]);
+    let out = d.join("out");
+    ok(&[
+        "--repo",
+        p(&repo),
+        "restore",
+        "-q",
+        "--format",
+        "qcow2",
+        "latest",
+        p(&out),
+    ]);
+    for (label, original, fmt) in [("disk", &disk, "raw"), ("src", &src, "qcow2")] {
+        let q = out.join(format!("{label}.qcow2"));
+        sh(&format!("qemu-img check -q '{}'", q.display()));
+        sh(&format!(
+            "qemu-img compare -q -f qcow2 -F {fmt} '{}' '{}'",
+            q.display(),
+            original.display()
+        ));
+        // Holes stay unallocated: the file holds about the data, not the disk.
+        assert!(
+            allocated(&q) < 16 << 20,
+            "{label}: {} bytes allocated",
+            allocated(&q)
+        );
+    }
+    // A single disk to a file name; a block device cannot take qcow2.
+    let one = d.join("one.qcow2");
+    ok(&[
+        "--repo",
+        p(&repo),
+        "restore",
+        "-q",
+        "--format",
+        "qcow2",
+        "latest:src",
+        p(&one),
+    ]);
+    sh(&format!("qemu-img check -q '{}'", one.display()));
+}

@@ -16,6 +16,7 @@
 mod host;
 pub mod info;
 pub mod qcow2;
+pub mod qcow2_writer;
 mod raw;
 pub mod vdi;
 pub mod vhd;
