@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use engine::backup::{backup, BackupOptions, DiskInput, MetaInput};
+use engine::backup::{backup, BackupOptions, DiskInput, MetaContent, MetaInput};
 use engine::restore::restore_disk;
 use engine::select::{resolve_snapshot, split_label};
-use engine::source::SourceOptions;
+use engine::source::{Input, SourceOptions};
 use repo_format::{ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, Repository};
 
 use crate::args::*;
@@ -130,6 +130,7 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
     let mut disks = Vec::new();
+    let mut xva_meta = Vec::new();
     let mut stdin_used = false;
     for spec in &a.disks {
         let (label, path) = parse_disk(spec);
@@ -144,9 +145,33 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
             format: a.format.image_format(),
             qcow2_snapshot: a.qcow2_snapshot.clone(),
         };
-        let source = engine::source::open_source(&path, &opts)
+        let input = engine::source::open_input(&path, &opts)
             .with_context(|| format!("opening disk {label}"))?;
-        disks.push(DiskInput { label, source });
+        match input {
+            Input::Disk(source) => disks.push(DiskInput { label, source }),
+            Input::Xva(export) => {
+                // Each VDI is a disk (xvda, ...; LABEL- prefixed when LABEL= was given),
+                // and ova.xml is kept beside them.
+                let prefix = if spec.contains('=') {
+                    format!("{label}-")
+                } else {
+                    String::new()
+                };
+                for d in export.disks {
+                    disks.push(DiskInput {
+                        label: format!("{prefix}{}", d.label),
+                        source: d.source,
+                    });
+                }
+                xva_meta.push(MetaInput {
+                    name: format!("{prefix}ova.xml"),
+                    content: MetaContent::Bytes {
+                        origin: format!("{path} ova.xml"),
+                        bytes: export.ova_xml,
+                    },
+                });
+            }
+        }
     }
     let meta = a
         .meta
@@ -156,8 +181,9 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            path: p.clone(),
+            content: MetaContent::File(p.clone()),
         })
+        .chain(xva_meta)
         .collect();
     let opts = BackupOptions {
         name: a.name.clone(),

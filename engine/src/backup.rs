@@ -63,7 +63,15 @@ pub struct DiskInput {
 /// One metadata file to keep with the snapshot.
 pub struct MetaInput {
     pub name: String,
-    pub path: PathBuf,
+    pub content: MetaContent,
+}
+
+/// Where a metadata file's bytes come from.
+pub enum MetaContent {
+    /// A file to read (at most [`MAX_META_BYTES`]).
+    File(PathBuf),
+    /// Bytes already in hand (an XVA's `ova.xml`), and where they came from.
+    Bytes { origin: String, bytes: Vec<u8> },
 }
 
 /// A finished backup.
@@ -144,11 +152,11 @@ pub fn backup(
     }
     let mut snap_meta = Vec::new();
     for m in meta {
-        let bytes = read_meta(&m.path)?;
-        let source = Box::new(StreamSource::new(
-            std::io::Cursor::new(bytes),
-            m.path.display().to_string(),
-        ));
+        let (bytes, origin) = match m.content {
+            MetaContent::File(path) => (read_meta(&path)?, path.display().to_string()),
+            MetaContent::Bytes { origin, bytes } => (bytes, origin),
+        };
+        let source = Box::new(StreamSource::new(std::io::Cursor::new(bytes), origin));
         let (manifest, _) =
             back_up_one(repo, &mut store, source, opts, &crate::progress::NoProgress)?;
         snap_meta.push(SnapshotMeta {

@@ -25,6 +25,7 @@ pub mod restore;
 pub mod select;
 pub mod source;
 pub mod verify;
+pub mod xva;
 
 pub use error::{Damage, Error, Result};
 

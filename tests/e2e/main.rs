@@ -11,3 +11,4 @@ mod errors;
 mod helpers;
 mod images;
 mod verify;
+mod xva;

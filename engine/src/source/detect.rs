@@ -41,28 +41,8 @@ impl std::fmt::Display for ImageFormat {
 pub fn detect(file: &File, len_bytes: u64) -> std::io::Result<ImageFormat> {
     let mut head = [0u8; 512];
     let n = read_up_to(file, &mut head, 0)?;
-    let head = &head[..n];
-    if head.starts_with(b"QFI\xfb") {
-        return Ok(ImageFormat::Qcow2);
-    }
-    if head.starts_with(b"vhdxfile") {
-        return Ok(ImageFormat::Vhdx);
-    }
-    if head.starts_with(b"KDMV")
-        || head.starts_with(b"COWD")
-        || head.starts_with(b"# Disk DescriptorFile")
-    {
-        return Ok(ImageFormat::Vmdk);
-    }
-    if head.len() >= 0x44 && head[0x40..0x44] == 0xbeda107fu32.to_le_bytes() {
-        return Ok(ImageFormat::Vdi);
-    }
-    // A tar whose first member is ova.xml (name field at 0, "ustar" magic at 257).
-    if head.starts_with(b"ova.xml\0") && head.len() >= 262 && &head[257..262] == b"ustar" {
-        return Ok(ImageFormat::Xva);
-    }
-    if head.starts_with(b"conectix") {
-        return Ok(ImageFormat::Vhd); // dynamic VHDs copy the footer to the start
+    if let Some(f) = detect_head(&head[..n]) {
+        return Ok(f);
     }
     if len_bytes >= 512 {
         // Fixed VHDs are a raw disk plus a 512-byte footer (511 bytes in old versions).
@@ -73,6 +53,34 @@ pub fn detect(file: &File, len_bytes: u64) -> std::io::Result<ImageFormat> {
         }
     }
     Ok(ImageFormat::Raw)
+}
+
+/// The format the first (up to 512) bytes show, if they show one. A fixed VHD only
+/// shows at its end, so `None` is not proof of a raw disk.
+pub fn detect_head(head: &[u8]) -> Option<ImageFormat> {
+    if head.starts_with(b"QFI\xfb") {
+        return Some(ImageFormat::Qcow2);
+    }
+    if head.starts_with(b"vhdxfile") {
+        return Some(ImageFormat::Vhdx);
+    }
+    if head.starts_with(b"KDMV")
+        || head.starts_with(b"COWD")
+        || head.starts_with(b"# Disk DescriptorFile")
+    {
+        return Some(ImageFormat::Vmdk);
+    }
+    if head.len() >= 0x44 && head[0x40..0x44] == 0xbeda107fu32.to_le_bytes() {
+        return Some(ImageFormat::Vdi);
+    }
+    // A tar whose first member is ova.xml (name field at 0, "ustar" magic at 257).
+    if head.starts_with(b"ova.xml\0") && head.len() >= 262 && &head[257..262] == b"ustar" {
+        return Some(ImageFormat::Xva);
+    }
+    if head.starts_with(b"conectix") {
+        return Some(ImageFormat::Vhd); // dynamic VHDs copy the footer to the start
+    }
+    None
 }
 
 fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {

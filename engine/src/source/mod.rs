@@ -66,6 +66,90 @@ pub struct SourceOptions {
     pub qcow2_snapshot: Option<String>,
 }
 
+/// What one disk argument turned out to be: a disk, or an XVA export holding several.
+pub enum Input {
+    Disk(Box<dyn DiskSource>),
+    Xva(crate::xva::XvaExport),
+}
+
+/// Opens a path or `-` (standard input) as one disk or as an XVA export.
+///
+/// Standard input is a raw stream unless it starts like an XVA (a tar whose first
+/// member is `ova.xml`) or `opts.format` says XVA; other image formats need seeking and
+/// cannot come from a pipe.
+pub fn open_input(spec: &str, opts: &SourceOptions) -> Result<Input, SourceError> {
+    use detect::ImageFormat;
+    use std::io::Read;
+    if spec == "-" {
+        let mut head = vec![0u8; 512];
+        let mut stdin = std::io::stdin();
+        let mut n = 0;
+        while n < head.len() {
+            match stdin.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(SourceError::Io {
+                        path: "stdin".into(),
+                        source,
+                    })
+                }
+            }
+        }
+        head.truncate(n);
+        let looks_xva = detect::detect_head(&head) == Some(ImageFormat::Xva);
+        let reader = std::io::Cursor::new(head).chain(stdin);
+        return match opts.format {
+            None if looks_xva => Ok(Input::Xva(crate::xva::open_xva(Box::new(reader), "stdin")?)),
+            Some(ImageFormat::Xva) => {
+                Ok(Input::Xva(crate::xva::open_xva(Box::new(reader), "stdin")?))
+            }
+            None | Some(ImageFormat::Raw) => Ok(Input::Disk(Box::new(StreamSource::new(
+                reader,
+                "stdin".into(),
+            )))),
+            Some(f) => Err(SourceError::Io {
+                path: "stdin".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "a {f} image cannot be read from a pipe (only raw and xva); give its path"
+                    ),
+                ),
+            }),
+        };
+    }
+    let path = std::path::Path::new(spec);
+    let xva = match opts.format {
+        Some(f) => f == ImageFormat::Xva,
+        None => detect_file(path)? == ImageFormat::Xva,
+    };
+    if xva {
+        let file = std::fs::File::open(path).map_err(|source| SourceError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        return Ok(Input::Xva(crate::xva::open_xva(Box::new(reader), spec)?));
+    }
+    Ok(Input::Disk(open_source(spec, opts)?))
+}
+
+/// The format of a regular file judged by content; anything else is raw.
+fn detect_file(path: &std::path::Path) -> Result<detect::ImageFormat, SourceError> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(detect::ImageFormat::Raw);
+    }
+    let io = |source| SourceError::Io {
+        path: path.into(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    detect::detect(&file, len).map_err(io)
+}
+
 /// Opens a path or `-` (standard input, always a raw stream) as a disk source.
 ///
 /// Regular files are read in the format their content shows (or `opts.format`): raw
@@ -81,16 +165,7 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn DiskSourc
     let path = std::path::Path::new(spec);
     let format = match opts.format {
         Some(f) => f,
-        None if std::fs::metadata(path).is_ok_and(|m| m.is_file()) => {
-            let io = |source| SourceError::Io {
-                path: path.into(),
-                source,
-            };
-            let file = std::fs::File::open(path).map_err(io)?;
-            let len = file.metadata().map_err(io)?.len();
-            detect::detect(&file, len).map_err(io)?
-        }
-        None => detect::ImageFormat::Raw,
+        None => detect_file(path)?,
     };
     if format == detect::ImageFormat::Raw && opts.qcow2_snapshot.is_none() {
         return Ok(Box::new(RawSource::open(path, opts.direct)?));
