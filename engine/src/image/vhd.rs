@@ -378,3 +378,125 @@ impl Layout for DynamicLayout {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{open_image, OpenOptions};
+
+    const BLOCK: u64 = 1 << 20;
+
+    fn footer(disk_type: u32, size: u64, uuid: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 512];
+        f[..8].copy_from_slice(b"conectix");
+        f[8..12].copy_from_slice(&2u32.to_be_bytes());
+        f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+        f[16..24].copy_from_slice(&512u64.to_be_bytes());
+        f[28..32].copy_from_slice(b"win ");
+        f[40..48].copy_from_slice(&size.to_be_bytes());
+        f[48..56].copy_from_slice(&size.to_be_bytes());
+        f[60..64].copy_from_slice(&disk_type.to_be_bytes());
+        f[68..84].fill(uuid);
+        let sum = checksum(&f, 64);
+        f[64..68].copy_from_slice(&sum.to_be_bytes());
+        f
+    }
+
+    /// A dynamic (or, with a parent, differencing) VHD of 4 MiB in 1 MiB blocks.
+    /// `sectors` lists (block, first sector, count, byte) runs to write.
+    fn vhd(parent: Option<(&str, u8)>, uuid: u8, sectors: &[(u64, u64, u64, u8)]) -> Vec<u8> {
+        let size = 4 * BLOCK;
+        let kind = if parent.is_some() {
+            TYPE_DIFFERENCING
+        } else {
+            TYPE_DYNAMIC
+        };
+        let mut out = footer(kind, size, uuid);
+        let mut h = vec![0u8; 1024];
+        h[..8].copy_from_slice(b"cxsparse");
+        h[8..16].fill(0xff);
+        h[16..24].copy_from_slice(&1536u64.to_be_bytes()); // BAT right after the header
+        h[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+        h[28..32].copy_from_slice(&4u32.to_be_bytes());
+        h[32..36].copy_from_slice(&(BLOCK as u32).to_be_bytes());
+        let mut locator = Vec::new();
+        if let Some((name, puuid)) = parent {
+            h[40..56].fill(puuid);
+            locator = name.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+            let e = &mut h[576..600];
+            e[..4].copy_from_slice(b"W2ru");
+            e[4..8].copy_from_slice(&512u32.to_be_bytes());
+            e[8..12].copy_from_slice(&(locator.len() as u32).to_be_bytes());
+            e[16..24].copy_from_slice(&2048u64.to_be_bytes());
+        }
+        let sum = checksum(&h, 36);
+        h[36..40].copy_from_slice(&sum.to_be_bytes());
+        out.extend(h);
+        let mut bat = vec![0xffu8; 512];
+        out.resize(1536, 0);
+        let mut blocks: Vec<u64> = sectors.iter().map(|s| s.0).collect();
+        blocks.dedup();
+        let mut data = Vec::new();
+        let first = 2560u64; // after the locator sector
+        for (i, b) in blocks.iter().enumerate() {
+            let at = first + i as u64 * (512 + BLOCK);
+            bat[*b as usize * 4..*b as usize * 4 + 4]
+                .copy_from_slice(&((at / 512) as u32).to_be_bytes());
+            let mut bitmap = vec![0u8; 512];
+            let mut block = vec![0u8; BLOCK as usize];
+            for &(sb, s, n, byte) in sectors.iter().filter(|s| s.0 == *b) {
+                debug_assert_eq!(sb, *b);
+                for k in s..s + n {
+                    bitmap[(k / 8) as usize] |= 0x80 >> (k % 8);
+                    block[(k * 512) as usize..(k * 512 + 512) as usize].fill(byte);
+                }
+            }
+            data.extend(bitmap);
+            data.extend(block);
+        }
+        out.extend(bat);
+        out.resize(2048, 0);
+        out.extend(&locator);
+        out.resize(first as usize, 0);
+        out.extend(data);
+        out.extend(footer(kind, size, uuid));
+        out
+    }
+
+    #[test]
+    fn differencing_vhd_reads_its_parent_where_its_bitmap_is_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = vhd(None, 1, &[(0, 0, 2048, 0xaa), (2, 10, 5, 0xbb)]);
+        std::fs::write(dir.path().join("parent.vhd"), parent).unwrap();
+        let child = vhd(
+            Some((".\\parent.vhd", 1)),
+            2,
+            &[(0, 8, 8, 0xcc), (3, 0, 1, 0xdd)],
+        );
+        let path = dir.path().join("child.vhd");
+        std::fs::write(&path, child).unwrap();
+        let mut img = open_image(&path, &OpenOptions::default()).unwrap();
+        assert_eq!(img.chain().len(), 2);
+        let mut disk = vec![0u8; 4 * BLOCK as usize];
+        assert_eq!(img.read_at(0, &mut disk).unwrap(), disk.len());
+        let at = |sector: u64| disk[(sector * 512) as usize];
+        assert_eq!(at(0), 0xaa, "parent data under a clear child bit");
+        assert_eq!(at(8), 0xcc, "child data");
+        assert_eq!(at(16), 0xaa);
+        assert_eq!(at(2048), 0, "unallocated in both");
+        assert_eq!(at(2 * 2048 + 10), 0xbb, "parent block the child lacks");
+        assert_eq!(at(3 * 2048), 0xdd);
+        assert_eq!(at(3 * 2048 + 1), 0, "child's clear bit, parent unallocated");
+        let extents: Vec<_> = std::iter::successors(img.next_data(0).unwrap(), |&(_, e)| {
+            img.next_data(e).unwrap()
+        })
+        .collect();
+        assert_eq!(extents.first(), Some(&(0, BLOCK)));
+
+        // A parent with another UUID is not this child's parent.
+        let other = vhd(None, 9, &[]);
+        std::fs::write(dir.path().join("parent.vhd"), other).unwrap();
+        let err = open_image(&path, &OpenOptions::default()).err().unwrap();
+        assert!(err.to_string().contains("UUID differs"), "{err}");
+    }
+}
