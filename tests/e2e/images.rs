@@ -70,6 +70,15 @@ fn base_image(dir: &Path) -> PathBuf {
     base
 }
 
+/// Backup of `image` (format probed) fails with exit 1 mentioning `needle`.
+fn refused_here(repo: &Path, image: &Path, needle: &str) {
+    fails(
+        &["--repo", p(repo), "backup", "-q", "--name", "x", p(image)],
+        1,
+        needle,
+    );
+}
+
 fn have_qemu() -> bool {
     have("qemu-img") && have("qemu-io")
 }
@@ -217,6 +226,26 @@ fn qcow2_zero_clusters_subclusters_chains_data_files_and_snapshots() {
         &path("chain2.qcow2"),
         "-c 'write -P 0x22 150k 10k' -c 'write -P 0x23 70M 1M'",
     );
+
+    // A backing file outside the overlay's directory: refused when the format is probed
+    // (a guest could forge the header), followed when the admin names the format.
+    sh(&format!(
+        "set -e; cd '{d}'; mkdir -p vm; qemu-img create -q -f qcow2 -b '{d}/chain0.qcow2' -F qcow2 vm/top.qcow2",
+        d = d.display()
+    ));
+    let top = path("vm/top.qcow2");
+    refused_here(&repo, &top, "is outside");
+    ok(&[
+        "--repo",
+        p(&repo),
+        "backup",
+        "-q",
+        "--name",
+        "t",
+        "--format",
+        "qcow2",
+        p(&top),
+    ]);
 
     // A qcow2 overlay on a raw base, with no backing format recorded (probed).
     sh(&format!(

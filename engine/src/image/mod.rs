@@ -187,14 +187,18 @@ pub struct Chain {
     depth: usize,
     /// (device, inode) of every file already in the chain, to detect loops.
     seen: HashSet<(u64, u64)>,
+    /// Set when the top image's format was detected rather than given: backing files must
+    /// then lie in this directory (the top image's) or below it. See [`Chain::open_backing`].
+    confine_to: Option<PathBuf>,
 }
 
 impl Chain {
-    fn new(direct: bool) -> Self {
+    fn new(direct: bool, confine_to: Option<PathBuf>) -> Self {
         Chain {
             direct,
             depth: 0,
             seen: HashSet::new(),
+            confine_to,
         }
     }
 
@@ -222,6 +226,21 @@ impl Chain {
                 child.unsupported(format!("backing file {} does not exist", path.display()))
             );
         }
+        if let Some(dir) = &self.confine_to {
+            // A guest can write a qcow2 header naming any host file as its backing file
+            // into the first sector of its raw disk; a reader that probes formats would
+            // then back up that file. So with a probed format, only follow backing files
+            // beside the image or below its directory.
+            let real = path.canonicalize().map_err(ImageError::io(&path))?;
+            if !real.starts_with(dir) {
+                return Err(child.unsupported(format!(
+                    "backing file {} is outside {}; with a detected format dedisk only follows backing files there (a guest could forge a header pointing anywhere); pass --format {} if this image is trusted",
+                    real.display(),
+                    dir.display(),
+                    child.format
+                )));
+            }
+        }
         self.depth += 1;
         let image = open_in_chain(&path, format, None, self);
         self.depth -= 1;
@@ -240,8 +259,21 @@ pub fn resolve_relative(image: &Path, name: &str) -> PathBuf {
 }
 
 /// Opens an image of any supported format (detected from its content unless given).
+///
+/// With `opts.format` unset the format is probed and backing files are confined to the
+/// image's directory tree (see [`Chain::open_backing`]); giving the format trusts the chain.
 pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<Image, ImageError> {
-    let mut chain = Chain::new(opts.direct);
+    let confine_to = match opts.format {
+        Some(_) => None,
+        None => Some(
+            path.canonicalize()
+                .map_err(ImageError::io(path))?
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .to_path_buf(),
+        ),
+    };
+    let mut chain = Chain::new(opts.direct, confine_to);
     open_in_chain(
         path,
         opts.format,

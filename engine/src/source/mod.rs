@@ -174,7 +174,8 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn DiskSourc
         path,
         &crate::image::OpenOptions {
             direct: opts.direct,
-            format: Some(format),
+            // Left unset when probed: that confines the backing chain (see open_image).
+            format: opts.format,
             qcow2_snapshot: opts.qcow2_snapshot.clone(),
         },
     )?;
