@@ -136,6 +136,10 @@ fn xva_export_backs_up_from_a_file_and_a_pipe_with_every_vdi_and_ova_xml() {
         assert_eq!(std::fs::read_to_string(&xml).unwrap(), ova_xml());
     };
     check("file");
+    let info = ok_json(&["inspect", "--json", p(&xva)]);
+    assert_eq!(info["format"], "xva");
+    assert_eq!(info["disks"][0]["allocated_bytes"], 3 * MIB as u64);
+    assert_eq!(info["disks"][1]["virtual_size"], 3 * MIB as u64);
 
     // The same export through a pipe, as `xe vm-export filename= | dedisk backup -`.
     sh(&format!(
@@ -176,6 +180,7 @@ fn corrupt_xva_block_is_refused_and_no_snapshot_is_written() {
         "block 3: checksum",
     );
     assert!(snapshot_files(&repo).is_empty());
+    fails(&["inspect", p(&xva)], 1, "block 3: checksum");
     // A tar without ova.xml first is not an XVA.
     let other = d.join("other.xva");
     sh(&format!(
