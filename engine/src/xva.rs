@@ -249,12 +249,18 @@ fn text_of(v: roxmltree::Node<'_, '_>) -> String {
         .to_string()
 }
 
-/// The VDIs `ova.xml` describes, in document order: (ref, name_label, virtual_size,
-/// VBD userdevice).
-fn parse_ova(
-    name: &str,
-    xml: &[u8],
-) -> Result<Vec<(String, String, u64, Option<u32>)>, SourceError> {
+/// A VDI as `ova.xml` describes it.
+struct VdiEntry {
+    /// `Ref:N`, the directory of its blocks.
+    id: String,
+    name: String,
+    size: u64,
+    /// The VBD's userdevice (0 = xvda), when a VBD attaches it.
+    device: Option<u32>,
+}
+
+/// The VDIs `ova.xml` describes, in document order.
+fn parse_ova(name: &str, xml: &[u8]) -> Result<Vec<VdiEntry>, SourceError> {
     let text = std::str::from_utf8(xml).map_err(|_| bad(name, "ova.xml is not UTF-8"))?;
     let doc = roxmltree::Document::parse(text).map_err(|e| bad(name, format!("ova.xml: {e}")))?;
     let mut vdis = Vec::new();
@@ -305,9 +311,11 @@ fn parse_ova(
     }
     Ok(vdis
         .into_iter()
-        .map(|(id, label, size)| {
-            let dev = devices.get(&id).copied();
-            (id, label, size, dev)
+        .map(|(id, name, size)| VdiEntry {
+            device: devices.get(&id).copied(),
+            id,
+            name,
+            size,
         })
         .collect())
 }
@@ -341,26 +349,36 @@ pub fn open_xva(reader: Box<dyn Read + Send>, name: &str) -> Result<XvaExport, S
     let disks = vdis
         .into_iter()
         .enumerate()
-        .map(|(i, (id, vdi_name, size, dev))| {
-            let label = match dev {
-                Some(d) if d < 26 => format!("xvd{}", (b'a' + d as u8) as char),
-                _ => format!("vdi{i}"),
-            };
-            let source = XvaSource {
-                shared: shared.clone(),
-                name: format!("{name} ({id}, {vdi_name:?})"),
-                vdi: id,
-                size,
-                block: Vec::new(),
-                block_index: None,
-            };
-            XvaDisk {
-                label,
-                name: vdi_name,
-                size_bytes: size,
-                source: Box::new(source),
-            }
-        })
+        .map(
+            |(
+                i,
+                VdiEntry {
+                    id,
+                    name: vdi_name,
+                    size,
+                    device,
+                },
+            )| {
+                let label = match device {
+                    Some(d) if d < 26 => format!("xvd{}", (b'a' + d as u8) as char),
+                    _ => format!("vdi{i}"),
+                };
+                let source = XvaSource {
+                    shared: shared.clone(),
+                    name: format!("{name} ({id}, {vdi_name:?})"),
+                    vdi: id,
+                    size,
+                    block: Vec::new(),
+                    block_index: None,
+                };
+                XvaDisk {
+                    label,
+                    name: vdi_name,
+                    size_bytes: size,
+                    source: Box::new(source),
+                }
+            },
+        )
         .collect();
     Ok(XvaExport {
         disks,
