@@ -563,6 +563,33 @@ fn malformed_images_are_refused_with_the_structure_and_offset() {
     truncate(&x, 300 << 10);
     refused(&repo, &x, &[], "run past the end of the file");
 
+    // Encrypted qcow2 (LUKS): refused, saying so.
+    let enc = d.join("enc.qcow2");
+    sh(&format!(
+        "qemu-img create -q -f qcow2 --object secret,id=s0,data=pw -o encrypt.format=luks,encrypt.key-secret=s0 '{}' 64M",
+        enc.display()
+    ));
+    refused(&repo, &enc, &[], "encrypted (LUKS)");
+
+    // A VHDX whose log must be replayed: both headers name a log GUID (CRC-32C fixed up).
+    let x = fresh("dirty.vhdx", "vhdx");
+    for at in [64u64 << 10, 128 << 10] {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&x)
+            .unwrap();
+        let mut h = vec![0u8; 4096];
+        f.read_exact_at(&mut h, at).unwrap();
+        h[48..64].fill(0x42);
+        h[4..8].fill(0);
+        let crc = crc32c::crc32c(&h);
+        h[4..8].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&h, at).unwrap();
+    }
+    refused(&repo, &x, &[], "log is dirty");
+
     // Random bytes behind each magic, and with each format forced.
     let rnd = random_image(d, "random.img", 1 << 20, 1 << 20);
     for (magic, at) in [
