@@ -324,7 +324,7 @@ impl Layout for VhdxLayout {
             let next = self.block(b + n)?;
             let continues = match (head, next) {
                 (None, None) => true,
-                (Some(h), Some(x)) => x == h + n * self.block,
+                (Some(h), Some(x)) => Some(x) == h.checked_add(n * self.block),
                 _ => false,
             };
             if !continues {
@@ -338,7 +338,7 @@ impl Layout for VhdxLayout {
             Some(h) => (
                 Run::Data {
                     file: 0,
-                    host: h + into,
+                    host: h.saturating_add(into),
                 },
                 len,
             ),

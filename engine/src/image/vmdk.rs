@@ -59,7 +59,7 @@ fn parse_sparse_header(h: &[u8], at: u64, blame: &Blame) -> Result<SparseHeader,
             format!("{} sectors is more than 2^63 bytes", s.capacity),
         ));
     }
-    if s.grain == 0 || !s.grain.is_power_of_two() || s.grain * 512 > super::MAX_UNIT_BYTES {
+    if s.grain == 0 || !s.grain.is_power_of_two() || s.grain > super::MAX_UNIT_BYTES / 512 {
         return Err(blame.malformed(
             "sparse extent grain size",
             at + 20,
@@ -165,9 +165,12 @@ pub fn open(host: Arc<HostFile>, chain: &mut Chain) -> Result<Image, ImageError>
         let (sparse, hdr) = open_sparse(host.clone(), 0, &blame)?;
         info_grain = Some(sparse.grain_bytes);
         descriptor = if hdr.descriptor_offset > 0 && hdr.descriptor_sectors > 0 {
-            let len = (hdr.descriptor_sectors * 512).min(MAX_DESCRIPTOR_BYTES);
+            let len = hdr
+                .descriptor_sectors
+                .saturating_mul(512)
+                .min(MAX_DESCRIPTOR_BYTES);
             let raw = host.read_table(
-                hdr.descriptor_offset * 512,
+                hdr.descriptor_offset.saturating_mul(512),
                 len,
                 MAX_DESCRIPTOR_BYTES,
                 || "embedded descriptor".into(),
@@ -210,7 +213,7 @@ pub fn open(host: Arc<HostFile>, chain: &mut Chain) -> Result<Image, ImageError>
                     files.push(Arc::new(HostFile::open(&path, chain.direct)?));
                     Extent::Flat {
                         file: files.len() - 1,
-                        offset_bytes: offset * 512,
+                        offset_bytes: offset.saturating_mul(512),
                     }
                 }
                 "SPARSE" => {
@@ -375,7 +378,7 @@ impl VmdkLayout {
                     format!("grain marker for guest offset {offset}")
                 })?;
                 let lba = le64(&m, 0);
-                if lba * 512 != grain_start {
+                if lba.checked_mul(512) != Some(grain_start) {
                     return Err(s.blame.malformed(
                         "grain marker",
                         at,
@@ -449,7 +452,7 @@ impl Layout for VmdkLayout {
             Extent::Flat { file, offset_bytes } => Ok((
                 Run::Data {
                     file: *file,
-                    host: offset_bytes + into,
+                    host: offset_bytes.saturating_add(into),
                 },
                 limit,
             )),
@@ -472,5 +475,36 @@ impl Layout for VmdkLayout {
             extents: self.extents.clone(),
             gt_cache: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{open_image, OpenOptions};
+
+    /// A streamOptimized extent of one grain table whose first grain's marker claims
+    /// sector 2^62: found by the image_vmdk fuzz target (issue 3), it overflowed `lba * 512`.
+    #[test]
+    fn grain_marker_with_a_huge_sector_is_an_error_not_an_overflow() {
+        let mut f = vec![0u8; 4096];
+        f[..4].copy_from_slice(SPARSE_MAGIC);
+        f[4..8].copy_from_slice(&3u32.to_le_bytes());
+        f[8..12].copy_from_slice(&(FLAG_COMPRESSED | FLAG_MARKERS).to_le_bytes());
+        f[12..20].copy_from_slice(&2048u64.to_le_bytes()); // capacity: 1 MiB
+        f[20..28].copy_from_slice(&128u64.to_le_bytes()); // 64 KiB grains
+        f[44..48].copy_from_slice(&512u32.to_le_bytes());
+        f[56..64].copy_from_slice(&1u64.to_le_bytes()); // GD at sector 1
+        f[77..79].copy_from_slice(&1u16.to_le_bytes()); // deflate
+        f[512..516].copy_from_slice(&2u32.to_le_bytes()); // GT at sector 2
+        f[1024..1028].copy_from_slice(&6u32.to_le_bytes()); // grain 0 at sector 6
+        f[3072..3080].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        f[3080..3084].copy_from_slice(&100u32.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.vmdk");
+        std::fs::write(&path, f).unwrap();
+        let mut img = open_image(&path, &OpenOptions::default()).unwrap();
+        let err = img.read_at(0, &mut [0u8; 512]).unwrap_err();
+        assert!(err.to_string().contains("grain marker"), "{err}");
     }
 }
