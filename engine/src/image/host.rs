@@ -3,6 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ImageError;
 use crate::source::DIRECT_ALIGN;
@@ -14,6 +15,9 @@ pub struct HostFile {
     path: PathBuf,
     file: File,
     direct: Option<File>,
+    /// Alignment O_DIRECT reads are tried at: 512 first (VHD and VDI data starts on
+    /// 512-byte boundaries, and most devices accept that), 4096 after an EINVAL.
+    direct_align: AtomicU64,
     len_bytes: u64,
     identity: (u64, u64),
 }
@@ -50,6 +54,7 @@ impl HostFile {
             path: path.into(),
             file,
             direct,
+            direct_align: AtomicU64::new(512),
             len_bytes,
             identity: (meta.dev(), meta.ino()),
         })
@@ -90,14 +95,30 @@ impl HostFile {
                 file_bytes: self.len_bytes,
             });
         }
-        let aligned = offset.is_multiple_of(DIRECT_ALIGN as u64)
-            && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
-            && buf.len().is_multiple_of(DIRECT_ALIGN);
-        let file = match &self.direct {
-            Some(d) if aligned => d,
-            _ => &self.file,
-        };
-        file.read_exact_at(buf, offset)
+        if let Some(direct) = &self.direct {
+            let align = self.direct_align.load(Ordering::Relaxed);
+            let aligned = offset.is_multiple_of(align)
+                && (buf.as_ptr() as u64).is_multiple_of(align)
+                && (buf.len() as u64).is_multiple_of(align);
+            if aligned {
+                match direct.read_exact_at(buf, offset) {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EINVAL)
+                            && align < DIRECT_ALIGN as u64 =>
+                    {
+                        log::debug!(
+                            "{}: O_DIRECT needs more than {align}-byte alignment",
+                            self.path.display()
+                        );
+                        self.direct_align
+                            .store(DIRECT_ALIGN as u64, Ordering::Relaxed);
+                    }
+                    r => return r.map_err(ImageError::io(&self.path)),
+                }
+            }
+        }
+        self.file
+            .read_exact_at(buf, offset)
             .map_err(ImageError::io(&self.path))
     }
 
