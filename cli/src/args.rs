@@ -50,6 +50,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Forget snapshots a retention policy does not keep (per VM).
     Forget(ForgetArgs),
+    /// Serve snapshot disks read-only over NBD (for qemu-img, qemu, nbd-client).
+    ServeNbd(ServeNbdArgs),
     /// Show what dedisk sees in a disk image: format, size, backing chain, allocation.
     Inspect(InspectArgs),
     /// Rebuild derived data from what the repository holds.
@@ -146,6 +148,19 @@ impl FormatArg {
             FormatArg::Xva => Some(F::Xva),
         }
     }
+}
+
+#[derive(Args)]
+pub struct ServeNbdArgs {
+    /// SNAPSHOT[:LABEL] to export (repeatable); default: every disk of every snapshot.
+    #[arg(value_name = "SNAPSHOT[:LABEL]")]
+    pub exports: Vec<String>,
+    /// TCP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:10809", value_name = "ADDR")]
+    pub listen: String,
+    /// Listen on this Unix socket instead of TCP.
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
 }
 
 #[derive(Args)]

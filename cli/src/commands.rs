@@ -33,7 +33,7 @@ fn repo_path(g: &Global) -> Result<&Path> {
 }
 
 /// Opens the repository, turning what opening had to repair into warnings.
-fn open_repo(g: &Global, out: &mut Outcome) -> Result<Repository> {
+pub fn open_repo(g: &Global, out: &mut Outcome) -> Result<Repository> {
     let path = repo_path(g)?;
     let repo =
         Repository::open(path).with_context(|| format!("opening repository {}", path.display()))?;

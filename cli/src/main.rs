@@ -6,6 +6,7 @@ mod commands;
 mod inspect;
 mod output;
 mod progress;
+mod serve;
 
 use clap::Parser;
 
@@ -54,6 +55,7 @@ fn main() {
         Command::Verify(a) => commands::verify(g, a),
         Command::Forget(a) => commands::forget(g, a),
         Command::Inspect(a) => inspect::inspect(g, a),
+        Command::ServeNbd(a) => serve::serve_nbd(g, a),
         Command::Repair { what } => commands::repair(g, what),
     };
     match result {

@@ -10,5 +10,6 @@ mod damage;
 mod errors;
 mod helpers;
 mod images;
+mod nbd;
 mod verify;
 mod xva;

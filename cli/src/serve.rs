@@ -1,0 +1,131 @@
+//! `dedisk serve-nbd`: snapshot disks as read-only NBD exports.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use engine::nbd::{Export, Exports, Listener};
+use engine::select::{resolve_snapshot, split_label};
+use repo_format::{Repository, Snapshot, SnapshotId};
+
+use crate::args::{Global, ServeNbdArgs};
+use crate::commands::{open_repo, Outcome, CANCEL};
+use crate::output;
+
+/// Every disk of `snap` as an export named `VM@ID:LABEL`, with its other names.
+fn exports_of(
+    id: &SnapshotId,
+    snap: &Snapshot,
+    latest: bool,
+    label: Option<&str>,
+    alias: Option<&str>,
+) -> Vec<Export> {
+    snap.disks
+        .iter()
+        .filter(|d| label.is_none_or(|l| l == d.label))
+        .map(|d| {
+            let mut aliases = vec![
+                format!("{}:{}", id.short(), d.label),
+                format!("{}:{}", id.to_hex(), d.label),
+            ];
+            if latest {
+                aliases.push(format!("{}@latest:{}", snap.name, d.label));
+            }
+            if let Some(a) = alias {
+                aliases.push(a.to_string());
+            }
+            Export {
+                name: format!("{}@{}:{}", snap.name, id.short(), d.label),
+                aliases,
+                manifest: d.manifest,
+            }
+        })
+        .collect()
+}
+
+/// The exports the arguments name (every disk of every snapshot when none are given).
+fn choose(repo: &Repository, specs: &[String]) -> Result<Vec<Export>> {
+    let all: Vec<(SnapshotId, Snapshot)> = repo
+        .list_snapshots()?
+        .into_iter()
+        .filter_map(|r| r.ok())
+        .collect();
+    let is_latest = |id: &SnapshotId, s: &Snapshot| {
+        all.iter()
+            .rev()
+            .find(|(_, o)| o.name == s.name)
+            .is_some_and(|(l, _)| l == id)
+    };
+    let mut out = Vec::new();
+    if specs.is_empty() {
+        for (id, s) in &all {
+            out.extend(exports_of(id, s, is_latest(id, s), None, None));
+        }
+    }
+    for spec in specs {
+        let (snap_spec, label) = split_label(spec);
+        let (id, s) =
+            resolve_snapshot(repo, snap_spec).with_context(|| format!("export {spec}"))?;
+        let found = exports_of(&id, &s, is_latest(&id, &s), label, Some(spec));
+        if found.is_empty() {
+            anyhow::bail!(
+                "snapshot {} has no disk {:?}",
+                id.short(),
+                label.unwrap_or("")
+            );
+        }
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    // The server threads read the repository for as long as the process lives.
+    let repo: &'static Repository = Box::leak(Box::new(open_repo(g, &mut outcome)?));
+    let list = choose(repo, &a.exports)?;
+    if list.is_empty() {
+        anyhow::bail!("the repository holds no snapshot to export");
+    }
+    let (listener, place) = match &a.unix {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = std::os::unix::net::UnixListener::bind(path)
+                .with_context(|| format!("listening on {}", path.display()))?;
+            (
+                Listener::Unix(l),
+                format!("nbd+unix:///EXPORT?socket={}", path.display()),
+            )
+        }
+        None => {
+            let l = std::net::TcpListener::bind(&a.listen)
+                .with_context(|| format!("listening on {}", a.listen))?;
+            let addr = l.local_addr()?;
+            (Listener::Tcp(l), format!("nbd://{addr}/EXPORT"))
+        }
+    };
+    if g.json {
+        let names: Vec<_> = list
+            .iter()
+            .map(|e| serde_json::json!({"name": e.name, "size_bytes": e.manifest.len_bytes}))
+            .collect();
+        output::json(&serde_json::json!({"type": "listening", "url": place, "exports": names}));
+    } else {
+        output::line(format!(
+            "serving {} export(s) read-only at {place} (Ctrl-C stops):",
+            list.len()
+        ));
+        for e in &list {
+            output::line(format!(
+                "  {}  {}",
+                e.name,
+                output::bytes(e.manifest.len_bytes)
+            ));
+        }
+    }
+    let exports = Arc::new(Exports { repo, list });
+    engine::nbd::serve(exports, listener, &CANCEL).context("NBD server")?;
+    if let Some(path) = &a.unix {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,541 @@
+//! A read-only NBD server for snapshot disks (the protocol as in NBD's `doc/proto.md`):
+//! fixed newstyle handshake, NBD_OPT_GO / INFO / LIST / EXPORT_NAME, structured replies,
+//! and NBD_CMD_BLOCK_STATUS for the `base:allocation` context so clients see holes.
+//!
+//! One thread per client, each with its own [`DiskReader`]; a client that misbehaves or
+//! disappears ends only its own thread. Writes are refused with EPERM; malformed requests
+//! get EINVAL (or, when the stream can no longer be trusted, the connection is closed).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use repo_format::{Extent, ManifestRoot, Repository};
+
+use crate::disk_reader::DiskReader;
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+const FLAG_FIXED_NEWSTYLE: u16 = 1;
+const FLAG_NO_ZEROES: u16 = 2;
+const CLIENT_NO_ZEROES: u32 = 2;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_LIST: u32 = 3;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+const OPT_LIST_META_CONTEXT: u32 = 9;
+const OPT_SET_META_CONTEXT: u32 = 10;
+
+const REP_ACK: u32 = 1;
+const REP_SERVER: u32 = 2;
+const REP_INFO: u32 = 3;
+const REP_META_CONTEXT: u32 = 4;
+const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+
+const INFO_EXPORT: u16 = 0;
+const INFO_BLOCK_SIZE: u16 = 3;
+
+const TFLAG_HAS_FLAGS: u16 = 1;
+const TFLAG_READ_ONLY: u16 = 1 << 1;
+const TFLAG_SEND_FLUSH: u16 = 1 << 2;
+const TFLAG_SEND_DF: u16 = 1 << 7;
+const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+const CMD_CACHE: u16 = 5;
+const CMD_WRITE_ZEROES: u16 = 6;
+const CMD_BLOCK_STATUS: u16 = 7;
+const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+
+const REPLY_FLAG_DONE: u16 = 1;
+const REPLY_TYPE_NONE: u16 = 0;
+const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+
+const STATE_HOLE: u32 = 1;
+const STATE_ZERO: u32 = 2;
+
+const EPERM: u32 = 1;
+const EIO: u32 = 5;
+const EINVAL: u32 = 22;
+const ENOTSUP: u32 = 95;
+
+/// The only metadata context served, and its id.
+const BASE_ALLOCATION: &str = "base:allocation";
+const BASE_ALLOCATION_ID: u32 = 1;
+/// Largest option payload and request length accepted.
+const MAX_OPTION_BYTES: u32 = 64 << 10;
+const MAX_REQUEST_BYTES: u32 = 32 << 20;
+/// Block-status descriptors per reply.
+const MAX_STATUS_DESCRIPTORS: usize = 4096;
+
+/// One disk offered to clients.
+#[derive(Clone, Debug)]
+pub struct Export {
+    /// `VM@ID:LABEL`.
+    pub name: String,
+    /// Other names a client may ask for (`VM@latest:LABEL`, the full snapshot id...).
+    pub aliases: Vec<String>,
+    pub manifest: ManifestRoot,
+}
+
+/// The exports of one server, shared by every client thread.
+pub struct Exports {
+    pub repo: &'static Repository,
+    pub list: Vec<Export>,
+}
+
+impl Exports {
+    fn find(&self, name: &str) -> Option<&Export> {
+        if name.is_empty() && self.list.len() == 1 {
+            return self.list.first(); // the default export
+        }
+        self.list
+            .iter()
+            .find(|e| e.name == name || e.aliases.iter().any(|a| a == name))
+    }
+}
+
+/// Serves one client until it disconnects; returns its error, if any, for logging.
+pub fn serve_client<S: Read + Write>(exports: Arc<Exports>, mut stream: S) -> std::io::Result<()> {
+    let Some((export, structured, meta)) = negotiate(&exports, &mut stream)? else {
+        return Ok(());
+    };
+    let reader = DiskReader::new(exports.repo, export.manifest).map_err(std::io::Error::other)?;
+    transmission(reader, structured, meta, &mut stream)
+}
+
+fn read_u16(s: &mut impl Read) -> std::io::Result<u16> {
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b)?;
+    Ok(u16::from_be_bytes(b))
+}
+fn read_u32(s: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+fn read_u64(s: &mut impl Read) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    s.read_exact(&mut b)?;
+    Ok(u64::from_be_bytes(b))
+}
+
+fn invalid(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
+}
+
+fn option_reply(s: &mut impl Write, opt: u32, kind: u32, data: &[u8]) -> std::io::Result<()> {
+    let mut b = Vec::with_capacity(20 + data.len());
+    b.extend(OPT_REPLY_MAGIC.to_be_bytes());
+    b.extend(opt.to_be_bytes());
+    b.extend(kind.to_be_bytes());
+    b.extend((data.len() as u32).to_be_bytes());
+    b.extend(data);
+    s.write_all(&b)
+}
+
+fn transmission_flags(structured: bool) -> u16 {
+    let mut f = TFLAG_HAS_FLAGS | TFLAG_READ_ONLY | TFLAG_SEND_FLUSH | TFLAG_CAN_MULTI_CONN;
+    if structured {
+        f |= TFLAG_SEND_DF;
+    }
+    f
+}
+
+/// A length-prefixed string inside an option payload.
+fn take_str(data: &[u8], at: &mut usize) -> Option<String> {
+    let len = u32::from_be_bytes(data.get(*at..*at + 4)?.try_into().ok()?) as usize;
+    *at += 4;
+    let s = std::str::from_utf8(data.get(*at..(*at).checked_add(len)?)?)
+        .ok()?
+        .to_string();
+    *at += len;
+    Some(s)
+}
+
+/// What the handshake settled: the export, structured replies, and base:allocation.
+type Negotiated = (Export, bool, bool);
+
+/// The handshake and option haggling. `None` when the client aborted or only listed.
+fn negotiate<S: Read + Write>(exports: &Exports, s: &mut S) -> std::io::Result<Option<Negotiated>> {
+    let mut hello = Vec::new();
+    hello.extend(NBDMAGIC.to_be_bytes());
+    hello.extend(IHAVEOPT.to_be_bytes());
+    hello.extend((FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    s.write_all(&hello)?;
+    let client_flags = read_u32(s)?;
+    let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+    let mut structured = false;
+    let mut meta_context = false;
+    loop {
+        if read_u64(s)? != IHAVEOPT {
+            return Err(invalid("option without IHAVEOPT magic"));
+        }
+        let opt = read_u32(s)?;
+        let len = read_u32(s)?;
+        if len > MAX_OPTION_BYTES {
+            return Err(invalid("option too long"));
+        }
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data)?;
+        match opt {
+            OPT_EXPORT_NAME => {
+                let name = String::from_utf8_lossy(&data).into_owned();
+                // No way to report an error here but closing the connection.
+                let Some(e) = exports.find(&name) else {
+                    return Ok(None);
+                };
+                let mut b = Vec::new();
+                b.extend(e.manifest.len_bytes.to_be_bytes());
+                b.extend(transmission_flags(false).to_be_bytes());
+                if !no_zeroes {
+                    b.extend([0u8; 124]);
+                }
+                s.write_all(&b)?;
+                return Ok(Some((e.clone(), false, false)));
+            }
+            OPT_ABORT => {
+                let _ = option_reply(s, opt, REP_ACK, &[]);
+                return Ok(None);
+            }
+            OPT_LIST => {
+                if !data.is_empty() {
+                    option_reply(s, opt, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data")?;
+                    continue;
+                }
+                for e in &exports.list {
+                    let mut b = Vec::new();
+                    b.extend((e.name.len() as u32).to_be_bytes());
+                    b.extend(e.name.as_bytes());
+                    option_reply(s, opt, REP_SERVER, &b)?;
+                }
+                option_reply(s, opt, REP_ACK, &[])?;
+            }
+            OPT_INFO | OPT_GO => {
+                let mut at = 0;
+                let Some(name) = take_str(&data, &mut at) else {
+                    option_reply(s, opt, REP_ERR_INVALID, b"malformed NBD_OPT_GO")?;
+                    continue;
+                };
+                let Some(e) = exports.find(&name) else {
+                    let msg = format!("no export named {name:?}");
+                    option_reply(s, opt, REP_ERR_UNKNOWN, msg.as_bytes())?;
+                    continue;
+                };
+                let mut info = Vec::new();
+                info.extend(INFO_EXPORT.to_be_bytes());
+                info.extend(e.manifest.len_bytes.to_be_bytes());
+                info.extend(transmission_flags(structured).to_be_bytes());
+                option_reply(s, opt, REP_INFO, &info)?;
+                let mut bs = Vec::new();
+                bs.extend(INFO_BLOCK_SIZE.to_be_bytes());
+                bs.extend(1u32.to_be_bytes());
+                bs.extend(4096u32.to_be_bytes());
+                bs.extend(MAX_REQUEST_BYTES.to_be_bytes());
+                option_reply(s, opt, REP_INFO, &bs)?;
+                option_reply(s, opt, REP_ACK, &[])?;
+                if opt == OPT_GO {
+                    return Ok(Some((e.clone(), structured, meta_context)));
+                }
+            }
+            OPT_STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    option_reply(s, opt, REP_ERR_INVALID, b"takes no data")?;
+                    continue;
+                }
+                structured = true;
+                option_reply(s, opt, REP_ACK, &[])?;
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                if !structured {
+                    option_reply(
+                        s,
+                        opt,
+                        REP_ERR_INVALID,
+                        b"negotiate structured replies first",
+                    )?;
+                    continue;
+                }
+                let mut at = 0;
+                let name = take_str(&data, &mut at);
+                let count = data
+                    .get(at..at + 4)
+                    .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+                at += 4;
+                let (Some(name), Some(count)) = (name, count) else {
+                    option_reply(s, opt, REP_ERR_INVALID, b"malformed meta context request")?;
+                    continue;
+                };
+                if exports.find(&name).is_none() {
+                    option_reply(s, opt, REP_ERR_UNKNOWN, b"no such export")?;
+                    continue;
+                }
+                let mut queries = Vec::new();
+                for _ in 0..count.min(1024) {
+                    match take_str(&data, &mut at) {
+                        Some(q) => queries.push(q),
+                        None => break,
+                    }
+                }
+                let wanted = if opt == OPT_LIST_META_CONTEXT && queries.is_empty() {
+                    true
+                } else {
+                    queries.iter().any(|q| q == BASE_ALLOCATION || q == "base:")
+                };
+                if wanted {
+                    let mut b = Vec::new();
+                    b.extend(BASE_ALLOCATION_ID.to_be_bytes());
+                    b.extend(BASE_ALLOCATION.as_bytes());
+                    option_reply(s, opt, REP_META_CONTEXT, &b)?;
+                    if opt == OPT_SET_META_CONTEXT {
+                        meta_context = true;
+                    }
+                }
+                option_reply(s, opt, REP_ACK, &[])?;
+            }
+            _ => option_reply(s, opt, REP_ERR_UNSUP, b"option not supported")?,
+        }
+    }
+}
+
+fn simple_reply(s: &mut impl Write, cookie: u64, error: u32, data: &[u8]) -> std::io::Result<()> {
+    let mut b = Vec::with_capacity(16 + data.len());
+    b.extend(SIMPLE_REPLY_MAGIC.to_be_bytes());
+    b.extend(error.to_be_bytes());
+    b.extend(cookie.to_be_bytes());
+    b.extend(data);
+    s.write_all(&b)
+}
+
+fn structured_reply(
+    s: &mut impl Write,
+    cookie: u64,
+    kind: u16,
+    flags: u16,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut b = Vec::with_capacity(20 + payload.len());
+    b.extend(STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b.extend(flags.to_be_bytes());
+    b.extend(kind.to_be_bytes());
+    b.extend(cookie.to_be_bytes());
+    b.extend((payload.len() as u32).to_be_bytes());
+    b.extend(payload);
+    s.write_all(&b)
+}
+
+/// Answers a request with no data: OK or an errno.
+fn status(
+    s: &mut impl Write,
+    structured: bool,
+    cookie: u64,
+    error: u32,
+    msg: &str,
+) -> std::io::Result<()> {
+    if !structured {
+        return simple_reply(s, cookie, error, &[]);
+    }
+    if error == 0 {
+        return structured_reply(s, cookie, REPLY_TYPE_NONE, REPLY_FLAG_DONE, &[]);
+    }
+    let mut p = Vec::new();
+    p.extend(error.to_be_bytes());
+    p.extend((msg.len() as u16).to_be_bytes());
+    p.extend(msg.as_bytes());
+    structured_reply(s, cookie, REPLY_TYPE_ERROR, REPLY_FLAG_DONE, &p)
+}
+
+fn transmission<S: Read + Write>(
+    mut reader: DiskReader,
+    structured: bool,
+    meta: bool,
+    s: &mut S,
+) -> std::io::Result<()> {
+    let size = reader.len_bytes();
+    let mut buf = Vec::new();
+    loop {
+        let magic = match read_u32(s) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if magic != REQUEST_MAGIC {
+            return Err(invalid("request without magic"));
+        }
+        let flags = read_u16(s)?;
+        let kind = read_u16(s)?;
+        let cookie = read_u64(s)?;
+        let offset = read_u64(s)?;
+        let len = read_u32(s)?;
+        let in_range = offset
+            .checked_add(u64::from(len))
+            .is_some_and(|end| end <= size);
+        match kind {
+            CMD_READ => {
+                if !in_range || len > MAX_REQUEST_BYTES {
+                    status(
+                        s,
+                        structured,
+                        cookie,
+                        EINVAL,
+                        "read outside the disk or too long",
+                    )?;
+                    continue;
+                }
+                buf.resize(len as usize, 0);
+                match reader.read_at(offset, &mut buf) {
+                    Ok(_) if structured => {
+                        let mut p = Vec::with_capacity(8 + buf.len());
+                        p.extend(offset.to_be_bytes());
+                        p.extend(&buf);
+                        structured_reply(s, cookie, REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, &p)?;
+                    }
+                    Ok(_) => simple_reply(s, cookie, 0, &buf)?,
+                    Err(e) => {
+                        log::error!("NBD read at {offset}: {e}");
+                        status(s, structured, cookie, EIO, &e.to_string())?;
+                    }
+                }
+            }
+            CMD_WRITE => {
+                // Drain the payload to stay in step with the client, then refuse.
+                if len > MAX_REQUEST_BYTES {
+                    return Err(invalid("write payload too long"));
+                }
+                std::io::copy(&mut (&mut *s).take(u64::from(len)), &mut std::io::sink())?;
+                status(s, structured, cookie, EPERM, "read-only export")?;
+            }
+            CMD_TRIM | CMD_WRITE_ZEROES => {
+                status(s, structured, cookie, EPERM, "read-only export")?
+            }
+            CMD_DISC => return Ok(()),
+            CMD_FLUSH | CMD_CACHE => status(s, structured, cookie, 0, "")?,
+            CMD_BLOCK_STATUS if structured && meta => {
+                if !in_range || len == 0 {
+                    status(
+                        s,
+                        structured,
+                        cookie,
+                        EINVAL,
+                        "block status outside the disk",
+                    )?;
+                    continue;
+                }
+                match block_status(&mut reader, offset, len, flags & CMD_FLAG_REQ_ONE != 0) {
+                    Ok(p) => {
+                        structured_reply(s, cookie, REPLY_TYPE_BLOCK_STATUS, REPLY_FLAG_DONE, &p)?
+                    }
+                    Err(e) => status(s, structured, cookie, EIO, &e.to_string())?,
+                }
+            }
+            _ => status(s, structured, cookie, ENOTSUP, "command not supported")?,
+        }
+        s.flush()?;
+    }
+}
+
+/// base:allocation descriptors from `offset` for up to `len` bytes: holes are
+/// HOLE|ZERO, chunks are data. Adjacent extents of one kind are merged.
+fn block_status(
+    reader: &mut DiskReader,
+    offset: u64,
+    len: u32,
+    one: bool,
+) -> crate::Result<Vec<u8>> {
+    let end = offset + u64::from(len);
+    let mut descriptors: Vec<(u32, u32)> = Vec::new();
+    let mut pos = offset;
+    while pos < end && descriptors.len() < MAX_STATUS_DESCRIPTORS {
+        let Some((start, extent)) = reader.extent_at(pos)? else {
+            break;
+        };
+        let n = (start + extent.len()).min(end) - pos;
+        let flags = match extent {
+            Extent::Hole { .. } => STATE_HOLE | STATE_ZERO,
+            Extent::Chunk { .. } => 0,
+        };
+        let have = descriptors.len();
+        match descriptors.last_mut() {
+            Some((l, f)) if *f == flags => *l += n as u32,
+            _ if one && have > 0 => break,
+            _ => descriptors.push((n as u32, flags)),
+        }
+        pos += n;
+    }
+    let mut p = Vec::with_capacity(4 + descriptors.len() * 8);
+    p.extend(BASE_ALLOCATION_ID.to_be_bytes());
+    for (l, f) in descriptors {
+        p.extend(l.to_be_bytes());
+        p.extend(f.to_be_bytes());
+    }
+    Ok(p)
+}
+
+/// Where the server listens.
+pub enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Accepts clients until `cancel` is set, each on its own thread.
+pub fn serve(
+    exports: Arc<Exports>,
+    listener: Listener,
+    cancel: &crate::cancel::Cancel,
+) -> std::io::Result<()> {
+    match &listener {
+        Listener::Tcp(l) => l.set_nonblocking(true)?,
+        Listener::Unix(l) => l.set_nonblocking(true)?,
+    }
+    while cancel.check().is_ok() {
+        let accepted: std::io::Result<(Box<dyn ReadWrite>, String)> = match &listener {
+            Listener::Tcp(l) => l.accept().and_then(|(c, peer)| {
+                c.set_nonblocking(false)?;
+                c.set_nodelay(true)?;
+                Ok((Box::new(c) as Box<dyn ReadWrite>, peer.to_string()))
+            }),
+            Listener::Unix(l) => l.accept().and_then(|(c, _)| {
+                c.set_nonblocking(false)?;
+                Ok((Box::new(c) as Box<dyn ReadWrite>, "unix socket".to_string()))
+            }),
+        };
+        match accepted {
+            Ok((conn, peer)) => {
+                let exports = exports.clone();
+                std::thread::spawn(move || {
+                    log::info!("NBD client {peer} connected");
+                    // Every reply is built whole and written with one call, so the
+                    // socket needs no buffering.
+                    match serve_client(exports, conn) {
+                        Ok(()) => log::info!("NBD client {peer} disconnected"),
+                        Err(e) => log::warn!("NBD client {peer}: {e}"),
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A connection: TCP or Unix.
+pub trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
