@@ -50,6 +50,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Forget snapshots a retention policy does not keep (per VM).
     Forget(ForgetArgs),
+    /// Mount every snapshot read-only (FUSE): VM/TIME_ID/LABEL.raw, LABEL.pN partitions.
+    Mount(MountArgs),
     /// Serve snapshot disks read-only over NBD (for qemu-img, qemu, nbd-client).
     ServeNbd(ServeNbdArgs),
     /// Show what dedisk sees in a disk image: format, size, backing chain, allocation.
@@ -148,6 +150,18 @@ impl FormatArg {
             FormatArg::Xva => Some(F::Xva),
         }
     }
+}
+
+#[derive(Args)]
+pub struct MountArgs {
+    /// An empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Only this VM's snapshots.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only this snapshot (id prefix, `latest` or `VM@latest`).
+    #[arg(long)]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Args)]

@@ -56,6 +56,7 @@ fn main() {
         Command::Forget(a) => commands::forget(g, a),
         Command::Inspect(a) => inspect::inspect(g, a),
         Command::ServeNbd(a) => serve::serve_nbd(g, a),
+        Command::Mount(a) => serve::mount(g, a),
         Command::Repair { what } => commands::repair(g, what),
     };
     match result {

@@ -1,4 +1,4 @@
-//! `dedisk serve-nbd`: snapshot disks as read-only NBD exports.
+//! `dedisk serve-nbd` and `dedisk mount`: snapshots used in place, read-only.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use engine::nbd::{Export, Exports, Listener};
 use engine::select::{resolve_snapshot, split_label};
 use repo_format::{Repository, Snapshot, SnapshotId};
 
-use crate::args::{Global, ServeNbdArgs};
+use crate::args::{Global, MountArgs, ServeNbdArgs};
 use crate::commands::{open_repo, Outcome, CANCEL};
 use crate::output;
 
@@ -127,5 +127,43 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
     if let Some(path) = &a.unix {
         let _ = std::fs::remove_file(path);
     }
+    Ok(outcome)
+}
+
+pub fn mount(g: &Global, a: &MountArgs) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    let repo: &'static Repository = Box::leak(Box::new(open_repo(g, &mut outcome)?));
+    let snapshot = match &a.snapshot {
+        Some(spec) => Some(resolve_snapshot(repo, spec)?.0),
+        None => None,
+    };
+    let filter = engine::mount::MountFilter {
+        name: a.name.clone(),
+        snapshot,
+    };
+    let fs = engine::mount::SnapshotFs::new(repo, filter);
+    let count = fs.snapshot_count();
+    let session = engine::mount::mount(fs, &a.mountpoint).with_context(|| {
+        format!(
+            "mounting at {} (is /dev/fuse there and fusermount3 installed?)",
+            a.mountpoint.display()
+        )
+    })?;
+    if g.json {
+        output::json(
+            &serde_json::json!({"type": "mounted", "mountpoint": a.mountpoint, "snapshots": count}),
+        );
+    } else {
+        output::line(format!(
+            "mounted {count} snapshot(s) read-only at {}; Ctrl-C or `fusermount3 -u {}` unmounts",
+            a.mountpoint.display(),
+            a.mountpoint.display()
+        ));
+    }
+    // Until Ctrl-C/SIGTERM, or until someone unmounts it from outside.
+    while CANCEL.check().is_ok() && !session.guard.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(session); // unmounts, if still mounted
     Ok(outcome)
 }

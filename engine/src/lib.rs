@@ -21,6 +21,7 @@ pub mod disk_reader;
 pub mod error;
 pub mod forget;
 pub mod image;
+pub mod mount;
 pub mod nbd;
 pub mod progress;
 pub mod restore;

@@ -10,6 +10,7 @@ mod damage;
 mod errors;
 mod helpers;
 mod images;
+mod mount;
 mod nbd;
 mod verify;
 mod xva;
