@@ -523,7 +523,10 @@ pub fn serve(
                     // socket needs no buffering.
                     match serve_client(exports, conn) {
                         Ok(()) => log::info!("NBD client {peer} disconnected"),
-                        Err(e) => log::warn!("NBD client {peer}: {e}"),
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            log::warn!("NBD client {peer} disconnected in the middle of a message")
+                        }
+                        Err(e) => log::warn!("NBD client {peer}: {e}; connection closed"),
                     }
                 });
             }

@@ -151,6 +151,17 @@ fn qemu_img_reads_the_export_byte_for_byte_and_sees_holes() {
     };
     same(&out);
 
+    // Several clients at once.
+    let (a, b) = (d.join("a.raw"), d.join("b.raw"));
+    sh(&format!(
+        "qemu-img convert -f raw '{u}' '{}' & qemu-img convert -f raw '{u}' '{}' & wait",
+        a.display(),
+        b.display(),
+        u = url("web01@latest:vda")
+    ));
+    assert_eq!(sha256(&a), sha256(&out));
+    assert_eq!(sha256(&b), sha256(&out));
+
     // Unused space (the end of the filesystem and the unpartitioned 23 MiB after it) is
     // a hole to qemu-img map, through base:allocation.
     let map = sh(&format!(

@@ -22,11 +22,16 @@ fn main() {
         eprintln!("usage: random_read REPO SNAPSHOT[:LABEL] [COUNT]");
         std::process::exit(2);
     }
-    let repo: &'static repo_format::Repository =
-        Box::leak(Box::new(repo_format::Repository::open(args[0].as_ref()).expect("open repository")));
+    let repo: &'static repo_format::Repository = Box::leak(Box::new(
+        repo_format::Repository::open(args[0].as_ref()).expect("open repository"),
+    ));
     let (spec, label) = engine::select::split_label(&args[1]);
     let (_, snap) = engine::select::resolve_snapshot(repo, spec).expect("snapshot");
-    let disk = snap.disks.iter().find(|d| label.is_none_or(|l| l == d.label)).expect("disk");
+    let disk = snap
+        .disks
+        .iter()
+        .find(|d| label.is_none_or(|l| l == d.label))
+        .expect("disk");
     let count: usize = args.get(2).map_or(20, |c| c.parse().expect("COUNT"));
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut ms = Vec::new();
@@ -45,5 +50,9 @@ fn main() {
         ms.push(e);
     }
     ms.sort_by(|a, b| a.total_cmp(b));
-    println!("median {:.2} ms, worst {:.2} ms over {count} cold reads", ms[count / 2], ms[count - 1]);
+    println!(
+        "median {:.2} ms, worst {:.2} ms over {count} cold reads",
+        ms[count / 2],
+        ms[count - 1]
+    );
 }
