@@ -164,6 +164,12 @@ pub fn mount(g: &Global, a: &MountArgs) -> Result<Outcome> {
     while CANCEL.check().is_ok() && !session.guard.is_finished() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    drop(session); // unmounts, if still mounted
+    if session.guard.is_finished() {
+        // Unmounted from outside (fusermount3 -u): dropping the session would try again
+        // and log a failure for nothing.
+        std::mem::forget(session);
+    } else {
+        drop(session); // unmounts
+    }
     Ok(outcome)
 }

@@ -2,6 +2,7 @@
 //! and sees two nights of an ext4 disk side by side.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
@@ -143,6 +144,35 @@ fn two_nights_of_an_ext4_disk_mount_side_by_side_and_partitions_loop_mount() {
         std::fs::read_to_string(&xml).unwrap()
     );
     assert!(!old.join("vda.p2").exists());
+
+    // Holes are visible to SEEK_HOLE / SEEK_DATA, so a sparse copy skips them.
+    {
+        use std::os::unix::io::AsRawFd;
+        let f = std::fs::File::open(new.join("vda.raw")).unwrap();
+        let size = f.metadata().unwrap().len() as i64;
+        // SAFETY: lseek on an open descriptor has no memory effects.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+        assert!(hole > 0 && hole < size, "first hole at {hole} of {size}");
+        // SAFETY: as above.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), hole, libc::SEEK_DATA) };
+        assert!(data > hole, "data after the first hole at {data}");
+        assert!(
+            f.metadata().unwrap().blocks() * 512 < size as u64,
+            "stat shows a sparse file"
+        );
+    }
+    let copy = d.join("copy.raw");
+    sh(&format!(
+        "cp --sparse=always '{}' '{}'",
+        new.join("vda.raw").display(),
+        copy.display()
+    ));
+    assert_eq!(sha256(&copy), sha256(&disk));
+    assert!(
+        allocated(&copy) < std::fs::metadata(&disk).unwrap().len() - (16 << 20),
+        "{} allocated",
+        allocated(&copy)
+    );
 
     // The kernel loop-mounts both nights' partition files; every file matches the
     // filesystem images they came from.

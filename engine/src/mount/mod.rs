@@ -52,6 +52,9 @@ enum Kind {
         manifest: ManifestRoot,
         offset: u64,
         len: u64,
+        /// Bytes held in chunks (not holes), when known: `stat` reports them as the
+        /// file's blocks, so `cp` and `tar` see a sparse file and ask for its holes.
+        data_bytes: Option<u64>,
     },
     Link {
         target: String,
@@ -255,6 +258,7 @@ impl SnapshotFs {
                     manifest: d.manifest,
                     offset: 0,
                     len: d.size_bytes,
+                    data_bytes: Some(d.stats.data_bytes),
                 },
                 mtime,
             );
@@ -281,6 +285,7 @@ impl SnapshotFs {
                         manifest: d.manifest,
                         offset: p.offset,
                         len: p.len,
+                        data_bytes: None,
                     },
                     mtime,
                 );
@@ -297,6 +302,7 @@ impl SnapshotFs {
                     manifest: m.manifest,
                     offset: 0,
                     len: m.size_bytes,
+                    data_bytes: None,
                 },
                 mtime,
             );
@@ -306,17 +312,25 @@ impl SnapshotFs {
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
         let n = self.node(ino)?;
-        let (kind, size, perm, nlink) = match &n.kind {
+        let (kind, size, perm, nlink, stored) = match &n.kind {
             Kind::Dir { children, .. } => {
-                (FileType::Directory, 0, 0o555, 2 + children.len() as u32)
+                (FileType::Directory, 0, 0o555, 2 + children.len() as u32, 0)
             }
-            Kind::File { len, .. } => (FileType::RegularFile, *len, 0o444, 1),
-            Kind::Link { target } => (FileType::Symlink, target.len() as u64, 0o777, 1),
+            Kind::File {
+                len, data_bytes, ..
+            } => (
+                FileType::RegularFile,
+                *len,
+                0o444,
+                1,
+                data_bytes.unwrap_or(*len),
+            ),
+            Kind::Link { target } => (FileType::Symlink, target.len() as u64, 0o777, 1, 0),
         };
         Some(FileAttr {
             ino,
             size,
-            blocks: size.div_ceil(512),
+            blocks: stored.div_ceil(512),
             atime: n.mtime,
             mtime: n.mtime,
             ctime: n.mtime,
@@ -357,6 +371,67 @@ impl SnapshotFs {
 }
 
 impl Filesystem for SnapshotFs {
+    fn init(
+        &mut self,
+        _req: &Request<'_>,
+        config: &mut fuser::KernelConfig,
+    ) -> Result<(), libc::c_int> {
+        // Ask for 1 MiB requests (the kernel may grant less): fewer round trips.
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE from the manifest, so `cp --sparse`, `tar -S` and friends
+    /// skip holes instead of reading zeros. Other whences are the kernel's business.
+    fn lseek(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        let Some((reader, base, len)) = self.open.get_mut(&fh) else {
+            return reply.error(libc::EBADF);
+        };
+        let (base, len) = (*base, *len);
+        let want_data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(libc::EINVAL),
+        };
+        let mut pos = offset.max(0) as u64;
+        if pos >= len {
+            return reply.error(libc::ENXIO);
+        }
+        loop {
+            let (start, extent) = match reader.extent_at(base + pos) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("lseek in inode {ino}: {e}");
+                    return reply.error(EIO);
+                }
+            };
+            let is_data = matches!(extent, repo_format::Extent::Chunk { .. });
+            if is_data == want_data {
+                return reply.offset(pos as i64);
+            }
+            pos = start + extent.len() - base;
+            if pos >= len {
+                break;
+            }
+        }
+        // No more data: ENXIO; no more holes: the virtual hole at the end of the file.
+        if want_data {
+            reply.error(libc::ENXIO)
+        } else {
+            reply.offset(len as i64)
+        }
+    }
+
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         self.prepare(parent);
         let found = name.to_str().and_then(|n| self.child(parent, n));
@@ -423,6 +498,7 @@ impl Filesystem for SnapshotFs {
             manifest,
             offset,
             len,
+            ..
         }) = self.node(ino).map(|n| &n.kind)
         else {
             return reply.error(libc::EISDIR);
