@@ -239,6 +239,63 @@ fn qemu_img_reads_the_export_byte_for_byte_and_sees_holes() {
     same(&d.join("out2.raw"));
 }
 
+#[test]
+fn unix_socket_export_of_one_named_disk() {
+    if !(have("qemu-img") && have("sha256sum")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let disk = random_image(d, "disk.raw", 3 << 20, 16 << 20);
+    ok(&[
+        "--repo",
+        p(&repo),
+        "backup",
+        "-q",
+        "--name",
+        "db",
+        &format!("sda={}", disk.display()),
+    ]);
+    let sock = d.join("nbd.sock");
+    let mut child = dedisk()
+        .args([
+            "--repo",
+            p(&repo),
+            "--json",
+            "serve-nbd",
+            "--unix",
+            p(&sock),
+            "db@latest:sda",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["exports"].as_array().unwrap().len(), 1, "{v}");
+    let name = v["exports"][0]["name"].as_str().unwrap().to_string();
+    let out = d.join("out.raw");
+    // By its canonical name and by the name it was asked for.
+    for export in [name.as_str(), "db@latest:sda"] {
+        let _ = std::fs::remove_file(&out);
+        sh(&format!(
+            "qemu-img convert -f raw 'nbd+unix:///{export}?socket={}' '{}'",
+            sock.display(),
+            out.display()
+        ));
+        assert_eq!(sha256(&out), sha256(&disk));
+    }
+    // SIGTERM stops the server and removes its socket.
+    // SAFETY: kill with a valid pid has no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists());
+}
+
 /// Runs a shell command that is expected to fail; returns its stderr and stdout.
 fn run_sh(cmd: &str) -> String {
     let out = std::process::Command::new("sh")
