@@ -32,6 +32,10 @@ pub struct Global {
     /// No progress bar.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Seconds to wait for a conflicting repository lock (a prune, or the backups a
+    /// prune waits for) before giving up.
+    #[arg(long, global = true, default_value_t = 600, value_name = "SECONDS")]
+    pub lock_wait: u64,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +60,10 @@ pub enum Command {
     ServeNbd(ServeNbdArgs),
     /// Show what dedisk sees in a disk image: format, size, backing chain, allocation.
     Inspect(InspectArgs),
+    /// Delete unreferenced data: packs nothing uses, and repack mostly-unused ones.
+    Prune(PruneArgs),
+    /// Remove every repository lock (after checking the processes holding them are gone).
+    Unlock,
     /// Rebuild derived data from what the repository holds.
     Repair {
         #[command(subcommand)]
@@ -149,6 +157,28 @@ impl FormatArg {
             FormatArg::Vdi => Some(F::Vdi),
             FormatArg::Xva => Some(F::Xva),
         }
+    }
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Repack a pack when more than this percentage of it is unreferenced.
+    #[arg(long, default_value_t = 10.0, value_name = "PCT", value_parser = parse_pct)]
+    pub max_unused: f64,
+    /// Show what would be deleted and repacked, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_pct(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 100"))
     }
 }
 
@@ -267,6 +297,9 @@ pub struct ForgetArgs {
     /// Keep every snapshot with this tag (repeatable).
     #[arg(long = "keep-tag", value_name = "TAG")]
     pub keep_tags: Vec<String>,
+    /// Prune right after forgetting (see `dedisk prune`; repacks above 10% unused).
+    #[arg(long)]
+    pub prune: bool,
     /// Only this VM's snapshots.
     #[arg(long)]
     pub name: Option<String>,

@@ -9,6 +9,7 @@ use engine::backup::{backup, BackupOptions, DiskInput, MetaContent, MetaInput};
 use engine::restore::restore_disk;
 use engine::select::{resolve_snapshot, split_label};
 use engine::source::{Input, SourceOptions};
+use repo_format::lock::LockKind;
 use repo_format::{ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, Repository};
 
 use crate::args::*;
@@ -129,6 +130,7 @@ fn parse_disk(spec: &str) -> (String, String) {
 pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
+    let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "backup")?;
     let mut disks = Vec::new();
     let mut xva_meta = Vec::new();
     let mut stdin_used = false;
@@ -292,6 +294,7 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
 pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
+    let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "restore")?;
     let (spec, label) = split_label(&a.snapshot);
     let (id, snap) = resolve_snapshot(&repo, spec)?;
     let workers = a.workers.unwrap_or_else(engine::default_workers);
@@ -490,6 +493,7 @@ pub fn stats(g: &Global) -> Result<Outcome> {
 pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
+    let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "verify")?;
     let subset = match &a.subset {
         Some(text) => engine::verify::Subset::parse(text)?,
         None => engine::verify::Subset::All,
@@ -547,6 +551,7 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
 pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
+    let lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "forget")?;
     let policy = engine::forget::Policy {
         last: a.keep_last,
         hourly: a.keep_hourly,
@@ -563,9 +568,13 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     };
     let tz = jiff::tz::TimeZone::system();
     let decisions = engine::forget::forget(&repo, &policy, a.name.as_deref(), a.dry_run, &tz)?;
+    drop(lock); // a prune below takes the exclusive lock
     let removed = decisions.iter().filter(|d| !d.keep).count();
     if g.json {
         output::json(&json!({"type": "forget", "dry_run": a.dry_run, "decisions": decisions}));
+        if a.prune {
+            crate::maintenance::run_prune(g, &repo, 10.0, a.dry_run)?;
+        }
         return Ok(out);
     }
     let mut vm = "";
@@ -592,6 +601,9 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
             ""
         }
     ));
+    if a.prune {
+        crate::maintenance::run_prune(g, &repo, 10.0, a.dry_run)?;
+    }
     Ok(out)
 }
 
@@ -602,6 +614,7 @@ pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
             // Opening may itself rebuild a broken index; rebuild explicitly either way.
             let repo = Repository::open(path)
                 .with_context(|| format!("opening repository {}", path.display()))?;
+            let _lock = crate::maintenance::lock(g, &repo, LockKind::Exclusive, "repair index")?;
             let r = repo.rebuild_index().context("rebuilding the index")?;
             if g.json {
                 output::json(&json!({"type": "repair-index", "packs": r.packs_added}));

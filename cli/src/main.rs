@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod inspect;
+mod maintenance;
 mod output;
 mod progress;
 mod serve;
@@ -57,6 +58,8 @@ fn main() {
         Command::Inspect(a) => inspect::inspect(g, a),
         Command::ServeNbd(a) => serve::serve_nbd(g, a),
         Command::Mount(a) => serve::mount(g, a),
+        Command::Prune(a) => maintenance::prune(g, a),
+        Command::Unlock => maintenance::unlock(g),
         Command::Repair { what } => commands::repair(g, what),
     };
     match result {

@@ -82,6 +82,9 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     // The server threads read the repository for as long as the process lives.
     let repo: &'static Repository = Box::leak(Box::new(open_repo(g, &mut outcome)?));
+    // Held while serving: a prune must not delete packs clients are reading.
+    let _lock =
+        crate::maintenance::lock(g, repo, repo_format::lock::LockKind::Shared, "serve-nbd")?;
     let list = choose(repo, &a.exports)?;
     if list.is_empty() {
         anyhow::bail!("the repository holds no snapshot to export");
@@ -133,6 +136,7 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
 pub fn mount(g: &Global, a: &MountArgs) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let repo: &'static Repository = Box::leak(Box::new(open_repo(g, &mut outcome)?));
+    let _lock = crate::maintenance::lock(g, repo, repo_format::lock::LockKind::Shared, "mount")?;
     let snapshot = match &a.snapshot {
         Some(spec) => Some(resolve_snapshot(repo, spec)?.0),
         None => None,

@@ -24,6 +24,7 @@ pub mod image;
 pub mod mount;
 pub mod nbd;
 pub mod progress;
+pub mod prune;
 pub mod restore;
 pub mod select;
 pub mod source;

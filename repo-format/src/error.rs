@@ -44,6 +44,8 @@ pub enum Error {
     },
     #[error("blob {0} is not in the repository index")]
     MissingBlob(BlobId),
+    #[error("the repository is in use: {holder}; if that process is gone, `dedisk unlock` removes its lock")]
+    Locked { holder: String },
     #[error("pack {pack} is referenced by the index but missing on disk ({path})")]
     MissingPack { pack: PackId, path: PathBuf },
     #[error("manifest node {node}: {reason}")]

@@ -4,7 +4,7 @@
 //! Rows for a pack are inserted only after the pack is durable under its final name,
 //! so every row points at a complete pack.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -177,6 +177,16 @@ impl Index {
     /// Records a durable pack and all its blobs, in one transaction. A blob already
     /// indexed from another pack keeps its first location.
     pub fn add_pack(&mut self, pack: &PackId, len_bytes: u64, entries: &[TocEntry]) -> Result<()> {
+        self.add_pack_with(pack, len_bytes, entries, "INSERT OR IGNORE")
+    }
+
+    fn add_pack_with(
+        &mut self,
+        pack: &PackId,
+        len_bytes: u64,
+        entries: &[TocEntry],
+        insert: &str,
+    ) -> Result<()> {
         let path = self.path.clone();
         let wrap = |source| Error::Index {
             path: path.clone(),
@@ -194,12 +204,11 @@ impl Index {
             })
             .map_err(wrap)?;
         {
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO blobs (id, pack, offset, stored_len, raw_len, kind, compression)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(wrap)?;
+            let sql = format!(
+                "{insert} INTO blobs (id, pack, offset, stored_len, raw_len, kind, compression)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            );
+            let mut ins = tx.prepare_cached(&sql).map_err(wrap)?;
             for e in entries {
                 ins.execute(params![
                     &e.id.0[..],
@@ -214,6 +223,64 @@ impl Index {
             }
         }
         tx.commit().map_err(wrap)
+    }
+
+    /// Records a pack written by a repack, pointing every blob it holds at it (replacing
+    /// the rows of the pack it was copied from), so the old pack can then be removed.
+    pub fn add_pack_replacing(
+        &mut self,
+        pack: &PackId,
+        len_bytes: u64,
+        entries: &[TocEntry],
+    ) -> Result<()> {
+        self.add_pack_with(pack, len_bytes, entries, "INSERT OR REPLACE")
+    }
+
+    /// Every indexed blob, grouped by the pack it is indexed at: (id, stored bytes).
+    pub fn blobs_by_pack(&self) -> Result<HashMap<PackId, Vec<(BlobId, u64)>>> {
+        let wrap = |source| Error::Index {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT p.id, b.id, b.stored_len FROM blobs b JOIN packs p ON b.pack = p.num")
+            .map_err(wrap)?;
+        let mut rows = stmt.query([]).map_err(wrap)?;
+        let mut out: HashMap<PackId, Vec<(BlobId, u64)>> = HashMap::new();
+        while let Some(r) = rows.next().map_err(wrap)? {
+            let pack: Vec<u8> = r.get(0).map_err(wrap)?;
+            let blob: Vec<u8> = r.get(1).map_err(wrap)?;
+            let len: i64 = r.get(2).map_err(wrap)?;
+            let (Some(pack), Some(blob)) = (PackId::from_slice(&pack), BlobId::from_slice(&blob))
+            else {
+                continue;
+            };
+            out.entry(pack).or_default().push((blob, len as u64));
+        }
+        Ok(out)
+    }
+
+    /// Every pack's recorded length.
+    pub fn pack_lengths(&self) -> Result<HashMap<PackId, u64>> {
+        let wrap = |source| Error::Index {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, len_bytes FROM packs")
+            .map_err(wrap)?;
+        let mut rows = stmt.query([]).map_err(wrap)?;
+        let mut out = HashMap::new();
+        while let Some(r) = rows.next().map_err(wrap)? {
+            let id: Vec<u8> = r.get(0).map_err(wrap)?;
+            let len: i64 = r.get(1).map_err(wrap)?;
+            if let Some(id) = PackId::from_slice(&id) {
+                out.insert(id, len as u64);
+            }
+        }
+        Ok(out)
     }
 
     /// Forgets a pack that no longer exists on disk.

@@ -23,6 +23,7 @@ pub mod durable;
 pub mod error;
 pub mod ids;
 pub mod index;
+pub mod lock;
 pub mod manifest;
 pub mod pack;
 pub mod repo;

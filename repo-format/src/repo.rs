@@ -135,6 +135,19 @@ impl Repository {
         self.root.join("snapshots")
     }
 
+    pub fn locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    /// Takes a repository lock (see [`crate::lock`]); released when the guard drops.
+    pub fn lock(
+        &self,
+        kind: crate::lock::LockKind,
+        command: &str,
+    ) -> Result<crate::lock::RepoLock> {
+        crate::lock::acquire(&self.locks_dir(), &self.tmp_dir(), kind, command)
+    }
+
     pub fn index_path(&self) -> PathBuf {
         self.root.join(INDEX_FILE)
     }

@@ -12,5 +12,6 @@ mod helpers;
 mod images;
 mod mount;
 mod nbd;
+mod prune;
 mod verify;
 mod xva;

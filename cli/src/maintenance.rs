@@ -1,0 +1,114 @@
+//! Locking at the CLI edge, and the commands that delete: `prune`, `unlock`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use repo_format::lock::{LockKind, RepoLock};
+use repo_format::Repository;
+use serde_json::json;
+
+use crate::args::{Global, PruneArgs};
+use crate::commands::{open_repo, Outcome, CANCEL};
+use crate::output::{self, bytes};
+
+/// Takes a repository lock, waiting up to `--lock-wait` seconds for a conflicting holder
+/// (a nightly backup should wait for a prune to finish, not fail).
+pub fn lock(g: &Global, repo: &Repository, kind: LockKind, command: &str) -> Result<RepoLock> {
+    let started = Instant::now();
+    let wait = Duration::from_secs(g.lock_wait);
+    let mut told = false;
+    loop {
+        match repo.lock(kind, command) {
+            Ok(l) => {
+                // Opening the repository reconciled the index before the lock was ours,
+                // perhaps while a prune was deleting packs: do it again now that nobody
+                // can, so no chunk of a deleted pack is mistaken for stored.
+                let mut index = repo.index()?;
+                repo.reconcile(&mut index)
+                    .context("reconciling the index with the packs")?;
+                return Ok(l);
+            }
+            Err(repo_format::Error::Locked { holder }) if started.elapsed() < wait => {
+                if !told {
+                    log::warn!("waiting up to {}s for the {holder}", wait.as_secs());
+                    told = true;
+                }
+                CANCEL.check()?;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e).context("locking the repository"),
+        }
+    }
+}
+
+/// Runs a prune under an exclusive lock and prints what it reclaimed.
+pub fn run_prune(g: &Global, repo: &Repository, max_unused_pct: f64, dry_run: bool) -> Result<()> {
+    let _lock = lock(g, repo, LockKind::Exclusive, "prune")?;
+    let opts = engine::prune::PruneOptions {
+        max_unused_pct,
+        dry_run,
+    };
+    let r = engine::prune::prune(repo, &opts, &CANCEL)
+        .context("prune stopped; the repository is intact and the next prune finishes the job")?;
+    if g.json {
+        output::json(
+            &json!({"type": "prune", "report": r, "bytes_reclaimed": r.bytes_reclaimed()}),
+        );
+        return Ok(());
+    }
+    let verb = if dry_run { "would" } else { "did" };
+    output::line(format!(
+        "{} snapshot(s), {} live blob(s); {} packs, {} before",
+        r.snapshots,
+        r.live_blobs,
+        r.packs_before,
+        bytes(r.bytes_before)
+    ));
+    output::line(format!(
+        "prune {verb} delete {} pack(s) ({} of them repacked into {} new), reclaiming {}",
+        r.packs_deleted,
+        r.packs_repacked,
+        if dry_run {
+            "about".to_string()
+        } else {
+            r.packs_written.to_string()
+        },
+        bytes(r.bytes_reclaimed().max(0) as u64)
+    ));
+    if r.missing_blobs > 0 {
+        log::warn!(
+            "{} referenced blob(s) are missing from the repository; run `dedisk verify`",
+            r.missing_blobs
+        );
+    }
+    Ok(())
+}
+
+pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    run_prune(g, &repo, a.max_unused, a.dry_run)?;
+    Ok(out)
+}
+
+pub fn unlock(g: &Global) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let mut removed = Vec::new();
+    for (path, info) in repo_format::lock::list(&repo.locks_dir())? {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        removed.push(match info {
+            Ok(i) => i.to_string(),
+            Err(e) => format!("unreadable lock file {} ({e})", path.display()),
+        });
+    }
+    if g.json {
+        output::json(&json!({"type": "unlock", "removed": removed}));
+    } else {
+        for r in &removed {
+            output::line(format!("removed the {r}"));
+        }
+        output::line(format!("{} lock(s) removed", removed.len()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,258 @@
+//! Prune: reclaim the space of chunks no snapshot references (FORMAT.md, "Prune").
+//!
+//! Runs under an exclusive lock, so no backup adds references while it works. It marks
+//! every blob reachable from every snapshot (manifest nodes and chunks), then per pack
+//! (as the index places blobs): a pack with no live blob is deleted; a pack whose dead
+//! share exceeds the threshold has its live blobs copied, still compressed and after a
+//! BLAKE3 check, into new packs, and is deleted once those are durable and indexed.
+//!
+//! Crash safety: nothing is deleted before every live blob it holds has a durable,
+//! indexed copy elsewhere. A kill at any point leaves either the old pack, the new one,
+//! or both; opening the repository reconciles the index with the packs on disk, and the
+//! next prune deletes whatever copy is no longer indexed.
+
+use std::collections::{HashMap, HashSet};
+
+use repo_format::{BlobId, BlobReader, EncodedBlob, Node, PackId, PackWriter, Repository};
+
+use crate::error::{Error, Result};
+
+/// How aggressively to reclaim.
+#[derive(Clone, Copy, Debug)]
+pub struct PruneOptions {
+    /// Repack a pack when more than this share of its bytes is unreferenced (0..=100).
+    pub max_unused_pct: f64,
+    pub dry_run: bool,
+}
+
+/// What a prune did (or, dry, would do).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PruneReport {
+    pub snapshots: usize,
+    pub live_blobs: u64,
+    pub packs_before: u64,
+    pub bytes_before: u64,
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    pub packs_written: u64,
+    pub bytes_deleted: u64,
+    pub bytes_written: u64,
+    /// Referenced blobs the index does not have (damage for verify/repair to explain).
+    pub missing_blobs: u64,
+    pub dry_run: bool,
+}
+
+impl PruneReport {
+    pub fn bytes_reclaimed(&self) -> i64 {
+        self.bytes_deleted as i64 - self.bytes_written as i64
+    }
+}
+
+/// Every blob reachable from every snapshot. Refuses when a snapshot file is unreadable:
+/// its chunks would look unreferenced.
+fn mark(repo: &Repository, cancel: &crate::cancel::Cancel) -> Result<(HashSet<BlobId>, usize)> {
+    let mut reader = BlobReader::new(repo)?;
+    let mut live = HashSet::new();
+    let mut count = 0;
+    for r in repo.list_snapshots()? {
+        let (_, snap) = r.map_err(|e| {
+            Error::Usage(format!(
+                "{e}; refusing to prune until it is repaired or removed"
+            ))
+        })?;
+        count += 1;
+        let roots = snap
+            .disks
+            .iter()
+            .map(|d| d.manifest)
+            .chain(snap.meta.iter().map(|m| m.manifest));
+        for root in roots {
+            let mut stack = vec![root.root];
+            while let Some(id) = stack.pop() {
+                cancel.check()?;
+                if !live.insert(id) {
+                    continue; // a shared subtree, already walked
+                }
+                match reader.read_node(&id)? {
+                    Node::Interior { children, .. } => stack.extend(children.iter().map(|c| c.id)),
+                    Node::Leaf(extents) => {
+                        for e in extents {
+                            if let repo_format::Extent::Chunk { id, .. } = e {
+                                live.insert(id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((live, count))
+}
+
+/// Runs a prune. The caller holds the exclusive lock.
+pub fn prune(
+    repo: &Repository,
+    opts: &PruneOptions,
+    cancel: &crate::cancel::Cancel,
+) -> Result<PruneReport> {
+    let (live, snapshots) = mark(repo, cancel)?;
+    let mut index = repo.index()?;
+    let by_pack = index.blobs_by_pack()?;
+    let lengths = index.pack_lengths()?;
+    let mut report = PruneReport {
+        snapshots,
+        live_blobs: live.len() as u64,
+        packs_before: lengths.len() as u64,
+        bytes_before: lengths.values().sum(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let indexed: HashSet<BlobId> = by_pack.values().flatten().map(|(id, _)| *id).collect();
+    report.missing_blobs = live.iter().filter(|id| !indexed.contains(id)).count() as u64;
+
+    let mut delete: Vec<PackId> = Vec::new();
+    let mut repack: Vec<(PackId, Vec<BlobId>)> = Vec::new();
+    for (pack, len) in &lengths {
+        let blobs = by_pack.get(pack).map(Vec::as_slice).unwrap_or(&[]);
+        let alive: Vec<BlobId> = blobs
+            .iter()
+            .filter(|(id, _)| live.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        // Unused: the dead blobs with their headers (the pack's own header and TOC are
+        // overhead every pack has, not waste).
+        let dead_bytes: u64 = blobs
+            .iter()
+            .filter(|(id, _)| !live.contains(id))
+            .map(|(_, n)| n + repo_format::pack::BLOB_HEADER_LEN)
+            .sum();
+        if alive.is_empty() {
+            delete.push(*pack);
+        } else {
+            let unused = 100.0 * dead_bytes as f64 / (*len).max(1) as f64;
+            if unused > opts.max_unused_pct {
+                repack.push((*pack, alive));
+            }
+        }
+    }
+    report.packs_deleted = delete.len() as u64 + repack.len() as u64;
+    report.packs_repacked = repack.len() as u64;
+    report.bytes_deleted = delete
+        .iter()
+        .chain(repack.iter().map(|(p, _)| p))
+        .map(|p| lengths[p])
+        .sum();
+    if opts.dry_run {
+        report.bytes_written = repack
+            .iter()
+            .flat_map(|(p, ids)| {
+                let sizes: HashMap<&BlobId, u64> =
+                    by_pack[p].iter().map(|(id, n)| (id, *n)).collect();
+                ids.iter()
+                    .map(move |id| sizes[id] + repo_format::pack::BLOB_HEADER_LEN)
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        return Ok(report);
+    }
+
+    // 1. Delete packs with no live blob: their rows first (readers stop using them),
+    //    then the files. Done before repacking: a repack can write a pack identical to
+    //    one a killed prune left behind unindexed (same blobs, same order, same name),
+    //    which must not then be deleted as dead.
+    for pack in &delete {
+        cancel.check()?;
+        remove_pack(repo, &mut index, pack)?;
+    }
+    // 2. Copy live blobs out of the packs to repack; new packs are durable and indexed
+    //    (pointing those blobs at them) before the old ones are deleted.
+    let mut written: HashSet<PackId> = HashSet::new();
+    let mut writer: Option<PackWriter> = None;
+    let mut reader = BlobReader::new(repo)?;
+    let finish = |w: PackWriter,
+                  index: &mut repo_format::Index,
+                  report: &mut PruneReport,
+                  written: &mut HashSet<PackId>|
+     -> Result<()> {
+        let done = w.finish(&repo.packs_dir())?;
+        index.add_pack_replacing(&done.id, done.len_bytes, &done.entries)?;
+        written.insert(done.id);
+        report.packs_written += 1;
+        report.bytes_written += done.len_bytes;
+        Ok(())
+    };
+    let mut repacked = Vec::new();
+    for (pack, ids) in &repack {
+        cancel.check()?;
+        let file = std::fs::File::open(repo_format::pack::pack_path(&repo.packs_dir(), pack))
+            .map_err(|source| repo_format::Error::Io {
+                path: repo.packs_dir(),
+                source,
+            })?;
+        let mut ok = true;
+        let mut blobs = Vec::new();
+        for id in ids {
+            let loc = reader.locate(id)?;
+            let payload = repo_format::pack::read_payload(&file, *pack, &loc.entry)?;
+            // Never copy damage into a new pack: check the blob decodes to its id.
+            if let Err(e) = reader.read_at(&loc) {
+                log::warn!("not repacking pack {}: {e}", pack.short());
+                ok = false;
+                break;
+            }
+            blobs.push(EncodedBlob {
+                id: *id,
+                kind: loc.entry.kind,
+                compression: loc.entry.compression,
+                raw_len: loc.entry.raw_len,
+                payload,
+            });
+        }
+        if !ok {
+            report.packs_deleted -= 1;
+            report.packs_repacked -= 1;
+            continue;
+        }
+        for b in blobs {
+            let w = match writer.as_mut() {
+                Some(w) => w,
+                None => writer.insert(PackWriter::create(&repo.tmp_dir())?),
+            };
+            w.add(&b)?;
+            if w.len_bytes() >= repo.config().pack_target_bytes {
+                let w = writer.take().expect("present above");
+                finish(w, &mut index, &mut report, &mut written)?;
+            }
+        }
+        repacked.push(*pack);
+    }
+    if let Some(w) = writer.take() {
+        finish(w, &mut index, &mut report, &mut written)?;
+    }
+    // 3. Delete the repacked packs, now that their live blobs are elsewhere.
+    for pack in repacked.iter().filter(|p| !written.contains(p)) {
+        cancel.check()?;
+        remove_pack(repo, &mut index, pack)?;
+    }
+    report.bytes_deleted = delete
+        .iter()
+        .chain(repacked.iter())
+        .map(|p| lengths[p])
+        .sum();
+    Ok(report)
+}
+
+/// Forgets a pack in the index, then deletes its file and makes that durable.
+fn remove_pack(repo: &Repository, index: &mut repo_format::Index, pack: &PackId) -> Result<()> {
+    index.remove_pack(pack)?;
+    let path = repo_format::pack::pack_path(&repo.packs_dir(), pack);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(repo_format::Error::Io { path, source }.into()),
+    }
+    if let Some(dir) = path.parent() {
+        repo_format::durable::sync_dir(dir)?;
+    }
+    Ok(())
+}
