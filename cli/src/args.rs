@@ -312,4 +312,14 @@ pub struct ForgetArgs {
 pub enum RepairWhat {
     /// Rebuild the SQLite index from the pack files.
     Index,
+    /// Rewrite snapshots that reference lost data: what is readable stays restorable,
+    /// lost ranges become recorded holes that every restore reports.
+    Snapshots {
+        /// Also read every chunk (finds corrupt data, not only missing data).
+        #[arg(long)]
+        read_data: bool,
+        /// Only report what would be rewritten.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }

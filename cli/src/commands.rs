@@ -416,6 +416,26 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
                 rate(report.size_bytes, report.seconds)
             ));
         }
+        // A repaired snapshot says which ranges it lost; a restore repeats it every time.
+        let lost = snap
+            .disks
+            .iter()
+            .filter(|d| d.label == label)
+            .flat_map(|d| d.lost.iter())
+            .chain(
+                snap.meta
+                    .iter()
+                    .filter(|m| m.name == label)
+                    .flat_map(|m| m.lost.iter()),
+            );
+        for l in lost {
+            out.warnings.push(format!(
+                "{label}: bytes {}..{} were lost to damage before `repair snapshots` and read as zeros ({})",
+                l.offset,
+                l.offset + l.len,
+                l.reason
+            ));
+        }
         reports.push(json!({"label": label, "report": report}));
     }
     if g.json {
@@ -622,6 +642,48 @@ pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
                 output::line(format!("index rebuilt from {} pack(s)", r.packs_added));
             }
             Ok(Outcome::default())
+        }
+        RepairWhat::Snapshots { read_data, dry_run } => {
+            let mut out = Outcome::default();
+            let repo = open_repo(g, &mut out)?;
+            let _lock =
+                crate::maintenance::lock(g, &repo, LockKind::Exclusive, "repair snapshots")?;
+            let r = engine::repair::repair_snapshots(&repo, *read_data, *dry_run, &CANCEL)
+                .context("repairing snapshots")?;
+            for u in &r.unreadable {
+                out.warnings.push(format!("left in place, unreadable: {u}"));
+            }
+            if g.json {
+                output::json(&json!({"type": "repair-snapshots", "report": r}));
+                return Ok(out);
+            }
+            for s in &r.repaired {
+                let new = s.new.map_or("(dry run)".to_string(), |n| n.short());
+                output::line(format!(
+                    "snapshot {} of {} -> {new}:",
+                    s.old.short(),
+                    s.name
+                ));
+                for (label, l) in &s.lost {
+                    output::line(format!(
+                        "  {label} bytes {}..{} lost: {}",
+                        l.offset,
+                        l.offset + l.len,
+                        l.reason
+                    ));
+                }
+            }
+            output::line(format!(
+                "checked {} snapshot(s); {} {}",
+                r.checked,
+                r.repaired.len(),
+                if *dry_run {
+                    "would be rewritten"
+                } else {
+                    "rewritten with their lost ranges recorded"
+                }
+            ));
+            Ok(out)
         }
     }
 }

@@ -148,6 +148,7 @@ pub fn backup(
             size_bytes: manifest.len_bytes,
             manifest,
             stats,
+            lost: Vec::new(),
         });
     }
     let mut snap_meta = Vec::new();
@@ -163,6 +164,7 @@ pub fn backup(
             name: m.name,
             size_bytes: manifest.len_bytes,
             manifest,
+            lost: Vec::new(),
         });
     }
     // Every pack the snapshot needs is durable and indexed before the snapshot exists.

@@ -25,6 +25,7 @@ pub mod mount;
 pub mod nbd;
 pub mod progress;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod select;
 pub mod source;

@@ -37,4 +37,4 @@ pub use index::{BlobLocation, Index, IndexTotals};
 pub use manifest::{Extent, ManifestBuilder, ManifestRoot, ManifestWalker, Node};
 pub use pack::{FinishedPack, PackWriter, TocEntry};
 pub use repo::{BlobReader, IndexRepair, Repository};
-pub use snapshot::{DiskStats, Snapshot, SnapshotDisk, SnapshotMeta};
+pub use snapshot::{DiskStats, LostRange, Snapshot, SnapshotDisk, SnapshotMeta};

@@ -12,6 +12,20 @@ use crate::manifest::ManifestRoot;
 
 /// Version of the snapshot JSON shape (bumped with the repository format).
 pub const SNAPSHOT_VERSION: u32 = 1;
+/// Version of a snapshot rewritten by `repair snapshots`: it lists lost ranges, which a
+/// version-1 reader would not know and would restore as plain zeros. Readers that
+/// predate it refuse it instead of restoring silently.
+pub const SNAPSHOT_VERSION_REPAIRED: u32 = 2;
+
+/// A range of a disk whose data was lost (found damaged by `repair snapshots`): it reads
+/// as zeros, and every restore says so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostRange {
+    pub offset: u64,
+    pub len: u64,
+    /// Why, e.g. "chunk 3fa2c1d0 missing from the repository".
+    pub reason: String,
+}
 
 /// Per-disk numbers recorded at backup time.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -45,6 +59,9 @@ pub struct SnapshotDisk {
     pub size_bytes: u64,
     pub manifest: ManifestRoot,
     pub stats: DiskStats,
+    /// Ranges lost to damage (only in repaired snapshots, version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<LostRange>,
 }
 
 /// A small file kept beside the disks (domain XML, Xen .cfg, NVRAM).
@@ -55,6 +72,9 @@ pub struct SnapshotMeta {
     pub size_bytes: u64,
     /// Its bytes, stored exactly like a disk.
     pub manifest: ManifestRoot,
+    /// Ranges lost to damage (only in repaired snapshots, version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<LostRange>,
 }
 
 /// The contents of a snapshot file.
@@ -91,7 +111,9 @@ impl Snapshot {
             return Err(bad("content does not match the file name's hash".into()));
         }
         let snap: Snapshot = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if snap.snapshot_version != SNAPSHOT_VERSION {
+        if snap.snapshot_version != SNAPSHOT_VERSION
+            && snap.snapshot_version != SNAPSHOT_VERSION_REPAIRED
+        {
             return Err(bad(format!(
                 "snapshot version {} is not supported",
                 snap.snapshot_version
