@@ -54,6 +54,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Forget snapshots a retention policy does not keep (per VM).
     Forget(ForgetArgs),
+    /// Run a nightly job file: snapshot, back up, release, retention, report.
+    Run(RunArgs),
     /// Mount every snapshot read-only (FUSE): VM/TIME_ID/LABEL.raw, LABEL.pN partitions.
     Mount(MountArgs),
     /// Serve snapshot disks read-only over NBD (for qemu-img, qemu, nbd-client).
@@ -158,6 +160,18 @@ impl FormatArg {
             FormatArg::Xva => Some(F::Xva),
         }
     }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The job file (TOML).
+    pub jobfile: PathBuf,
+    /// Print the plan and check everything checkable; change nothing.
+    #[arg(long)]
+    pub preview: bool,
+    /// Only these VMs of the job (repeatable).
+    #[arg(long, value_name = "VM")]
+    pub only: Vec<String>,
 }
 
 #[derive(Args)]

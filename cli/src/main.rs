@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod inspect;
+mod job;
 mod maintenance;
 mod output;
 mod progress;
@@ -59,6 +60,7 @@ fn main() {
         Command::ServeNbd(a) => serve::serve_nbd(g, a),
         Command::Mount(a) => serve::mount(g, a),
         Command::Prune(a) => maintenance::prune(g, a),
+        Command::Run(a) => job::run(g, a),
         Command::Unlock => maintenance::unlock(g),
         Command::Repair { what } => commands::repair(g, what),
     };

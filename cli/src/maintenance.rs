@@ -1,6 +1,6 @@
 //! Locking at the CLI edge, and the commands that delete: `prune`, `unlock`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use repo_format::lock::{LockKind, RepoLock};
@@ -14,31 +14,14 @@ use crate::output::{self, bytes};
 /// Takes a repository lock, waiting up to `--lock-wait` seconds for a conflicting holder
 /// (a nightly backup should wait for a prune to finish, not fail).
 pub fn lock(g: &Global, repo: &Repository, kind: LockKind, command: &str) -> Result<RepoLock> {
-    let started = Instant::now();
-    let wait = Duration::from_secs(g.lock_wait);
-    let mut told = false;
-    loop {
-        match repo.lock(kind, command) {
-            Ok(l) => {
-                // Opening the repository reconciled the index before the lock was ours,
-                // perhaps while a prune was deleting packs: do it again now that nobody
-                // can, so no chunk of a deleted pack is mistaken for stored.
-                let mut index = repo.index()?;
-                repo.reconcile(&mut index)
-                    .context("reconciling the index with the packs")?;
-                return Ok(l);
-            }
-            Err(repo_format::Error::Locked { holder }) if started.elapsed() < wait => {
-                if !told {
-                    log::warn!("waiting up to {}s for the {holder}", wait.as_secs());
-                    told = true;
-                }
-                CANCEL.check()?;
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => return Err(e).context("locking the repository"),
-        }
-    }
+    engine::locking::lock(
+        repo,
+        kind,
+        command,
+        Duration::from_secs(g.lock_wait),
+        &CANCEL,
+    )
+    .context("locking the repository")
 }
 
 /// Runs a prune under an exclusive lock and prints what it reclaimed.

@@ -21,6 +21,8 @@ pub mod disk_reader;
 pub mod error;
 pub mod forget;
 pub mod image;
+pub mod job;
+pub mod locking;
 pub mod mount;
 pub mod nbd;
 pub mod progress;

@@ -10,6 +10,7 @@ mod damage;
 mod errors;
 mod helpers;
 mod images;
+mod job;
 mod mount;
 mod nbd;
 mod prune;

@@ -1,0 +1,54 @@
+//! `dedisk run JOBFILE [--preview] [--only VM]...`: the nightly job.
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::args::{Global, RunArgs};
+use crate::commands::{Outcome, CANCEL};
+use crate::output;
+
+/// Exit codes of `run`: 0 every VM backed up, 3 some failed (partial), 1 all failed.
+pub fn run(g: &Global, a: &RunArgs) -> Result<Outcome> {
+    let job = engine::job::Job::load(&a.jobfile, &a.only).context("loading the job file")?;
+    let mut out = Outcome::default();
+    if a.preview {
+        let (plan, problems) = engine::job::run::preview(&job);
+        if g.json {
+            output::json(&json!({"type": "preview", "plan": plan, "problems": problems}));
+        } else {
+            for l in &plan {
+                output::line(l);
+            }
+            for p in &problems {
+                output::line(format!("problem: {p}"));
+            }
+            output::line(format!(
+                "{} VM(s), {} problem(s)",
+                job.vms.len(),
+                problems.len()
+            ));
+        }
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "the job would not run cleanly: {} problem(s), listed above",
+                problems.len()
+            );
+        }
+        return Ok(out);
+    }
+    let report = engine::job::run::run(&job, &CANCEL);
+    if g.json {
+        output::json(&json!({"type": "run", "report": report}));
+    } else {
+        output::line(engine::job::run::summary(&report).trim_end());
+    }
+    match report.status.as_str() {
+        "success" => Ok(out),
+        "partial" => {
+            out.warnings
+                .push(format!("some VMs failed; see {}", job.report.display()));
+            Ok(out)
+        }
+        _ => anyhow::bail!("the job failed; see {}", job.report.display()),
+    }
+}

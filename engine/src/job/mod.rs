@@ -1,0 +1,309 @@
+//! The nightly job (`dedisk run JOBFILE`): a TOML file naming the repository, defaults,
+//! and VMs with their disks, snapshot method, retention and hooks.
+//!
+//! ```toml
+//! repository = "/srv/backup/repo"
+//! prune_on = ["Sun"]                      # weekdays to prune after the job
+//! notify = "mail -s dedisk root"          # gets the summary on stdin
+//!
+//! [defaults]
+//! snapshot = "none"                       # none | command | btrfs
+//! keep_daily = 7
+//! keep_weekly = 4
+//! post_hook = "/usr/local/bin/after-vm"
+//!
+//! [select]
+//! include = ["web.*", "db01"]             # anchored regular expressions
+//! exclude = ["web-test"]                  # excludes win
+//!
+//! [[vm]]
+//! name = "web01"
+//! disks = { vda = "/var/lib/images/web01.raw" }
+//! meta = ["/etc/libvirt/qemu/web01.xml"]
+//! snapshot = "btrfs"
+//! btrfs_subvolume = "/var/lib/images"
+//! keep_daily = 14
+//! ```
+
+pub mod provider;
+pub mod run;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::forget::Policy;
+
+/// Settings a VM may set and the `[defaults]` table provides.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub snapshot: Option<String>,
+    /// `command`: prints the path to read for one disk (env: DEDISK_VM, DEDISK_DISK,
+    /// DEDISK_SOURCE); `snapshot_release` undoes it (env adds DEDISK_SNAPSHOT_PATH).
+    pub snapshot_create: Option<String>,
+    pub snapshot_release: Option<String>,
+    /// `btrfs`: the subvolume holding the disk images.
+    pub btrfs_subvolume: Option<PathBuf>,
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    pub keep_within: Option<String>,
+    pub keep_tags: Option<Vec<String>>,
+    pub pre_hook: Option<String>,
+    pub post_hook: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub workers: Option<usize>,
+}
+
+impl Settings {
+    /// `self` over `base`, field by field.
+    fn over(&self, base: &Settings) -> Settings {
+        macro_rules! pick {
+            ($($f:ident),*) => { Settings { $($f: self.$f.clone().or_else(|| base.$f.clone()),)* } };
+        }
+        pick!(
+            snapshot,
+            snapshot_create,
+            snapshot_release,
+            btrfs_subvolume,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            keep_tags,
+            pre_hook,
+            post_hook,
+            tags,
+            workers
+        )
+    }
+
+    pub fn policy(&self) -> Result<Policy> {
+        Ok(Policy {
+            last: self.keep_last.unwrap_or(0),
+            hourly: self.keep_hourly.unwrap_or(0),
+            daily: self.keep_daily.unwrap_or(0),
+            weekly: self.keep_weekly.unwrap_or(0),
+            monthly: self.keep_monthly.unwrap_or(0),
+            yearly: self.keep_yearly.unwrap_or(0),
+            within: self
+                .keep_within
+                .as_deref()
+                .map(crate::forget::parse_within)
+                .transpose()?,
+            tags: self.keep_tags.clone().unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmEntry {
+    name: String,
+    disks: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    meta: Vec<PathBuf>,
+    #[serde(flatten)]
+    settings: Settings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Select {
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobToml {
+    repository: PathBuf,
+    status_log: Option<PathBuf>,
+    report: Option<PathBuf>,
+    notify: Option<String>,
+    pre_hook: Option<String>,
+    post_hook: Option<String>,
+    #[serde(default)]
+    prune_on: Vec<String>,
+    #[serde(default)]
+    defaults: Settings,
+    #[serde(default)]
+    select: Select,
+    #[serde(default)]
+    vm: Vec<VmEntry>,
+}
+
+/// One VM as the job will back it up.
+#[derive(Clone, Debug)]
+pub struct VmPlan {
+    pub name: String,
+    pub disks: Vec<(String, PathBuf)>,
+    pub meta: Vec<PathBuf>,
+    pub settings: Settings,
+}
+
+/// A loaded, checked job file.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub path: PathBuf,
+    pub repository: PathBuf,
+    pub status_log: PathBuf,
+    pub report: PathBuf,
+    pub notify: Option<String>,
+    pub pre_hook: Option<String>,
+    pub post_hook: Option<String>,
+    pub prune_on: Vec<jiff::civil::Weekday>,
+    pub vms: Vec<VmPlan>,
+}
+
+/// The 1-based line of the first occurrence of `needle` in `text`, for messages.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.find(needle)
+        .map_or(0, |at| text[..at].lines().count().max(1))
+}
+
+/// An anchored regular expression: `web.*` matches `web01`, not `myweb01`.
+fn anchored(pattern: &str, path: &Path, text: &str) -> Result<regex::Regex> {
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        Error::Usage(format!(
+            "{} line {}: invalid regular expression {pattern:?}: {e}",
+            path.display(),
+            line_of(text, pattern)
+        ))
+    })
+}
+
+fn weekday(s: &str) -> Option<jiff::civil::Weekday> {
+    use jiff::civil::Weekday::*;
+    Some(match s.get(..3)?.to_ascii_lowercase().as_str() {
+        "mon" => Monday,
+        "tue" => Tuesday,
+        "wed" => Wednesday,
+        "thu" => Thursday,
+        "fri" => Friday,
+        "sat" => Saturday,
+        "sun" => Sunday,
+        _ => return None,
+    })
+}
+
+impl Job {
+    /// Loads `path`, applies defaults, and keeps the VMs the selection (and `only`, when
+    /// not empty) picks. Every problem is an error naming the file and, where it can, the
+    /// line.
+    pub fn load(path: &Path, only: &[String]) -> Result<Job> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+        let raw: JobToml = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map_or(0, |s| text[..s.start].lines().count().max(1));
+            Error::Usage(format!("{} line {line}: {}", path.display(), e.message()))
+        })?;
+        let include: Vec<regex::Regex> = raw
+            .select
+            .include
+            .iter()
+            .map(|p| anchored(p, path, &text))
+            .collect::<Result<_>>()?;
+        let exclude: Vec<regex::Regex> = raw
+            .select
+            .exclude
+            .iter()
+            .map(|p| anchored(p, path, &text))
+            .collect::<Result<_>>()?;
+        let prune_on = raw
+            .prune_on
+            .iter()
+            .map(|d| {
+                weekday(d).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{} line {}: {d:?} is not a weekday",
+                        path.display(),
+                        line_of(&text, d)
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let stem = path
+            .file_stem()
+            .map_or("job".into(), |s| s.to_string_lossy().into_owned());
+        let mut vms = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for v in raw.vm {
+            if !seen.insert(v.name.clone()) {
+                return Err(Error::Usage(format!(
+                    "{} line {}: VM {:?} is listed twice",
+                    path.display(),
+                    line_of(&text, &v.name),
+                    v.name
+                )));
+            }
+            let picked = (include.is_empty() || include.iter().any(|r| r.is_match(&v.name)))
+                && !exclude.iter().any(|r| r.is_match(&v.name))
+                && (only.is_empty() || only.contains(&v.name));
+            if !picked {
+                continue;
+            }
+            let settings = v.settings.over(&raw.defaults);
+            let method = settings.snapshot.as_deref().unwrap_or("none");
+            provider::check_settings(method, &settings).map_err(|e| {
+                Error::Usage(format!(
+                    "{} line {}: VM {}: {e}",
+                    path.display(),
+                    line_of(&text, &v.name),
+                    v.name
+                ))
+            })?;
+            settings.policy()?;
+            if v.disks.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{}: VM {} has no disks",
+                    path.display(),
+                    v.name
+                )));
+            }
+            vms.push(VmPlan {
+                name: v.name,
+                disks: v.disks.into_iter().collect(),
+                meta: v.meta,
+                settings,
+            });
+        }
+        for o in only {
+            if !vms.iter().any(|v| &v.name == o) {
+                return Err(Error::Usage(format!(
+                    "--only {o}: no such VM selected in {}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(Job {
+            path: path.into(),
+            repository: dir.join(raw.repository),
+            status_log: raw
+                .status_log
+                .map_or_else(|| dir.join(format!("{stem}.status.log")), |p| dir.join(p)),
+            report: raw
+                .report
+                .map_or_else(|| dir.join(format!("{stem}.report.json")), |p| dir.join(p)),
+            notify: raw.notify,
+            pre_hook: raw.pre_hook,
+            post_hook: raw.post_hook,
+            prune_on,
+            vms,
+        })
+    }
+}

@@ -1,0 +1,271 @@
+//! Snapshot providers: make a point-in-time view of a VM's disks, hand dedisk the paths to
+//! read, and release the view afterwards, whatever happened in between.
+//!
+//! - `none`: the disks as they are (already a snapshot, or a stopped VM).
+//! - `command`: `snapshot_create` prints the path to read for each disk;
+//!   `snapshot_release` undoes it.
+//! - `btrfs`: a read-only snapshot of the subvolume holding the images, deleted after.
+//!
+//! A provider records what it created as it goes, so `release` undoes exactly that even
+//! when `acquire` failed halfway.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{Settings, VmPlan};
+
+/// Problems with a VM's snapshot settings, found at load time.
+pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
+    match method {
+        "none" => Ok(()),
+        "command" if s.snapshot_create.is_none() => {
+            Err("snapshot = \"command\" needs snapshot_create".into())
+        }
+        "command" => Ok(()),
+        "btrfs" if s.btrfs_subvolume.is_none() => {
+            Err("snapshot = \"btrfs\" needs btrfs_subvolume".into())
+        }
+        "btrfs" => Ok(()),
+        "lvm" | "zfs" | "libvirt" | "xenserver" => Err(format!(
+            "snapshot method {method:?} is not implemented yet (use command)"
+        )),
+        other => Err(format!(
+            "unknown snapshot method {other:?} (none, command, btrfs)"
+        )),
+    }
+}
+
+/// Runs `sh -c cmd` with `env`; returns stdout, or an error with stderr.
+pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .map_err(|e| format!("`{cmd}`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{cmd}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A point-in-time view of one VM's disks.
+pub trait Provider {
+    /// Creates the view; returns (label, path to read) per disk.
+    fn acquire(&mut self) -> Result<Vec<(String, String)>, String>;
+    /// Undoes everything `acquire` created (also after it failed halfway).
+    fn release(&mut self) -> Result<(), String>;
+    /// What `--preview` can check without changing anything.
+    fn preview(&self) -> Vec<String>;
+    /// One line for the plan.
+    fn describe(&self) -> String;
+}
+
+pub fn for_vm(vm: &VmPlan) -> Box<dyn Provider> {
+    match vm.settings.snapshot.as_deref().unwrap_or("none") {
+        "command" => Box::new(CommandProvider {
+            vm: vm.clone(),
+            made: Vec::new(),
+        }),
+        "btrfs" => Box::new(Btrfs {
+            vm: vm.clone(),
+            snapshot: None,
+        }),
+        _ => Box::new(NoSnapshot { vm: vm.clone() }),
+    }
+}
+
+fn missing_sources(vm: &VmPlan) -> Vec<String> {
+    vm.disks
+        .iter()
+        .filter(|(_, p)| !p.exists())
+        .map(|(l, p)| format!("disk {l}: {} does not exist", p.display()))
+        .collect()
+}
+
+struct NoSnapshot {
+    vm: VmPlan,
+}
+
+impl Provider for NoSnapshot {
+    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+        Ok(self
+            .vm
+            .disks
+            .iter()
+            .map(|(l, p)| (l.clone(), p.display().to_string()))
+            .collect())
+    }
+    fn release(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn preview(&self) -> Vec<String> {
+        missing_sources(&self.vm)
+    }
+    fn describe(&self) -> String {
+        "none (read as they are)".into()
+    }
+}
+
+struct CommandProvider {
+    vm: VmPlan,
+    /// (label, source, path printed by the create command).
+    made: Vec<(String, PathBuf, String)>,
+}
+
+impl CommandProvider {
+    fn env(&self, label: &str, source: &Path) -> Vec<(&'static str, String)> {
+        vec![
+            ("DEDISK_VM", self.vm.name.clone()),
+            ("DEDISK_DISK", label.to_string()),
+            ("DEDISK_SOURCE", source.display().to_string()),
+        ]
+    }
+}
+
+impl Provider for CommandProvider {
+    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+        let create = self.vm.settings.snapshot_create.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        for (label, source) in self.vm.disks.clone() {
+            let printed = shell(&create, &self.env(&label, &source))?;
+            let path = printed.lines().next().unwrap_or("").trim().to_string();
+            if path.is_empty() {
+                return Err(format!("`{create}` printed no path for disk {label}"));
+            }
+            self.made.push((label.clone(), source, path.clone()));
+            out.push((label, path));
+        }
+        Ok(out)
+    }
+    fn release(&mut self) -> Result<(), String> {
+        let Some(release) = self.vm.settings.snapshot_release.clone() else {
+            self.made.clear();
+            return Ok(());
+        };
+        let mut first_err = None;
+        for (label, source, path) in std::mem::take(&mut self.made) {
+            let mut env = self.env(&label, &source);
+            env.push(("DEDISK_SNAPSHOT_PATH", path));
+            if let Err(e) = shell(&release, &env) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+    fn preview(&self) -> Vec<String> {
+        let mut problems = missing_sources(&self.vm);
+        for cmd in [
+            &self.vm.settings.snapshot_create,
+            &self.vm.settings.snapshot_release,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            problems.extend(check_executable(cmd));
+        }
+        problems
+    }
+    fn describe(&self) -> String {
+        format!(
+            "command `{}`",
+            self.vm.settings.snapshot_create.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// The program a shell command would run, if it can be found and executed.
+pub fn check_executable(cmd: &str) -> Option<String> {
+    let prog = cmd.split_whitespace().next()?;
+    let found = if prog.contains('/') {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(prog).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    } else {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {prog}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    (!found).then(|| format!("`{prog}` is not an executable program"))
+}
+
+struct Btrfs {
+    vm: VmPlan,
+    snapshot: Option<PathBuf>,
+}
+
+impl Btrfs {
+    fn subvolume(&self) -> PathBuf {
+        self.vm.settings.btrfs_subvolume.clone().unwrap_or_default()
+    }
+}
+
+impl Provider for Btrfs {
+    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+        let subvol = self
+            .subvolume()
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", self.subvolume().display()))?;
+        let mut rel = Vec::new();
+        for (label, source) in &self.vm.disks {
+            let real = source
+                .canonicalize()
+                .map_err(|e| format!("disk {label}: {}: {e}", source.display()))?;
+            let r = real.strip_prefix(&subvol).map_err(|_| {
+                format!(
+                    "disk {label}: {} is not inside the subvolume {}",
+                    real.display(),
+                    subvol.display()
+                )
+            })?;
+            rel.push((label.clone(), r.to_path_buf()));
+        }
+        let snap = subvol.join(format!(
+            ".dedisk-snapshot-{}-{}",
+            self.vm.name,
+            std::process::id()
+        ));
+        shell(
+            &format!(
+                "btrfs subvolume snapshot -r '{}' '{}'",
+                subvol.display(),
+                snap.display()
+            ),
+            &[],
+        )?;
+        self.snapshot = Some(snap.clone());
+        Ok(rel
+            .into_iter()
+            .map(|(l, r)| (l, snap.join(r).display().to_string()))
+            .collect())
+    }
+    fn release(&mut self) -> Result<(), String> {
+        match self.snapshot.take() {
+            Some(s) => shell(&format!("btrfs subvolume delete '{}'", s.display()), &[]).map(drop),
+            None => Ok(()),
+        }
+    }
+    fn preview(&self) -> Vec<String> {
+        let mut problems = missing_sources(&self.vm);
+        if let Some(p) = check_executable("btrfs") {
+            problems.push(p);
+        } else if let Err(e) = shell(
+            &format!("btrfs subvolume show '{}'", self.subvolume().display()),
+            &[],
+        ) {
+            problems.push(format!(
+                "{} is not a btrfs subvolume: {e}",
+                self.subvolume().display()
+            ));
+        }
+        problems
+    }
+    fn describe(&self) -> String {
+        format!("btrfs read-only snapshot of {}", self.subvolume().display())
+    }
+}

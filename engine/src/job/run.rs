@@ -1,0 +1,443 @@
+//! Running a job: per VM, pre hook -> snapshot -> backup -> release -> post hook ->
+//! retention; then the job's post hook, a scheduled prune, the status log, the JSON
+//! report and the notify command. Releases and post hooks run whatever happened before.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use repo_format::lock::LockKind;
+use repo_format::Repository;
+
+use super::provider::{self, shell};
+use super::{Job, VmPlan};
+use crate::backup::{backup, BackupOptions, DiskInput, MetaContent, MetaInput};
+use crate::cancel::Cancel;
+use crate::error::{Error, Result};
+use crate::source::{open_source, SourceOptions};
+
+/// How long a job waits for a conflicting lock (a prune running from another job).
+const LOCK_WAIT: Duration = Duration::from_secs(3600);
+
+/// What happened to one VM.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VmResult {
+    pub name: String,
+    /// `ok`, `failed` or `skipped` (its pre hook failed).
+    pub status: String,
+    pub snapshot: Option<String>,
+    pub size_bytes: u64,
+    pub new_stored_bytes: u64,
+    pub seconds: f64,
+    pub forgotten: usize,
+    /// Every error, in order (a failed backup and a failed release are both kept).
+    pub errors: Vec<String>,
+}
+
+/// The whole run, as written to the JSON report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct JobReport {
+    pub job: String,
+    pub started: jiff::Timestamp,
+    pub finished: jiff::Timestamp,
+    /// `success`, `partial` (some VMs failed) or `failed`.
+    pub status: String,
+    pub vms: Vec<VmResult>,
+    pub pruned: Option<crate::prune::PruneReport>,
+    pub errors: Vec<String>,
+}
+
+/// `--preview`: the resolved plan, and every problem found without changing anything.
+pub fn preview(job: &Job) -> (Vec<String>, Vec<String>) {
+    let mut plan = Vec::new();
+    let mut problems = Vec::new();
+    match Repository::open(&job.repository) {
+        Ok(repo) => {
+            let probe = repo
+                .tmp_dir()
+                .join(format!("preview-{}", std::process::id()));
+            match std::fs::write(&probe, b"") {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&probe);
+                }
+                Err(e) => problems.push(format!(
+                    "repository {} is not writable: {e}",
+                    job.repository.display()
+                )),
+            }
+        }
+        Err(e) => problems.push(format!("repository {}: {e}", job.repository.display())),
+    }
+    plan.push(format!("repository {}", job.repository.display()));
+    for hook in [&job.pre_hook, &job.post_hook, &job.notify]
+        .into_iter()
+        .flatten()
+    {
+        problems.extend(provider::check_executable(hook));
+    }
+    for vm in &job.vms {
+        let p = provider::for_vm(vm);
+        plan.push(format!("vm {}: snapshot {}", vm.name, p.describe()));
+        for (label, path) in &vm.disks {
+            plan.push(format!("  disk {label}: {}", path.display()));
+        }
+        for m in &vm.meta {
+            plan.push(format!("  meta {}", m.display()));
+        }
+        let policy = vm.settings.policy();
+        plan.push(format!(
+            "  retention: {}",
+            policy
+                .as_ref()
+                .map_or_else(|e| e.to_string(), describe_policy)
+        ));
+        for hook in [&vm.settings.pre_hook, &vm.settings.post_hook]
+            .into_iter()
+            .flatten()
+        {
+            problems
+                .extend(provider::check_executable(hook).map(|p| format!("vm {}: {p}", vm.name)));
+        }
+        problems.extend(
+            p.preview()
+                .into_iter()
+                .map(|p| format!("vm {}: {p}", vm.name)),
+        );
+        problems.extend(
+            vm.meta
+                .iter()
+                .filter(|m| !m.is_file())
+                .map(|m| format!("vm {}: meta {} does not exist", vm.name, m.display())),
+        );
+    }
+    if !job.prune_on.is_empty() {
+        plan.push(format!("prune on {:?}", job.prune_on));
+    }
+    (plan, problems)
+}
+
+fn describe_policy(p: &crate::forget::Policy) -> String {
+    if p.is_empty() {
+        return "keep everything".into();
+    }
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (p.last, "last"),
+        (p.hourly, "hourly"),
+        (p.daily, "daily"),
+        (p.weekly, "weekly"),
+        (p.monthly, "monthly"),
+        (p.yearly, "yearly"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    if let Some(w) = &p.within {
+        parts.push(format!("within {w}"));
+    }
+    for t in &p.tags {
+        parts.push(format!("tag {t}"));
+    }
+    parts.join(", ")
+}
+
+fn backup_vm(
+    repo: &Repository,
+    vm: &VmPlan,
+    disks: Vec<(String, String)>,
+    cancel: &Cancel,
+    result: &mut VmResult,
+) -> Result<()> {
+    let inputs = disks
+        .into_iter()
+        .map(|(label, path)| {
+            let source = open_source(
+                &path,
+                &SourceOptions {
+                    direct: true,
+                    ..Default::default()
+                },
+            )?;
+            Ok(DiskInput { label, source })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = vm
+        .meta
+        .iter()
+        .map(|p| MetaInput {
+            name: p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            content: MetaContent::File(p.clone()),
+        })
+        .collect();
+    let opts = BackupOptions {
+        name: vm.name.clone(),
+        tags: vm.settings.tags.clone().unwrap_or_default(),
+        workers: vm.settings.workers.unwrap_or_else(crate::default_workers),
+        cancel: cancel.clone(),
+    };
+    let done = backup(repo, inputs, meta, &opts, &crate::progress::NoProgress)?;
+    result.snapshot = Some(done.id.short());
+    result.size_bytes = done.snapshot.size_bytes();
+    result.new_stored_bytes = done
+        .snapshot
+        .disks
+        .iter()
+        .map(|d| d.stats.new_stored_bytes)
+        .sum();
+    Ok(())
+}
+
+fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
+    let started = Instant::now();
+    let mut r = VmResult {
+        name: vm.name.clone(),
+        status: "ok".into(),
+        snapshot: None,
+        size_bytes: 0,
+        new_stored_bytes: 0,
+        seconds: 0.0,
+        forgotten: 0,
+        errors: Vec::new(),
+    };
+    let labels = vm
+        .disks
+        .iter()
+        .map(|(l, _)| l.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let env = |phase: &str| {
+        vec![
+            ("DEDISK_VM", vm.name.clone()),
+            ("DEDISK_DISKS", labels.clone()),
+            ("DEDISK_PHASE", phase.to_string()),
+        ]
+    };
+    if let Some(hook) = &vm.settings.pre_hook {
+        if let Err(e) = shell(hook, &env("pre")) {
+            r.status = "skipped".into();
+            r.errors.push(format!("pre hook: {e}"));
+            r.seconds = started.elapsed().as_secs_f64();
+            return r;
+        }
+    }
+    let mut provider = provider::for_vm(vm);
+    let outcome = (|| -> Result<()> {
+        let _lock = crate::locking::lock(repo, LockKind::Shared, "run", LOCK_WAIT, cancel)?;
+        let disks = provider
+            .acquire()
+            .map_err(|e| Error::Usage(format!("snapshot: {e}")))?;
+        backup_vm(repo, vm, disks, cancel, &mut r)
+    })();
+    if let Err(e) = outcome {
+        r.errors.push(e.to_string());
+    }
+    // Always: the snapshot is released even when the backup failed or was interrupted.
+    if let Err(e) = provider.release() {
+        r.errors.push(format!("releasing the snapshot: {e}"));
+    }
+    if !r.errors.is_empty() {
+        r.status = "failed".into();
+    }
+    if let Some(hook) = &vm.settings.post_hook {
+        let mut env = env("post");
+        env.push(("DEDISK_STATUS", r.status.clone()));
+        env.push(("DEDISK_SNAPSHOT", r.snapshot.clone().unwrap_or_default()));
+        env.push(("DEDISK_BYTES", r.new_stored_bytes.to_string()));
+        if let Err(e) = shell(hook, &env) {
+            r.errors.push(format!("post hook: {e}"));
+        }
+    }
+    // Retention, only after a good backup: a failing VM keeps its old snapshots.
+    if r.status == "ok" {
+        match vm.settings.policy() {
+            Ok(p) if !p.is_empty() => {
+                let forgotten =
+                    crate::locking::lock(repo, LockKind::Shared, "run", LOCK_WAIT, cancel)
+                        .and_then(|_l| {
+                            crate::forget::forget(
+                                repo,
+                                &p,
+                                Some(&vm.name),
+                                false,
+                                &jiff::tz::TimeZone::system(),
+                            )
+                        });
+                match forgotten {
+                    Ok(d) => r.forgotten = d.iter().filter(|d| !d.keep).count(),
+                    Err(e) => r.errors.push(format!("retention: {e}")),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => r.errors.push(format!("retention: {e}")),
+        }
+    }
+    r.seconds = started.elapsed().as_secs_f64();
+    r
+}
+
+/// Runs the job. Problems are recorded in the report rather than returned, so the
+/// status log, the report and the notification always happen.
+pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
+    let started = jiff::Timestamp::now();
+    let mut report = JobReport {
+        job: job.path.display().to_string(),
+        started,
+        finished: started,
+        status: "success".into(),
+        vms: Vec::new(),
+        pruned: None,
+        errors: Vec::new(),
+    };
+    let job_env = |phase: &str| {
+        vec![
+            ("DEDISK_JOB", job.path.display().to_string()),
+            ("DEDISK_PHASE", phase.to_string()),
+        ]
+    };
+    let pre_ok = match &job.pre_hook {
+        Some(h) => shell(h, &job_env("pre"))
+            .map_err(|e| report.errors.push(format!("job pre hook: {e}")))
+            .is_ok(),
+        None => true,
+    };
+    match Repository::open(&job.repository) {
+        Ok(repo) if pre_ok => {
+            for vm in &job.vms {
+                if cancel.check().is_err() {
+                    report.errors.push("interrupted".into());
+                    break;
+                }
+                report.vms.push(run_vm(&repo, vm, cancel));
+            }
+            let today = jiff::Zoned::now().weekday();
+            if job.prune_on.contains(&today) && cancel.check().is_ok() {
+                let opts = crate::prune::PruneOptions {
+                    max_unused_pct: 10.0,
+                    dry_run: false,
+                };
+                let pruned = crate::locking::lock(
+                    &repo,
+                    LockKind::Exclusive,
+                    "run prune",
+                    LOCK_WAIT,
+                    cancel,
+                )
+                .and_then(|_l| crate::prune::prune(&repo, &opts, cancel));
+                match pruned {
+                    Ok(p) => report.pruned = Some(p),
+                    Err(e) => report.errors.push(format!("prune: {e}")),
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => report
+            .errors
+            .push(format!("repository {}: {e}", job.repository.display())),
+    }
+    let failed = report.vms.iter().filter(|v| v.status != "ok").count();
+    let job_failed = !pre_ok || report.errors.iter().any(|e| e.starts_with("repository"));
+    report.status = if job_failed || (failed > 0 && failed == report.vms.len()) {
+        "failed"
+    } else if failed > 0 || !report.errors.is_empty() {
+        "partial"
+    } else {
+        "success"
+    }
+    .into();
+    if let Some(h) = &job.post_hook {
+        let mut env = job_env("post");
+        env.push(("DEDISK_STATUS", report.status.clone()));
+        if let Err(e) = shell(h, &env) {
+            report.errors.push(format!("job post hook: {e}"));
+        }
+    }
+    report.finished = jiff::Timestamp::now();
+    if let Err(e) = append_status(&job.status_log, &report) {
+        report
+            .errors
+            .push(format!("status log {}: {e}", job.status_log.display()));
+    }
+    let json = serde_json::to_vec_pretty(&report).expect("report serializes");
+    if let Err(e) = std::fs::write(&job.report, json) {
+        report
+            .errors
+            .push(format!("report {}: {e}", job.report.display()));
+    }
+    if let Some(n) = &job.notify {
+        if let Err(e) = notify(n, &summary(&report)) {
+            report.errors.push(format!("notify: {e}"));
+        }
+    }
+    report
+}
+
+/// One line per VM: `TIME VM STATUS snapshot=.. new_bytes=.. seconds=.. [error=".."]`.
+fn append_status(path: &Path, r: &JobReport) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for v in &r.vms {
+        let mut line = format!(
+            "{} {} {} snapshot={} new_bytes={} seconds={:.1} forgotten={}",
+            r.finished.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            v.name,
+            v.status,
+            v.snapshot.as_deref().unwrap_or("-"),
+            v.new_stored_bytes,
+            v.seconds,
+            v.forgotten
+        );
+        if !v.errors.is_empty() {
+            line.push_str(&format!(" error={:?}", v.errors.join("; ")));
+        }
+        writeln!(f, "{line}")?;
+    }
+    f.sync_all()
+}
+
+/// A short text for people: status, then one line per VM.
+pub fn summary(r: &JobReport) -> String {
+    let mut s = format!("dedisk job {}: {}\n", r.job, r.status);
+    for v in &r.vms {
+        s.push_str(&format!(
+            "  {} {} snapshot {} ({} new bytes, {:.1}s){}\n",
+            v.name,
+            v.status,
+            v.snapshot.as_deref().unwrap_or("-"),
+            v.new_stored_bytes,
+            v.seconds,
+            if v.errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", v.errors.join("; "))
+            }
+        ));
+    }
+    for e in &r.errors {
+        s.push_str(&format!("  error: {e}\n"));
+    }
+    s
+}
+
+fn notify(cmd: &str, text: &str) -> std::result::Result<(), String> {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("`{cmd}`: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{cmd}` failed ({status})"))
+    }
+}

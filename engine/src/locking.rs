@@ -1,0 +1,41 @@
+//! Taking a repository lock the way every command does: wait for a conflicting holder
+//! up to a limit, then reconcile the index (FORMAT.md, section 12).
+
+use std::time::{Duration, Instant};
+
+use repo_format::lock::{LockKind, RepoLock};
+use repo_format::Repository;
+
+use crate::error::Result;
+
+/// Takes a `kind` lock for `command`, waiting up to `wait` (checking `cancel`) while
+/// another holder conflicts. Once held, the index is reconciled with the packs again:
+/// the reconciliation at open may have run while a prune was deleting packs.
+pub fn lock(
+    repo: &Repository,
+    kind: LockKind,
+    command: &str,
+    wait: Duration,
+    cancel: &crate::cancel::Cancel,
+) -> Result<RepoLock> {
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        match repo.lock(kind, command) {
+            Ok(l) => {
+                let mut index = repo.index()?;
+                repo.reconcile(&mut index)?;
+                return Ok(l);
+            }
+            Err(repo_format::Error::Locked { holder }) if started.elapsed() < wait => {
+                if !told {
+                    log::warn!("waiting up to {}s for the {holder}", wait.as_secs());
+                    told = true;
+                }
+                cancel.check()?;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! `dedisk run JOBFILE`: providers, hooks, retention, status log, report, exit codes,
+//! and a real btrfs snapshot on a loop device.
+
+use std::path::Path;
+
+use crate::helpers::*;
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_job_backs_up_each_vm_runs_hooks_applies_retention_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let web = random_image(d, "web.raw", 1 << 20, 4 << 20);
+    let db = random_image(d, "db.raw", 1 << 20, 4 << 20);
+    let log = d.join("hooks.log");
+    // The command provider copies the disk to a "snapshot" file and removes it after.
+    write(
+        &d.join("job.toml"),
+        &format!(
+            r#"repository = "repo"
+notify = "cat > '{d}/notified.txt'"
+pre_hook = "echo job-$DEDISK_PHASE >> '{log}'"
+post_hook = "echo job-$DEDISK_PHASE-$DEDISK_STATUS >> '{log}'"
+
+[defaults]
+keep_last = 1
+post_hook = "echo $DEDISK_VM-$DEDISK_PHASE-$DEDISK_STATUS-$DEDISK_SNAPSHOT >> '{log}'"
+
+[select]
+include = ["web.*", "db01", "broken"]
+exclude = ["web-test"]
+
+[[vm]]
+name = "web01"
+disks = {{ vda = "{web}" }}
+
+[[vm]]
+name = "web-test"
+disks = {{ vda = "{web}" }}
+
+[[vm]]
+name = "db01"
+disks = {{ sda = "{db}" }}
+snapshot = "command"
+snapshot_create = "cp \"$DEDISK_SOURCE\" \"{d}/snap-$DEDISK_DISK.raw\" && echo \"{d}/snap-$DEDISK_DISK.raw\""
+snapshot_release = "rm \"$DEDISK_SNAPSHOT_PATH\" && echo released-$DEDISK_DISK >> '{log}'"
+keep_last = 2
+
+[[vm]]
+name = "broken"
+disks = {{ vda = "{d}/missing.raw" }}
+pre_hook = "true"
+"#,
+            d = d.display(),
+            log = log.display(),
+            web = web.display(),
+            db = db.display()
+        ),
+    );
+    let job = d.join("job.toml");
+
+    // Preview: the plan, and the one problem (a missing disk), without changing anything.
+    let out = run(&["run", "--preview", p(&job)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("vm db01: snapshot command"), "{text}");
+    assert!(text.contains("retention: 2 last"), "{text}");
+    assert!(text.contains("missing.raw does not exist"), "{text}");
+    assert!(!text.contains("web-test"), "excluded: {text}");
+    assert!(snapshot_files(&repo).is_empty());
+
+    // Two nights: "broken" fails (exit 3, partial), the others back up; retention keeps
+    // one web01 and two db01 snapshots.
+    for night in 0..2 {
+        let out = run(&["run", p(&job)]);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "night {night}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let snaps = snapshot_files(&repo);
+    let count = |vm: &str| snaps.iter().filter(|s| s["name"] == vm).count();
+    assert_eq!(
+        (count("web01"), count("db01"), count("web-test")),
+        (1, 2, 0)
+    );
+    assert!(
+        !d.join("snap-sda.raw").exists(),
+        "the command provider's snapshot was released"
+    );
+
+    let hooks = std::fs::read_to_string(&log).unwrap();
+    assert!(hooks.contains("job-pre\n"), "{hooks}");
+    assert!(hooks.contains("job-post-partial\n"), "{hooks}");
+    assert!(hooks.contains("released-sda\n"), "{hooks}");
+    assert!(
+        hooks
+            .lines()
+            .any(|l| l.starts_with("web01-post-ok-") && l.len() > "web01-post-ok-".len()),
+        "{hooks}"
+    );
+    assert!(
+        hooks.contains("broken-post-failed-\n"),
+        "post hooks run after failures too: {hooks}"
+    );
+
+    let status = std::fs::read_to_string(d.join("job.status.log")).unwrap();
+    assert_eq!(status.lines().count(), 6, "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(" broken failed ") && l.contains("missing.raw")),
+        "{status}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("job.report.json")).unwrap()).unwrap();
+    assert_eq!(report["status"], "partial");
+    assert_eq!(report["vms"].as_array().unwrap().len(), 3);
+    let notified = std::fs::read_to_string(d.join("notified.txt")).unwrap();
+    assert!(
+        notified.contains(": partial") && notified.contains("broken failed"),
+        "{notified}"
+    );
+
+    // --only one good VM: success, exit 0.
+    ok(&["run", "--only", "web01", p(&job)]);
+    // A failing pre hook skips the VM.
+    let skip = d.join("skip.toml");
+    write(&skip, &format!("repository = \"repo\"\n[[vm]]\nname = \"web01\"\ndisks = {{ vda = \"{}\" }}\npre_hook = \"exit 7\"\n", web.display()));
+    let out = run(&["run", "--json", p(&skip)]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["report"]["vms"][0]["status"], "skipped");
+}
+
+#[test]
+fn job_file_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let job = d.join("bad.toml");
+    write(
+        &job,
+        "repository = \"repo\"\n\n[select]\ninclude = [\"web(\"]\n",
+    );
+    fails(
+        &["run", p(&job)],
+        1,
+        "bad.toml line 4: invalid regular expression \"web(\"",
+    );
+    write(&job, "repository = \"repo\"\n[[vm]]\nname = \"a\"\ndisks = { vda = \"/x\" }\nsnapshot = \"lvm2\"\n");
+    fails(&["run", p(&job)], 1, "unknown snapshot method \"lvm2\"");
+    write(&job, "repository = \"repo\"\nkeep_daily = 3\n");
+    fails(&["run", p(&job)], 1, "unknown field `keep_daily`");
+}
+
+#[test]
+fn btrfs_provider_snapshots_the_subvolume_and_always_deletes_it() {
+    if !(is_root() && have("mkfs.btrfs") && have("btrfs") && have("losetup")) {
+        assert!(
+            std::env::var_os("CI").is_none() || !is_root(),
+            "btrfs is tested as root under CI"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let fs_img = d.join("btrfs.img");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh(&format!(
+        "set -e; truncate -s 300M '{i}'; mkfs.btrfs -q '{i}'; mount -o loop '{i}' '{m}'; btrfs subvolume create -q '{m}/images' >/dev/null 2>&1 || btrfs subvolume create '{m}/images' >/dev/null",
+        i = fs_img.display(),
+        m = mnt.display()
+    ));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let images = mnt.join("images");
+    let disk = random_image(&images, "vm1.raw", 2 << 20, 8 << 20);
+    let want = sha256(&disk);
+    let job = d.join("job.toml");
+    write(
+        &job,
+        &format!(
+            "repository = \"{}\"\n[[vm]]\nname = \"vm1\"\ndisks = {{ vda = \"{}\" }}\nsnapshot = \"btrfs\"\nbtrfs_subvolume = \"{}\"\n",
+            repo.display(),
+            disk.display(),
+            images.display()
+        ),
+    );
+    ok(&["run", "--preview", p(&job)]);
+    ok(&["run", p(&job)]);
+    let got = d.join("got.raw");
+    ok(&[
+        "--repo",
+        p(&repo),
+        "restore",
+        "-q",
+        "vm1@latest:vda",
+        p(&got),
+    ]);
+    assert_eq!(sha256(&got), want);
+    let subvols = sh(&format!("btrfs subvolume list '{}'", mnt.display()));
+    assert!(
+        !subvols.contains(".dedisk-snapshot"),
+        "snapshot left behind: {subvols}"
+    );
+    let snap_source = &snapshot_files(&repo)[0]["disks"][0]["source"];
+    assert!(
+        snap_source
+            .as_str()
+            .unwrap()
+            .contains(".dedisk-snapshot-vm1-"),
+        "read from the snapshot: {snap_source}"
+    );
+
+    // A failure after the snapshot exists (a metadata file that is not there) still
+    // deletes it.
+    let failing = d.join("failing.toml");
+    write(
+        &failing,
+        &format!(
+            "repository = \"{}\"\n[[vm]]\nname = \"vm1\"\ndisks = {{ vda = \"{}\" }}\nmeta = [\"{}/nope.xml\"]\nsnapshot = \"btrfs\"\nbtrfs_subvolume = \"{}\"\n",
+            repo.display(),
+            disk.display(),
+            d.display(),
+            images.display()
+        ),
+    );
+    let out = run(&["run", p(&failing)]);
+    assert_eq!(out.status.code(), Some(1));
+    let subvols = sh(&format!("btrfs subvolume list '{}'", mnt.display()));
+    assert!(
+        !subvols.contains(".dedisk-snapshot"),
+        "snapshot left behind after a failure: {subvols}"
+    );
+}
