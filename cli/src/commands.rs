@@ -178,13 +178,7 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
     let meta = a
         .meta
         .iter()
-        .map(|p| MetaInput {
-            name: p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            content: MetaContent::File(p.clone()),
-        })
+        .map(|p| MetaInput::from_path(p))
         .chain(xva_meta)
         .collect();
     let opts = BackupOptions {

@@ -66,6 +66,19 @@ pub struct MetaInput {
     pub content: MetaContent,
 }
 
+impl MetaInput {
+    /// A metadata file kept under its own file name.
+    pub fn from_path(path: &std::path::Path) -> Self {
+        MetaInput {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            content: MetaContent::File(path.into()),
+        }
+    }
+}
+
 /// Where a metadata file's bytes come from.
 pub enum MetaContent {
     /// A file to read (at most [`MAX_META_BYTES`]).
@@ -173,7 +186,7 @@ pub fn backup(
         snapshot_version: repo_format::snapshot::SNAPSHOT_VERSION,
         time: jiff::Timestamp::now(),
         name: opts.name.clone(),
-        hostname: hostname(),
+        hostname: repo_format::lock::hostname(),
         tags: opts.tags.clone(),
         disks: snap_disks,
         meta: snap_meta,
@@ -202,17 +215,6 @@ fn read_meta(path: &std::path::Path) -> Result<Vec<u8>> {
         }
         .into()
     })
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if r != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// The writer side of the repository during one backup: the open pack, the ids it holds,

@@ -68,26 +68,24 @@ struct Tar {
 }
 
 impl Tar {
+    /// Reads a whole record: `false` at a clean end of input, an error inside one.
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<bool, SourceError> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.reader.read(&mut buf[done..]) {
-                Ok(0) if done == 0 => return Ok(false),
-                Ok(0) => {
-                    return Err(bad(
-                        &self.name,
-                        format!("the stream ends inside a tar record at byte {}", self.at),
-                    ))
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(SourceError::Io {
-                        path: PathBuf::from(&self.name),
-                        source,
-                    })
-                }
-            }
+        let done =
+            crate::source::read_full(&mut self.reader, buf).map_err(|source| SourceError::Io {
+                path: PathBuf::from(&self.name),
+                source,
+            })?;
+        if done == 0 && !buf.is_empty() {
+            return Ok(false);
+        }
+        if done < buf.len() {
+            return Err(bad(
+                &self.name,
+                format!(
+                    "the stream ends inside a tar record at byte {}",
+                    self.at + done as u64
+                ),
+            ));
         }
         self.at += done as u64;
         Ok(true)

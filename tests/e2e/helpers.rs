@@ -212,3 +212,20 @@ pub fn random_image(dir: &Path, name: &str, data_bytes: u64, size_bytes: u64) ->
     ));
     img
 }
+
+/// Starts dedisk with `args` (a server: mount, serve-nbd, with --json) and returns it with
+/// the first JSON line it prints, which it prints once it is ready.
+pub fn spawn_json(args: &[&str]) -> (std::process::Child, serde_json::Value) {
+    use std::io::BufRead;
+    let mut child = dedisk()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("dedisk starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("a first line");
+    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    (child, v)
+}

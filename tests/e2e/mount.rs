@@ -1,10 +1,9 @@
 //! `dedisk mount`: the kernel reads our FUSE filesystem, loop-mounts a partition file,
 //! and sees two nights of an ext4 disk side by side.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 
 use crate::helpers::*;
 
@@ -17,16 +16,8 @@ struct Mounted {
 impl Mounted {
     fn start(repo: &Path, at: &Path) -> Mounted {
         std::fs::create_dir_all(at).unwrap();
-        let mut child = dedisk()
-            .args(["--repo", p(repo), "--json", "mount", p(at)])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("\"mounted\""), "{line}");
+        let (child, v) = spawn_json(&["--repo", p(repo), "--json", "mount", p(at)]);
+        assert_eq!(v["type"], "mounted", "{v}");
         Mounted {
             child: Some(child),
             at: at.into(),

@@ -1,10 +1,10 @@
 //! `dedisk serve-nbd` against real NBD clients (qemu-img, qemu-io) and a hand-driven
 //! client that misbehaves.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 
 use crate::helpers::*;
 
@@ -22,25 +22,16 @@ impl Drop for Server {
 }
 
 fn serve(repo: &Path, exports: &[&str]) -> Server {
-    let mut child = dedisk()
-        .args([
-            "--repo",
-            p(repo),
-            "--json",
-            "serve-nbd",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(exports)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let mut args = vec![
+        "--repo",
+        p(repo),
+        "--json",
+        "serve-nbd",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(exports);
+    let (child, v) = spawn_json(&args);
     let url = v["url"]
         .as_str()
         .unwrap()
@@ -258,24 +249,15 @@ fn unix_socket_export_of_one_named_disk() {
         &format!("sda={}", disk.display()),
     ]);
     let sock = d.join("nbd.sock");
-    let mut child = dedisk()
-        .args([
-            "--repo",
-            p(&repo),
-            "--json",
-            "serve-nbd",
-            "--unix",
-            p(&sock),
-            "db@latest:sda",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let (mut child, v) = spawn_json(&[
+        "--repo",
+        p(&repo),
+        "--json",
+        "serve-nbd",
+        "--unix",
+        p(&sock),
+        "db@latest:sda",
+    ]);
     assert_eq!(v["exports"].as_array().unwrap().len(), 1, "{v}");
     let name = v["exports"][0]["name"].as_str().unwrap().to_string();
     let out = d.join("out.raw");

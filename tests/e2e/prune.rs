@@ -39,6 +39,21 @@ fn backup(repo: &Path, vm: &str, disk: &Path) -> (String, String) {
     )
 }
 
+/// Prunes everything unreferenced, then checks a dry run finds nothing more to do.
+fn prune_to_the_end(repo: &Path) {
+    ok(&["--repo", p(repo), "prune", "-q", "--max-unused", "0"]);
+    let dry = ok_json(&[
+        "--repo",
+        p(repo),
+        "prune",
+        "--json",
+        "--dry-run",
+        "--max-unused",
+        "0",
+    ]);
+    assert_eq!(dry["report"]["packs_deleted"], 0, "{dry}");
+}
+
 fn restores_identically(dir: &Path, repo: &Path, kept: &[(String, String)]) {
     for (id, hash) in kept {
         let out = dir.join(format!("check-{id}.raw"));
@@ -94,17 +109,7 @@ fn forget_with_prune_reclaims_space_and_kept_snapshots_restore() {
     restores_identically(d, &repo, &snaps[3..]);
     // Packs under the 10% threshold kept some dead chunks; --max-unused 0 takes them too,
     // and then there is nothing left to do.
-    ok(&["--repo", p(&repo), "prune", "-q", "--max-unused", "0"]);
-    let again = ok_json(&[
-        "--repo",
-        p(&repo),
-        "prune",
-        "--json",
-        "--dry-run",
-        "--max-unused",
-        "0",
-    ]);
-    assert_eq!(again["report"]["packs_deleted"], 0, "{again}");
+    prune_to_the_end(&repo);
     restores_identically(d, &repo, &snaps[3..]);
 }
 
@@ -178,17 +183,7 @@ fn prune_killed_at_random_moments_with_a_backup_beside_loses_nothing() {
         "only {killed} of 10 prunes were killed while running"
     );
     // The next prune finishes the job.
-    ok(&["--repo", p(&repo), "prune", "-q", "--max-unused", "0"]);
-    let dry = ok_json(&[
-        "--repo",
-        p(&repo),
-        "prune",
-        "--json",
-        "--dry-run",
-        "--max-unused",
-        "0",
-    ]);
-    assert_eq!(dry["report"]["packs_deleted"], 0, "{dry}");
+    prune_to_the_end(&repo);
     ok(&["--repo", p(&repo), "verify", "--read-data"]);
     restores_identically(d, &repo, &kept);
 }

@@ -11,7 +11,7 @@ use repo_format::Repository;
 
 use super::provider::{self, shell};
 use super::{Job, VmPlan};
-use crate::backup::{backup, BackupOptions, DiskInput, MetaContent, MetaInput};
+use crate::backup::{backup, BackupOptions, DiskInput, MetaInput};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::source::{open_source, SourceOptions};
@@ -162,17 +162,7 @@ fn backup_vm(
             Ok(DiskInput { label, source })
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = vm
-        .meta
-        .iter()
-        .map(|p| MetaInput {
-            name: p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            content: MetaContent::File(p.clone()),
-        })
-        .collect();
+    let meta = vm.meta.iter().map(|p| MetaInput::from_path(p)).collect();
     let opts = BackupOptions {
         name: vm.name.clone(),
         tags: vm.settings.tags.clone().unwrap_or_default(),

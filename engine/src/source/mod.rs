@@ -36,6 +36,21 @@ pub enum SourceError {
     },
 }
 
+/// Reads until `buf` is full or the input ends; returns the bytes read. Pipes return
+/// short reads, and the callers want whole records.
+pub fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// A disk to back up.
 pub trait DiskSource: Send {
     /// Names the source in messages (path or `stdin`).

@@ -37,21 +37,11 @@ impl<R: Read + Send> DiskSource for StreamSource<R> {
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
         assert_eq!(offset, self.pos, "streams are read in order");
-        // Fill the buffer: pipes return short reads, and the chunker wants whole blocks.
-        let mut done = 0;
-        while done < buf.len() {
-            match self.reader.read(&mut buf[done..]) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(SourceError::Io {
-                        path: PathBuf::from(&self.name),
-                        source,
-                    })
-                }
-            }
-        }
+        // Whole buffers: the chunker wants whole blocks.
+        let done = super::read_full(&mut self.reader, buf).map_err(|source| SourceError::Io {
+            path: PathBuf::from(&self.name),
+            source,
+        })?;
         self.pos += done as u64;
         Ok(done)
     }
