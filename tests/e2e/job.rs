@@ -246,3 +246,118 @@ fn btrfs_provider_snapshots_the_subvolume_and_always_deletes_it() {
         "snapshot left behind after a failure: {subvols}"
     );
 }
+
+/// Stand-ins for lvs/lvcreate/lvremove (no device-mapper here): they check the exact
+/// arguments dedisk passes, keep "logical volumes" as files under `state/`, print what
+/// LVM prints, and fail the way LVM fails when told to (`state/OVERFLOW`, `state/NOSPACE`).
+fn lvm_stand_ins(dir: &Path) -> std::path::PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+state='{state}'
+echo "$(basename "$0") $*" >> "$state/calls.log"
+case "$(basename "$0") $*" in
+  "lvs --noheadings --separator , -o vg_name,lv_name $state/vg0/web01") echo "  vg0,web01" ;;
+  "lvs --noheadings -o lv_path vg0/"*) echo "  $state/vg0/${{4#vg0/}}" ;;
+  "lvs --noheadings --separator , -o snap_percent,lv_attr vg0/"*)
+     if [ -e "$state/OVERFLOW" ]; then echo "  100.00,swi-I-s---"; else echo "  12.50,swi-a-s---"; fi ;;
+  "lvcreate --snapshot --size 2G --name web01-dedisk-"*" vg0/web01")
+     if [ -e "$state/NOSPACE" ]; then echo '  Volume group "vg0" has insufficient free space (0 extents): 512 required.' >&2; exit 5; fi
+     cp "$state/vg0/web01" "$state/vg0/$5"; echo "  Logical volume \"$5\" created." ;;
+  "lvremove --yes vg0/web01-dedisk-"*) rm "$state/vg0/${{2#vg0/}}" && echo "  Logical volume \"${{2#vg0/}}\" successfully removed." ;;
+  *) echo "unexpected call: $(basename "$0") $*" >&2; exit 3 ;;
+esac
+"#,
+        state = dir.join("state").display()
+    );
+    for tool in ["lvs", "lvcreate", "lvremove"] {
+        let path = bin.join(tool);
+        std::fs::write(&path, &script).unwrap();
+        sh(&format!("chmod +x '{}'", path.display()));
+    }
+    bin
+}
+
+#[test]
+fn lvm_provider_snapshots_checks_overflow_and_always_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let state = d.join("state");
+    std::fs::create_dir_all(state.join("vg0")).unwrap();
+    let lv = random_image(&state.join("vg0"), "web01", 2 << 20, 6 << 20);
+    let bin = lvm_stand_ins(d);
+    let job = d.join("job.toml");
+    write(
+        &job,
+        &format!(
+            "repository = \"repo\"\n[[vm]]\nname = \"web01\"\ndisks = {{ vda = \"{}\" }}\nsnapshot = \"lvm\"\nlvm_snapshot_size = \"2G\"\n",
+            lv.display()
+        ),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let run_job = || {
+        dedisk()
+            .env("PATH", &path)
+            .args(["run", p(&job)])
+            .output()
+            .unwrap()
+    };
+    let leftovers = || {
+        std::fs::read_dir(state.join("vg0"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != "web01")
+            .count()
+    };
+
+    let out = run_job();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = d.join("got.raw");
+    ok(&[
+        "--repo",
+        p(&repo),
+        "restore",
+        "-q",
+        "web01@latest:vda",
+        p(&got),
+    ]);
+    assert_eq!(sha256(&got), sha256(&lv));
+    assert_eq!(leftovers(), 0, "snapshot removed");
+    let calls = std::fs::read_to_string(state.join("calls.log")).unwrap();
+    let kinds: Vec<&str> = calls
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["lvs", "lvcreate", "lvs", "lvs", "lvremove"],
+        "{calls}"
+    );
+
+    // The snapshot overflows during the backup: the copy is dropped, the VM fails.
+    std::fs::write(state.join("OVERFLOW"), "").unwrap();
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(1));
+    let report = std::fs::read_to_string(d.join("job.report.json")).unwrap();
+    assert!(report.contains("overflowed during the backup"), "{report}");
+    assert_eq!(
+        snapshot_files(&repo).len(),
+        1,
+        "the inconsistent copy is not kept"
+    );
+    assert_eq!(leftovers(), 0, "snapshot removed after an overflow");
+
+    // The volume group is full: lvcreate fails, nothing is left behind.
+    std::fs::remove_file(state.join("OVERFLOW")).unwrap();
+    std::fs::write(state.join("NOSPACE"), "").unwrap();
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(1));
+    let report = std::fs::read_to_string(d.join("job.report.json")).unwrap();
+    assert!(report.contains("insufficient free space"), "{report}");
+    assert_eq!(leftovers(), 0);
+}

@@ -7,7 +7,7 @@
 //! notify = "mail -s dedisk root"          # gets the summary on stdin
 //!
 //! [defaults]
-//! snapshot = "none"                       # none | command | btrfs
+//! snapshot = "none"                       # none | command | btrfs | lvm
 //! keep_daily = 7
 //! keep_weekly = 4
 //! post_hook = "/usr/local/bin/after-vm"
@@ -47,6 +47,8 @@ pub struct Settings {
     pub snapshot_release: Option<String>,
     /// `btrfs`: the subvolume holding the disk images.
     pub btrfs_subvolume: Option<PathBuf>,
+    /// `lvm`: copy-on-write space of each snapshot (`lvcreate -L`), default `5G`.
+    pub lvm_snapshot_size: Option<String>,
     pub keep_last: Option<u32>,
     pub keep_hourly: Option<u32>,
     pub keep_daily: Option<u32>,
@@ -72,6 +74,7 @@ impl Settings {
             snapshot_create,
             snapshot_release,
             btrfs_subvolume,
+            lvm_snapshot_size,
             keep_last,
             keep_hourly,
             keep_daily,

@@ -5,6 +5,9 @@
 //! - `command`: `snapshot_create` prints the path to read for each disk;
 //!   `snapshot_release` undoes it.
 //! - `btrfs`: a read-only snapshot of the subvolume holding the images, deleted after.
+//! - `lvm`: `lvcreate --snapshot` per logical volume; after the backup the snapshot's fill
+//!   state is checked (an overflowed or invalid snapshot means an inconsistent copy, and
+//!   the backup fails), then `lvremove`.
 //!
 //! A provider records what it created as it goes, so `release` undoes exactly that even
 //! when `acquire` failed halfway.
@@ -26,13 +29,27 @@ pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
             Err("snapshot = \"btrfs\" needs btrfs_subvolume".into())
         }
         "btrfs" => Ok(()),
-        "lvm" | "zfs" | "libvirt" | "xenserver" => Err(format!(
+        "lvm" => match &s.lvm_snapshot_size {
+            Some(size) if !is_lvm_size(size) => {
+                Err(format!("lvm_snapshot_size {size:?} is not a size like 10G"))
+            }
+            _ => Ok(()),
+        },
+        "zfs" | "libvirt" | "xenserver" => Err(format!(
             "snapshot method {method:?} is not implemented yet (use command)"
         )),
         other => Err(format!(
-            "unknown snapshot method {other:?} (none, command, btrfs)"
+            "unknown snapshot method {other:?} (none, command, btrfs, lvm)"
         )),
     }
+}
+
+/// `10G`, `512M`, `1.5T`: digits (and a point) and one unit letter, as lvcreate takes.
+fn is_lvm_size(size: &str) -> bool {
+    let digits = size.trim_end_matches(|c: char| "kKmMgGtT".contains(c));
+    size.len() - digits.len() <= 1
+        && !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
 }
 
 /// Runs `sh -c cmd` with `env`; returns stdout, or an error with stderr.
@@ -57,6 +74,11 @@ pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
 pub trait Provider {
     /// Creates the view; returns (label, path to read) per disk.
     fn acquire(&mut self) -> Result<Vec<(String, String)>, String>;
+    /// After a backup, before `release`: is the copy still consistent? (An LVM snapshot
+    /// that overflowed during the backup is not.)
+    fn check_after(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// Undoes everything `acquire` created (also after it failed halfway).
     fn release(&mut self) -> Result<(), String>;
     /// What `--preview` can check without changing anything.
@@ -74,6 +96,10 @@ pub fn for_vm(vm: &VmPlan) -> Box<dyn Provider> {
         "btrfs" => Box::new(Btrfs {
             vm: vm.clone(),
             snapshot: None,
+        }),
+        "lvm" => Box::new(Lvm {
+            vm: vm.clone(),
+            made: Vec::new(),
         }),
         _ => Box::new(NoSnapshot { vm: vm.clone() }),
     }
@@ -267,5 +293,99 @@ impl Provider for Btrfs {
     }
     fn describe(&self) -> String {
         format!("btrfs read-only snapshot of {}", self.subvolume().display())
+    }
+}
+
+struct Lvm {
+    vm: VmPlan,
+    /// `VG/NAME` of each snapshot created.
+    made: Vec<String>,
+}
+
+/// The single non-empty output line of an `lvs --noheadings` call, trimmed.
+fn lvs(args: &str) -> Result<String, String> {
+    let out = shell(&format!("lvs --noheadings {args}"), &[])?;
+    out.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| format!("`lvs {args}` printed nothing"))
+}
+
+impl Provider for Lvm {
+    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+        let size = self
+            .vm
+            .settings
+            .lvm_snapshot_size
+            .clone()
+            .unwrap_or_else(|| "5G".into());
+        let mut out = Vec::new();
+        for (label, source) in &self.vm.disks {
+            let id = lvs(&format!(
+                "--separator , -o vg_name,lv_name '{}'",
+                source.display()
+            ))?;
+            let Some((vg, lv)) = id.split_once(',') else {
+                return Err(format!(
+                    "disk {label}: {} is not a logical volume (lvs said {id:?})",
+                    source.display()
+                ));
+            };
+            let name = format!("{lv}-dedisk-{}", std::process::id());
+            shell(
+                &format!("lvcreate --snapshot --size {size} --name {name} {vg}/{lv}"),
+                &[],
+            )?;
+            self.made.push(format!("{vg}/{name}"));
+            let path = lvs(&format!("-o lv_path {vg}/{name}"))?;
+            out.push((label.clone(), path));
+        }
+        Ok(out)
+    }
+
+    fn check_after(&mut self) -> Result<(), String> {
+        for snap in &self.made {
+            let state = lvs(&format!("--separator , -o snap_percent,lv_attr {snap}"))?;
+            let (percent, attr) = state.split_once(',').unwrap_or((state.as_str(), ""));
+            let full = percent.trim().parse::<f64>().is_ok_and(|p| p >= 100.0);
+            // lv_attr's fifth character is the state: 'I' invalid snapshot, 'S' merging.
+            let invalid = attr.chars().nth(4) == Some('I');
+            if full || invalid {
+                return Err(format!(
+                    "LVM snapshot {snap} overflowed during the backup ({percent}% used, attributes {attr}); the copy is inconsistent: give it more space (lvm_snapshot_size)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<(), String> {
+        let mut first_err = None;
+        for snap in std::mem::take(&mut self.made) {
+            if let Err(e) = shell(&format!("lvremove --yes {snap}"), &[]) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn preview(&self) -> Vec<String> {
+        let mut problems = missing_sources(&self.vm);
+        for tool in ["lvs", "lvcreate", "lvremove"] {
+            problems.extend(check_executable(tool));
+        }
+        problems
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "lvm snapshots of {} each",
+            self.vm
+                .settings
+                .lvm_snapshot_size
+                .as_deref()
+                .unwrap_or("5G")
+        )
     }
 }

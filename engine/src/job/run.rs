@@ -220,7 +220,16 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
         let disks = provider
             .acquire()
             .map_err(|e| Error::Usage(format!("snapshot: {e}")))?;
-        backup_vm(repo, vm, disks, cancel, &mut r)
+        backup_vm(repo, vm, disks, cancel, &mut r)?;
+        // A copy taken from a snapshot that broke meanwhile is not a backup: drop it.
+        if let Err(e) = provider.check_after() {
+            if let Some(id) = r.snapshot.take() {
+                let (full, _) = crate::select::resolve_snapshot(repo, &id)?;
+                repo.remove_snapshot(&full)?;
+            }
+            return Err(Error::Usage(format!("snapshot: {e}")));
+        }
+        Ok(())
     })();
     if let Err(e) = outcome {
         r.errors.push(e.to_string());
