@@ -361,3 +361,95 @@ fn lvm_provider_snapshots_checks_overflow_and_always_removes() {
     assert!(report.contains("insufficient free space"), "{report}");
     assert_eq!(leftovers(), 0);
 }
+
+/// A stand-in `zfs` (no ZFS module here) that checks dedisk's exact calls. The "zvol" is
+/// a file under /dev/zvol/POOL (created for the test, as root), and a clone is a copy.
+#[test]
+fn zfs_provider_clones_a_snapshot_and_destroys_both() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the zfs stand-in test runs as root under CI"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let pool = format!("dedisktest{}", std::process::id());
+    let zdir = Path::new("/dev/zvol").join(&pool);
+    std::fs::create_dir_all(&zdir).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_dir(Path::new("/dev/zvol")); // only if empty
+        }
+    }
+    let _cleanup = Cleanup(zdir.clone());
+    let vol = random_image(&zdir, "vm1", 1 << 20, 4 << 20);
+    let bin = d.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = d.join("zfs.log");
+    std::fs::write(
+        bin.join("zfs"),
+        format!(
+            r#"#!/bin/sh
+echo "zfs $*" >> '{log}'
+case "$*" in
+  "snapshot {pool}/vm1@dedisk-"*) ;;
+  "clone -o readonly=on {pool}/vm1@dedisk-"*" {pool}/vm1-dedisk-"*) cp '{vol}' "/dev/zvol/$5" ;;
+  "destroy {pool}/vm1-dedisk-"*) rm "/dev/zvol/$2" ;;
+  "destroy {pool}/vm1@dedisk-"*) ;;
+  *) echo "unexpected: zfs $*" >&2; exit 1 ;;
+esac
+"#,
+            log = log.display(),
+            pool = pool,
+            vol = vol.display()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x '{}'", bin.join("zfs").display()));
+    let job = d.join("job.toml");
+    write(
+        &job,
+        &format!("repository = \"repo\"\n[[vm]]\nname = \"vm1\"\ndisks = {{ vda = \"{}\" }}\nsnapshot = \"zfs\"\n", vol.display()),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = dedisk()
+        .env("PATH", &path)
+        .args(["run", p(&job)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = d.join("got.raw");
+    ok(&[
+        "--repo",
+        p(&repo),
+        "restore",
+        "-q",
+        "vm1@latest:vda",
+        p(&got),
+    ]);
+    assert_eq!(sha256(&got), sha256(&vol));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let verbs: Vec<&str> = calls
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        verbs,
+        ["snapshot", "clone", "destroy", "destroy"],
+        "{calls}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&zdir).unwrap().count(),
+        1,
+        "the clone is gone"
+    );
+}

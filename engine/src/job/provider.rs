@@ -8,6 +8,9 @@
 //! - `lvm`: `lvcreate --snapshot` per logical volume; after the backup the snapshot's fill
 //!   state is checked (an overflowed or invalid snapshot means an inconsistent copy, and
 //!   the backup fails), then `lvremove`.
+//! - `zfs`: `zfs snapshot` of each zvol and a temporary clone of it (a clone's device
+//!   appears whatever the `snapdev` property says), read at `/dev/zvol/...`, both
+//!   destroyed after.
 //!
 //! A provider records what it created as it goes, so `release` undoes exactly that even
 //! when `acquire` failed halfway.
@@ -35,11 +38,12 @@ pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
             }
             _ => Ok(()),
         },
-        "zfs" | "libvirt" | "xenserver" => Err(format!(
+        "zfs" => Ok(()),
+        "libvirt" | "xenserver" => Err(format!(
             "snapshot method {method:?} is not implemented yet (use command)"
         )),
         other => Err(format!(
-            "unknown snapshot method {other:?} (none, command, btrfs, lvm)"
+            "unknown snapshot method {other:?} (none, command, btrfs, lvm, zfs)"
         )),
     }
 }
@@ -96,6 +100,10 @@ pub fn for_vm(vm: &VmPlan) -> Box<dyn Provider> {
         "btrfs" => Box::new(Btrfs {
             vm: vm.clone(),
             snapshot: None,
+        }),
+        "zfs" => Box::new(Zfs {
+            vm: vm.clone(),
+            made: Vec::new(),
         }),
         "lvm" => Box::new(Lvm {
             vm: vm.clone(),
@@ -387,5 +395,80 @@ impl Provider for Lvm {
                 .as_deref()
                 .unwrap_or("5G")
         )
+    }
+}
+
+struct Zfs {
+    vm: VmPlan,
+    /// (snapshot `pool/vol@name`, clone `pool/vol-name` once made).
+    made: Vec<(String, Option<String>)>,
+}
+
+impl Zfs {
+    /// `/dev/zvol/pool/vol` -> `pool/vol`.
+    fn dataset(source: &Path) -> Option<String> {
+        let rel = source.strip_prefix("/dev/zvol").ok()?;
+        let s = rel.to_str()?.trim_matches('/').to_string();
+        (!s.is_empty() && !s.contains('@')).then_some(s)
+    }
+}
+
+impl Provider for Zfs {
+    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+        let tag = format!("dedisk-{}", std::process::id());
+        let mut out = Vec::new();
+        for (label, source) in &self.vm.disks {
+            let ds = Self::dataset(source).ok_or_else(|| {
+                format!(
+                    "disk {label}: {} is not a zvol device (/dev/zvol/POOL/VOLUME)",
+                    source.display()
+                )
+            })?;
+            let snap = format!("{ds}@{tag}");
+            shell(&format!("zfs snapshot {snap}"), &[])?;
+            self.made.push((snap.clone(), None));
+            let clone = format!("{ds}-{tag}");
+            shell(&format!("zfs clone -o readonly=on {snap} {clone}"), &[])?;
+            if let Some(last) = self.made.last_mut() {
+                last.1 = Some(clone.clone());
+            }
+            out.push((label.clone(), format!("/dev/zvol/{clone}")));
+        }
+        Ok(out)
+    }
+
+    fn release(&mut self) -> Result<(), String> {
+        let mut first_err = None;
+        // Clone first: a snapshot with a clone cannot be destroyed.
+        for (snap, clone) in std::mem::take(&mut self.made) {
+            if let Some(c) = clone {
+                if let Err(e) = shell(&format!("zfs destroy {c}"), &[]) {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            }
+            if let Err(e) = shell(&format!("zfs destroy {snap}"), &[]) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn preview(&self) -> Vec<String> {
+        let mut problems = missing_sources(&self.vm);
+        problems.extend(check_executable("zfs"));
+        for (label, source) in &self.vm.disks {
+            if Self::dataset(source).is_none() {
+                problems.push(format!(
+                    "disk {label}: {} is not a zvol device",
+                    source.display()
+                ));
+            }
+        }
+        problems
+    }
+
+    fn describe(&self) -> String {
+        "zfs snapshot and temporary clone of each zvol".into()
     }
 }
