@@ -453,3 +453,113 @@ esac
         "the clone is gone"
     );
 }
+
+/// A stand-in `xe` (no XAPI here): vdi-snapshot prints a UUID, vdi-export writes the
+/// VDI's bytes to stdout (or a part of them and fails, as when the VM disappears),
+/// vdi-destroy is logged.
+#[test]
+fn xenserver_provider_streams_the_snapshot_and_destroys_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let vdi = "6f1c2b9e-3d4a-4c5b-8e7f-0a1b2c3d4e5f";
+    let snap = "0d9e8f7a-6b5c-4d3e-9f1a-2b3c4d5e6f70";
+    let data = random_image(d, "vdi.raw", 3 << 20, 6 << 20);
+    let bin = d.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = d.join("xe.log");
+    std::fs::write(
+        bin.join("xe"),
+        format!(
+            r#"#!/bin/sh
+echo "xe $*" >> '{log}'
+case "$*" in
+  "vdi-snapshot uuid={vdi}") echo {snap} ;;
+  "vdi-export uuid={snap} filename= format=raw")
+     if [ -e '{d}/GONE' ]; then echo "The uuid you supplied was invalid." >&2; exit 1; fi
+     if [ -e '{d}/VANISH' ]; then head -c 1000000 '{data}'; echo "The uuid you supplied was invalid." >&2; exit 1; fi
+     cat '{data}' ;;
+  "vdi-destroy uuid={snap}") ;;
+  *) echo "unexpected: xe $*" >&2; exit 1 ;;
+esac
+"#,
+            log = log.display(),
+            d = d.display(),
+            data = data.display()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x '{}'", bin.join("xe").display()));
+    let job = d.join("job.toml");
+    write(
+        &job,
+        &format!("repository = \"repo\"\n[[vm]]\nname = \"xen1\"\ndisks = {{ xvda = \"{vdi}\" }}\nsnapshot = \"xenserver\"\n"),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let run_job = || {
+        dedisk()
+            .env("PATH", &path)
+            .args(["run", p(&job)])
+            .output()
+            .unwrap()
+    };
+
+    let out = run_job();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = d.join("got.raw");
+    ok(&[
+        "--repo",
+        p(&repo),
+        "restore",
+        "-q",
+        "xen1@latest:xvda",
+        p(&got),
+    ]);
+    assert_eq!(sha256(&got), sha256(&data));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let verbs: Vec<&str> = calls
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        verbs,
+        ["vdi-snapshot", "vdi-export", "vdi-destroy"],
+        "{calls}"
+    );
+
+    // The export fails halfway: the short copy is dropped and the snapshot destroyed.
+    std::fs::write(d.join("VANISH"), "").unwrap();
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(1));
+    let report = std::fs::read_to_string(d.join("job.report.json")).unwrap();
+    assert!(report.contains("xe vdi-export failed"), "{report}");
+    assert_eq!(
+        snapshot_files(&repo).len(),
+        1,
+        "the incomplete copy is not kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("vdi-destroy")
+            .count(),
+        2
+    );
+
+    // The export fails before writing a byte: no hang, the same clean failure.
+    std::fs::write(d.join("GONE"), "").unwrap();
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(snapshot_files(&repo).len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("vdi-destroy")
+            .count(),
+        3
+    );
+}

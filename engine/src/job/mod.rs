@@ -7,7 +7,7 @@
 //! notify = "mail -s dedisk root"          # gets the summary on stdin
 //!
 //! [defaults]
-//! snapshot = "none"                       # none | command | btrfs | lvm | zfs
+//! snapshot = "none"                       # none|command|btrfs|lvm|zfs|xenserver
 //! keep_daily = 7
 //! keep_weekly = 4
 //! post_hook = "/usr/local/bin/after-vm"

@@ -178,6 +178,17 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn DiskSourc
         )));
     }
     let path = std::path::Path::new(spec);
+    // A named pipe is a raw stream (a snapshot provider exporting into it, say).
+    if std::fs::metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_fifo()
+    }) {
+        let pipe = std::fs::File::open(path).map_err(|source| SourceError::Io {
+            path: path.into(),
+            source,
+        })?;
+        return Ok(Box::new(StreamSource::new(pipe, spec.to_string())));
+    }
     let format = match opts.format {
         Some(f) => f,
         None => detect_file(path)?,
