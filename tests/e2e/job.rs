@@ -563,3 +563,57 @@ esac
         3
     );
 }
+
+#[test]
+fn ctrl_c_during_a_job_still_releases_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    new_repo(d, &[]);
+    let disk = random_image(d, "big.raw", 300 << 20, 300 << 20);
+    let job = d.join("job.toml");
+    write(
+        &job,
+        &format!(
+            r#"repository = "repo"
+[[vm]]
+name = "vm1"
+disks = {{ vda = "{disk}" }}
+snapshot = "command"
+snapshot_create = "ln -s \"$DEDISK_SOURCE\" '{d}/snap.raw' && echo '{d}/snap.raw'"
+snapshot_release = "rm '{d}/snap.raw' && touch '{d}/released'"
+workers = 1
+"#,
+            disk = disk.display(),
+            d = d.display()
+        ),
+    );
+    let mut child = dedisk()
+        .args(["run", p(&job)])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !d.join("repo/packs").read_dir().unwrap().next().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never started writing"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: kill with a valid pid has no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "an interrupted job failed");
+    assert!(
+        d.join("released").exists(),
+        "the snapshot was released after Ctrl-C"
+    );
+    assert!(!d.join("snap.raw").exists());
+    assert!(snapshot_files(&d.join("repo")).is_empty());
+    let report = std::fs::read_to_string(d.join("job.report.json")).unwrap();
+    assert!(report.contains("interrupted"), "{report}");
+}
