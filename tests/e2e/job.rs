@@ -593,7 +593,7 @@ workers = 1
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !d.join("repo/packs").read_dir().unwrap().next().is_some() {
+    while d.join("repo/packs").read_dir().unwrap().next().is_none() {
         assert!(
             std::time::Instant::now() < deadline,
             "the backup never started writing"
