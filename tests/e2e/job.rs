@@ -247,12 +247,49 @@ fn btrfs_provider_snapshots_the_subvolume_and_always_deletes_it() {
     );
 }
 
+/// Installs `script` in `bin` as the executables `names` (stand-ins for tools this
+/// machine lacks).
+fn stand_in(bin: &Path, names: &[&str], script: &str) {
+    std::fs::create_dir_all(bin).unwrap();
+    for name in names {
+        let path = bin.join(name);
+        std::fs::write(&path, script).unwrap();
+        sh(&format!("chmod +x '{}'", path.display()));
+    }
+}
+
+/// `dedisk run job` with the stand-ins in `bin` first on PATH.
+fn run_with_stand_ins(bin: &Path, job: &Path) -> std::process::Output {
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    dedisk()
+        .env("PATH", path)
+        .args(["run", p(job)])
+        .output()
+        .unwrap()
+}
+
+/// Restores `spec` to a scratch file in `dir` and checks it equals `want`.
+fn restores_to(dir: &Path, repo: &Path, spec: &str, want: &Path) {
+    let got = dir.join("got.raw");
+    let _ = std::fs::remove_file(&got);
+    ok(&["--repo", p(repo), "restore", "-q", spec, p(&got)]);
+    assert_eq!(sha256(&got), sha256(want), "{spec}");
+}
+
+/// Word `n` of each line of a stand-in's call log: the calls, in order.
+fn calls(log: &Path, n: usize) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(n).unwrap().to_string())
+        .collect()
+}
+
 /// Stand-ins for lvs/lvcreate/lvremove (no device-mapper here): they check the exact
 /// arguments dedisk passes, keep "logical volumes" as files under `state/`, print what
 /// LVM prints, and fail the way LVM fails when told to (`state/OVERFLOW`, `state/NOSPACE`).
 fn lvm_stand_ins(dir: &Path) -> std::path::PathBuf {
     let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
     let script = format!(
         r#"#!/bin/sh
 state='{state}'
@@ -271,11 +308,7 @@ esac
 "#,
         state = dir.join("state").display()
     );
-    for tool in ["lvs", "lvcreate", "lvremove"] {
-        let path = bin.join(tool);
-        std::fs::write(&path, &script).unwrap();
-        sh(&format!("chmod +x '{}'", path.display()));
-    }
+    stand_in(&bin, &["lvs", "lvcreate", "lvremove"], &script);
     bin
 }
 
@@ -296,14 +329,7 @@ fn lvm_provider_snapshots_checks_overflow_and_always_removes() {
             lv.display()
         ),
     );
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let run_job = || {
-        dedisk()
-            .env("PATH", &path)
-            .args(["run", p(&job)])
-            .output()
-            .unwrap()
-    };
+    let run_job = || run_with_stand_ins(&bin, &job);
     let leftovers = || {
         std::fs::read_dir(state.join("vg0"))
             .unwrap()
@@ -317,26 +343,11 @@ fn lvm_provider_snapshots_checks_overflow_and_always_removes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = d.join("got.raw");
-    ok(&[
-        "--repo",
-        p(&repo),
-        "restore",
-        "-q",
-        "web01@latest:vda",
-        p(&got),
-    ]);
-    assert_eq!(sha256(&got), sha256(&lv));
+    restores_to(d, &repo, "web01@latest:vda", &lv);
     assert_eq!(leftovers(), 0, "snapshot removed");
-    let calls = std::fs::read_to_string(state.join("calls.log")).unwrap();
-    let kinds: Vec<&str> = calls
-        .lines()
-        .map(|l| l.split(' ').next().unwrap())
-        .collect();
     assert_eq!(
-        kinds,
-        ["lvs", "lvcreate", "lvs", "lvs", "lvremove"],
-        "{calls}"
+        calls(&state.join("calls.log"), 0),
+        ["lvs", "lvcreate", "lvs", "lvs", "lvremove"]
     );
 
     // The snapshot overflows during the backup: the copy is dropped, the VM fails.
@@ -389,11 +400,11 @@ fn zfs_provider_clones_a_snapshot_and_destroys_both() {
     let _cleanup = Cleanup(zdir.clone());
     let vol = random_image(&zdir, "vm1", 1 << 20, 4 << 20);
     let bin = d.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
     let log = d.join("zfs.log");
-    std::fs::write(
-        bin.join("zfs"),
-        format!(
+    stand_in(
+        &bin,
+        &["zfs"],
+        &format!(
             r#"#!/bin/sh
 echo "zfs $*" >> '{log}'
 case "$*" in
@@ -408,45 +419,20 @@ esac
             pool = pool,
             vol = vol.display()
         ),
-    )
-    .unwrap();
-    sh(&format!("chmod +x '{}'", bin.join("zfs").display()));
+    );
     let job = d.join("job.toml");
     write(
         &job,
         &format!("repository = \"repo\"\n[[vm]]\nname = \"vm1\"\ndisks = {{ vda = \"{}\" }}\nsnapshot = \"zfs\"\n", vol.display()),
     );
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let out = dedisk()
-        .env("PATH", &path)
-        .args(["run", p(&job)])
-        .output()
-        .unwrap();
+    let out = run_with_stand_ins(&bin, &job);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = d.join("got.raw");
-    ok(&[
-        "--repo",
-        p(&repo),
-        "restore",
-        "-q",
-        "vm1@latest:vda",
-        p(&got),
-    ]);
-    assert_eq!(sha256(&got), sha256(&vol));
-    let calls = std::fs::read_to_string(&log).unwrap();
-    let verbs: Vec<&str> = calls
-        .lines()
-        .map(|l| l.split(' ').nth(1).unwrap())
-        .collect();
-    assert_eq!(
-        verbs,
-        ["snapshot", "clone", "destroy", "destroy"],
-        "{calls}"
-    );
+    restores_to(d, &repo, "vm1@latest:vda", &vol);
+    assert_eq!(calls(&log, 1), ["snapshot", "clone", "destroy", "destroy"]);
     assert_eq!(
         std::fs::read_dir(&zdir).unwrap().count(),
         1,
@@ -466,11 +452,11 @@ fn xenserver_provider_streams_the_snapshot_and_destroys_it() {
     let snap = "0d9e8f7a-6b5c-4d3e-9f1a-2b3c4d5e6f70";
     let data = random_image(d, "vdi.raw", 3 << 20, 6 << 20);
     let bin = d.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
     let log = d.join("xe.log");
-    std::fs::write(
-        bin.join("xe"),
-        format!(
+    stand_in(
+        &bin,
+        &["xe"],
+        &format!(
             r#"#!/bin/sh
 echo "xe $*" >> '{log}'
 case "$*" in
@@ -487,22 +473,13 @@ esac
             d = d.display(),
             data = data.display()
         ),
-    )
-    .unwrap();
-    sh(&format!("chmod +x '{}'", bin.join("xe").display()));
+    );
     let job = d.join("job.toml");
     write(
         &job,
         &format!("repository = \"repo\"\n[[vm]]\nname = \"xen1\"\ndisks = {{ xvda = \"{vdi}\" }}\nsnapshot = \"xenserver\"\n"),
     );
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let run_job = || {
-        dedisk()
-            .env("PATH", &path)
-            .args(["run", p(&job)])
-            .output()
-            .unwrap()
-    };
+    let run_job = || run_with_stand_ins(&bin, &job);
 
     let out = run_job();
     assert!(
@@ -510,25 +487,10 @@ esac
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = d.join("got.raw");
-    ok(&[
-        "--repo",
-        p(&repo),
-        "restore",
-        "-q",
-        "xen1@latest:xvda",
-        p(&got),
-    ]);
-    assert_eq!(sha256(&got), sha256(&data));
-    let calls = std::fs::read_to_string(&log).unwrap();
-    let verbs: Vec<&str> = calls
-        .lines()
-        .map(|l| l.split(' ').nth(1).unwrap())
-        .collect();
+    restores_to(d, &repo, "xen1@latest:xvda", &data);
     assert_eq!(
-        verbs,
-        ["vdi-snapshot", "vdi-export", "vdi-destroy"],
-        "{calls}"
+        calls(&log, 1),
+        ["vdi-snapshot", "vdi-export", "vdi-destroy"]
     );
 
     // The export fails halfway: the short copy is dropped and the snapshot destroyed.
