@@ -91,19 +91,8 @@ fn inspect_xva(g: &Global, spec: &str) -> Result<Outcome> {
     };
     let mut disks = Vec::new();
     for mut d in export.disks {
-        let mut extents: Vec<(u64, u64)> = Vec::new();
-        let mut pos = 0;
-        while let Some((s, e)) = d
-            .source
-            .next_data(pos)
-            .with_context(|| format!("inspecting {spec}"))?
-        {
-            match extents.last_mut() {
-                Some(last) if last.1 == s => last.1 = e,
-                _ => extents.push((s, e)),
-            }
-            pos = e;
-        }
+        let extents = engine::source::data_extents(|pos| d.source.next_data(pos))
+            .with_context(|| format!("inspecting {spec}"))?;
         let allocated: u64 = extents.iter().map(|(s, e)| e - s).sum();
         disks.push(serde_json::json!({
             "label": d.label, "name": d.name, "virtual_size": d.size_bytes,

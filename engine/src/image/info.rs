@@ -55,15 +55,7 @@ pub fn inspect(
     let mut image = super::open_image(path, opts)?;
     image.check_map()?;
     let chain = image.chain().into_iter().cloned().collect();
-    let mut extents: Vec<(u64, u64)> = Vec::new();
-    let mut pos = 0;
-    while let Some((s, e)) = image.next_data(pos)? {
-        match extents.last_mut() {
-            Some(last) if last.1 == s => last.1 = e,
-            _ => extents.push((s, e)),
-        }
-        pos = e;
-    }
+    let extents = crate::source::data_extents(|pos| image.next_data(pos))?;
     Ok(Inspection {
         chain,
         virtual_size: image.virtual_size(),

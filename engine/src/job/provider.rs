@@ -77,6 +77,20 @@ pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs every release command, even after one fails (each undoes a different thing);
+/// returns the first failure.
+fn release_all(
+    cmds: impl IntoIterator<Item = (String, Vec<(&'static str, String)>)>,
+) -> Result<(), String> {
+    let mut first_err = None;
+    for (cmd, env) in cmds {
+        if let Err(e) = shell(&cmd, &env) {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 /// A point-in-time view of one VM's disks.
 pub trait Provider {
     /// Creates the view; returns (label, path to read) per disk.
@@ -189,15 +203,12 @@ impl Provider for CommandProvider {
             self.made.clear();
             return Ok(());
         };
-        let mut first_err = None;
-        for (label, source, path) in std::mem::take(&mut self.made) {
+        let made = std::mem::take(&mut self.made);
+        release_all(made.into_iter().map(|(label, source, path)| {
             let mut env = self.env(&label, &source);
             env.push(("DEDISK_SNAPSHOT_PATH", path));
-            if let Err(e) = shell(&release, &env) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+            (release.clone(), env)
+        }))
     }
     fn preview(&self) -> Vec<String> {
         let mut problems = missing_sources(&self.vm);
@@ -377,13 +388,11 @@ impl Provider for Lvm {
     }
 
     fn release(&mut self) -> Result<(), String> {
-        let mut first_err = None;
-        for snap in std::mem::take(&mut self.made) {
-            if let Err(e) = shell(&format!("lvremove --yes {snap}"), &[]) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        let made = std::mem::take(&mut self.made);
+        release_all(
+            made.into_iter()
+                .map(|snap| (format!("lvremove --yes {snap}"), Vec::new())),
+        )
     }
 
     fn preview(&self) -> Vec<String> {
@@ -549,13 +558,11 @@ impl Provider for XenServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let mut first_err = None;
-        for snap in std::mem::take(&mut self.made) {
-            if let Err(e) = shell(&format!("xe vdi-destroy uuid={snap}"), &[]) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        let made = std::mem::take(&mut self.made);
+        release_all(
+            made.into_iter()
+                .map(|snap| (format!("xe vdi-destroy uuid={snap}"), Vec::new())),
+        )
     }
 
     fn preview(&self) -> Vec<String> {

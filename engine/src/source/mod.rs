@@ -51,6 +51,23 @@ pub fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<u
     Ok(done)
 }
 
+/// Every data range `next_data` reports from offset 0, adjacent ones merged: what
+/// `inspect` lists. Costs metadata walks only (streams read as they go).
+pub fn data_extents<E>(
+    mut next_data: impl FnMut(u64) -> Result<Option<(u64, u64)>, E>,
+) -> Result<Vec<(u64, u64)>, E> {
+    let mut extents: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0;
+    while let Some((s, e)) = next_data(pos)? {
+        match extents.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => extents.push((s, e)),
+        }
+        pos = e;
+    }
+    Ok(extents)
+}
+
 /// A disk to back up.
 pub trait DiskSource: Send {
     /// Names the source in messages (path or `stdin`).
@@ -136,11 +153,11 @@ pub fn open_input(spec: &str, opts: &SourceOptions) -> Result<Input, SourceError
         };
     }
     let path = std::path::Path::new(spec);
-    let xva = match opts.format {
-        Some(f) => f == ImageFormat::Xva,
-        None => detect_file(path)? == ImageFormat::Xva,
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect_file(path)?,
     };
-    if xva {
+    if format == ImageFormat::Xva {
         let file = std::fs::File::open(path).map_err(|source| SourceError::Io {
             path: path.into(),
             source,
@@ -148,7 +165,7 @@ pub fn open_input(spec: &str, opts: &SourceOptions) -> Result<Input, SourceError
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
         return Ok(Input::Xva(crate::xva::open_xva(Box::new(reader), spec)?));
     }
-    Ok(Input::Disk(open_source(spec, opts)?))
+    Ok(Input::Disk(open_path(path, format, opts)?))
 }
 
 /// The format of a regular file judged by content; anything else is raw.
@@ -178,6 +195,21 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn DiskSourc
         )));
     }
     let path = std::path::Path::new(spec);
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect_file(path)?,
+    };
+    open_path(path, format, opts)
+}
+
+/// Opens `path` as `format` (detected or given; `opts.format` still says which, for the
+/// backing-chain rule of [`crate::image::open_image`]).
+fn open_path(
+    path: &std::path::Path,
+    format: detect::ImageFormat,
+    opts: &SourceOptions,
+) -> Result<Box<dyn DiskSource>, SourceError> {
+    let spec = path.display().to_string();
     // A named pipe is a raw stream (a snapshot provider exporting into it, say).
     if std::fs::metadata(path).is_ok_and(|m| {
         use std::os::unix::fs::FileTypeExt;
@@ -187,12 +219,8 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn DiskSourc
             path: path.into(),
             source,
         })?;
-        return Ok(Box::new(StreamSource::new(pipe, spec.to_string())));
+        return Ok(Box::new(StreamSource::new(pipe, spec)));
     }
-    let format = match opts.format {
-        Some(f) => f,
-        None => detect_file(path)?,
-    };
     if format == detect::ImageFormat::Raw && opts.qcow2_snapshot.is_none() {
         return Ok(Box::new(RawSource::open(path, opts.direct)?));
     }
