@@ -1,0 +1,106 @@
+//! The `lvm` provider: `lvcreate --snapshot` per logical volume, its fill state checked after
+//! the backup, `lvremove` at the end.
+
+use super::{check_executable, missing_sources, release_all, shell, Provider};
+use crate::job::VmPlan;
+
+pub struct Lvm {
+    vm: VmPlan,
+    /// `VG/NAME` of each snapshot created.
+    made: Vec<String>,
+}
+
+impl Lvm {
+    pub fn new(vm: &VmPlan) -> Self {
+        Lvm {
+            vm: vm.clone(),
+            made: Vec::new(),
+        }
+    }
+}
+
+/// The single non-empty output line of an `lvs --noheadings` call, trimmed.
+fn lvs(args: &str) -> Result<String, String> {
+    let out = shell(&format!("lvs --noheadings {args}"), &[])?;
+    out.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| format!("`lvs {args}` printed nothing"))
+}
+
+impl Provider for Lvm {
+    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+        let size = self
+            .vm
+            .settings
+            .lvm_snapshot_size
+            .clone()
+            .unwrap_or_else(|| "5G".into());
+        let mut out = Vec::new();
+        for (label, source) in &self.vm.disks {
+            let id = lvs(&format!(
+                "--separator , -o vg_name,lv_name '{}'",
+                source.display()
+            ))?;
+            let Some((vg, lv)) = id.split_once(',') else {
+                return Err(format!(
+                    "disk {label}: {} is not a logical volume (lvs said {id:?})",
+                    source.display()
+                ));
+            };
+            let name = format!("{lv}-dedisk-{}", std::process::id());
+            shell(
+                &format!("lvcreate --snapshot --size {size} --name {name} {vg}/{lv}"),
+                &[],
+            )?;
+            self.made.push(format!("{vg}/{name}"));
+            let path = lvs(&format!("-o lv_path {vg}/{name}"))?;
+            out.push((label.clone(), path));
+        }
+        Ok(out)
+    }
+
+    fn check_after(&mut self) -> Result<(), String> {
+        for snap in &self.made {
+            let state = lvs(&format!("--separator , -o snap_percent,lv_attr {snap}"))?;
+            let (percent, attr) = state.split_once(',').unwrap_or((state.as_str(), ""));
+            let full = percent.trim().parse::<f64>().is_ok_and(|p| p >= 100.0);
+            // lv_attr's fifth character is the state: 'I' invalid snapshot, 'S' merging.
+            let invalid = attr.chars().nth(4) == Some('I');
+            if full || invalid {
+                return Err(format!(
+                    "LVM snapshot {snap} overflowed during the backup ({percent}% used, attributes {attr}); the copy is inconsistent: give it more space (lvm_snapshot_size)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<(), String> {
+        let made = std::mem::take(&mut self.made);
+        release_all(
+            made.into_iter()
+                .map(|snap| (format!("lvremove --yes {snap}"), Vec::new())),
+        )
+    }
+
+    fn preview(&self) -> Vec<String> {
+        let mut problems = missing_sources(&self.vm);
+        for tool in ["lvs", "lvcreate", "lvremove"] {
+            problems.extend(check_executable(tool));
+        }
+        problems
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "lvm snapshots of {} each",
+            self.vm
+                .settings
+                .lvm_snapshot_size
+                .as_deref()
+                .unwrap_or("5G")
+        )
+    }
+}

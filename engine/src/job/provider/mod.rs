@@ -1,0 +1,178 @@
+//! Snapshot providers: make a point-in-time view of a VM's disks, hand dedisk the paths to
+//! read, and release the view afterwards, whatever happened in between.
+//!
+//! - `none`: the disks as they are (already a snapshot, or a stopped VM).
+//! - `command`: `snapshot_create` prints the path to read for each disk;
+//!   `snapshot_release` undoes it.
+//! - `btrfs`: a read-only snapshot of the subvolume holding the images, deleted after.
+//! - `lvm`: `lvcreate --snapshot` per logical volume; after the backup the snapshot's fill
+//!   state is checked (an overflowed or invalid snapshot means an inconsistent copy, and
+//!   the backup fails), then `lvremove`.
+//! - `zfs`: `zfs snapshot` of each zvol and a temporary clone of it (a clone's device
+//!   appears whatever the `snapdev` property says), read at `/dev/zvol/...`, both
+//!   destroyed after.
+//! - `xenserver`: disks name VDI UUIDs; `xe vdi-snapshot`, then `xe vdi-export
+//!   filename= format=raw` of the snapshot to a pipe dedisk reads as a stream, and
+//!   `xe vdi-destroy` of the snapshot after.
+//!
+//! A provider records what it created as it goes, so `release` undoes exactly that even
+//! when `acquire` failed halfway.
+
+mod btrfs;
+mod command;
+mod lvm;
+mod xenserver;
+mod zfs;
+
+use std::process::Command;
+
+use super::{Settings, VmPlan};
+use btrfs::Btrfs;
+use command::CommandProvider;
+use lvm::Lvm;
+use xenserver::XenServer;
+use zfs::Zfs;
+
+/// Problems with a VM's snapshot settings, found at load time.
+pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
+    match method {
+        "none" => Ok(()),
+        "command" if s.snapshot_create.is_none() => {
+            Err("snapshot = \"command\" needs snapshot_create".into())
+        }
+        "command" => Ok(()),
+        "btrfs" if s.btrfs_subvolume.is_none() => {
+            Err("snapshot = \"btrfs\" needs btrfs_subvolume".into())
+        }
+        "btrfs" => Ok(()),
+        "lvm" => match &s.lvm_snapshot_size {
+            Some(size) if !is_lvm_size(size) => {
+                Err(format!("lvm_snapshot_size {size:?} is not a size like 10G"))
+            }
+            _ => Ok(()),
+        },
+        "zfs" | "xenserver" => Ok(()),
+        "libvirt" => Err(format!(
+            "snapshot method {method:?} is not implemented yet (use command)"
+        )),
+        other => Err(format!(
+            "unknown snapshot method {other:?} (none, command, btrfs, lvm, zfs, xenserver)"
+        )),
+    }
+}
+
+/// `10G`, `512M`, `1.5T`: digits (and a point) and one unit letter, as lvcreate takes.
+fn is_lvm_size(size: &str) -> bool {
+    let digits = size.trim_end_matches(|c: char| "kKmMgGtT".contains(c));
+    size.len() - digits.len() <= 1
+        && !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+/// Runs `sh -c cmd` with `env`; returns stdout, or an error with stderr.
+pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .map_err(|e| format!("`{cmd}`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{cmd}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs every release command, even after one fails (each undoes a different thing);
+/// returns the first failure.
+fn release_all(
+    cmds: impl IntoIterator<Item = (String, Vec<(&'static str, String)>)>,
+) -> Result<(), String> {
+    let mut first_err = None;
+    for (cmd, env) in cmds {
+        if let Err(e) = shell(&cmd, &env) {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// A point-in-time view of one VM's disks.
+pub trait Provider {
+    /// Creates the view; returns (label, path to read) per disk.
+    fn acquire(&mut self) -> Result<Vec<(String, String)>, String>;
+    /// After a backup, before `release`: is the copy still consistent? (An LVM snapshot
+    /// that overflowed during the backup is not.)
+    fn check_after(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Undoes everything `acquire` created (also after it failed halfway).
+    fn release(&mut self) -> Result<(), String>;
+    /// What `--preview` can check without changing anything.
+    fn preview(&self) -> Vec<String>;
+    /// One line for the plan.
+    fn describe(&self) -> String;
+}
+
+pub fn for_vm(vm: &VmPlan) -> Box<dyn Provider> {
+    match vm.settings.snapshot.as_deref().unwrap_or("none") {
+        "command" => Box::new(CommandProvider::new(vm)),
+        "btrfs" => Box::new(Btrfs::new(vm)),
+        "zfs" => Box::new(Zfs::new(vm)),
+        "xenserver" => Box::new(XenServer::new(vm)),
+        "lvm" => Box::new(Lvm::new(vm)),
+        _ => Box::new(NoSnapshot { vm: vm.clone() }),
+    }
+}
+
+fn missing_sources(vm: &VmPlan) -> Vec<String> {
+    vm.disks
+        .iter()
+        .filter(|(_, p)| !p.exists())
+        .map(|(l, p)| format!("disk {l}: {} does not exist", p.display()))
+        .collect()
+}
+
+struct NoSnapshot {
+    vm: VmPlan,
+}
+
+impl Provider for NoSnapshot {
+    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+        Ok(self
+            .vm
+            .disks
+            .iter()
+            .map(|(l, p)| (l.clone(), p.display().to_string()))
+            .collect())
+    }
+    fn release(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn preview(&self) -> Vec<String> {
+        missing_sources(&self.vm)
+    }
+    fn describe(&self) -> String {
+        "none (read as they are)".into()
+    }
+}
+
+/// The program a shell command would run, if it can be found and executed.
+pub fn check_executable(cmd: &str) -> Option<String> {
+    let prog = cmd.split_whitespace().next()?;
+    let found = if prog.contains('/') {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(prog).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    } else {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {prog}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    (!found).then(|| format!("`{prog}` is not an executable program"))
+}
