@@ -11,6 +11,7 @@ mod errors;
 mod helpers;
 mod images;
 mod job;
+mod libvirt;
 mod mount;
 mod nbd;
 mod prune;

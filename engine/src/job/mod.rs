@@ -7,7 +7,7 @@
 //! notify = "mail -s dedisk root"          # gets the summary on stdin
 //!
 //! [defaults]
-//! snapshot = "none"                       # none|command|btrfs|lvm|zfs|xenserver
+//! snapshot = "none"                       # none|command|btrfs|lvm|zfs|xenserver|libvirt
 //! keep_daily = 7
 //! keep_weekly = 4
 //! post_hook = "/usr/local/bin/after-vm"
@@ -23,7 +23,15 @@
 //! snapshot = "btrfs"
 //! btrfs_subvolume = "/var/lib/images"
 //! keep_daily = 14
+//!
+//! [[vm]]
+//! name = "db01"                           # a libvirt domain: its disks are found in
+//! snapshot = "libvirt"                    # its XML unless `disks` lists some
+//! exclude_disks = ["vdb"]                 # (swap, scratch)
 //! ```
+//!
+//! With `[select] from = "libvirt"`, every domain of the hypervisor that the patterns
+//! pick is backed up with the `libvirt` method, whether or not a `[[vm]]` names it.
 
 pub mod provider;
 pub mod run;
@@ -49,6 +57,19 @@ pub struct Settings {
     pub btrfs_subvolume: Option<PathBuf>,
     /// `lvm`: copy-on-write space of each snapshot (`lvcreate -L`), default `5G`.
     pub lvm_snapshot_size: Option<String>,
+    /// `libvirt`: the connection (`virsh -c`), default virsh's own (qemu:///system for
+    /// root).
+    pub libvirt_uri: Option<String>,
+    /// `libvirt`: the domain, default the VM's name.
+    pub libvirt_domain: Option<String>,
+    /// `libvirt`: freeze the guest's filesystems through its agent: `auto` (when the
+    /// agent answers, the default), `always` (fail without it) or `never`.
+    pub libvirt_quiesce: Option<String>,
+    /// `libvirt`: where overlays go while the base images are read; default beside each
+    /// image (needed for block-device disks).
+    pub libvirt_overlay_dir: Option<PathBuf>,
+    /// Disk labels (libvirt: targets such as `vdb`) not to back up.
+    pub exclude_disks: Option<Vec<String>>,
     pub keep_last: Option<u32>,
     pub keep_hourly: Option<u32>,
     pub keep_daily: Option<u32>,
@@ -75,6 +96,11 @@ impl Settings {
             snapshot_release,
             btrfs_subvolume,
             lvm_snapshot_size,
+            libvirt_uri,
+            libvirt_domain,
+            libvirt_quiesce,
+            libvirt_overlay_dir,
+            exclude_disks,
             keep_last,
             keep_hourly,
             keep_daily,
@@ -112,6 +138,8 @@ impl Settings {
 #[serde(deny_unknown_fields)]
 struct VmEntry {
     name: String,
+    /// Label -> path. A libvirt VM may leave it out: every writable disk of the domain.
+    #[serde(default)]
     disks: BTreeMap<String, PathBuf>,
     #[serde(default)]
     meta: Vec<PathBuf>,
@@ -122,6 +150,10 @@ struct VmEntry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Select {
+    /// `libvirt`: every domain the hypervisor knows (`virsh list --all`) that the
+    /// include/exclude patterns pick and no `[[vm]]` names becomes a VM with the defaults
+    /// and snapshot method `libvirt`.
+    from: Option<String>,
     #[serde(default)]
     include: Vec<String>,
     #[serde(default)]
@@ -243,9 +275,9 @@ impl Job {
         let stem = path
             .file_stem()
             .map_or("job".into(), |s| s.to_string_lossy().into_owned());
-        let mut vms = Vec::new();
+        let mut entries = raw.vm;
         let mut seen = std::collections::HashSet::new();
-        for v in raw.vm {
+        for v in &entries {
             if !seen.insert(v.name.clone()) {
                 return Err(Error::Usage(format!(
                     "{} line {}: VM {:?} is listed twice",
@@ -254,6 +286,40 @@ impl Job {
                     v.name
                 )));
             }
+        }
+        match raw.select.from.as_deref() {
+            None => {}
+            Some("libvirt") => {
+                let virsh = provider::Virsh::new(raw.defaults.libvirt_uri.clone());
+                let domains = virsh.domains().map_err(|e| {
+                    Error::Usage(format!(
+                        "{} line {}: listing libvirt domains: {e}",
+                        path.display(),
+                        line_of(&text, "libvirt")
+                    ))
+                })?;
+                for d in domains.into_iter().filter(|d| !seen.contains(d)) {
+                    entries.push(VmEntry {
+                        name: d,
+                        disks: BTreeMap::new(),
+                        meta: Vec::new(),
+                        settings: Settings {
+                            snapshot: Some("libvirt".into()),
+                            ..Settings::default()
+                        },
+                    });
+                }
+            }
+            Some(other) => {
+                return Err(Error::Usage(format!(
+                    "{} line {}: select.from {other:?} is not a hypervisor dedisk lists (libvirt)",
+                    path.display(),
+                    line_of(&text, other)
+                )))
+            }
+        }
+        let mut vms = Vec::new();
+        for v in entries {
             let picked = (include.is_empty() || include.iter().any(|r| r.is_match(&v.name)))
                 && !exclude.iter().any(|r| r.is_match(&v.name))
                 && (only.is_empty() || only.contains(&v.name));
@@ -271,16 +337,30 @@ impl Job {
                 ))
             })?;
             settings.policy()?;
-            if v.disks.is_empty() {
+            if v.disks.is_empty() && method != "libvirt" {
                 return Err(Error::Usage(format!(
                     "{}: VM {} has no disks",
                     path.display(),
                     v.name
                 )));
             }
+            let excluded = settings.exclude_disks.clone().unwrap_or_default();
+            let listed = v.disks.len();
+            let disks: Vec<_> = v
+                .disks
+                .into_iter()
+                .filter(|(label, _)| !excluded.contains(label))
+                .collect();
+            if listed > 0 && disks.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{}: VM {}: exclude_disks leaves none of its disks",
+                    path.display(),
+                    v.name
+                )));
+            }
             vms.push(VmPlan {
                 name: v.name,
-                disks: v.disks.into_iter().collect(),
+                disks,
                 meta: v.meta,
                 settings,
             });

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use repo_format::lock::LockKind;
 use repo_format::Repository;
 
-use super::provider::{self, shell};
+use super::provider::{self, shell, ViewDisk};
 use super::{Job, VmPlan};
 use crate::backup::{backup, BackupOptions, DiskInput, MetaInput};
 use crate::cancel::Cancel;
@@ -78,8 +78,19 @@ pub fn preview(job: &Job) -> (Vec<String>, Vec<String>) {
     for vm in &job.vms {
         let p = provider::for_vm(vm);
         plan.push(format!("vm {}: snapshot {}", vm.name, p.describe()));
-        for (label, path) in &vm.disks {
-            plan.push(format!("  disk {label}: {}", path.display()));
+        match p.discovered_disks() {
+            None => {
+                for (label, path) in &vm.disks {
+                    plan.push(format!("  disk {label}: {}", path.display()));
+                }
+            }
+            Some(Ok(disks)) => {
+                for (label, what) in disks {
+                    plan.push(format!("  disk {label}: {what}"));
+                }
+            }
+            // preview() reports why.
+            Some(Err(_)) => plan.push("  disks: cannot be listed".into()),
         }
         for m in &vm.meta {
             plan.push(format!("  meta {}", m.display()));
@@ -145,24 +156,30 @@ fn describe_policy(p: &crate::forget::Policy) -> String {
 fn backup_vm(
     repo: &Repository,
     vm: &VmPlan,
-    disks: Vec<(String, String)>,
+    disks: Vec<ViewDisk>,
+    provider_meta: Vec<MetaInput>,
     cancel: &Cancel,
     result: &mut VmResult,
 ) -> Result<()> {
     let inputs = disks
         .into_iter()
-        .map(|(label, path)| {
+        .map(|d| {
             let source = open_source(
-                &path,
+                &d.path,
                 &SourceOptions {
                     direct: true,
+                    format: d.format,
                     ..Default::default()
                 },
             )?;
-            Ok(DiskInput { label, source })
+            Ok(DiskInput {
+                label: d.label,
+                source,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = vm.meta.iter().map(|p| MetaInput::from_path(p)).collect();
+    let mut meta: Vec<MetaInput> = vm.meta.iter().map(|p| MetaInput::from_path(p)).collect();
+    meta.extend(provider_meta);
     let opts = BackupOptions {
         name: vm.name.clone(),
         tags: vm.settings.tags.clone().unwrap_or_default(),
@@ -220,7 +237,8 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
         let disks = provider
             .acquire()
             .map_err(|e| Error::Usage(format!("snapshot: {e}")))?;
-        backup_vm(repo, vm, disks, cancel, &mut r)?;
+        let meta = provider.take_meta();
+        backup_vm(repo, vm, disks, meta, cancel, &mut r)?;
         // A copy taken from a snapshot that broke meanwhile is not a backup: drop it.
         if let Err(e) = provider.check_after() {
             if let Some(id) = r.snapshot.take() {

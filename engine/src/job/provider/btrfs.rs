@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{check_executable, missing_sources, shell, Provider};
+use super::{check_executable, missing_sources, shell, Provider, ViewDisk};
 use crate::job::VmPlan;
 
 pub struct Btrfs {
@@ -25,7 +25,7 @@ impl Btrfs {
 }
 
 impl Provider for Btrfs {
-    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
         let subvol = self
             .subvolume()
             .canonicalize()
@@ -60,7 +60,7 @@ impl Provider for Btrfs {
         self.snapshot = Some(snap.clone());
         Ok(rel
             .into_iter()
-            .map(|(l, r)| (l, snap.join(r).display().to_string()))
+            .map(|(l, r)| ViewDisk::new(l, snap.join(r).display().to_string()))
             .collect())
     }
     fn release(&mut self) -> Result<(), String> {

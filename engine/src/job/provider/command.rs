@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{check_executable, missing_sources, release_all, shell, Provider};
+use super::{check_executable, missing_sources, release_all, shell, Provider, ViewDisk};
 use crate::job::VmPlan;
 
 pub struct CommandProvider {
@@ -32,7 +32,7 @@ impl CommandProvider {
 }
 
 impl Provider for CommandProvider {
-    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
         let create = self.vm.settings.snapshot_create.clone().unwrap_or_default();
         let mut out = Vec::new();
         for (label, source) in self.vm.disks.clone() {
@@ -42,7 +42,7 @@ impl Provider for CommandProvider {
                 return Err(format!("`{create}` printed no path for disk {label}"));
             }
             self.made.push((label.clone(), source, path.clone()));
-            out.push((label, path));
+            out.push(ViewDisk::new(label, path));
         }
         Ok(out)
     }

@@ -1,7 +1,7 @@
 //! The `lvm` provider: `lvcreate --snapshot` per logical volume, its fill state checked after
 //! the backup, `lvremove` at the end.
 
-use super::{check_executable, missing_sources, release_all, shell, Provider};
+use super::{check_executable, missing_sources, release_all, shell, Provider, ViewDisk};
 use crate::job::VmPlan;
 
 pub struct Lvm {
@@ -30,7 +30,7 @@ fn lvs(args: &str) -> Result<String, String> {
 }
 
 impl Provider for Lvm {
-    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
         let size = self
             .vm
             .settings
@@ -56,7 +56,7 @@ impl Provider for Lvm {
             )?;
             self.made.push(format!("{vg}/{name}"));
             let path = lvs(&format!("-o lv_path {vg}/{name}"))?;
-            out.push((label.clone(), path));
+            out.push(ViewDisk::new(label.clone(), path));
         }
         Ok(out)
     }

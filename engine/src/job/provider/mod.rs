@@ -11,6 +11,8 @@
 //! - `zfs`: `zfs snapshot` of each zvol and a temporary clone of it (a clone's device
 //!   appears whatever the `snapdev` property says), read at `/dev/zvol/...`, both
 //!   destroyed after.
+//! - `libvirt`: an external disk-only snapshot of a running domain, its base images
+//!   read, the overlay merged back with `virsh blockcommit --active --pivot`.
 //! - `xenserver`: disks name VDI UUIDs; `xe vdi-snapshot`, then `xe vdi-export
 //!   filename= format=raw` of the snapshot to a pipe dedisk reads as a stream, and
 //!   `xe vdi-destroy` of the snapshot after.
@@ -20,15 +22,21 @@
 
 mod btrfs;
 mod command;
+mod libvirt;
 mod lvm;
 mod xenserver;
 mod zfs;
 
+use std::path::Path;
 use std::process::Command;
 
 use super::{Settings, VmPlan};
+use crate::backup::MetaInput;
+use crate::source::detect::ImageFormat;
 use btrfs::Btrfs;
 use command::CommandProvider;
+use libvirt::Libvirt;
+pub use libvirt::{DomainXml, Virsh};
 use lvm::Lvm;
 use xenserver::XenServer;
 use zfs::Zfs;
@@ -52,11 +60,14 @@ pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
             _ => Ok(()),
         },
         "zfs" | "xenserver" => Ok(()),
-        "libvirt" => Err(format!(
-            "snapshot method {method:?} is not implemented yet (use command)"
-        )),
+        "libvirt" => match s.libvirt_quiesce.as_deref() {
+            None | Some("auto" | "always" | "never") => Ok(()),
+            Some(q) => Err(format!(
+                "libvirt_quiesce {q:?} is not one of auto, always, never"
+            )),
+        },
         other => Err(format!(
-            "unknown snapshot method {other:?} (none, command, btrfs, lvm, zfs, xenserver)"
+            "unknown snapshot method {other:?} (none, command, btrfs, lvm, zfs, xenserver, libvirt)"
         )),
     }
 }
@@ -101,10 +112,35 @@ fn release_all(
     first_err.map_or(Ok(()), Err)
 }
 
+/// One disk of a view: the label it is stored under, the path to read, and its format
+/// when the provider knows it (libvirt's driver type is authoritative; detection by
+/// content would let a guest that forged an image header in its raw disk choose it).
+#[derive(Clone, Debug)]
+pub struct ViewDisk {
+    pub label: String,
+    pub path: String,
+    pub format: Option<ImageFormat>,
+}
+
+impl ViewDisk {
+    pub fn new(label: impl Into<String>, path: impl Into<String>) -> Self {
+        ViewDisk {
+            label: label.into(),
+            path: path.into(),
+            format: None,
+        }
+    }
+}
+
 /// A point-in-time view of one VM's disks.
 pub trait Provider {
-    /// Creates the view; returns (label, path to read) per disk.
-    fn acquire(&mut self) -> Result<Vec<(String, String)>, String>;
+    /// Creates the view; returns the disks to read.
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String>;
+    /// Metadata the provider gathered in `acquire` (a domain's XML, its NVRAM), kept in
+    /// the snapshot beside the job file's `meta` files.
+    fn take_meta(&mut self) -> Vec<MetaInput> {
+        Vec::new()
+    }
     /// After a backup, before `release`: is the copy still consistent? (An LVM snapshot
     /// that overflowed during the backup is not.)
     fn check_after(&mut self) -> Result<(), String> {
@@ -112,6 +148,11 @@ pub trait Provider {
     }
     /// Undoes everything `acquire` created (also after it failed halfway).
     fn release(&mut self) -> Result<(), String>;
+    /// For `--preview`: the (label, source) of each disk when the provider finds them
+    /// itself (a libvirt domain's XML) rather than reading the job file's list.
+    fn discovered_disks(&self) -> Option<Result<Vec<(String, String)>, String>> {
+        None
+    }
     /// What `--preview` can check without changing anything.
     fn preview(&self) -> Vec<String>;
     /// One line for the plan.
@@ -125,6 +166,7 @@ pub fn for_vm(vm: &VmPlan) -> Box<dyn Provider> {
         "zfs" => Box::new(Zfs::new(vm)),
         "xenserver" => Box::new(XenServer::new(vm)),
         "lvm" => Box::new(Lvm::new(vm)),
+        "libvirt" => Box::new(Libvirt::new(vm)),
         _ => Box::new(NoSnapshot { vm: vm.clone() }),
     }
 }
@@ -142,12 +184,12 @@ struct NoSnapshot {
 }
 
 impl Provider for NoSnapshot {
-    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
         Ok(self
             .vm
             .disks
             .iter()
-            .map(|(l, p)| (l.clone(), p.display().to_string()))
+            .map(|(l, p)| ViewDisk::new(l.clone(), p.display().to_string()))
             .collect())
     }
     fn release(&mut self) -> Result<(), String> {
@@ -159,6 +201,19 @@ impl Provider for NoSnapshot {
     fn describe(&self) -> String {
         "none (read as they are)".into()
     }
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// The program a shell command would run, if it can be found and executed.

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use super::{check_executable, release_all, shell, Provider};
+use super::{check_executable, release_all, shell, Provider, ViewDisk};
 use crate::job::VmPlan;
 
 pub struct XenServer {
@@ -31,7 +31,7 @@ fn is_uuid(s: &str) -> bool {
 }
 
 impl Provider for XenServer {
-    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
         use std::os::unix::io::AsRawFd;
         let mut out = Vec::new();
         for (label, vdi) in &self.vm.disks {
@@ -59,7 +59,7 @@ impl Provider for XenServer {
             let stdout = child.stdout.take().ok_or("xe vdi-export: no stdout")?;
             let path = format!("/proc/self/fd/{}", stdout.as_raw_fd());
             self.exports.push((child, stdout));
-            out.push((label.clone(), path));
+            out.push(ViewDisk::new(label.clone(), path));
         }
         Ok(out)
     }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{check_executable, missing_sources, shell, Provider};
+use super::{check_executable, missing_sources, shell, Provider, ViewDisk};
 use crate::job::VmPlan;
 
 pub struct Zfs {
@@ -29,7 +29,7 @@ impl Zfs {
 }
 
 impl Provider for Zfs {
-    fn acquire(&mut self) -> Result<Vec<(String, String)>, String> {
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
         let tag = format!("dedisk-{}", std::process::id());
         let mut out = Vec::new();
         for (label, source) in &self.vm.disks {
@@ -47,7 +47,7 @@ impl Provider for Zfs {
             if let Some(last) = self.made.last_mut() {
                 last.1 = Some(clone.clone());
             }
-            out.push((label.clone(), format!("/dev/zvol/{clone}")));
+            out.push(ViewDisk::new(label.clone(), format!("/dev/zvol/{clone}")));
         }
         Ok(out)
     }

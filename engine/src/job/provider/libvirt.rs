@@ -1,0 +1,773 @@
+//! The `libvirt` provider: a running domain's disks frozen by an external disk-only
+//! snapshot, the frozen base images read, then the overlay merged back.
+//!
+//! For a running (or paused) domain:
+//! 1. `virsh snapshot-create-as --disk-only --atomic --no-metadata [--quiesce]` puts a
+//!    fresh qcow2 overlay on top of every disk backed up (`--quiesce`, which freezes the
+//!    guest's filesystems through the guest agent, when the agent answers or
+//!    `libvirt_quiesce = "always"`). From then on the guest writes into the overlays and
+//!    the base images stay as they were at that instant.
+//! 2. dedisk reads the base images, in the format libvirt's `<driver type=…>` names.
+//! 3. `virsh blockcommit --active --pivot --wait` merges each overlay back into its base
+//!    and switches the domain to it; only then is the overlay file deleted.
+//!
+//! A shut-off domain's images are read as they are; if the domain starts meanwhile, the
+//! copy is refused. The domain's XML (`dumpxml --inactive --security-info`, the
+//! definition to `virsh define` on restore) and its UEFI NVRAM file are kept as snapshot
+//! metadata.
+//!
+//! Nothing the guest wrote is ever deleted: an overlay is removed only when the domain
+//! no longer uses it. When a merge cannot happen (the domain stopped, the block job
+//! failed) the overlay stays, the domain keeps running on it, and the error says how to
+//! merge it by hand. A run killed before its merge leaves such an overlay; the next run
+//! finds it (its name carries `.dedisk-`) and merges it before taking a new snapshot.
+//!
+//! Growing into changed-block backups: libvirt checkpoints and pull-mode backups
+//! (`virsh backup-begin` exporting the frozen disks over NBD, with dirty bitmaps saying
+//! what changed) replace steps 1 to 3 with "begin a backup job, read NBD exports, end
+//! the job". [`Libvirt::acquire`] chooses the disks, gathers metadata and then calls
+//! the one step that makes the view (`freeze`); `release` undoes exactly what that step
+//! recorded. A pull-mode view would be a second such step returning NBD addresses.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{check_executable, Provider, ViewDisk};
+use crate::backup::{MetaContent, MetaInput, MAX_META_BYTES};
+use crate::job::VmPlan;
+use crate::source::detect::ImageFormat;
+
+/// Runs `virsh` against one connection URI.
+#[derive(Clone, Debug)]
+pub struct Virsh {
+    uri: Option<String>,
+}
+
+impl Virsh {
+    pub fn new(uri: Option<String>) -> Self {
+        Virsh { uri }
+    }
+
+    /// `virsh [-c URI] ARGS`; stdout, or an error with the command and its stderr.
+    pub fn run(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("virsh");
+        if let Some(uri) = &self.uri {
+            cmd.args(["-c", uri]);
+        }
+        let out = cmd.args(args).output().map_err(|e| format!("virsh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`virsh {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every domain's name, running or not.
+    pub fn domains(&self) -> Result<Vec<String>, String> {
+        Ok(self
+            .run(&["list", "--all", "--name"])?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn state(&self, domain: &str) -> Result<String, String> {
+        Ok(self.run(&["domstate", domain])?.trim().to_string())
+    }
+
+    fn live_xml(&self, domain: &str) -> Result<DomainXml, String> {
+        DomainXml::parse(&self.run(&["dumpxml", domain])?)
+            .map_err(|e| format!("domain {domain}: {e}"))
+    }
+
+    /// Does the guest agent answer? (Only then can `--quiesce` freeze filesystems.)
+    fn agent_answers(&self, domain: &str) -> bool {
+        self.run(&[
+            "qemu-agent-command",
+            domain,
+            "--timeout",
+            "5",
+            r#"{"execute":"guest-ping"}"#,
+        ])
+        .is_ok()
+    }
+}
+
+/// One `<disk>` of a domain's XML.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DomainDisk {
+    /// `<target dev=…>`: `vda`, `sdb`.
+    pub target: String,
+    /// `disk`, `cdrom`, `floppy`, `lun`.
+    pub device: String,
+    /// `file`, `block`, `network`, `volume`, …
+    pub kind: String,
+    /// The file or device, for `file` and `block` disks that have one.
+    pub source: Option<PathBuf>,
+    /// `<driver type=…>`: `raw`, `qcow2`, …
+    pub driver: Option<String>,
+    pub readonly: bool,
+}
+
+/// What the provider needs of a domain's XML.
+#[derive(Clone, Debug, Default)]
+pub struct DomainXml {
+    pub disks: Vec<DomainDisk>,
+    /// `<os><nvram>PATH</nvram>`: the UEFI variable store.
+    pub nvram: Option<PathBuf>,
+}
+
+/// The first child element of `n` named `name`.
+fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree::Node<'a, 'i>> {
+    n.children().find(|c| c.has_tag_name(name))
+}
+
+impl DomainXml {
+    pub fn parse(xml: &str) -> Result<DomainXml, String> {
+        let doc = roxmltree::Document::parse(xml).map_err(|e| format!("domain XML: {e}"))?;
+        let root = doc.root_element();
+        let mut out = DomainXml::default();
+        if let Some(os) = child(root, "os") {
+            out.nvram = child(os, "nvram")
+                .and_then(|n| n.text())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(PathBuf::from);
+        }
+        let Some(devices) = child(root, "devices") else {
+            return Ok(out);
+        };
+        for disk in devices.children().filter(|c| c.has_tag_name("disk")) {
+            let Some(target) = child(disk, "target").and_then(|t| t.attribute("dev")) else {
+                continue;
+            };
+            let kind = disk.attribute("type").unwrap_or("file").to_string();
+            let source = child(disk, "source")
+                .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
+                .map(PathBuf::from);
+            out.disks.push(DomainDisk {
+                target: target.to_string(),
+                device: disk.attribute("device").unwrap_or("disk").to_string(),
+                kind,
+                source,
+                driver: child(disk, "driver")
+                    .and_then(|d| d.attribute("type"))
+                    .map(str::to_string),
+                readonly: child(disk, "readonly").is_some(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn source_of(&self, target: &str) -> Option<&Path> {
+        self.disks
+            .iter()
+            .find(|d| d.target == target)
+            .and_then(|d| d.source.as_deref())
+    }
+}
+
+/// libvirt's `<driver type>` as a format dedisk reads.
+fn format_of(driver: Option<&str>) -> Result<ImageFormat, String> {
+    Ok(match driver.unwrap_or("raw") {
+        "raw" => ImageFormat::Raw,
+        "qcow2" => ImageFormat::Qcow2,
+        "vpc" => ImageFormat::Vhd,
+        "vhdx" => ImageFormat::Vhdx,
+        "vmdk" => ImageFormat::Vmdk,
+        "vdi" => ImageFormat::Vdi,
+        other => {
+            return Err(format!(
+                "driver type {other:?} is not a format dedisk reads"
+            ))
+        }
+    })
+}
+
+/// Is this file an overlay a dedisk run made (`<image>.dedisk-<pid>-<time>.qcow2`)?
+fn is_our_overlay(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains(".dedisk-") && n.ends_with(".qcow2"))
+}
+
+/// One disk frozen under an overlay.
+#[derive(Clone, Debug)]
+struct Overlay {
+    target: String,
+    base: PathBuf,
+    overlay: PathBuf,
+}
+
+/// What `acquire` did, for `check_after` and `release`.
+enum Frozen {
+    Nothing,
+    /// A shut-off domain read as it is; it must not start before the copy is done.
+    Offline,
+    /// Overlays asked for (recorded before the snapshot command runs, so a failure
+    /// halfway is still cleaned up).
+    Overlays(Vec<Overlay>),
+}
+
+pub struct Libvirt {
+    vm: VmPlan,
+    virsh: Virsh,
+    domain: String,
+    frozen: Frozen,
+    meta: Vec<MetaInput>,
+}
+
+impl Libvirt {
+    pub fn new(vm: &VmPlan) -> Self {
+        Libvirt {
+            vm: vm.clone(),
+            virsh: Virsh::new(vm.settings.libvirt_uri.clone()),
+            domain: vm
+                .settings
+                .libvirt_domain
+                .clone()
+                .unwrap_or_else(|| vm.name.clone()),
+            frozen: Frozen::Nothing,
+            meta: Vec::new(),
+        }
+    }
+
+    /// The domain's disks this backup reads: every writable file or block disk, or those
+    /// the job file lists (whose paths must match the domain's), less `exclude_disks`.
+    fn choose(&self, xml: &DomainXml) -> Result<Vec<DomainDisk>, String> {
+        let excluded = self.vm.settings.exclude_disks.clone().unwrap_or_default();
+        for label in &excluded {
+            if !xml.disks.iter().any(|d| &d.target == label) {
+                return Err(format!(
+                    "exclude_disks names {label}, which domain {} does not have",
+                    self.domain
+                ));
+            }
+        }
+        let mut chosen = Vec::new();
+        if self.vm.disks.is_empty() {
+            for d in &xml.disks {
+                if d.device != "disk" || d.readonly || excluded.contains(&d.target) {
+                    continue;
+                }
+                chosen.push(d.clone());
+            }
+        } else {
+            for (label, path) in &self.vm.disks {
+                let d = xml
+                    .disks
+                    .iter()
+                    .find(|d| &d.target == label)
+                    .ok_or_else(|| format!("domain {} has no disk {label}", self.domain))?;
+                if d.source.as_deref() != Some(path.as_path()) {
+                    return Err(format!(
+                        "disk {label}: the job file says {}, domain {} uses {}",
+                        path.display(),
+                        self.domain,
+                        d.source
+                            .as_deref()
+                            .map_or("nothing".into(), |p| p.display().to_string())
+                    ));
+                }
+                chosen.push(d.clone());
+            }
+        }
+        for d in &chosen {
+            if d.kind != "file" && d.kind != "block" {
+                return Err(format!(
+                    "disk {}: a {} disk cannot be read by the libvirt provider (file and block disks can); exclude it with exclude_disks",
+                    d.target, d.kind
+                ));
+            }
+            if d.source.is_none() {
+                return Err(format!("disk {}: it has no source", d.target));
+            }
+            format_of(d.driver.as_deref()).map_err(|e| format!("disk {}: {e}", d.target))?;
+        }
+        if chosen.is_empty() {
+            return Err(format!("domain {} has no disk to back up", self.domain));
+        }
+        Ok(chosen)
+    }
+
+    fn gather_meta(&mut self, xml: &DomainXml) -> Result<(), String> {
+        let definition =
+            self.virsh
+                .run(&["dumpxml", "--inactive", "--security-info", &self.domain])?;
+        self.meta.push(MetaInput {
+            name: "domain.xml".into(),
+            content: MetaContent::Bytes {
+                origin: format!("virsh dumpxml {}", self.domain),
+                bytes: definition.into_bytes(),
+            },
+        });
+        if let Some(nvram) = &xml.nvram {
+            // The NVRAM file appears at the first start; a domain never started has none.
+            if let Ok(m) = std::fs::metadata(nvram) {
+                if m.len() > MAX_META_BYTES {
+                    return Err(format!("NVRAM {} is too large", nvram.display()));
+                }
+                let bytes =
+                    std::fs::read(nvram).map_err(|e| format!("NVRAM {}: {e}", nvram.display()))?;
+                let name = nvram
+                    .file_name()
+                    .map_or("nvram".into(), |n| n.to_string_lossy().into_owned());
+                self.meta.push(MetaInput {
+                    name,
+                    content: MetaContent::Bytes {
+                        origin: nvram.display().to_string(),
+                        bytes,
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges overlays an earlier, interrupted run left under the chosen disks.
+    fn merge_leftovers(&self, xml: &DomainXml) -> Result<bool, String> {
+        let mut merged = false;
+        for d in &xml.disks {
+            let Some(src) = &d.source else { continue };
+            if is_our_overlay(src) {
+                let info = format!(
+                    "disk {} runs on {}, an overlay left by an interrupted dedisk run",
+                    d.target,
+                    src.display()
+                );
+                self.commit(&d.target)
+                    .map_err(|e| format!("{info}; merging it failed: {e}"))?;
+                std::fs::remove_file(src)
+                    .map_err(|e| format!("{info}; merged, but deleting it failed: {e}"))?;
+                merged = true;
+            }
+        }
+        Ok(merged)
+    }
+
+    fn commit(&self, target: &str) -> Result<(), String> {
+        self.virsh
+            .run(&[
+                "blockcommit",
+                &self.domain,
+                target,
+                "--active",
+                "--pivot",
+                "--wait",
+            ])
+            .map(drop)
+            .inspect_err(|_| {
+                // A job that failed may linger; abort it so the disk is usable again.
+                let _ = self
+                    .virsh
+                    .run(&["blockjob", &self.domain, target, "--abort"]);
+            })
+    }
+
+    /// Step 1: put an overlay on top of each chosen disk of the running domain.
+    fn freeze(&mut self, chosen: &[DomainDisk], xml: &DomainXml) -> Result<(), String> {
+        let quiesce = match self.vm.settings.libvirt_quiesce.as_deref() {
+            Some("never") => false,
+            Some("always") => {
+                if !self.virsh.agent_answers(&self.domain) {
+                    return Err(format!(
+                        "libvirt_quiesce = \"always\" but the guest agent of {} does not answer",
+                        self.domain
+                    ));
+                }
+                true
+            }
+            _ => self.virsh.agent_answers(&self.domain),
+        };
+        let tag = format!(
+            "dedisk-{}-{}",
+            std::process::id(),
+            jiff::Timestamp::now().as_second()
+        );
+        let mut overlays = Vec::new();
+        for d in chosen {
+            let base = d.source.clone().unwrap_or_default();
+            let dir = match (&self.vm.settings.libvirt_overlay_dir, d.kind.as_str()) {
+                (Some(dir), _) => dir.clone(),
+                (None, "file") => base.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                (None, _) => {
+                    return Err(format!(
+                        "disk {} is a block device {}: set libvirt_overlay_dir to a directory for its overlay",
+                        d.target,
+                        base.display()
+                    ))
+                }
+            };
+            let name = base
+                .file_name()
+                .map_or("disk".into(), |n| n.to_string_lossy().into_owned());
+            let overlay = dir.join(format!("{name}.{tag}.qcow2"));
+            if overlay.exists() {
+                return Err(format!("{} already exists", overlay.display()));
+            }
+            overlays.push(Overlay {
+                target: d.target.clone(),
+                base,
+                overlay,
+            });
+        }
+        let mut args: Vec<String> = [
+            "snapshot-create-as",
+            "--domain",
+            &self.domain,
+            "--name",
+            &tag,
+            "--description",
+            "dedisk backup; merged back when the backup ends",
+            "--disk-only",
+            "--atomic",
+            "--no-metadata",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if quiesce {
+            args.push("--quiesce".into());
+        }
+        for d in &xml.disks {
+            args.push("--diskspec".into());
+            // Commas in a path are doubled in virsh's diskspec syntax.
+            args.push(match overlays.iter().find(|o| o.target == d.target) {
+                Some(o) => format!(
+                    "{},snapshot=external,driver=qcow2,file={}",
+                    d.target,
+                    o.overlay.display().to_string().replace(',', ",,")
+                ),
+                None => format!("{},snapshot=no", d.target),
+            });
+        }
+        self.frozen = Frozen::Overlays(overlays.clone());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.virsh.run(&argv)?;
+        let now = self.virsh.live_xml(&self.domain)?;
+        for o in &overlays {
+            if now.source_of(&o.target) != Some(o.overlay.as_path()) {
+                return Err(format!(
+                    "after the snapshot, disk {} of {} is not on its overlay {}",
+                    o.target,
+                    self.domain,
+                    o.overlay.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges one overlay back, or says why it stays (and how to merge it by hand).
+    fn unfreeze(&self, o: &Overlay) -> Result<(), String> {
+        let now = self.virsh.live_xml(&self.domain).map_err(|e| {
+            format!(
+                "{e}; overlay {} over {} is kept",
+                o.overlay.display(),
+                o.base.display()
+            )
+        })?;
+        if now.source_of(&o.target) != Some(o.overlay.as_path()) {
+            // The domain never switched to it (the snapshot failed or was rolled back):
+            // a file left there holds nothing of the guest's.
+            return match std::fs::remove_file(&o.overlay) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(format!("deleting {}: {e}", o.overlay.display()))
+                }
+                _ => Ok(()),
+            };
+        }
+        let by_hand = format!(
+            "disk {} of {} stays on overlay {} over {} (nothing is lost); merge it with `virsh blockcommit {} {} --active --pivot` while the domain runs, then delete the overlay",
+            o.target,
+            self.domain,
+            o.overlay.display(),
+            o.base.display(),
+            self.domain,
+            o.target
+        );
+        let state = self.virsh.state(&self.domain)?;
+        if state != "running" && state != "paused" {
+            return Err(format!("the domain is {state}: {by_hand}"));
+        }
+        self.commit(&o.target)
+            .map_err(|e| format!("{e}: {by_hand}"))?;
+        let after = self.virsh.live_xml(&self.domain)?;
+        if after.source_of(&o.target) != Some(o.base.as_path()) {
+            return Err(format!("the merge did not pivot: {by_hand}"));
+        }
+        std::fs::remove_file(&o.overlay)
+            .map_err(|e| format!("merged, but deleting {}: {e}", o.overlay.display()))
+    }
+}
+
+fn is_live(state: &str) -> bool {
+    state == "running" || state == "paused"
+}
+
+impl Provider for Libvirt {
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
+        let state = self.virsh.state(&self.domain)?;
+        let mut xml = self.virsh.live_xml(&self.domain)?;
+        if is_live(&state) && self.merge_leftovers(&xml)? {
+            xml = self.virsh.live_xml(&self.domain)?;
+        }
+        let chosen = self.choose(&xml)?;
+        self.gather_meta(&xml)?;
+        if is_live(&state) {
+            self.freeze(&chosen, &xml)?;
+        } else if state == "shut off" || state == "crashed" {
+            self.frozen = Frozen::Offline;
+        } else {
+            return Err(format!(
+                "domain {} is {state}; it can be backed up running, paused or shut off",
+                self.domain
+            ));
+        }
+        chosen
+            .iter()
+            .map(|d| {
+                let mut v = ViewDisk::new(
+                    d.target.clone(),
+                    d.source.clone().unwrap_or_default().display().to_string(),
+                );
+                v.format = Some(format_of(d.driver.as_deref())?);
+                Ok(v)
+            })
+            .collect()
+    }
+
+    fn take_meta(&mut self) -> Vec<MetaInput> {
+        std::mem::take(&mut self.meta)
+    }
+
+    fn check_after(&mut self) -> Result<(), String> {
+        if let Frozen::Offline = self.frozen {
+            let state = self.virsh.state(&self.domain)?;
+            if is_live(&state) {
+                return Err(format!(
+                    "domain {} started during the backup of its disks; the copy may be inconsistent",
+                    self.domain
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<(), String> {
+        let Frozen::Overlays(overlays) = std::mem::replace(&mut self.frozen, Frozen::Nothing)
+        else {
+            return Ok(());
+        };
+        let mut first_err = None;
+        for o in &overlays {
+            if let Err(e) = self.unfreeze(o) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn preview(&self) -> Vec<String> {
+        if let Some(p) = check_executable("virsh") {
+            return vec![p];
+        }
+        let mut problems = Vec::new();
+        let checked = self
+            .virsh
+            .state(&self.domain)
+            .and_then(|state| Ok((state, self.virsh.live_xml(&self.domain)?)));
+        match checked {
+            Err(e) => problems.push(e),
+            Ok((state, xml)) => match self.choose(&xml) {
+                Err(e) => problems.push(e),
+                Ok(chosen) => {
+                    for d in &chosen {
+                        let src = d.source.clone().unwrap_or_default();
+                        if !src.exists() {
+                            problems.push(format!(
+                                "disk {}: {} does not exist",
+                                d.target,
+                                src.display()
+                            ));
+                        }
+                    }
+                    if is_live(&state) {
+                        problems.extend(self.overlay_space_problems(&chosen));
+                    }
+                }
+            },
+        }
+        problems
+    }
+
+    fn discovered_disks(&self) -> Option<Result<Vec<(String, String)>, String>> {
+        let found = self.virsh.live_xml(&self.domain).and_then(|xml| {
+            Ok(self
+                .choose(&xml)?
+                .into_iter()
+                .map(|d| {
+                    let src = d.source.unwrap_or_default().display().to_string();
+                    (
+                        d.target,
+                        format!("{src} ({})", d.driver.as_deref().unwrap_or("raw")),
+                    )
+                })
+                .collect())
+        });
+        Some(found)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "libvirt external disk-only snapshot of domain {}, merged back with blockcommit",
+            self.domain
+        )
+    }
+}
+
+impl Libvirt {
+    /// An overlay grows by what the guest writes during the backup; a directory with
+    /// less than 1 GiB free would likely fill up (and pause the guest) on a busy VM.
+    fn overlay_space_problems(&self, chosen: &[DomainDisk]) -> Vec<String> {
+        const MIN_FREE: u64 = 1 << 30;
+        let mut problems = Vec::new();
+        for d in chosen {
+            let dir = match &self.vm.settings.libvirt_overlay_dir {
+                Some(dir) => dir.clone(),
+                None if d.kind == "file" => d
+                    .source
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new("/"))
+                    .to_path_buf(),
+                None => {
+                    problems.push(format!(
+                        "disk {} is a block device: set libvirt_overlay_dir",
+                        d.target
+                    ));
+                    continue;
+                }
+            };
+            match super::free_bytes(&dir) {
+                Ok(free) if free < MIN_FREE => problems.push(format!(
+                    "disk {}: only {} MiB free in {} for its overlay",
+                    d.target,
+                    free >> 20,
+                    dir.display()
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("overlay directory {}: {e}", dir.display())),
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = r#"<domain type='kvm'>
+  <name>web01</name>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>
+    <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/var/lib/libvirt/qemu/nvram/web01_VARS.fd</nvram>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/images/web01.qcow2' index='2'/>
+      <backingStore/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source dev='/dev/vg0/web01-data'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source protocol='rbd' name='pool/img'/>
+      <target dev='vdc' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn parses_disks_and_nvram() {
+        let x = DomainXml::parse(XML).unwrap();
+        assert_eq!(
+            x.nvram.as_deref(),
+            Some(Path::new("/var/lib/libvirt/qemu/nvram/web01_VARS.fd"))
+        );
+        let t: Vec<_> = x.disks.iter().map(|d| d.target.as_str()).collect();
+        assert_eq!(t, ["vda", "vdb", "sda", "vdc"]);
+        assert_eq!(x.source_of("vda"), Some(Path::new("/images/web01.qcow2")));
+        assert_eq!(x.source_of("vdb"), Some(Path::new("/dev/vg0/web01-data")));
+        assert_eq!(x.disks[1].kind, "block");
+        assert!(x.disks[2].readonly && x.disks[2].source.is_none());
+        assert_eq!(x.disks[3].kind, "network");
+    }
+
+    fn plan(disks: &[(&str, &str)], exclude: &[&str]) -> Libvirt {
+        let settings = crate::job::Settings {
+            exclude_disks: Some(exclude.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        };
+        Libvirt::new(&VmPlan {
+            name: "web01".into(),
+            disks: disks
+                .iter()
+                .map(|(l, p)| (l.to_string(), PathBuf::from(p)))
+                .collect(),
+            meta: Vec::new(),
+            settings,
+        })
+    }
+
+    #[test]
+    fn chooses_writable_disks_and_refuses_what_it_cannot_read() {
+        let x = DomainXml::parse(XML).unwrap();
+        // All disks: the network disk is refused by name until excluded.
+        let e = plan(&[], &[]).choose(&x).unwrap_err();
+        assert!(e.contains("vdc") && e.contains("network"), "{e}");
+        let chosen = plan(&[], &["vdc"]).choose(&x).unwrap();
+        let t: Vec<_> = chosen.iter().map(|d| d.target.as_str()).collect();
+        assert_eq!(t, ["vda", "vdb"]);
+        // Listed disks must match the domain's paths.
+        let e = plan(&[("vda", "/images/other.qcow2")], &[])
+            .choose(&x)
+            .unwrap_err();
+        assert!(e.contains("/images/web01.qcow2"), "{e}");
+        assert_eq!(
+            plan(&[("vda", "/images/web01.qcow2")], &[])
+                .choose(&x)
+                .unwrap()
+                .len(),
+            1
+        );
+        let e = plan(&[], &["vdz"]).choose(&x).unwrap_err();
+        assert!(e.contains("vdz"), "{e}");
+    }
+
+    #[test]
+    fn driver_types_map_to_formats() {
+        assert_eq!(format_of(Some("vpc")).unwrap(), ImageFormat::Vhd);
+        assert_eq!(format_of(None).unwrap(), ImageFormat::Raw);
+        assert!(format_of(Some("qed")).is_err());
+        assert!(is_our_overlay(Path::new(
+            "/i/web01.qcow2.dedisk-12-1700000000.qcow2"
+        )));
+        assert!(!is_our_overlay(Path::new("/i/web01.qcow2")));
+    }
+}
