@@ -157,6 +157,27 @@ fn job_file_errors_name_the_line() {
     fails(&["run", p(&job)], 1, "unknown snapshot method \"lvm2\"");
     write(&job, "repository = \"repo\"\nkeep_daily = 3\n");
     fails(&["run", p(&job)], 1, "unknown field `keep_daily`");
+    write(
+        &job,
+        "repository = \"repo\"\n[select]\nfrom = \"proxmox\"\n",
+    );
+    fails(
+        &["run", p(&job)],
+        1,
+        "bad.toml line 3: select.from \"proxmox\" is not a hypervisor",
+    );
+    write(&job, "repository = \"repo\"\n[[vm]]\nname = \"a\"\nsnapshot = \"libvirt\"\nlibvirt_quiesce = \"sometimes\"\n");
+    fails(
+        &["run", p(&job)],
+        1,
+        "libvirt_quiesce \"sometimes\" is not one of",
+    );
+    write(&job, "repository = \"repo\"\n[[vm]]\nname = \"a\"\ndisks = { vda = \"/x\" }\nexclude_disks = [\"vda\"]\n");
+    fails(
+        &["run", p(&job)],
+        1,
+        "exclude_disks leaves none of its disks",
+    );
 }
 
 #[test]

@@ -328,10 +328,23 @@ fn libvirt_provider_backs_up_the_frozen_base_while_the_guest_writes() {
             guest_write(&dom, "virtio-disk1", 0xcd, 4 << 20, 1 << 20)
         ),
     );
-    let job = f.job("job.toml", "");
+    // Picked from the hypervisor's list by an anchored pattern (the other test's domain
+    // is in that list too).
+    let job = f.d.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "repository = \"{}\"\n[select]\nfrom = \"libvirt\"\ninclude = [\"dedisk-e2e-{}-fro.*\"]\n",
+            f.repo.display(),
+            std::process::id()
+        ),
+    )
+    .unwrap();
     let preview = ok(&["run", "--preview", p(&job)]);
     assert!(
-        preview.contains(&format!("disk vda: {} (qcow2)", f.vda.display()))
+        preview.contains(&format!("vm {dom}: snapshot libvirt"))
+            && preview.contains("1 VM(s), 0 problem(s)")
+            && preview.contains(&format!("disk vda: {} (qcow2)", f.vda.display()))
             && preview.contains(&format!("disk vdb: {} (raw)", f.vdb.display()))
             && !preview.contains("disk sda"),
         "{preview}"
