@@ -469,11 +469,18 @@ fn xenserver_provider_streams_the_snapshot_and_destroys_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let repo = new_repo(d, &[]);
+    let vm = "8d1b6f2e-1c3a-4f0e-9b7d-2a4c6e8f0a1b";
     let vdi = "6f1c2b9e-3d4a-4c5b-8e7f-0a1b2c3d4e5f";
+    let vdi2 = "1a2b3c4d-5e6f-4a1b-8c2d-3e4f5a6b7c8d";
     let snap = "0d9e8f7a-6b5c-4d3e-9f1a-2b3c4d5e6f70";
+    let snap2 = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b";
+    let vbd = "3c2b1a0f-9e8d-4c7b-a6f5-e4d3c2b1a0f9";
+    let vif = "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d";
     let data = random_image(d, "vdi.raw", 3 << 20, 6 << 20);
+    let data2 = random_image(d, "vdi2.raw", 1 << 20, 2 << 20);
     let bin = d.join("bin");
     let log = d.join("xe.log");
+    // Outputs as XenServer 8's xe prints them (parameter lists shortened).
     stand_in(
         &bin,
         &["xe"],
@@ -481,18 +488,39 @@ fn xenserver_provider_streams_the_snapshot_and_destroys_it() {
             r#"#!/bin/sh
 echo "xe $*" >> '{log}'
 case "$*" in
+  "vm-list name-label=xen1 is-a-snapshot=false is-a-template=false --minimal")
+     [ -e '{d}/NOVM' ] || echo {vm} ;;
+  "vm-list is-control-domain=false is-a-snapshot=false is-a-template=false params=name-label --minimal")
+     echo "xen1,other" ;;
+  "vm-param-list uuid={vm}")
+     printf 'uuid ( RO)                  : {vm}\n            name-label ( RW): xen1\n           power-state ( RO): running\n     memory-static-max ( RW): 2147483648\n             VCPUs-max ( RW): 2\n\n\n' ;;
+  "vbd-list vm-uuid={vm} --minimal") echo {vbd} ;;
+  "vbd-param-list uuid={vbd}")
+     printf 'uuid ( RO)             : {vbd}\n          vm-uuid ( RO): {vm}\n         vdi-uuid ( RO): {vdi}\n           device ( RO): xvda\n         bootable ( RW): true\n\n\n' ;;
+  "vbd-list vm-uuid={vm} type=Disk params=device,vdi-uuid")
+     printf 'device ( RO)    : xvda\n    vdi-uuid ( RO): {vdi}\n\n\ndevice ( RO)    : xvdb\n    vdi-uuid ( RO): {vdi2}\n\n\n' ;;
+  "vdi-param-list uuid={vdi}")
+     printf 'uuid ( RO)                : {vdi}\n          name-label ( RW): xen1 root\n        virtual-size ( RO): 6291456\n\n\n' ;;
+  "vdi-param-list uuid={vdi2}")
+     printf 'uuid ( RO)                : {vdi2}\n          name-label ( RW): xen1 data\n        virtual-size ( RO): 2097152\n\n\n' ;;
+  "vif-list vm-uuid={vm} --minimal") echo {vif} ;;
+  "vif-param-list uuid={vif}")
+     printf 'uuid ( RO)                : {vif}\n              device ( RO): 0\n                 MAC ( RO): 8e:1f:3a:22:45:0b\n        network-uuid ( RO): 5b4a3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d\n\n\n' ;;
   "vdi-snapshot uuid={vdi}") echo {snap} ;;
+  "vdi-snapshot uuid={vdi2}") echo {snap2} ;;
   "vdi-export uuid={snap} filename= format=raw")
      if [ -e '{d}/GONE' ]; then echo "The uuid you supplied was invalid." >&2; exit 1; fi
      if [ -e '{d}/VANISH' ]; then head -c 1000000 '{data}'; echo "The uuid you supplied was invalid." >&2; exit 1; fi
      cat '{data}' ;;
-  "vdi-destroy uuid={snap}") ;;
+  "vdi-export uuid={snap2} filename= format=raw") cat '{data2}' ;;
+  "vdi-destroy uuid={snap}"|"vdi-destroy uuid={snap2}") ;;
   *) echo "unexpected: xe $*" >&2; exit 1 ;;
 esac
 "#,
             log = log.display(),
             d = d.display(),
-            data = data.display()
+            data = data.display(),
+            data2 = data2.display()
         ),
     );
     let job = d.join("job.toml");
@@ -511,8 +539,114 @@ esac
     restores_to(d, &repo, "xen1@latest:xvda", &data);
     assert_eq!(
         calls(&log, 1),
-        ["vdi-snapshot", "vdi-export", "vdi-destroy"]
+        [
+            "vm-list",
+            "vm-param-list",
+            "vbd-list",
+            "vbd-param-list",
+            "vdi-param-list",
+            "vif-list",
+            "vif-param-list",
+            "vdi-snapshot",
+            "vdi-export",
+            "vdi-destroy"
+        ]
     );
+    // The VM's, VBDs', VDIs' and VIFs' parameters are kept as metadata.
+    let got = d.join("vifs.txt");
+    ok(&[
+        "--repo",
+        p(&repo),
+        "restore",
+        "-q",
+        "xen1@latest:xenserver-vifs.txt",
+        p(&got),
+    ]);
+    assert!(std::fs::read_to_string(&got)
+        .unwrap()
+        .contains("MAC ( RO): 8e:1f:3a:22:45:0b"));
+    let got = d.join("vm.txt");
+    ok(&[
+        "--repo",
+        p(&repo),
+        "restore",
+        "-q",
+        "xen1@latest:xenserver-vm.txt",
+        p(&got),
+    ]);
+    assert!(std::fs::read_to_string(&got)
+        .unwrap()
+        .contains("VCPUs-max ( RW): 2"));
+    for name in ["xenserver-vbds.txt", "xenserver-vdis.txt"] {
+        ok(&[
+            "--repo",
+            p(&repo),
+            "restore",
+            "-q",
+            &format!("xen1@latest:{name}"),
+            p(&d.join(name)),
+        ]);
+    }
+    assert!(std::fs::read_to_string(d.join("xenserver-vdis.txt"))
+        .unwrap()
+        .contains("xen1 root"));
+
+    // Picked from the pool's VM list, disks found from its VBDs less the excluded one.
+    let found = d.join("found.toml");
+    write(
+        &found,
+        "repository = \"repo\"\n[defaults]\nexclude_disks = [\"xvdb\"]\n[select]\nfrom = \"xenserver\"\ninclude = [\"xen1\"]\n",
+    );
+    let out = run_with_stand_ins(&bin, &found);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(snapshot_files(&repo).len(), 2);
+    restores_to(d, &repo, "xen1@latest:xvda", &data);
+    let snaps = snapshot_files(&repo);
+    assert!(
+        snaps
+            .iter()
+            .all(|s| s["disks"].as_array().unwrap().len() == 1),
+        "xvdb excluded"
+    );
+    // Without the exclusion both disks are backed up, labelled by device.
+    write(
+        &found,
+        "repository = \"repo\"\n[select]\nfrom = \"xenserver\"\ninclude = [\"xen1\"]\n",
+    );
+    let out = run_with_stand_ins(&bin, &found);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    restores_to(d, &repo, "xen1@latest:xvdb", &data2);
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+
+    // The VM disappeared: the backup fails before any snapshot is made.
+    std::fs::write(d.join("NOVM"), "").unwrap();
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(1));
+    let report = std::fs::read_to_string(d.join("job.report.json")).unwrap();
+    assert!(
+        report.contains("no XenServer VM is named \\\"xen1\\\""),
+        "{report}"
+    );
+    let after: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .skip(before)
+        .map(String::from)
+        .collect();
+    assert!(
+        after.iter().all(|c| !c.contains("vdi-snapshot")),
+        "{after:?}"
+    );
+    std::fs::remove_file(d.join("NOVM")).unwrap();
+    let kept = snapshot_files(&repo).len();
 
     // The export fails halfway: the short copy is dropped and the snapshot destroyed.
     std::fs::write(d.join("VANISH"), "").unwrap();
@@ -522,29 +656,23 @@ esac
     assert!(report.contains("xe vdi-export failed"), "{report}");
     assert_eq!(
         snapshot_files(&repo).len(),
-        1,
+        kept,
         "the incomplete copy is not kept"
     );
-    assert_eq!(
-        std::fs::read_to_string(&log)
+    let destroys = |log: &Path| {
+        std::fs::read_to_string(log)
             .unwrap()
             .matches("vdi-destroy")
-            .count(),
-        2
-    );
+            .count()
+    };
+    assert_eq!(destroys(&log), 5);
 
     // The export fails before writing a byte: no hang, the same clean failure.
     std::fs::write(d.join("GONE"), "").unwrap();
     let out = run_job();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(snapshot_files(&repo).len(), 1);
-    assert_eq!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .matches("vdi-destroy")
-            .count(),
-        3
-    );
+    assert_eq!(snapshot_files(&repo).len(), kept);
+    assert_eq!(destroys(&log), 6);
 }
 
 #[test]

@@ -30,8 +30,9 @@
 //! exclude_disks = ["vdb"]                 # (swap, scratch)
 //! ```
 //!
-//! With `[select] from = "libvirt"`, every domain of the hypervisor that the patterns
-//! pick is backed up with the `libvirt` method, whether or not a `[[vm]]` names it.
+//! With `[select] from = "libvirt"` (or `"xenserver"`), every VM of the hypervisor that
+//! the patterns pick is backed up with that snapshot method, whether or not a `[[vm]]`
+//! names it.
 
 pub mod provider;
 pub mod run;
@@ -150,9 +151,9 @@ struct VmEntry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Select {
-    /// `libvirt`: every domain the hypervisor knows (`virsh list --all`) that the
-    /// include/exclude patterns pick and no `[[vm]]` names becomes a VM with the defaults
-    /// and snapshot method `libvirt`.
+    /// `libvirt` or `xenserver`: every VM the hypervisor lists (`virsh list --all`, `xe
+    /// vm-list` less dom0, snapshots and templates) that the include/exclude patterns
+    /// pick and no `[[vm]]` names becomes a VM with the defaults and that snapshot method.
     from: Option<String>,
     #[serde(default)]
     include: Vec<String>,
@@ -287,35 +288,35 @@ impl Job {
                 )));
             }
         }
-        match raw.select.from.as_deref() {
-            None => {}
-            Some("libvirt") => {
-                let virsh = provider::Virsh::new(raw.defaults.libvirt_uri.clone());
-                let domains = virsh.domains().map_err(|e| {
-                    Error::Usage(format!(
-                        "{} line {}: listing libvirt domains: {e}",
+        if let Some(from) = raw.select.from.as_deref() {
+            let listed = match from {
+                "libvirt" => provider::Virsh::new(raw.defaults.libvirt_uri.clone()).domains(),
+                "xenserver" => provider::xenserver_vm_names(),
+                other => {
+                    return Err(Error::Usage(format!(
+                        "{} line {}: select.from {other:?} is not a hypervisor dedisk lists (libvirt, xenserver)",
                         path.display(),
-                        line_of(&text, "libvirt")
-                    ))
-                })?;
-                for d in domains.into_iter().filter(|d| !seen.contains(d)) {
-                    entries.push(VmEntry {
-                        name: d,
-                        disks: BTreeMap::new(),
-                        meta: Vec::new(),
-                        settings: Settings {
-                            snapshot: Some("libvirt".into()),
-                            ..Settings::default()
-                        },
-                    });
+                        line_of(&text, other)
+                    )))
                 }
-            }
-            Some(other) => {
-                return Err(Error::Usage(format!(
-                    "{} line {}: select.from {other:?} is not a hypervisor dedisk lists (libvirt)",
+            };
+            let names = listed.map_err(|e| {
+                Error::Usage(format!(
+                    "{} line {}: listing the VMs of {from}: {e}",
                     path.display(),
-                    line_of(&text, other)
-                )))
+                    line_of(&text, from)
+                ))
+            })?;
+            for name in names.into_iter().filter(|n| !seen.contains(n)) {
+                entries.push(VmEntry {
+                    name,
+                    disks: BTreeMap::new(),
+                    meta: Vec::new(),
+                    settings: Settings {
+                        snapshot: Some(from.into()),
+                        ..Settings::default()
+                    },
+                });
             }
         }
         let mut vms = Vec::new();
@@ -337,7 +338,8 @@ impl Job {
                 ))
             })?;
             settings.policy()?;
-            if v.disks.is_empty() && method != "libvirt" {
+            // libvirt and xenserver find a VM's disks themselves.
+            if v.disks.is_empty() && method != "libvirt" && method != "xenserver" {
                 return Err(Error::Usage(format!(
                     "{}: VM {} has no disks",
                     path.display(),

@@ -38,6 +38,7 @@ use command::CommandProvider;
 use libvirt::Libvirt;
 pub use libvirt::{DomainXml, Virsh};
 use lvm::Lvm;
+pub use xenserver::vm_names as xenserver_vm_names;
 use xenserver::XenServer;
 use zfs::Zfs;
 
