@@ -16,6 +16,17 @@ pub fn size_bytes(file: &File) -> std::io::Result<u64> {
     Ok(size)
 }
 
+/// The size of the file or block device at `path`.
+pub fn path_len(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path)?;
+    if meta.file_type().is_block_device() {
+        size_bytes(&File::open(path)?)
+    } else {
+        Ok(meta.len())
+    }
+}
+
 /// Asks the device to zero `[offset, offset+len)` itself (BLKZEROOUT). An error means the
 /// caller should write zeros.
 pub fn zero_out(file: &File, offset: u64, len: u64) -> std::io::Result<()> {

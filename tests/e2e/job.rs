@@ -324,12 +324,14 @@ case "$(basename "$0") $*" in
      if [ -e "$state/NOSPACE" ]; then echo '  Volume group "vg0" has insufficient free space (0 extents): 512 required.' >&2; exit 5; fi
      cp "$state/vg0/web01" "$state/vg0/$5"; echo "  Logical volume \"$5\" created." ;;
   "lvremove --yes vg0/web01-dedisk-"*) rm "$state/vg0/${{2#vg0/}}" && echo "  Logical volume \"${{2#vg0/}}\" successfully removed." ;;
+  "vgs --noheadings --units b --nosuffix -o vg_free vg0")
+     if [ -e "$state/NOSPACE" ]; then echo "  0"; else echo "  4294967296"; fi ;;
   *) echo "unexpected call: $(basename "$0") $*" >&2; exit 3 ;;
 esac
 "#,
         state = dir.join("state").display()
     );
-    stand_in(&bin, &["lvs", "lvcreate", "lvremove"], &script);
+    stand_in(&bin, &["lvs", "lvcreate", "lvremove", "vgs"], &script);
     bin
 }
 
@@ -384,9 +386,32 @@ fn lvm_provider_snapshots_checks_overflow_and_always_removes() {
     );
     assert_eq!(leftovers(), 0, "snapshot removed after an overflow");
 
-    // The volume group is full: lvcreate fails, nothing is left behind.
+    // The volume group is full: --preview says so; lvcreate fails, nothing is left
+    // behind.
     std::fs::remove_file(state.join("OVERFLOW")).unwrap();
+    let preview = |bin: &Path| {
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        dedisk()
+            .env("PATH", path)
+            .args(["run", "--preview", p(&job)])
+            .output()
+            .unwrap()
+    };
+    let out = preview(&bin);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     std::fs::write(state.join("NOSPACE"), "").unwrap();
+    let out = preview(&bin);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("volume group vg0 has 0 MiB free, its snapshots need 2048 MiB"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = run_job();
     assert_eq!(out.status.code(), Some(1));
     let report = std::fs::read_to_string(d.join("job.report.json")).unwrap();

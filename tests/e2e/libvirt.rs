@@ -428,6 +428,29 @@ fn libvirt_provider_merges_the_overlay_after_failures_and_leftovers() {
     assert!(text(&out).contains("snapshot-create-as"), "{}", text(&out));
     f.back_to_one_file();
 
+    // --preview: an overlay directory too small for what the guest may write.
+    let small = f.d.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    sh(&format!(
+        "mount -t tmpfs -o size=1m tmpfs '{}'",
+        small.display()
+    ));
+    let cramped = f.job(
+        "cramped.toml",
+        &format!("libvirt_overlay_dir = \"{}\"\n", small.display()),
+    );
+    let out = run(&["run", "--preview", p(&cramped)]);
+    sh(&format!("umount '{}'", small.display()));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "libvirt overlays: 1 MiB free in {}, 5 MiB wanted",
+            small.display()
+        )),
+        "{}",
+        text(&out)
+    );
+
     // A run killed before its merge leaves the domain on an overlay; the next run
     // merges it first, so the guest's writes into it are in this backup.
     let left = f.images.join("vda.qcow2.dedisk-1-1.qcow2");

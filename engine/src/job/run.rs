@@ -68,7 +68,14 @@ pub fn preview(job: &Job) -> (Vec<String>, Vec<String>) {
         }
         Err(e) => problems.push(format!("repository {}: {e}", job.repository.display())),
     }
-    plan.push(format!("repository {}", job.repository.display()));
+    plan.push(match provider::free_bytes(&job.repository) {
+        Ok(free) => format!(
+            "repository {} ({:.1} GiB free)",
+            job.repository.display(),
+            free as f64 / (1u64 << 30) as f64
+        ),
+        Err(_) => format!("repository {}", job.repository.display()),
+    });
     for hook in [&job.pre_hook, &job.post_hook, &job.notify]
         .into_iter()
         .flatten()

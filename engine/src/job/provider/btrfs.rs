@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::{check_executable, missing_sources, shell, Provider, ViewDisk};
+use super::{
+    check_executable, disks_bytes, missing_sources, shell, space_problem, Provider, ViewDisk,
+    SNAPSHOT_SPACE_FRACTION,
+};
 use crate::job::VmPlan;
 
 pub struct Btrfs {
@@ -81,6 +84,10 @@ impl Provider for Btrfs {
                 "{} is not a btrfs subvolume: {e}",
                 self.subvolume().display()
             ));
+        } else {
+            // Overwrites of images a snapshot shares take new extents.
+            let needed = disks_bytes(&self.vm) / SNAPSHOT_SPACE_FRACTION;
+            problems.extend(space_problem(&self.subvolume(), needed, "btrfs snapshot"));
         }
         problems
     }

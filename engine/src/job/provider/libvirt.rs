@@ -32,7 +32,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{check_executable, Provider, ViewDisk};
+use super::{check_executable, space_problem, Provider, ViewDisk, SNAPSHOT_SPACE_FRACTION};
 use crate::backup::{MetaContent, MetaInput, MAX_META_BYTES};
 use crate::job::VmPlan;
 use crate::source::detect::ImageFormat;
@@ -632,20 +632,16 @@ impl Provider for Libvirt {
 }
 
 impl Libvirt {
-    /// An overlay grows by what the guest writes during the backup; a directory with
-    /// less than 1 GiB free would likely fill up (and pause the guest) on a busy VM.
+    /// Each overlay grows by what the guest writes during the backup; a full overlay
+    /// directory pauses the guest. Its directory should hold a tenth of the disks.
     fn overlay_space_problems(&self, chosen: &[DomainDisk]) -> Vec<String> {
-        const MIN_FREE: u64 = 1 << 30;
+        let mut wanted: std::collections::BTreeMap<PathBuf, u64> = Default::default();
         let mut problems = Vec::new();
         for d in chosen {
+            let src = d.source.clone().unwrap_or_default();
             let dir = match &self.vm.settings.libvirt_overlay_dir {
                 Some(dir) => dir.clone(),
-                None if d.kind == "file" => d
-                    .source
-                    .as_deref()
-                    .and_then(Path::parent)
-                    .unwrap_or(Path::new("/"))
-                    .to_path_buf(),
+                None if d.kind == "file" => src.parent().unwrap_or(Path::new("/")).to_path_buf(),
                 None => {
                     problems.push(format!(
                         "disk {} is a block device: set libvirt_overlay_dir",
@@ -654,16 +650,11 @@ impl Libvirt {
                     continue;
                 }
             };
-            match super::free_bytes(&dir) {
-                Ok(free) if free < MIN_FREE => problems.push(format!(
-                    "disk {}: only {} MiB free in {} for its overlay",
-                    d.target,
-                    free >> 20,
-                    dir.display()
-                )),
-                Ok(_) => {}
-                Err(e) => problems.push(format!("overlay directory {}: {e}", dir.display())),
-            }
+            let size = crate::blockdev::path_len(&src).unwrap_or(0);
+            *wanted.entry(dir).or_default() += size / SNAPSHOT_SPACE_FRACTION;
+        }
+        for (dir, needed) in wanted {
+            problems.extend(space_problem(&dir, needed, "libvirt overlays"));
         }
         problems
     }

@@ -1,7 +1,9 @@
 //! The `lvm` provider: `lvcreate --snapshot` per logical volume, its fill state checked after
 //! the backup, `lvremove` at the end.
 
-use super::{check_executable, missing_sources, release_all, shell, Provider, ViewDisk};
+use super::{
+    check_executable, lvm_size_bytes, missing_sources, release_all, shell, Provider, ViewDisk,
+};
 use crate::job::VmPlan;
 
 pub struct Lvm {
@@ -29,14 +31,64 @@ fn lvs(args: &str) -> Result<String, String> {
         .ok_or_else(|| format!("`lvs {args}` printed nothing"))
 }
 
-impl Provider for Lvm {
-    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
-        let size = self
-            .vm
+impl Lvm {
+    fn snapshot_size(&self) -> String {
+        self.vm
             .settings
             .lvm_snapshot_size
             .clone()
-            .unwrap_or_else(|| "5G".into());
+            .unwrap_or_else(|| "5G".into())
+    }
+
+    /// Each volume group must hold the snapshots of its volumes (`vgs` vg_free against
+    /// lvm_snapshot_size times their number).
+    fn space_problems(&self) -> Vec<String> {
+        let each = lvm_size_bytes(&self.snapshot_size()).unwrap_or(0);
+        let mut wanted: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut problems = Vec::new();
+        for (label, source) in &self.vm.disks {
+            match lvs(&format!(
+                "--separator , -o vg_name,lv_name '{}'",
+                source.display()
+            )) {
+                Ok(id) => match id.split_once(',') {
+                    Some((vg, _)) => *wanted.entry(vg.to_string()).or_default() += each,
+                    None => problems.push(format!(
+                        "disk {label}: {} is not a logical volume",
+                        source.display()
+                    )),
+                },
+                Err(e) => problems.push(format!("disk {label}: {e}")),
+            }
+        }
+        for (vg, need) in wanted {
+            let free = shell(
+                &format!("vgs --noheadings --units b --nosuffix -o vg_free {vg}"),
+                &[],
+            )
+            .and_then(|out| {
+                out.trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("vgs printed {:?} for vg_free", out.trim()))
+            });
+            match free {
+                Ok(free) if free < need => problems.push(format!(
+                    "volume group {vg} has {} MiB free, its snapshots need {} MiB (lvm_snapshot_size {} each)",
+                    free >> 20,
+                    need >> 20,
+                    self.snapshot_size()
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(e),
+            }
+        }
+        problems
+    }
+}
+
+impl Provider for Lvm {
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
+        let size = self.snapshot_size();
         let mut out = Vec::new();
         for (label, source) in &self.vm.disks {
             let id = lvs(&format!(
@@ -87,8 +139,11 @@ impl Provider for Lvm {
 
     fn preview(&self) -> Vec<String> {
         let mut problems = missing_sources(&self.vm);
-        for tool in ["lvs", "lvcreate", "lvremove"] {
+        for tool in ["lvs", "lvcreate", "lvremove", "vgs"] {
             problems.extend(check_executable(tool));
+        }
+        if problems.is_empty() {
+            problems.extend(self.space_problems());
         }
         problems
     }

@@ -55,7 +55,7 @@ pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
         }
         "btrfs" => Ok(()),
         "lvm" => match &s.lvm_snapshot_size {
-            Some(size) if !is_lvm_size(size) => {
+            Some(size) if lvm_size_bytes(size).is_none() => {
                 Err(format!("lvm_snapshot_size {size:?} is not a size like 10G"))
             }
             _ => Ok(()),
@@ -73,12 +73,51 @@ pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
     }
 }
 
-/// `10G`, `512M`, `1.5T`: digits (and a point) and one unit letter, as lvcreate takes.
-fn is_lvm_size(size: &str) -> bool {
+/// `10G`, `512M`, `1.5T` in bytes: digits (and a point) and at most one unit letter, as
+/// `lvcreate -L` takes them (binary units; no letter means MiB).
+pub fn lvm_size_bytes(size: &str) -> Option<u64> {
     let digits = size.trim_end_matches(|c: char| "kKmMgGtT".contains(c));
-    size.len() - digits.len() <= 1
-        && !digits.is_empty()
-        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+    if size.len() - digits.len() > 1
+        || digits.is_empty()
+        || !digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+    {
+        return None;
+    }
+    let unit: u64 = match size[digits.len()..].to_ascii_lowercase().as_str() {
+        "k" => 1 << 10,
+        "" | "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => 1 << 40,
+    };
+    let n: f64 = digits.parse().ok()?;
+    Some((n * unit as f64) as u64)
+}
+
+/// While a snapshot is read, the guest keeps writing and every write lands in new space
+/// (copy-on-write, or an overlay). A night's change is a few percent of a disk; a tenth
+/// of the disks' size is the margin `--preview` asks for.
+pub const SNAPSHOT_SPACE_FRACTION: u64 = 10;
+
+/// A problem when `dir`'s filesystem has less than `needed` bytes free.
+pub fn space_problem(dir: &Path, needed: u64, what: &str) -> Option<String> {
+    match free_bytes(dir) {
+        Ok(free) if free < needed => Some(format!(
+            "{what}: {} MiB free in {}, {} MiB wanted (a tenth of the disks, for what the guest writes during the backup)",
+            free >> 20,
+            dir.display(),
+            needed.div_ceil(1 << 20)
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!("{what}: {}: {e}", dir.display())),
+    }
+}
+
+/// The sizes of the job file's disks (files and block devices), summed.
+pub fn disks_bytes(vm: &VmPlan) -> u64 {
+    vm.disks
+        .iter()
+        .map(|(_, p)| crate::blockdev::path_len(p).unwrap_or(0))
+        .sum()
 }
 
 /// Runs `sh -c cmd` with `env`; returns stdout, or an error with stderr.
