@@ -139,7 +139,8 @@ impl Settings {
 #[serde(deny_unknown_fields)]
 struct VmEntry {
     name: String,
-    /// Label -> path. A libvirt VM may leave it out: every writable disk of the domain.
+    /// Label -> path. A libvirt or xenserver VM may leave it out: its disks are found on
+    /// the hypervisor.
     #[serde(default)]
     disks: BTreeMap<String, PathBuf>,
     #[serde(default)]
