@@ -428,6 +428,32 @@ fn libvirt_provider_merges_the_overlay_after_failures_and_leftovers() {
     assert!(text(&out).contains("snapshot-create-as"), "{}", text(&out));
     f.back_to_one_file();
 
+    // Quiescing is required but the guest has no agent: no snapshot is taken.
+    let out = run_job(
+        &bin,
+        &f.job("quiesce.toml", "libvirt_quiesce = \"always\"\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("guest agent"), "{}", text(&out));
+    f.back_to_one_file();
+
+    // SIGTERM (a service manager stopping the job) right after the snapshot: the backup
+    // stops, and the overlay is still merged, the guest's write kept.
+    let term = f.d.join("term-bin");
+    virsh_wrapper(
+        &term,
+        &format!(
+            "{}\nkill -TERM $PPID",
+            guest_write(&dom, "virtio-disk0", 0x77, 2 << 20, 1 << 20)
+        ),
+    );
+    let out = run_job(&term, &f.job("term.toml", ""));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("interrupted"), "{}", text(&out));
+    assert!(holds(&f.vda, "qcow2", 0x77, 2 << 20, 1 << 20));
+    f.back_to_one_file();
+    assert!(snapshot_files(&f.repo).is_empty());
+
     // --preview: an overlay directory too small for what the guest may write.
     let small = f.d.join("small");
     std::fs::create_dir_all(&small).unwrap();
