@@ -72,13 +72,18 @@ fn sources(dom: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Asserts that `image` has no backing file: the chain is one file again.
-fn single_file(image: &Path) {
+/// The backing chain of `image`, top first (`qemu-img info --backing-chain`).
+fn chain(image: &Path) -> Vec<String> {
     let info = sh(&format!(
-        "qemu-img info -U --output=json '{}'",
+        "qemu-img info -U --backing-chain --output=json '{}'",
         image.display()
     ));
-    assert!(!info.contains("backing-filename"), "{info}");
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["filename"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The files in `dir` whose names carry `.dedisk-` (overlays).
@@ -162,6 +167,8 @@ struct Fixture {
     vda: PathBuf,
     vdb: PathBuf,
     nvram: PathBuf,
+    template: PathBuf,
+    template_sha: String,
 }
 
 /// A running domain with a qcow2 `vda` and a raw `vdb`, both holding random data, and a
@@ -179,13 +186,16 @@ fn fixture(test: &str, uefi: bool) -> Fixture {
         d.display(),
         images.display()
     ));
-    let raw = random_image(&d, "vda-src.raw", 12 << 20, 64 << 20);
+    // vda is a qcow2 over a raw template, as cloned VMs are: the merge must go into
+    // vda.qcow2 and leave the template alone.
+    let template = random_image(&images, "template.raw", 12 << 20, 64 << 20);
     let vda = images.join("vda.qcow2");
     sh(&format!(
-        "qemu-img convert -f raw -O qcow2 '{}' '{}'",
-        raw.display(),
-        vda.display()
+        "qemu-img create -q -f qcow2 -b '{t}' -F raw '{v}' && qemu-io -f qcow2 -c 'write -P 0x42 20M 3M' '{v}' >/dev/null",
+        t = template.display(),
+        v = vda.display()
     ));
+    let template_sha = sha256(&template);
     let vdb = random_image(&images, "vdb.raw", 6 << 20, 32 << 20);
     let iso = images.join("cd.iso");
     std::fs::write(&iso, vec![0u8; 1 << 20]).unwrap();
@@ -254,6 +264,8 @@ fn fixture(test: &str, uefi: bool) -> Fixture {
         vda,
         vdb,
         nvram,
+        template,
+        template_sha,
     }
 }
 
@@ -286,15 +298,26 @@ impl Fixture {
         got
     }
 
-    /// The domain runs on its own two images again, each a single file, and no overlay
-    /// is left in the image directory.
+    /// The domain runs on its own images again: vda.qcow2 over the untouched template,
+    /// vdb.raw alone, and no overlay is left in the image directory or the definition.
     fn back_to_one_file(&self) {
         let s = sources(&self.dom.name);
         assert_eq!(s[0], ("vda".into(), self.vda.display().to_string()));
         assert_eq!(s[1], ("vdb".into(), self.vdb.display().to_string()));
         let persistent = virsh(&["dumpxml", "--inactive", &self.dom.name]);
         assert!(!persistent.contains(".dedisk-"), "{persistent}");
-        single_file(&self.vda);
+        assert_eq!(
+            chain(&self.vda),
+            [
+                self.vda.display().to_string(),
+                self.template.display().to_string()
+            ]
+        );
+        assert_eq!(
+            sha256(&self.template),
+            self.template_sha,
+            "template untouched"
+        );
         assert!(
             overlays_in(&self.images).is_empty(),
             "{:?}",
@@ -470,7 +493,7 @@ fn libvirt_provider_merges_the_overlay_after_failures_and_leftovers() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
-            "libvirt overlays: 1 MiB free in {}, 5 MiB wanted",
+            "libvirt overlays: 1 MiB free in {}, 10 MiB wanted",
             small.display()
         )),
         "{}",

@@ -8,8 +8,9 @@
 //!    `libvirt_quiesce = "always"`). From then on the guest writes into the overlays and
 //!    the base images stay as they were at that instant.
 //! 2. dedisk reads the base images, in the format libvirt's `<driver type=…>` names.
-//! 3. `virsh blockcommit --active --pivot --wait` merges each overlay back into its base
-//!    and switches the domain to it; only then is the overlay file deleted.
+//! 3. `virsh blockcommit --active --shallow --pivot --wait` merges each overlay into the
+//!    image right under it and switches the domain back to that image; only then is the
+//!    overlay file deleted.
 //!
 //! A shut-off domain's images are read as they are; if the domain starts meanwhile, the
 //! copy is refused. The domain's XML (`dumpxml --inactive --security-info`, the
@@ -109,6 +110,8 @@ pub struct DomainDisk {
     pub kind: String,
     /// The file or device, for `file` and `block` disks that have one.
     pub source: Option<PathBuf>,
+    /// The backing files under `source`, nearest first (`<backingStore>` elements).
+    pub backing: Vec<PathBuf>,
     /// `<driver type=…>`: `raw`, `qcow2`, …
     pub driver: Option<String>,
     pub readonly: bool,
@@ -147,14 +150,27 @@ impl DomainXml {
                 continue;
             };
             let kind = disk.attribute("type").unwrap_or("file").to_string();
-            let source = child(disk, "source")
-                .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
-                .map(PathBuf::from);
+            let source_of = |n: roxmltree::Node<'_, '_>| {
+                child(n, "source")
+                    .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
+                    .map(PathBuf::from)
+            };
+            let source = source_of(disk);
+            let mut backing = Vec::new();
+            let mut level = child(disk, "backingStore");
+            while let Some(b) = level {
+                match source_of(b) {
+                    Some(p) => backing.push(p),
+                    None => break,
+                }
+                level = child(b, "backingStore");
+            }
             out.disks.push(DomainDisk {
                 target: target.to_string(),
                 device: disk.attribute("device").unwrap_or("disk").to_string(),
                 kind,
                 source,
+                backing,
                 driver: child(disk, "driver")
                     .and_then(|d| d.attribute("type"))
                     .map(str::to_string),
@@ -169,6 +185,13 @@ impl DomainXml {
             .iter()
             .find(|d| d.target == target)
             .and_then(|d| d.source.as_deref())
+    }
+
+    /// Is `file` anywhere in a disk's chain (its top or a backing file)?
+    fn uses(&self, file: &Path) -> bool {
+        self.disks
+            .iter()
+            .any(|d| d.source.as_deref() == Some(file) || d.backing.iter().any(|b| b == file))
     }
 }
 
@@ -329,44 +352,81 @@ impl Libvirt {
         Ok(())
     }
 
-    /// Merges overlays an earlier, interrupted run left under the chosen disks.
+    /// Merges overlays an earlier, interrupted run left on top of the domain's disks.
     fn merge_leftovers(&self, xml: &DomainXml) -> Result<bool, String> {
         let mut merged = false;
         for d in &xml.disks {
             let Some(src) = &d.source else { continue };
-            if is_our_overlay(src) {
-                let info = format!(
-                    "disk {} runs on {}, an overlay left by an interrupted dedisk run",
+            if !is_our_overlay(src) {
+                continue;
+            }
+            let Some(base) = d.backing.first() else {
+                return Err(format!(
+                    "disk {} runs on {}, named like a dedisk overlay but with no backing file; rename it or fix the domain",
                     d.target,
                     src.display()
-                );
-                self.commit(&d.target)
-                    .map_err(|e| format!("{info}; merging it failed: {e}"))?;
-                std::fs::remove_file(src)
-                    .map_err(|e| format!("{info}; merged, but deleting it failed: {e}"))?;
-                merged = true;
-            }
+                ));
+            };
+            self.merge(&d.target, src, base).map_err(|e| {
+                format!(
+                    "disk {} runs on {}, an overlay left by an interrupted dedisk run: {e}",
+                    d.target,
+                    src.display()
+                )
+            })?;
+            merged = true;
         }
         Ok(merged)
     }
 
-    fn commit(&self, target: &str) -> Result<(), String> {
+    /// Merges `overlay`, the top of `target`'s chain, into `base` right under it, and
+    /// deletes it once the domain runs on `base` again. On any doubt the overlay stays
+    /// and the error says how to merge it by hand.
+    fn merge(&self, target: &str, overlay: &Path, base: &Path) -> Result<(), String> {
+        let by_hand = format!(
+            "disk {target} of {dom} stays on overlay {o} over {b} (nothing is lost); merge it with `virsh blockcommit {dom} {target} --active --shallow --pivot` while the domain runs, then delete the overlay",
+            dom = self.domain,
+            o = overlay.display(),
+            b = base.display(),
+        );
+        let state = self.virsh.state(&self.domain)?;
+        if !is_live(&state) {
+            return Err(format!("the domain is {state}: {by_hand}"));
+        }
+        // --shallow: into the image right under the overlay. Without it virsh flattens
+        // the whole chain into its deepest file (a template under a qcow2, say), and
+        // the domain would end up running on that.
         self.virsh
             .run(&[
                 "blockcommit",
                 &self.domain,
                 target,
                 "--active",
+                "--shallow",
                 "--pivot",
                 "--wait",
             ])
-            .map(drop)
-            .inspect_err(|_| {
+            .map_err(|e| {
                 // A job that failed may linger; abort it so the disk is usable again.
                 let _ = self
                     .virsh
                     .run(&["blockjob", &self.domain, target, "--abort"]);
-            })
+                format!("{e}: {by_hand}")
+            })?;
+        let after = self.virsh.live_xml(&self.domain)?;
+        if after.source_of(target) != Some(base) || after.uses(overlay) {
+            return Err(format!(
+                "after the merge disk {target} of {} runs on {}, not on {} alone; overlay {} is kept: check the domain's disk chain",
+                self.domain,
+                after
+                    .source_of(target)
+                    .map_or("nothing".into(), |p| p.display().to_string()),
+                base.display(),
+                overlay.display()
+            ));
+        }
+        std::fs::remove_file(overlay)
+            .map_err(|e| format!("merged, but deleting {}: {e}", overlay.display()))
     }
 
     /// Step 1: put an overlay on top of each chosen disk of the running domain.
@@ -463,7 +523,7 @@ impl Libvirt {
         Ok(())
     }
 
-    /// Merges one overlay back, or says why it stays (and how to merge it by hand).
+    /// Merges one overlay back, or says why it stays.
     fn unfreeze(&self, o: &Overlay) -> Result<(), String> {
         let now = self.virsh.live_xml(&self.domain).map_err(|e| {
             format!(
@@ -472,9 +532,9 @@ impl Libvirt {
                 o.base.display()
             )
         })?;
-        if now.source_of(&o.target) != Some(o.overlay.as_path()) {
-            // The domain never switched to it (the snapshot failed or was rolled back):
-            // a file left there holds nothing of the guest's.
+        if !now.uses(&o.overlay) {
+            // Not in the domain's chains (the snapshot failed or was rolled back): a
+            // file left there holds nothing of the guest's.
             return match std::fs::remove_file(&o.overlay) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(format!("deleting {}: {e}", o.overlay.display()))
@@ -482,27 +542,15 @@ impl Libvirt {
                 _ => Ok(()),
             };
         }
-        let by_hand = format!(
-            "disk {} of {} stays on overlay {} over {} (nothing is lost); merge it with `virsh blockcommit {} {} --active --pivot` while the domain runs, then delete the overlay",
-            o.target,
-            self.domain,
-            o.overlay.display(),
-            o.base.display(),
-            self.domain,
-            o.target
-        );
-        let state = self.virsh.state(&self.domain)?;
-        if state != "running" && state != "paused" {
-            return Err(format!("the domain is {state}: {by_hand}"));
+        if now.source_of(&o.target) != Some(o.overlay.as_path()) {
+            return Err(format!(
+                "overlay {} is in the chain of {} but no longer on top of disk {}; it is kept, merge it by hand",
+                o.overlay.display(),
+                self.domain,
+                o.target
+            ));
         }
-        self.commit(&o.target)
-            .map_err(|e| format!("{e}: {by_hand}"))?;
-        let after = self.virsh.live_xml(&self.domain)?;
-        if after.source_of(&o.target) != Some(o.base.as_path()) {
-            return Err(format!("the merge did not pivot: {by_hand}"));
-        }
-        std::fs::remove_file(&o.overlay)
-            .map_err(|e| format!("merged, but deleting {}: {e}", o.overlay.display()))
+        self.merge(&o.target, &o.overlay, &o.base)
     }
 }
 
@@ -650,7 +698,15 @@ impl Libvirt {
                     continue;
                 }
             };
-            let size = crate::blockdev::path_len(&src).unwrap_or(0);
+            // The virtual size: what the guest can write to, whatever the file holds now.
+            let opts = crate::source::SourceOptions {
+                format: format_of(d.driver.as_deref()).ok(),
+                ..Default::default()
+            };
+            let size = crate::source::open_source(&src.display().to_string(), &opts)
+                .ok()
+                .and_then(|s| s.size_bytes())
+                .unwrap_or(0);
             *wanted.entry(dir).or_default() += size / SNAPSHOT_SPACE_FRACTION;
         }
         for (dir, needed) in wanted {
@@ -674,7 +730,15 @@ mod tests {
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/>
       <source file='/images/web01.qcow2' index='2'/>
-      <backingStore/>
+      <backingStore type='file' index='3'>
+        <format type='qcow2'/>
+        <source file='/images/template.qcow2'/>
+        <backingStore type='file' index='4'>
+          <format type='raw'/>
+          <source file='/images/base.raw'/>
+          <backingStore/>
+        </backingStore>
+      </backingStore>
       <target dev='vda' bus='virtio'/>
     </disk>
     <disk type='block' device='disk'>
@@ -705,6 +769,15 @@ mod tests {
         assert_eq!(t, ["vda", "vdb", "sda", "vdc"]);
         assert_eq!(x.source_of("vda"), Some(Path::new("/images/web01.qcow2")));
         assert_eq!(x.source_of("vdb"), Some(Path::new("/dev/vg0/web01-data")));
+        assert_eq!(
+            x.disks[0].backing,
+            [
+                PathBuf::from("/images/template.qcow2"),
+                PathBuf::from("/images/base.raw")
+            ]
+        );
+        assert!(x.uses(Path::new("/images/base.raw")));
+        assert!(!x.uses(Path::new("/images/other.raw")));
         assert_eq!(x.disks[1].kind, "block");
         assert!(x.disks[2].readonly && x.disks[2].source.is_none());
         assert_eq!(x.disks[3].kind, "network");
