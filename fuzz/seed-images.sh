@@ -1,5 +1,5 @@
 #!/bin/sh
-# Seeds the image targets' corpora (fuzz/corpus/image_*/, fuzz/corpus/xva/) with the
+# Seeds the image targets' corpora (fuzz/corpus/image_*/, xva/, vhd_stream/) with the
 # third-party fixtures and small images qemu-img makes with each option.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -7,7 +7,7 @@ fixtures="$here/../tests/fixtures/thirdparty"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for t in qcow2 vhd vhdx vmdk vdi; do mkdir -p "$here/corpus/image_$t"; done
-mkdir -p "$here/corpus/xva"
+mkdir -p "$here/corpus/xva" "$here/corpus/vhd_stream"
 for f in "$fixtures"/*/*.zst; do
     name=$(basename "$f" .zst)
     case "$name" in
@@ -22,6 +22,7 @@ conv -O qcow2 -o cluster_size=512 "$tmp/base.raw" "$here/corpus/image_qcow2/c512
 conv -c -O qcow2 -o compression_type=zstd "$tmp/base.raw" "$here/corpus/image_qcow2/zstd.qcow2"
 conv -O qcow2 -o extended_l2=on "$tmp/base.raw" "$here/corpus/image_qcow2/extl2.qcow2"
 conv -O vpc "$tmp/base.raw" "$here/corpus/image_vhd/dynamic.vhd"
+cp "$here/corpus/image_vhd/dynamic.vhd" "$here/corpus/vhd_stream/dynamic.vhd"
 conv -O vhdx "$tmp/base.raw" "$here/corpus/image_vhdx/dynamic.vhdx"
 conv -O vhdx -o subformat=fixed "$tmp/base.raw" "$here/corpus/image_vhdx/fixed.vhdx"
 conv -O vmdk -o subformat=streamOptimized "$tmp/base.raw" "$here/corpus/image_vmdk/stream.vmdk"

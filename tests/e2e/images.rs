@@ -690,3 +690,79 @@ fn restore_as_qcow2_passes_qemu_img_check_and_compare() {
     ]);
     sh(&format!("qemu-img check -q '{}'", one.display()));
 }
+
+#[test]
+fn a_dynamic_vhd_streams_from_a_pipe_block_by_block() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let base = base_image(d);
+    let vhd = d.join("d.vhd");
+    sh(&format!(
+        "qemu-img convert -f raw -O vpc -o subformat=dynamic '{}' '{}'",
+        base.display(),
+        vhd.display()
+    ));
+    // `cat |`: a real pipe, as `xe vdi-export format=vhd` writes into.
+    let piped = |image: &Path, name: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cat '{}' | '{}' --repo '{}' backup --json --name {name} --format vhd vda=-",
+                image.display(),
+                env!("CARGO_BIN_EXE_dedisk"),
+                repo.display()
+            ))
+            .output()
+            .unwrap()
+    };
+    let out = piped(&vhd, "s");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii_end()).unwrap();
+    let stats = &summary["disks"][0]["stats"];
+    // Only the allocated blocks (2 MiB each) were read, not the 64 MiB disk.
+    assert!(stats["read_bytes"].as_u64().unwrap() < 20 << 20, "{stats}");
+    let want = d.join("want.raw");
+    sh(&format!(
+        "qemu-img convert -f vpc -O raw '{}' '{}'",
+        vhd.display(),
+        want.display()
+    ));
+    let got = d.join("got.raw");
+    ok(&["--repo", p(&repo), "restore", "-q", "s@latest:vda", p(&got)]);
+    assert_eq!(sha256(&got), sha256(&want));
+
+    // A later block of the disk stored first cannot be read in one pass: refused.
+    let ooo = d.join("ooo.vhd");
+    sh(&format!(
+        "qemu-img create -q -f vpc '{o}' 64M && qemu-io -f vpc -c 'write -P 0x33 40M 1M' -c 'write -P 0x44 1M 1M' '{o}' >/dev/null",
+        o = ooo.display()
+    ));
+    let out = piped(&ooo, "o");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("block 0 of the disk comes after block 20 in the stream"),
+        "{err}"
+    );
+    // A truncated export: refused, nothing saved.
+    let cut = d.join("cut.vhd");
+    sh(&format!(
+        "head -c 3000000 '{}' > '{}'",
+        vhd.display(),
+        cut.display()
+    ));
+    let out = piped(&cut, "c");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the export is truncated"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(snapshot_files(&repo).len(), 1);
+}

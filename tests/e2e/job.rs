@@ -538,6 +538,7 @@ case "$*" in
      if [ -e '{d}/VANISH' ]; then head -c 1000000 '{data}'; echo "The uuid you supplied was invalid." >&2; exit 1; fi
      cat '{data}' ;;
   "vdi-export uuid={snap2} filename= format=raw") cat '{data2}' ;;
+  "vdi-export uuid={snap} filename= format=vhd") cat '{d}/vdi.vhd' ;;
   "vdi-destroy uuid={snap}"|"vdi-destroy uuid={snap2}") ;;
   *) echo "unexpected: xe $*" >&2; exit 1 ;;
 esac
@@ -698,6 +699,31 @@ esac
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(snapshot_files(&repo).len(), kept);
     assert_eq!(destroys(&log), 6);
+
+    // format=vhd: only the allocated blocks cross the pipe, read as a VHD stream.
+    if have("qemu-img") {
+        std::fs::remove_file(d.join("GONE")).unwrap();
+        std::fs::remove_file(d.join("VANISH")).unwrap();
+        sh(&format!(
+            "qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on '{}' '{}/vdi.vhd'",
+            data.display(),
+            d.display()
+        ));
+        write(
+            &job,
+            &format!("repository = \"repo\"\n[[vm]]\nname = \"xen1\"\ndisks = {{ xvda = \"{vdi}\" }}\nsnapshot = \"xenserver\"\nxenserver_export_format = \"vhd\"\n"),
+        );
+        let out = run_job();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        restores_to(d, &repo, "xen1@latest:xvda", &data);
+        assert!(std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("format=vhd"));
+    }
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod qcow2_writer;
 mod raw;
 pub mod vdi;
 pub mod vhd;
+pub mod vhd_stream;
 pub mod vhdx;
 pub mod vmdk;
 

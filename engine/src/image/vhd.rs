@@ -13,10 +13,10 @@ use super::bytes::{be16, be32, be64};
 use super::{Blame, Chain, HostFile, Image, ImageError, ImageInfo, Layout, Run};
 use crate::source::detect::ImageFormat;
 
-const FOOTER_LEN: u64 = 512;
-const DYN_HEADER_LEN: u64 = 1024;
+pub(super) const FOOTER_LEN: u64 = 512;
+pub(super) const DYN_HEADER_LEN: u64 = 1024;
 const TYPE_FIXED: u32 = 2;
-const TYPE_DYNAMIC: u32 = 3;
+pub(super) const TYPE_DYNAMIC: u32 = 3;
 const TYPE_DIFFERENCING: u32 = 4;
 const UNALLOCATED: u32 = 0xffff_ffff;
 /// The largest VHD: 2040 GiB by the spec; qemu allows a little more.
@@ -25,7 +25,7 @@ const MAX_SIZE: u64 = 2040 << 30;
 const MAX_CHS_SECTORS: u64 = 65535 * 16 * 255;
 
 /// One's-complement sum of all bytes but the 4-byte checksum field at `at`.
-fn checksum(buf: &[u8], at: usize) -> u32 {
+pub(super) fn checksum(buf: &[u8], at: usize) -> u32 {
     let sum = buf
         .iter()
         .enumerate()
@@ -34,15 +34,15 @@ fn checksum(buf: &[u8], at: usize) -> u32 {
     !sum
 }
 
-struct Footer {
-    disk_type: u32,
-    data_offset: u64,
-    virtual_size: u64,
+pub(super) struct Footer {
+    pub(super) disk_type: u32,
+    pub(super) data_offset: u64,
+    pub(super) virtual_size: u64,
     uuid: [u8; 16],
     creator: String,
 }
 
-fn parse_footer(buf: &[u8], at: u64, blame: &Blame) -> Result<Footer, ImageError> {
+pub(super) fn parse_footer(buf: &[u8], at: u64, blame: &Blame) -> Result<Footer, ImageError> {
     // Footers of old images are 511 bytes; callers pass the 512 bytes that start with
     // the cookie.
     if &buf[..8] != b"conectix" {

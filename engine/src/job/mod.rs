@@ -69,6 +69,8 @@ pub struct Settings {
     /// `libvirt`: where overlays go while the base images are read; default beside each
     /// image (needed for block-device disks).
     pub libvirt_overlay_dir: Option<PathBuf>,
+    /// `xenserver`: `raw` (the default) or `vhd`, which carries only allocated blocks.
+    pub xenserver_export_format: Option<String>,
     /// Disk labels (libvirt: targets such as `vdb`) not to back up.
     pub exclude_disks: Option<Vec<String>>,
     pub keep_last: Option<u32>,
@@ -101,6 +103,7 @@ impl Settings {
             libvirt_domain,
             libvirt_quiesce,
             libvirt_overlay_dir,
+            xenserver_export_format,
             exclude_disks,
             keep_last,
             keep_hourly,

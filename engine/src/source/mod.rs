@@ -107,8 +107,9 @@ pub enum Input {
 /// Opens a path or `-` (standard input) as one disk or as an XVA export.
 ///
 /// Standard input is a raw stream unless it starts like an XVA (a tar whose first
-/// member is `ova.xml`) or `opts.format` says XVA; other image formats need seeking and
-/// cannot come from a pipe.
+/// member is `ova.xml`) or `opts.format` says XVA, or says VHD (a dynamic VHD written
+/// front to back, as `xe vdi-export format=vhd` does); other image formats need seeking
+/// and cannot come from a pipe.
 pub fn open_input(spec: &str, opts: &SourceOptions) -> Result<Input, SourceError> {
     use detect::ImageFormat;
     use std::io::Read;
@@ -141,12 +142,15 @@ pub fn open_input(spec: &str, opts: &SourceOptions) -> Result<Input, SourceError
                 reader,
                 "stdin".into(),
             )))),
+            Some(ImageFormat::Vhd) => Ok(Input::Disk(Box::new(
+                crate::image::vhd_stream::VhdStream::open(reader, "stdin")?,
+            ))),
             Some(f) => Err(SourceError::Io {
                 path: "stdin".into(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!(
-                        "a {f} image cannot be read from a pipe (only raw and xva); give its path"
+                        "a {f} image cannot be read from a pipe (only raw, dynamic vhd and xva); give its path"
                     ),
                 ),
             }),
@@ -210,7 +214,8 @@ fn open_path(
     opts: &SourceOptions,
 ) -> Result<Box<dyn DiskSource>, SourceError> {
     let spec = path.display().to_string();
-    // A named pipe is a raw stream (a snapshot provider exporting into it, say).
+    // A named pipe is a stream (a snapshot provider exporting into it, say): raw, or a
+    // dynamic VHD when the format says so.
     if std::fs::metadata(path).is_ok_and(|m| {
         use std::os::unix::fs::FileTypeExt;
         m.file_type().is_fifo()
@@ -219,6 +224,12 @@ fn open_path(
             path: path.into(),
             source,
         })?;
+        if opts.format == Some(detect::ImageFormat::Vhd) {
+            let reader = std::io::BufReader::with_capacity(1 << 20, pipe);
+            return Ok(Box::new(crate::image::vhd_stream::VhdStream::open(
+                reader, &spec,
+            )?));
+        }
         return Ok(Box::new(StreamSource::new(pipe, spec)));
     }
     if format == detect::ImageFormat::Raw && opts.qcow2_snapshot.is_none() {

@@ -60,7 +60,11 @@ pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
             }
             _ => Ok(()),
         },
-        "zfs" | "xenserver" => Ok(()),
+        "zfs" => Ok(()),
+        "xenserver" => match s.xenserver_export_format.as_deref() {
+            None | Some("raw" | "vhd") => Ok(()),
+            Some(f) => Err(format!("xenserver_export_format {f:?} is not raw or vhd")),
+        },
         "libvirt" => match s.libvirt_quiesce.as_deref() {
             None | Some("auto" | "always" | "never") => Ok(()),
             Some(q) => Err(format!(

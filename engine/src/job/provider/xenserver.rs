@@ -1,5 +1,6 @@
-//! The `xenserver` provider: `xe vdi-snapshot`, the snapshot streamed by `xe vdi-export`, `xe
-//! vdi-destroy` after.
+//! The `xenserver` provider: `xe vdi-snapshot`, the snapshot streamed by `xe vdi-export`
+//! (`format=raw`, or `format=vhd` with `xenserver_export_format = "vhd"`: only allocated
+//! blocks, read by [`crate::image::vhd_stream`]), `xe vdi-destroy` after.
 //!
 //! The VM is found by its name label. Its disks are the job file's VDI UUIDs, or else
 //! every VBD of type Disk (labelled by its device, `xvda`), less `exclude_disks`. The
@@ -11,6 +12,7 @@ use std::process::Command;
 use super::{check_executable, release_all, Provider, ViewDisk};
 use crate::backup::{MetaContent, MetaInput};
 use crate::job::VmPlan;
+use crate::source::detect::ImageFormat;
 
 /// `xe ARGS`: stdout, or an error with the call and its stderr.
 pub fn xe(args: &[&str]) -> Result<String, String> {
@@ -94,6 +96,15 @@ impl XenServer {
             exports: Vec::new(),
             meta: Vec::new(),
         }
+    }
+
+    /// `raw` or `vhd` (only allocated blocks cross the pipe).
+    fn export_format(&self) -> &str {
+        self.vm
+            .settings
+            .xenserver_export_format
+            .as_deref()
+            .unwrap_or("raw")
     }
 
     /// The VM's UUID, from its name label; exactly one VM must carry it.
@@ -221,7 +232,7 @@ impl Provider for XenServer {
                     "vdi-export",
                     &format!("uuid={snap}"),
                     "filename=",
-                    "format=raw",
+                    &format!("format={}", self.export_format()),
                 ])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -229,7 +240,11 @@ impl Provider for XenServer {
             let stdout = child.stdout.take().ok_or("xe vdi-export: no stdout")?;
             let path = format!("/proc/self/fd/{}", stdout.as_raw_fd());
             self.exports.push((child, stdout));
-            out.push(ViewDisk::new(label.clone(), path));
+            let mut disk = ViewDisk::new(label.clone(), path);
+            if self.export_format() == "vhd" {
+                disk.format = Some(ImageFormat::Vhd);
+            }
+            out.push(disk);
         }
         Ok(out)
     }
@@ -295,7 +310,10 @@ impl Provider for XenServer {
     }
 
     fn describe(&self) -> String {
-        "xenserver vdi-snapshot, streamed with vdi-export format=raw".into()
+        format!(
+            "xenserver vdi-snapshot, streamed with vdi-export format={}",
+            self.export_format()
+        )
     }
 }
 
