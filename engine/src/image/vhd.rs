@@ -20,7 +20,7 @@ pub(super) const TYPE_DYNAMIC: u32 = 3;
 const TYPE_DIFFERENCING: u32 = 4;
 const UNALLOCATED: u32 = 0xffff_ffff;
 /// The largest VHD: 2040 GiB by the spec; qemu allows a little more.
-const MAX_SIZE: u64 = 2040 << 30;
+pub(super) const MAX_SIZE: u64 = 2040 << 30;
 /// 65535 cylinders * 16 heads * 255 sectors: qemu's marker for "use current_size".
 const MAX_CHS_SECTORS: u64 = 65535 * 16 * 255;
 
@@ -380,11 +380,11 @@ impl Layout for DynamicLayout {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::image::{open_image, OpenOptions};
 
-    const BLOCK: u64 = 1 << 20;
+    pub(in crate::image) const BLOCK: u64 = 1 << 20;
 
     fn footer(disk_type: u32, size: u64, uuid: u8) -> Vec<u8> {
         let mut f = vec![0u8; 512];
@@ -404,7 +404,11 @@ mod tests {
 
     /// A dynamic (or, with a parent, differencing) VHD of 4 MiB in 1 MiB blocks.
     /// `sectors` lists (block, first sector, count, byte) runs to write.
-    fn vhd(parent: Option<(&str, u8)>, uuid: u8, sectors: &[(u64, u64, u64, u8)]) -> Vec<u8> {
+    pub(in crate::image) fn vhd(
+        parent: Option<(&str, u8)>,
+        uuid: u8,
+        sectors: &[(u64, u64, u64, u8)],
+    ) -> Vec<u8> {
         let size = 4 * BLOCK;
         let kind = if parent.is_some() {
             TYPE_DIFFERENCING

@@ -13,15 +13,15 @@ use std::io::Read;
 use std::path::Path;
 
 use super::bytes::{be32, be64};
-use super::vhd::{checksum, parse_footer, DYN_HEADER_LEN, FOOTER_LEN, TYPE_DYNAMIC};
+use super::vhd::{checksum, parse_footer, DYN_HEADER_LEN, FOOTER_LEN, MAX_SIZE, TYPE_DYNAMIC};
 use super::Blame;
 use crate::source::detect::ImageFormat;
 use crate::source::{read_full, DiskSource, SourceError};
 
 const UNALLOCATED: u32 = 0xffff_ffff;
-/// A BAT larger than this (2 TiB of 512-byte blocks, far beyond VHD's 2040 GiB) is
-/// refused before it is allocated.
-const MAX_BAT_ENTRIES: u64 = 1 << 32;
+/// The BAT is read in pieces of this many bytes, keeping only allocated entries, so
+/// memory follows what the stream really carries, not what its header claims.
+const BAT_PIECE: usize = 64 << 10;
 
 pub struct VhdStream<R> {
     reader: R,
@@ -65,6 +65,16 @@ impl<R: Read + Send> VhdStream<R> {
                 ))
                 .into());
         }
+        if f.virtual_size > MAX_SIZE {
+            return Err(s
+                .blame
+                .malformed(
+                    "footer current size",
+                    48,
+                    format!("{} bytes is larger than a VHD can be", f.virtual_size),
+                )
+                .into());
+        }
         s.size = f.virtual_size;
         s.skip_to(f.data_offset, "dynamic disk header")?;
         let at = s.pos;
@@ -98,7 +108,7 @@ impl<R: Read + Send> VhdStream<R> {
                 )
                 .into());
         }
-        if entries < s.size.div_ceil(s.block) || entries > MAX_BAT_ENTRIES {
+        if entries < s.size.div_ceil(s.block) {
             return Err(s
                 .blame
                 .malformed(
@@ -113,15 +123,22 @@ impl<R: Read + Send> VhdStream<R> {
         }
         s.bitmap_bytes = (s.block / 512).div_ceil(8).div_ceil(512) * 512;
         s.skip_to(bat_at, "block allocation table")?;
-        let mut bat = vec![0u8; (entries * 4) as usize];
-        s.fill(&mut bat, "block allocation table")?;
-        let mut order: Vec<(u64, u64)> = bat
-            .chunks_exact(4)
-            .enumerate()
-            .map(|(i, e)| (be32(e, 0), i as u64))
-            .filter(|(e, _)| *e != UNALLOCATED)
-            .map(|(e, i)| (u64::from(e) * 512, i))
-            .collect();
+        let mut order: Vec<(u64, u64)> = Vec::new();
+        let mut piece = vec![0u8; BAT_PIECE];
+        let mut index = 0u64;
+        let mut left = entries * 4;
+        while left > 0 {
+            let n = left.min(BAT_PIECE as u64) as usize;
+            s.fill(&mut piece[..n], "block allocation table")?;
+            for e in piece[..n].chunks_exact(4) {
+                let e = be32(e, 0);
+                if e != UNALLOCATED {
+                    order.push((u64::from(e) * 512, index));
+                }
+                index += 1;
+            }
+            left -= n as u64;
+        }
         order.sort_unstable();
         let data_start = s.pos;
         let mut prev_end = data_start;
@@ -280,5 +297,60 @@ impl<R: Read + Send> DiskSource for VhdStream<R> {
         let at = (offset - start) as usize;
         buf[..n].copy_from_slice(&data[at..at + n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::vhd::tests::{vhd, BLOCK};
+
+    /// Every (offset, byte) the stream yields, reading as the backup does.
+    fn read_all(bytes: Vec<u8>) -> Result<Vec<(u64, Vec<u8>)>, SourceError> {
+        let mut s = VhdStream::open(std::io::Cursor::new(bytes), "t.vhd")?;
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Some((start, end)) = s.next_data(pos)? {
+            let mut buf = vec![0u8; (end - start) as usize];
+            let n = s.read_at(start, &mut buf)?;
+            buf.truncate(n);
+            out.push((start, buf));
+            pos = start + n as u64;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn yields_allocated_blocks_with_unmapped_sectors_zeroed() {
+        let got = read_all(vhd(None, 1, &[(0, 0, 2048, 0xaa), (2, 10, 5, 0xbb)])).unwrap();
+        assert_eq!(got.len(), 2, "blocks 1 and 3 are holes");
+        assert_eq!(got[0].0, 0);
+        assert!(got[0].1.iter().all(|&b| b == 0xaa));
+        assert_eq!(got[1].0, 2 * BLOCK);
+        let b = &got[1].1;
+        assert_eq!(b.len() as u64, BLOCK);
+        assert!(b[..10 * 512].iter().all(|&x| x == 0));
+        assert!(b[10 * 512..15 * 512].iter().all(|&x| x == 0xbb));
+        assert!(b[15 * 512..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_huge_claimed_bat_costs_only_what_arrives() {
+        // Found by the vhd_stream fuzz target: 512 Mi entries claimed, allocated at once.
+        let mut bytes = vhd(None, 1, &[(0, 0, 1, 0x11)]);
+        let h = &mut bytes[512..1536];
+        h[28..32].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+        let sum = checksum(h, 36);
+        h[36..40].copy_from_slice(&sum.to_be_bytes());
+        let e = read_all(bytes).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn a_short_stream_is_a_truncated_export() {
+        let mut bytes = vhd(None, 1, &[(1, 0, 2048, 0x22)]);
+        bytes.truncate(4000);
+        let e = read_all(bytes).unwrap_err().to_string();
+        assert!(e.contains("data block") && e.contains("truncated"), "{e}");
     }
 }
