@@ -48,6 +48,17 @@ pub fn dedisk() -> Command {
     c
 }
 
+/// Runs dedisk with `args` and `bin` first on PATH (stand-ins or wrappers of the tools it
+/// calls); returns the output whatever the exit code.
+pub fn run_with_bin_first(bin: &Path, args: &[&str]) -> Output {
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    dedisk()
+        .env("PATH", path)
+        .args(args)
+        .output()
+        .expect("dedisk runs")
+}
+
 /// Runs dedisk with `args`; returns the output whatever the exit code.
 pub fn run(args: &[&str]) -> Output {
     dedisk().args(args).output().expect("dedisk runs")

@@ -281,12 +281,7 @@ fn stand_in(bin: &Path, names: &[&str], script: &str) {
 
 /// `dedisk run job` with the stand-ins in `bin` first on PATH.
 fn run_with_stand_ins(bin: &Path, job: &Path) -> std::process::Output {
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    dedisk()
-        .env("PATH", path)
-        .args(["run", p(job)])
-        .output()
-        .unwrap()
+    run_with_bin_first(bin, &["run", p(job)])
 }
 
 /// Restores `spec` to a scratch file in `dir` and checks it equals `want`.
@@ -389,14 +384,7 @@ fn lvm_provider_snapshots_checks_overflow_and_always_removes() {
     // The volume group is full: --preview says so; lvcreate fails, nothing is left
     // behind.
     std::fs::remove_file(state.join("OVERFLOW")).unwrap();
-    let preview = |bin: &Path| {
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-        dedisk()
-            .env("PATH", path)
-            .args(["run", "--preview", p(&job)])
-            .output()
-            .unwrap()
-    };
+    let preview = |bin: &Path| run_with_bin_first(bin, &["run", "--preview", p(&job)]);
     let out = preview(&bin);
     assert!(
         out.status.success(),

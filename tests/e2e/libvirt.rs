@@ -141,12 +141,7 @@ fn virsh_wrapper(bin: &Path, after_snapshot: &str) {
 }
 
 fn run_job(bin: &Path, job: &Path) -> std::process::Output {
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    dedisk()
-        .env("PATH", path)
-        .args(["run", p(job)])
-        .output()
-        .unwrap()
+    run_with_bin_first(bin, &["run", p(job)])
 }
 
 fn text(out: &std::process::Output) -> String {

@@ -140,8 +140,7 @@ impl<R: Read + Send> VhdStream<R> {
             left -= n as u64;
         }
         order.sort_unstable();
-        let data_start = s.pos;
-        let mut prev_end = data_start;
+        let mut prev_end = s.pos;
         for w in order.windows(2) {
             if w[1].1 < w[0].1 {
                 return Err(s

@@ -33,7 +33,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{check_executable, space_problem, Provider, ViewDisk, SNAPSHOT_SPACE_FRACTION};
+use super::{
+    check_executable, output_of, space_problem, Provider, ViewDisk, SNAPSHOT_SPACE_FRACTION,
+};
 use crate::backup::{MetaContent, MetaInput, MAX_META_BYTES};
 use crate::job::VmPlan;
 use crate::source::detect::ImageFormat;
@@ -55,15 +57,7 @@ impl Virsh {
         if let Some(uri) = &self.uri {
             cmd.args(["-c", uri]);
         }
-        let out = cmd.args(args).output().map_err(|e| format!("virsh: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`virsh {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        output_of(cmd.args(args), &format!("virsh {}", args.join(" ")))
     }
 
     /// Every domain's name, running or not.
@@ -429,6 +423,21 @@ impl Libvirt {
             .map_err(|e| format!("merged, but deleting {}: {e}", overlay.display()))
     }
 
+    /// Where `d`'s overlay goes: `libvirt_overlay_dir`, or beside a file image (a block
+    /// device has no directory of its own to use).
+    fn overlay_dir(&self, d: &DomainDisk) -> Result<PathBuf, String> {
+        let src = d.source.clone().unwrap_or_default();
+        match (&self.vm.settings.libvirt_overlay_dir, d.kind.as_str()) {
+            (Some(dir), _) => Ok(dir.clone()),
+            (None, "file") => Ok(src.parent().unwrap_or(Path::new("/")).to_path_buf()),
+            (None, _) => Err(format!(
+                "disk {} is a block device {}: set libvirt_overlay_dir to a directory for its overlay",
+                d.target,
+                src.display()
+            )),
+        }
+    }
+
     /// Step 1: put an overlay on top of each chosen disk of the running domain.
     fn freeze(&mut self, chosen: &[DomainDisk], xml: &DomainXml) -> Result<(), String> {
         let quiesce = match self.vm.settings.libvirt_quiesce.as_deref() {
@@ -452,17 +461,7 @@ impl Libvirt {
         let mut overlays = Vec::new();
         for d in chosen {
             let base = d.source.clone().unwrap_or_default();
-            let dir = match (&self.vm.settings.libvirt_overlay_dir, d.kind.as_str()) {
-                (Some(dir), _) => dir.clone(),
-                (None, "file") => base.parent().unwrap_or(Path::new("/")).to_path_buf(),
-                (None, _) => {
-                    return Err(format!(
-                        "disk {} is a block device {}: set libvirt_overlay_dir to a directory for its overlay",
-                        d.target,
-                        base.display()
-                    ))
-                }
-            };
+            let dir = self.overlay_dir(d)?;
             let name = base
                 .file_name()
                 .map_or("disk".into(), |n| n.to_string_lossy().into_owned());
@@ -687,14 +686,10 @@ impl Libvirt {
         let mut problems = Vec::new();
         for d in chosen {
             let src = d.source.clone().unwrap_or_default();
-            let dir = match &self.vm.settings.libvirt_overlay_dir {
-                Some(dir) => dir.clone(),
-                None if d.kind == "file" => src.parent().unwrap_or(Path::new("/")).to_path_buf(),
-                None => {
-                    problems.push(format!(
-                        "disk {} is a block device: set libvirt_overlay_dir",
-                        d.target
-                    ));
+            let dir = match self.overlay_dir(d) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    problems.push(e);
                     continue;
                 }
             };

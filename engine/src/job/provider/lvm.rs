@@ -31,6 +31,22 @@ fn lvs(args: &str) -> Result<String, String> {
         .ok_or_else(|| format!("`lvs {args}` printed nothing"))
 }
 
+/// (volume group, logical volume) of the disk `label` at `source`.
+fn volume(label: &str, source: &std::path::Path) -> Result<(String, String), String> {
+    let id = lvs(&format!(
+        "--separator , -o vg_name,lv_name '{}'",
+        source.display()
+    ))
+    .map_err(|e| format!("disk {label}: {e}"))?;
+    match id.split_once(',') {
+        Some((vg, lv)) => Ok((vg.to_string(), lv.to_string())),
+        None => Err(format!(
+            "disk {label}: {} is not a logical volume (lvs said {id:?})",
+            source.display()
+        )),
+    }
+}
+
 impl Lvm {
     fn snapshot_size(&self) -> String {
         self.vm
@@ -47,18 +63,9 @@ impl Lvm {
         let mut wanted: std::collections::BTreeMap<String, u64> = Default::default();
         let mut problems = Vec::new();
         for (label, source) in &self.vm.disks {
-            match lvs(&format!(
-                "--separator , -o vg_name,lv_name '{}'",
-                source.display()
-            )) {
-                Ok(id) => match id.split_once(',') {
-                    Some((vg, _)) => *wanted.entry(vg.to_string()).or_default() += each,
-                    None => problems.push(format!(
-                        "disk {label}: {} is not a logical volume",
-                        source.display()
-                    )),
-                },
-                Err(e) => problems.push(format!("disk {label}: {e}")),
+            match volume(label, source) {
+                Ok((vg, _)) => *wanted.entry(vg).or_default() += each,
+                Err(e) => problems.push(e),
             }
         }
         for (vg, need) in wanted {
@@ -91,16 +98,7 @@ impl Provider for Lvm {
         let size = self.snapshot_size();
         let mut out = Vec::new();
         for (label, source) in &self.vm.disks {
-            let id = lvs(&format!(
-                "--separator , -o vg_name,lv_name '{}'",
-                source.display()
-            ))?;
-            let Some((vg, lv)) = id.split_once(',') else {
-                return Err(format!(
-                    "disk {label}: {} is not a logical volume (lvs said {id:?})",
-                    source.display()
-                ));
-            };
+            let (vg, lv) = volume(label, source)?;
             let name = format!("{lv}-dedisk-{}", std::process::id());
             shell(
                 &format!("lvcreate --snapshot --size {size} --name {name} {vg}/{lv}"),

@@ -124,22 +124,29 @@ pub fn disks_bytes(vm: &VmPlan) -> u64 {
         .sum()
 }
 
-/// Runs `sh -c cmd` with `env`; returns stdout, or an error with stderr.
-pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .map_err(|e| format!("`{cmd}`: {e}"))?;
+/// Runs `cmd`; returns its stdout, or an error naming it as `shown` with its exit status
+/// and stderr.
+pub fn output_of(cmd: &mut Command, shown: &str) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("`{shown}`: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "`{cmd}` failed ({}): {}",
+            "`{shown}` failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `sh -c cmd` with `env`; returns stdout, or an error with stderr.
+pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
+    output_of(
+        Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str()))),
+        cmd,
+    )
 }
 
 /// Runs every release command, even after one fails (each undoes a different thing);

@@ -9,25 +9,17 @@
 
 use std::process::Command;
 
-use super::{check_executable, release_all, Provider, ViewDisk};
+use super::{check_executable, output_of, release_all, Provider, ViewDisk};
 use crate::backup::{MetaContent, MetaInput};
 use crate::job::VmPlan;
 use crate::source::detect::ImageFormat;
 
 /// `xe ARGS`: stdout, or an error with the call and its stderr.
 pub fn xe(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("xe")
-        .args(args)
-        .output()
-        .map_err(|e| format!("xe: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`xe {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    output_of(
+        Command::new("xe").args(args),
+        &format!("xe {}", args.join(" ")),
+    )
 }
 
 /// The values of a `--minimal` listing (comma-separated, empty when none).
