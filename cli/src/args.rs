@@ -119,7 +119,7 @@ pub struct BackupArgs {
     #[arg(long = "meta", value_name = "FILE")]
     pub meta: Vec<PathBuf>,
     /// Hash/compress threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
     /// Read through the page cache instead of O_DIRECT.
     #[arg(long)]
@@ -249,14 +249,17 @@ pub struct RestoreArgs {
     pub snapshot: String,
     /// File or block device to write; a directory when the snapshot has several disks and no LABEL is given.
     pub target: PathBuf,
-    /// Overwrite an existing target file.
+    /// Overwrite an existing target file (and write through a symlink named as TARGET).
     #[arg(long)]
     pub force: bool,
+    /// Permission bits of restored files, in octal (restored disks hold a guest's data).
+    #[arg(long, default_value = "0600", value_parser = parse_mode)]
+    pub mode: u32,
     /// Write disks as raw (a sparse file or a device) or as a sparse qcow2 file.
     #[arg(long, value_enum, default_value = "raw")]
     pub format: RestoreFormatArg,
     /// Restore threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
 }
 
@@ -281,7 +284,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub snapshot: Option<String>,
     /// Threads reading packs (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
 }
 
@@ -336,4 +339,22 @@ pub enum RepairWhat {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// Most worker threads any command starts: far more than cores on any host, few enough
+/// that thread stacks and channel bounds stay small.
+pub const MAX_WORKERS: usize = 256;
+
+fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of threads from 1 to {MAX_WORKERS}")),
+    }
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err("expected octal permission bits such as 0600 or 640".into()),
+    }
 }

@@ -1,6 +1,6 @@
 //! One function per subcommand: parse what the user gave, call the engine, print.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -297,27 +297,35 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
         RestoreFormatArg::Raw => TargetFormat::Raw,
         RestoreFormatArg::Qcow2 => TargetFormat::Qcow2,
     };
-    // (label, manifest, target path, format): metadata files are always restored as is.
-    let mut jobs: Vec<(String, repo_format::ManifestRoot, PathBuf, TargetFormat)> = Vec::new();
+    // (label, manifest, target file name in a folder or None for `a.target`, format):
+    // metadata files are always restored as they are.
+    let mut jobs: Vec<(String, repo_format::ManifestRoot, Option<String>, TargetFormat)> =
+        Vec::new();
+    let ext = match disk_format {
+        TargetFormat::Raw => "raw",
+        TargetFormat::Qcow2 => "qcow2",
+    };
+    // A target ending in '/' or naming a folder receives the disks as LABEL.EXT files.
+    let into_folder = a.target.as_os_str().as_encoded_bytes().ends_with(b"/") || a.target.is_dir();
     match label {
         Some(label) => {
             let manifest = snap
                 .disks
                 .iter()
                 .find(|d| d.label == label)
-                .map(|d| (d.manifest, disk_format))
+                .map(|d| (d.manifest, disk_format, format!("{label}.{ext}")))
                 .or_else(|| {
                     snap.meta
                         .iter()
                         .find(|m| m.name == label)
-                        .map(|m| (m.manifest, TargetFormat::Raw))
+                        .map(|m| (m.manifest, TargetFormat::Raw, label.to_string()))
                 });
-            let Some(manifest) = manifest else {
+            let Some((manifest, format, file_name)) = manifest else {
                 let available: Vec<_> = snap
                     .disks
                     .iter()
-                    .map(|d| d.label.as_str())
-                    .chain(snap.meta.iter().map(|m| m.name.as_str()))
+                    .map(|d| repo_format::names::escape(&d.label))
+                    .chain(snap.meta.iter().map(|m| repo_format::names::escape(&m.name)))
                     .collect();
                 return Err(engine::Error::NoSuchDisk {
                     snapshot: id.short(),
@@ -326,48 +334,59 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
                 }
                 .into());
             };
-            jobs.push((label.to_string(), manifest.0, a.target.clone(), manifest.1));
+            jobs.push((label.to_string(), manifest, into_folder.then_some(file_name), format));
         }
-        None if snap.disks.len() == 1 && snap.meta.is_empty() => {
+        None if snap.disks.len() == 1 && snap.meta.is_empty() && !into_folder => {
             let d = &snap.disks[0];
-            jobs.push((d.label.clone(), d.manifest, a.target.clone(), disk_format));
+            jobs.push((d.label.clone(), d.manifest, None, disk_format));
         }
         None => {
-            // Several disks (or metadata): the target is a directory that receives them all.
-            std::fs::create_dir_all(&a.target)
-                .with_context(|| format!("creating directory {}", a.target.display()))?;
-            let ext = match disk_format {
-                TargetFormat::Raw => "raw",
-                TargetFormat::Qcow2 => "qcow2",
-            };
+            // Several disks (or metadata): the target is a folder that receives them all,
+            // each under its label (validated as one file name when the snapshot was read).
             for d in &snap.disks {
-                jobs.push((
-                    d.label.clone(),
-                    d.manifest,
-                    a.target.join(format!("{}.{ext}", d.label)),
-                    disk_format,
-                ));
+                jobs.push((d.label.clone(), d.manifest, Some(format!("{}.{ext}", d.label)), disk_format));
             }
             for m in &snap.meta {
-                jobs.push((
-                    m.name.clone(),
-                    m.manifest,
-                    a.target.join(&m.name),
-                    TargetFormat::Raw,
-                ));
+                jobs.push((m.name.clone(), m.manifest, Some(m.name.clone()), TargetFormat::Raw));
             }
         }
     }
+    let mut names = std::collections::HashSet::new();
+    for (label, _, name, _) in &jobs {
+        if let Some(name) = name.as_ref().filter(|n| !names.insert(n.as_str())) {
+            bail!(
+                "snapshot {} would restore two files named {} ({label} is one); restore them one at a time with SNAPSHOT:LABEL",
+                id.short(),
+                repo_format::names::escape(name)
+            );
+        }
+    }
+    let folder = if jobs.iter().any(|j| j.2.is_some()) {
+        Some(
+            engine::restore::TargetDir::open_or_create(&a.target)
+                .with_context(|| format!("opening folder {}", a.target.display()))?,
+        )
+    } else {
+        None
+    };
     let bar = Bar::new(!g.json && !g.quiet);
     let mut reports = Vec::new();
-    for (label, manifest, target, format) in jobs {
+    for (label, manifest, name, format) in jobs {
         let short = id.short();
+        let to = match (&name, &folder) {
+            (Some(name), Some(dir)) => engine::restore::RestoreTo::InDir { dir, name },
+            _ => engine::restore::RestoreTo::Path(&a.target),
+        };
+        let target = to.display_path();
         let req = engine::restore::RestoreRequest {
             snapshot: &short,
             label: &label,
             manifest: &manifest,
-            target: &target,
-            force: a.force,
+            target: to,
+            target_opts: engine::restore::TargetOptions {
+                force: a.force,
+                mode: a.mode,
+            },
             format,
             workers,
             cancel: &CANCEL,

@@ -40,8 +40,7 @@ const READ_BUFS: usize = 8;
 const READ_DEPTH: usize = 4;
 /// Chunks queued per worker.
 const CHUNKS_PER_WORKER: usize = 16;
-/// Largest metadata file (domain XML, NVRAM) a snapshot keeps.
-pub const MAX_META_BYTES: u64 = 64 << 20;
+pub use repo_format::snapshot::MAX_META_BYTES;
 
 /// What to back up and how.
 pub struct BackupOptions {
@@ -93,22 +92,10 @@ pub struct BackupOutcome {
     pub snapshot: Snapshot,
 }
 
-/// Checks a disk label or metadata name: non-empty, no path separators or control chars.
+/// Checks a disk label or metadata name (the rule every reader checks again:
+/// [`repo_format::names`]).
 pub fn check_label(label: &str) -> Result<()> {
-    let ok = !label.is_empty()
-        && label.len() <= 200
-        && label != "."
-        && label != ".."
-        && !label
-            .chars()
-            .any(|c| c == '/' || c == '\0' || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "invalid disk label {label:?}: use letters, digits, '.', '-', '_' (no '/')"
-        )))
-    }
+    repo_format::names::check_label(label).map_err(|e| Error::Usage(format!("invalid disk label: {e}")))
 }
 
 /// Backs up `disks` (and `meta` files) as one new snapshot of VM `opts.name`.
@@ -121,6 +108,10 @@ pub fn backup(
 ) -> Result<BackupOutcome> {
     if opts.name.trim().is_empty() {
         return Err(Error::Usage("a snapshot needs a VM name (--name)".into()));
+    }
+    repo_format::names::check_vm_name(&opts.name).map_err(Error::Usage)?;
+    for t in &opts.tags {
+        repo_format::names::check_tag(t).map_err(Error::Usage)?;
     }
     if disks.is_empty() {
         return Err(Error::Usage(

@@ -6,9 +6,24 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
+
+/// Mode of every file dedisk creates in a repository: it holds every guest's data.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Mode of every directory dedisk creates in a repository.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and any missing parents with mode 0700 (existing ones are left alone).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .at(dir)
+}
 
 /// fsyncs a directory so that a rename or create inside it survives a power loss.
 /// An empty path (the parent of a bare file name) means the current directory.
@@ -33,6 +48,8 @@ pub fn write_atomic(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(PRIVATE_FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;

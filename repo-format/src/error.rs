@@ -52,6 +52,8 @@ pub enum Error {
     CorruptManifest { node: BlobId, reason: String },
     #[error("snapshot file {path}: {reason}")]
     CorruptSnapshot { path: PathBuf, reason: String },
+    #[error("refusing to write an invalid snapshot: {0}")]
+    InvalidSnapshot(String),
     #[error("invalid {kind} id {text:?}")]
     BadId { kind: &'static str, text: String },
     #[error("index {path}: {source}")]

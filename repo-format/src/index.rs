@@ -5,6 +5,7 @@
 //! so every row points at a complete pack.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -77,6 +78,20 @@ impl Index {
             path: path.into(),
             source,
         };
+        // SQLite creates the file (and its -wal and -shm, with the same mode) by the
+        // umask; create it private first: it lists every chunk of every guest.
+        if !path.exists() {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(crate::durable::PRIVATE_FILE_MODE)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE

@@ -25,6 +25,7 @@ pub mod ids;
 pub mod index;
 pub mod lock;
 pub mod manifest;
+pub mod names;
 pub mod pack;
 pub mod repo;
 pub mod snapshot;

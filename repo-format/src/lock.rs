@@ -139,10 +139,7 @@ pub fn acquire(
     kind: LockKind,
     command: &str,
 ) -> Result<RepoLock> {
-    std::fs::create_dir_all(locks_dir).map_err(|source| Error::Io {
-        path: locks_dir.into(),
-        source,
-    })?;
+    crate::durable::create_private_dir(locks_dir)?;
     for gone in clear_stale(locks_dir)? {
         log::info!("removed the stale {gone}");
     }

@@ -23,6 +23,16 @@ pub const AVG_FANOUT: u32 = 1024;
 pub const MAX_FANOUT: u32 = 8192;
 /// Deepest tree a reader accepts (8192^8 chunks is far beyond any disk).
 pub const MAX_LEVEL: u8 = 8;
+/// The smallest average extent a manifest may have, in bytes: [`max_extents`].
+pub const MIN_AVG_EXTENT_BYTES: u64 = 256;
+
+/// The most extents a manifest covering `len_bytes` may hold. Honest manifests stay far
+/// below it (sources report data and holes in 512-byte sectors at the finest, holes are
+/// merged, chunks are cut at 4 KiB and more); a forged one cannot make a reader walk
+/// billions of 1-byte extents out of a few deduplicated nodes (issue 11).
+pub fn max_extents(len_bytes: u64) -> u64 {
+    len_bytes / MIN_AVG_EXTENT_BYTES + 16
+}
 
 const LEAF_CHUNK: u8 = 1;
 const LEAF_HOLE: u8 = 2;
@@ -99,11 +109,29 @@ impl Node {
         }
     }
 
-    /// Disk bytes covered by the node.
+    /// Disk bytes covered by the node. A decoded node is known not to overflow
+    /// (`decode` refuses one whose sums do); a node built in memory saturates.
     pub fn len_bytes(&self) -> u64 {
+        self.totals().map_or(u64::MAX, |t| t.0)
+    }
+
+    /// Leaf entries under the node (its own entries for a leaf).
+    pub fn extents(&self) -> u64 {
+        self.totals().map_or(u64::MAX, |t| t.1)
+    }
+
+    /// (bytes, leaf entries) covered, or `None` when a sum overflows.
+    fn totals(&self) -> Option<(u64, u64)> {
         match self {
-            Node::Leaf(e) => e.iter().map(|e| e.len()).sum(),
-            Node::Interior { children, .. } => children.iter().map(|c| c.len).sum(),
+            Node::Leaf(e) => e
+                .iter()
+                .try_fold(0u64, |a, e| a.checked_add(e.len()))
+                .map(|len| (len, e.len() as u64)),
+            Node::Interior { children, .. } => {
+                children.iter().try_fold((0u64, 0u64), |(len, n), c| {
+                    Some((len.checked_add(c.len)?, n.checked_add(c.extents)?))
+                })
+            }
         }
     }
 
@@ -195,9 +223,12 @@ impl Node {
                     t => return Err(bad(format!("entry {i}: invalid type {t} or length {len}"))),
                 });
             }
-            Ok(Node::Leaf(extents))
+            let node = Node::Leaf(extents);
+            node.totals()
+                .ok_or_else(|| bad("the extents' sizes overflow".into()))?;
+            Ok(node)
         } else {
-            let children = body
+            let children: Vec<ChildRef> = body
                 .chunks_exact(INTERIOR_ENTRY_LEN)
                 .map(|e| ChildRef {
                     id: BlobId::from_slice(&e[..32]).expect("32 bytes"),
@@ -205,7 +236,18 @@ impl Node {
                     extents: u64_at(e, 40),
                 })
                 .collect();
-            Ok(Node::Interior { level, children })
+            for (i, c) in children.iter().enumerate() {
+                if c.len == 0 || c.extents == 0 || c.extents > max_extents(c.len) {
+                    return Err(bad(format!(
+                        "entry {i}: a child of {} bytes cannot hold {} extents",
+                        c.len, c.extents
+                    )));
+                }
+            }
+            let node = Node::Interior { level, children };
+            node.totals()
+                .ok_or_else(|| bad("the children's sizes overflow".into()))?;
+            Ok(node)
         }
     }
 }
@@ -396,7 +438,13 @@ impl<F: FnMut(&BlobId) -> Result<Node>> ManifestWalker<F> {
         }
     }
 
-    fn load(&mut self, id: &BlobId, expect_len: u64, expect_level: Option<u8>) -> Result<Node> {
+    fn load(
+        &mut self,
+        id: &BlobId,
+        expect_len: u64,
+        expect_extents: u64,
+        expect_level: Option<u8>,
+    ) -> Result<Node> {
         let node = (self.fetch)(id)?;
         if let Some(level) = expect_level {
             if node.level() != level {
@@ -415,6 +463,15 @@ impl<F: FnMut(&BlobId) -> Result<Node>> ManifestWalker<F> {
                 ),
             });
         }
+        if node.extents() != expect_extents {
+            return Err(Error::CorruptManifest {
+                node: *id,
+                reason: format!(
+                    "holds {} extents where its parent says {expect_extents}",
+                    node.extents()
+                ),
+            });
+        }
         Ok(node)
     }
 
@@ -423,7 +480,16 @@ impl<F: FnMut(&BlobId) -> Result<Node>> ManifestWalker<F> {
         if !self.started {
             self.started = true;
             let root = self.root;
-            let node = self.load(&root.root, root.len_bytes, None)?;
+            if root.extents > max_extents(root.len_bytes) {
+                return Err(Error::CorruptManifest {
+                    node: root.root,
+                    reason: format!(
+                        "{} extents for {} bytes is more than a manifest may hold",
+                        root.extents, root.len_bytes
+                    ),
+                });
+            }
+            let node = self.load(&root.root, root.len_bytes, root.extents, None)?;
             self.stack.push((node, 0));
         }
         loop {
@@ -435,7 +501,9 @@ impl<F: FnMut(&BlobId) -> Result<Node>> ManifestWalker<F> {
                     if let Some(e) = extents.get(*idx).copied() {
                         *idx += 1;
                         let at = self.offset;
-                        self.offset += e.len();
+                        // Cannot pass the root's length: every node's sums were checked
+                        // against its parent's claim, and decode refuses overflowing sums.
+                        self.offset = at.saturating_add(e.len()).min(self.root.len_bytes);
                         return Ok(Some((at, e)));
                     }
                     self.stack.pop();
@@ -444,7 +512,7 @@ impl<F: FnMut(&BlobId) -> Result<Node>> ManifestWalker<F> {
                     if let Some(c) = children.get(*idx).copied() {
                         *idx += 1;
                         let child_level = *level - 1;
-                        let node = self.load(&c.id, c.len, Some(child_level))?;
+                        let node = self.load(&c.id, c.len, c.extents, Some(child_level))?;
                         self.stack.push((node, 0));
                     } else {
                         self.stack.pop();
@@ -558,5 +626,37 @@ mod tests {
         ] {
             assert!(Node::decode(BlobId([0; 32]), bad).is_err());
         }
+    }
+
+    /// Issue 11: forged trees that would make a reader loop, wrap around or write past
+    /// the declared size are refused before any extent comes out.
+    #[test]
+    fn forged_trees_are_bounded() {
+        let mut store = HashMap::new();
+        let mut put = |n: &Node| {
+            let bytes = n.encode();
+            let id = BlobId::of(&bytes);
+            store.insert(id, bytes);
+            id
+        };
+        // 8192 one-byte holes under one leaf, 8192 times over: far more extents than bytes.
+        let leaf = Node::Leaf(vec![Extent::Hole { len: 1 }; MAX_FANOUT as usize]);
+        let leaf_id = put(&leaf);
+        let child = ChildRef { id: leaf_id, len: MAX_FANOUT as u64, extents: MAX_FANOUT as u64 };
+        let top = Node::Interior { level: 1, children: vec![child; MAX_FANOUT as usize] };
+        let top_bytes = top.encode();
+        assert!(Node::decode(BlobId([0; 32]), &top_bytes).is_err(), "child claims too many extents");
+        let top_id = put(&top);
+        let root = ManifestRoot { root: top_id, len_bytes: 1 << 26, extents: 1 << 26 };
+        assert!(walk(root, &store).is_err(), "the root claims too many extents");
+        // A root that understates its extents is caught at the first node.
+        let root = ManifestRoot { root: leaf_id, len_bytes: 8192, extents: 1 };
+        assert!(walk(root, &store).is_err());
+        // Sizes that wrap around u64.
+        let huge = Node::Leaf(vec![Extent::Hole { len: u64::MAX }, Extent::Hole { len: 2 }]);
+        assert!(Node::decode(BlobId([0; 32]), &huge.encode()).is_err());
+        let big = ChildRef { id: leaf_id, len: u64::MAX / 2 + 1, extents: 1 };
+        let wrap = Node::Interior { level: 1, children: vec![big, big] };
+        assert!(Node::decode(BlobId([0; 32]), &wrap.encode()).is_err());
     }
 }

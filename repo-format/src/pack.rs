@@ -12,6 +12,7 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -132,6 +133,7 @@ impl PackWriter {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(crate::durable::PRIVATE_FILE_MODE)
             .open(&tmp_path)
             .at(&tmp_path)?;
         let mut w = PackWriter {
@@ -199,7 +201,7 @@ impl PackWriter {
         let id = PackId(*self.hasher.finalize().as_bytes());
         let path = pack_path(packs_dir, &id);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).at(dir)?;
+            crate::durable::create_private_dir(dir)?;
         }
         crate::durable::rename_durable(&self.tmp_path, &path)?;
         Ok(FinishedPack {

@@ -63,8 +63,9 @@ impl Repository {
                 return Err(Error::AlreadyExists { path: root.into() });
             }
         }
+        // Private: the repository holds every guest's data (issue 11).
         for dir in ["", "packs", "snapshots", "tmp", "locks"] {
-            fs::create_dir_all(root.join(dir)).at(&root.join(dir))?;
+            crate::durable::create_private_dir(&root.join(dir))?;
         }
         Index::open(&root.join(INDEX_FILE))?;
         // Config last: a directory without it is not (yet) a repository.
@@ -92,7 +93,10 @@ impl Repository {
         };
         let config = RepoConfig::parse(&config_path, &bytes)?;
         for dir in ["packs", "snapshots", "tmp", "locks"] {
-            fs::create_dir_all(root.join(dir)).at(&root.join(dir))?;
+            let path = root.join(dir);
+            if !path.is_dir() {
+                crate::durable::create_private_dir(&path)?;
+            }
         }
         let mut repo = Repository {
             root: root.into(),
@@ -283,7 +287,9 @@ impl Repository {
     }
 
     /// Writes a snapshot file durably; from this moment on the snapshot exists.
+    /// A snapshot that [`Snapshot::validate`] refuses is never written.
     pub fn write_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
+        snap.validate().map_err(Error::InvalidSnapshot)?;
         let (id, bytes) = snap.encode();
         let path = self.snapshots_dir().join(format!("{}.json", id.to_hex()));
         write_atomic(&path, &self.tmp_dir(), &bytes)?;

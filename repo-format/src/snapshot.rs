@@ -10,6 +10,20 @@ use crate::error::{Error, Result};
 use crate::ids::SnapshotId;
 use crate::manifest::ManifestRoot;
 
+/// Disks one snapshot may hold.
+pub const MAX_DISKS: usize = 256;
+/// Metadata files one snapshot may hold.
+pub const MAX_META: usize = 256;
+/// Largest metadata file (domain XML, NVRAM) a snapshot keeps.
+pub const MAX_META_BYTES: u64 = 64 << 20;
+/// Largest virtual disk size a snapshot may declare (8 EiB: far beyond any disk, and no
+/// offset arithmetic below it can overflow an `i64` file offset).
+pub const MAX_DISK_BYTES: u64 = i64::MAX as u64;
+/// Tags per snapshot.
+pub const MAX_TAGS: usize = 64;
+/// Lost ranges per disk (repair merges adjacent ones).
+pub const MAX_LOST_RANGES: usize = 1 << 20;
+
 /// Version of the snapshot JSON shape (bumped with the repository format).
 pub const SNAPSHOT_VERSION: u32 = 1;
 /// Version of a snapshot rewritten by `repair snapshots`: it lists lost ranges, which a
@@ -119,7 +133,71 @@ impl Snapshot {
                 snap.snapshot_version
             )));
         }
+        snap.validate().map_err(bad)?;
         Ok(snap)
+    }
+
+    /// Checks every name, size and count (FORMAT.md, "Snapshot files"): backup calls it
+    /// before writing and [`Snapshot::decode`] after every read, so nothing downstream
+    /// sees a label that is not one file name, a size its manifest does not cover, or a
+    /// count no honest writer makes. The VM name is only bounded here (it may be any
+    /// text an older dedisk accepted): show it through [`crate::names::escape`].
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        use crate::names::{check_label, escape};
+        if self.name.is_empty() || self.name.len() > 1024 {
+            return Err(format!("VM name of {} bytes", self.name.len()));
+        }
+        if self.disks.is_empty() || self.disks.len() > MAX_DISKS {
+            return Err(format!("{} disks (1 to {MAX_DISKS} allowed)", self.disks.len()));
+        }
+        if self.meta.len() > MAX_META {
+            return Err(format!("{} metadata files (at most {MAX_META})", self.meta.len()));
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(format!("more than {MAX_TAGS} tags"));
+        }
+        self.tags.iter().try_for_each(|t| crate::names::check_tag(t))?;
+        if self.hostname.len() > 255 || self.program_version.len() > 64 {
+            return Err("hostname or program version too long".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let entries = self
+            .disks
+            .iter()
+            .map(|d| (&d.label, d.size_bytes, &d.manifest, &d.lost, MAX_DISK_BYTES))
+            .chain(
+                self.meta
+                    .iter()
+                    .map(|m| (&m.name, m.size_bytes, &m.manifest, &m.lost, MAX_META_BYTES)),
+            );
+        for (name, size, manifest, lost, max_size) in entries {
+            check_label(name)?;
+            if !seen.insert(name.as_str()) {
+                return Err(format!("name {} is used twice", escape(name)));
+            }
+            if size != manifest.len_bytes || size > max_size {
+                return Err(format!(
+                    "{}: size {size} does not match its manifest ({} bytes) or exceeds {max_size}",
+                    escape(name),
+                    manifest.len_bytes
+                ));
+            }
+            if manifest.extents > crate::manifest::max_extents(size) {
+                return Err(format!(
+                    "{}: {} extents for {size} bytes",
+                    escape(name),
+                    manifest.extents
+                ));
+            }
+            if lost.len() > MAX_LOST_RANGES
+                || lost.iter().any(|l| {
+                    l.len == 0 || l.offset.checked_add(l.len).is_none_or(|end| end > size)
+                })
+            {
+                return Err(format!("{}: lost ranges outside the disk", escape(name)));
+            }
+        }
+        Ok(())
     }
 
     /// Logical bytes (sum of virtual disk sizes).

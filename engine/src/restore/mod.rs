@@ -6,8 +6,10 @@
 //! leaves a plausible-looking disk under the requested name. A block device is written
 //! in place; its holes are zeroed (BLKZEROOUT, falling back to writing zeros).
 
+mod target;
+
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -21,6 +23,8 @@ use crate::error::{Damage, Error, Result};
 use crate::image::qcow2_writer::Qcow2Writer;
 use crate::progress::Progress;
 use crate::source::{AlignedBuf, DIRECT_ALIGN};
+use target::Target;
+pub use target::{TargetDir, TargetOptions};
 
 /// Chunks between the walker (which prefetches) and the workers (which read).
 const PREFETCH_CHUNKS: usize = 512;
@@ -77,62 +81,6 @@ impl Output {
     }
 }
 
-/// Where a disk is restored to.
-enum Target {
-    /// A new (or forcibly replaced) file, written under `tmp` and renamed to `path`.
-    File { tmp: PathBuf, path: PathBuf },
-    /// An existing block device.
-    Device { path: PathBuf },
-}
-
-fn open_target(path: &Path, size: u64, force: bool) -> Result<(Target, File)> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.file_type().is_block_device() => {
-            let file = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_EXCL) // refuse a device that is mounted
-                .open(path)
-                .map_err(|e| Error::target(path, e))?;
-            let have = crate::blockdev::size_bytes(&file).map_err(|e| Error::target(path, e))?;
-            if have < size {
-                return Err(Error::TargetTooSmall {
-                    path: path.into(),
-                    have_bytes: have,
-                    need_bytes: size,
-                });
-            }
-            Ok((Target::Device { path: path.into() }, file))
-        }
-        Ok(m) if m.is_file() && !force => Err(Error::TargetExists { path: path.into() }),
-        Ok(m) if !m.is_file() => Err(Error::TargetNotADisk { path: path.into() }),
-        Ok(_) | Err(_) => {
-            if let Err(e) = std::fs::metadata(path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(Error::target(path, e));
-                }
-            }
-            let name = path
-                .file_name()
-                .ok_or_else(|| Error::TargetNotADisk { path: path.into() })?;
-            let tmp = path.with_file_name(format!(".{}.dedisk-restore", name.to_string_lossy()));
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| Error::target(&tmp, e))?;
-            file.set_len(size).map_err(|e| Error::target(&tmp, e))?;
-            Ok((
-                Target::File {
-                    tmp,
-                    path: path.into(),
-                },
-                file,
-            ))
-        }
-    }
-}
-
 /// Zeroes `[offset, offset+len)` of a block device.
 fn zero_device_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     if crate::blockdev::zero_out(file, offset, len).is_ok() {
@@ -158,6 +106,26 @@ pub enum TargetFormat {
     Qcow2,
 }
 
+/// Where one disk goes.
+#[derive(Clone, Copy)]
+pub enum RestoreTo<'a> {
+    /// A path named by the user: a block device, or a file (created, or replaced with
+    /// `--force`).
+    Path(&'a Path),
+    /// One entry of a restore folder, by a validated single-component name.
+    InDir { dir: &'a TargetDir, name: &'a str },
+}
+
+impl RestoreTo<'_> {
+    /// The path, for messages.
+    pub fn display_path(&self) -> PathBuf {
+        match self {
+            RestoreTo::Path(p) => p.to_path_buf(),
+            RestoreTo::InDir { dir, name } => dir.path().join(name),
+        }
+    }
+}
+
 /// What to restore where.
 pub struct RestoreRequest<'a> {
     /// Names the snapshot in messages.
@@ -165,9 +133,9 @@ pub struct RestoreRequest<'a> {
     /// Names the disk (or metadata file) in messages.
     pub label: &'a str,
     pub manifest: &'a ManifestRoot,
-    pub target: &'a Path,
-    /// Replace an existing target file.
-    pub force: bool,
+    pub target: RestoreTo<'a>,
+    /// Replacing existing files, and the new file's mode.
+    pub target_opts: TargetOptions,
     pub format: TargetFormat,
     pub workers: usize,
     /// Checked before every extent; set it to stop (the partial file is removed).
@@ -189,14 +157,18 @@ pub fn restore_disk(
         label,
         manifest,
         target,
-        force,
+        target_opts,
         format,
         workers,
         cancel,
     } = *req;
     let started = Instant::now();
     let size = manifest.len_bytes;
-    let (kind, file) = open_target(target, size, force)?;
+    let (mut kind, file) = match target {
+        RestoreTo::Path(path) => target::open_path(path, size, target_opts)?,
+        RestoreTo::InDir { dir, name } => target::open_in_dir(dir, name, size, target_opts)?,
+    };
+    let write_path = kind.write_path();
     let qcow2 = match (&kind, format) {
         (_, TargetFormat::Raw) => None,
         (Target::Device { path }, TargetFormat::Qcow2) => {
@@ -205,13 +177,10 @@ pub fn restore_disk(
                 path.display()
             )));
         }
-        (Target::File { tmp, .. }, TargetFormat::Qcow2) => {
-            let clone = file.try_clone().map_err(|e| Error::target(tmp, e))?;
-            let writer = Qcow2Writer::new(clone, size).map_err(|e| {
-                let _ = std::fs::remove_file(tmp);
-                Error::target(tmp, e)
-            })?;
-            Some(writer)
+        (Target::File { .. }, TargetFormat::Qcow2) => {
+            let clone = file.try_clone().map_err(|e| Error::target(&write_path, e))?;
+            // On error `kind` drops and removes the temporary file.
+            Some(Qcow2Writer::new(clone, size).map_err(|e| Error::target(&write_path, e))?)
         }
     };
     let direct = match &kind {
@@ -237,15 +206,11 @@ pub fn restore_disk(
         direct,
         qcow2,
     };
-    let write_path = match &kind {
-        Target::File { tmp, .. } => tmp.clone(),
-        Target::Device { path } => path.clone(),
-    };
-    let is_device = matches!(kind, Target::Device { .. });
+    let is_device = kind.is_device();
     let damage = Mutex::new(Vec::<Damage>::new());
     let mut report = RestoreReport {
         size_bytes: size,
-        target: target.into(),
+        target: target.display_path(),
         ..Default::default()
     };
     let workers = workers.max(1);
@@ -350,36 +315,25 @@ pub fn restore_disk(
         Ok(())
     });
     progress.finish();
-    let cleanup = |kind: &Target| {
-        if let Target::File { tmp, .. } = kind {
-            let _ = std::fs::remove_file(tmp);
-        }
-    };
-    if let Err(e) = outcome {
-        cleanup(&kind);
-        return Err(e);
-    }
+    // Any error below drops `kind`, which removes the temporary file.
+    outcome?;
     // One fsync flushes the buffered writes and the device's write cache for both.
-    let synced = match out.qcow2 {
+    match out.qcow2 {
         Some(q) => q.finish().map(drop),
         None => out.file.sync_all(),
-    };
-    if let Err(e) = synced {
-        cleanup(&kind);
-        return Err(Error::target(&write_path, e));
     }
+    .map_err(|e| Error::target(&write_path, e))?;
     let damage = damage.into_inner().expect("workers joined");
     if !damage.is_empty() {
         // Keep the partial file under its temporary name; the error names it.
+        kind.keep();
         return Err(Error::Damaged {
             snapshot: snapshot.into(),
             damage,
             partial: write_path,
         });
     }
-    if let Target::File { tmp, path } = &kind {
-        repo_format::durable::rename_durable(tmp, path).map_err(Error::Repo)?;
-    }
+    kind.commit()?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
