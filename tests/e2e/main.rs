@@ -9,6 +9,7 @@ mod crash;
 mod damage;
 mod errors;
 mod helpers;
+mod hostile;
 mod images;
 mod job;
 mod libvirt;
