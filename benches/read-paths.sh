@@ -21,7 +21,7 @@ secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); ech
 "$BIN" init -q "$W/repo" >/dev/null
 "$BIN" --repo "$W/repo" backup -q --name bench "disk=$RAW" >/dev/null
 cold; r=$(secs "$BIN" --repo "$W/repo" restore -q latest "$W/restored.raw"); rm -f "$W/restored.raw"
-"$BIN" --repo "$W/repo" serve-nbd --listen 127.0.0.1:10977 >/dev/null 2>&1 & srv=$!
+"$BIN" --repo "$W/repo" serve-nbd --all --listen 127.0.0.1:10977 >/dev/null 2>&1 & srv=$!
 sleep 1
 cold; n=$(secs qemu-img convert -f raw -O raw nbd://127.0.0.1:10977/bench@latest:disk "$W/nbd.raw"); rm -f "$W/nbd.raw"
 kill -INT $srv; wait $srv || true

@@ -64,8 +64,13 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Delete unreferenced data: packs nothing uses, and repack mostly-unused ones.
     Prune(PruneArgs),
-    /// Remove every repository lock (after checking the processes holding them are gone).
-    Unlock,
+    /// Remove the locks of processes that are provably gone (others are listed).
+    Unlock {
+        /// Also remove other hosts' locks and unreadable lock files (never a live
+        /// process's lock on this host).
+        #[arg(long)]
+        force: bool,
+    },
     /// Rebuild derived data from what the repository holds.
     Repair {
         #[command(subcommand)]
@@ -210,15 +215,30 @@ pub struct MountArgs {
 
 #[derive(Args)]
 pub struct ServeNbdArgs {
-    /// SNAPSHOT[:LABEL] to export (repeatable); default: every disk of every snapshot.
+    /// SNAPSHOT[:LABEL] to export (repeatable).
     #[arg(value_name = "SNAPSHOT[:LABEL]")]
     pub exports: Vec<String>,
-    /// TCP address to listen on.
+    /// Export every disk of every snapshot (to anyone who can reach the socket).
+    #[arg(long, conflicts_with = "exports")]
+    pub all: bool,
+    /// TCP address to listen on (NBD has no authentication: keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:10809", value_name = "ADDR")]
     pub listen: String,
     /// Listen on this Unix socket instead of TCP.
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
+    /// Permission bits of the Unix socket, in octal (who may connect).
+    #[arg(long, default_value = "0600", value_parser = parse_mode, requires = "unix")]
+    pub socket_mode: u32,
+    /// Owner of the Unix socket: UID or UID:GID (numeric).
+    #[arg(long, value_name = "UID[:GID]", requires = "unix")]
+    pub socket_owner: Option<String>,
+    /// Clients served at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_clients: u16,
+    /// Seconds a client may send nothing before it is disconnected.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
+    pub idle_timeout: u32,
 }
 
 #[derive(Args)]

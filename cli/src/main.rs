@@ -61,14 +61,22 @@ fn main() {
         Command::Mount(a) => serve::mount(g, a),
         Command::Prune(a) => maintenance::prune(g, a),
         Command::Run(a) => job::run(g, a),
-        Command::Unlock => maintenance::unlock(g),
+        Command::Unlock { force } => maintenance::unlock(g, *force),
         Command::Repair { what } => commands::repair(g, what),
+    };
+    // With --json a script reads stdout only: failures and warnings come as one JSON
+    // object there too (stderr keeps the human line).
+    let json_end = |kind: &str, message: &str, code: i32| {
+        if g.json {
+            output::json(&serde_json::json!({"type": kind, "message": message, "exit_code": code}));
+        }
     };
     match result {
         Ok(outcome) if outcome.warnings.is_empty() => {}
         Ok(outcome) => {
             for w in &outcome.warnings {
                 eprintln!("dedisk: warning: {w}");
+                json_end("warning", w, EXIT_WARNINGS);
             }
             std::process::exit(EXIT_WARNINGS);
         }
@@ -77,6 +85,7 @@ fn main() {
                 .any(|c| matches!(c.downcast_ref(), Some(engine::Error::Interrupted))) =>
         {
             eprintln!("dedisk: {e:#}; temporary files were removed");
+            json_end("error", &format!("{e:#}"), EXIT_INTERRUPTED);
             std::process::exit(EXIT_INTERRUPTED);
         }
         Err(e) => {
@@ -90,6 +99,7 @@ fn main() {
                 }
             }
             eprintln!("dedisk: error: {}", chain.join(": "));
+            json_end("error", &chain.join(": "), EXIT_ERROR);
             std::process::exit(EXIT_ERROR);
         }
     }

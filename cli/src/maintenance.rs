@@ -26,12 +26,12 @@ pub fn lock(g: &Global, repo: &Repository, kind: LockKind, command: &str) -> Res
 
 /// Runs a prune under an exclusive lock and prints what it reclaimed.
 pub fn run_prune(g: &Global, repo: &Repository, max_unused_pct: f64, dry_run: bool) -> Result<()> {
-    let _lock = lock(g, repo, LockKind::Exclusive, "prune")?;
+    let lock = lock(g, repo, LockKind::Exclusive, "prune")?;
     let opts = engine::prune::PruneOptions {
         max_unused_pct,
         dry_run,
     };
-    let r = engine::prune::prune(repo, &opts, &CANCEL)
+    let r = engine::prune::prune(repo, &lock, &opts, &CANCEL)
         .context("prune stopped; the repository is intact and the next prune finishes the job")?;
     if g.json {
         output::json(
@@ -74,24 +74,49 @@ pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
     Ok(out)
 }
 
-pub fn unlock(g: &Global) -> Result<Outcome> {
+/// Removes the locks whose holder is provably gone (see `repo_format::lock`); with
+/// `--force` also other hosts' locks and unreadable lock files, each named in a warning.
+/// A live process on this host keeps its lock whatever the flags: stop it instead.
+pub fn unlock(g: &Global, force: bool) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
+    let me = repo_format::lock::hostname();
     let mut removed = Vec::new();
+    let mut kept = Vec::new();
     for (path, info) in repo_format::lock::list(&repo.locks_dir())? {
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        removed.push(match info {
-            Ok(i) => i.to_string(),
-            Err(e) => format!("unreadable lock file {} ({e})", path.display()),
-        });
+        let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        let (what, remove) = match &info {
+            Ok(i) => match repo_format::lock::stale_reason(i, age) {
+                Some(why) => (format!("{i} ({why})"), true),
+                None if i.hostname != me && force => {
+                    out.warnings.push(format!(
+                        "removed the {i} held on another host: if that process still runs, it may now lose data"
+                    ));
+                    (i.to_string(), true)
+                }
+                None if i.hostname != me => (format!("{i}: held on another host; --force removes it"), false),
+                None => (format!("{i}: that process is running on this host; stop it instead"), false),
+            },
+            Err(e) if force => (format!("unreadable lock file {} ({e})", path.display()), true),
+            Err(e) => (format!("unreadable lock file {} ({e}); --force removes it", path.display()), false),
+        };
+        if remove {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(what);
+        } else {
+            kept.push(what);
+        }
     }
     if g.json {
-        output::json(&json!({"type": "unlock", "removed": removed}));
+        output::json(&json!({"type": "unlock", "removed": removed, "kept": kept}));
     } else {
         for r in &removed {
             output::line(format!("removed the {r}"));
         }
-        output::line(format!("{} lock(s) removed", removed.len()));
+        for k in &kept {
+            output::line(format!("kept the {k}"));
+        }
+        output::line(format!("{} lock(s) removed, {} kept", removed.len(), kept.len()));
     }
     Ok(out)
 }

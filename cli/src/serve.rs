@@ -42,7 +42,7 @@ fn exports_of(
         .collect()
 }
 
-/// The exports the arguments name (every disk of every snapshot when none are given).
+/// The exports the arguments name (every disk of every snapshot with `--all`).
 fn choose(repo: &Repository, specs: &[String]) -> Result<Vec<Export>> {
     let all: Vec<(SnapshotId, Snapshot)> = repo
         .list_snapshots()?
@@ -80,6 +80,11 @@ fn choose(repo: &Repository, specs: &[String]) -> Result<Vec<Export>> {
 
 pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
     let mut outcome = Outcome::default();
+    if a.exports.is_empty() && !a.all {
+        anyhow::bail!(
+            "name the disks to export (SNAPSHOT[:LABEL]...), or pass --all to export every disk of every snapshot to whoever can connect"
+        );
+    }
     // The server threads read the repository for as long as the process lives.
     let repo: &'static Repository = Box::leak(Box::new(open_repo(g, &mut outcome)?));
     // Held while serving: a prune must not delete packs clients are reading.
@@ -91,9 +96,7 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
     }
     let (listener, place) = match &a.unix {
         Some(path) => {
-            let _ = std::fs::remove_file(path);
-            let l = std::os::unix::net::UnixListener::bind(path)
-                .with_context(|| format!("listening on {}", path.display()))?;
+            let l = bind_unix(path, a.socket_mode, a.socket_owner.as_deref())?;
             (
                 Listener::Unix(l),
                 format!("nbd+unix:///EXPORT?socket={}", path.display()),
@@ -103,6 +106,11 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
             let l = std::net::TcpListener::bind(&a.listen)
                 .with_context(|| format!("listening on {}", a.listen))?;
             let addr = l.local_addr()?;
+            if !addr.ip().is_loopback() {
+                log::warn!(
+                    "listening on {addr}, beyond this host, without TLS or authentication: anyone who can reach it reads these disks; prefer 127.0.0.1 or --unix with --socket-mode"
+                );
+            }
             (Listener::Tcp(l), format!("nbd://{addr}/EXPORT"))
         }
     };
@@ -125,12 +133,79 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
             ));
         }
     }
-    let exports = Arc::new(Exports { repo, list });
-    engine::nbd::serve(exports, listener, &CANCEL).context("NBD server")?;
+    let exports = Arc::new(Exports {
+        repo,
+        list,
+        cache: Default::default(),
+    });
+    let limits = engine::nbd::ServeLimits {
+        max_clients: a.max_clients.into(),
+        idle_timeout: std::time::Duration::from_secs(a.idle_timeout.into()),
+    };
+    engine::nbd::serve(exports, listener, limits, &CANCEL).context("NBD server")?;
     if let Some(path) = &a.unix {
-        let _ = std::fs::remove_file(path);
+        remove_socket(path);
     }
     Ok(outcome)
+}
+
+/// Removes `path` only if it is a socket (never a file someone put there).
+fn remove_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Binds a Unix socket at `path` with `mode` (and owner) from the start. Whatever is at
+/// `path` already is only replaced when it is a socket nobody listens on any more.
+fn bind_unix(
+    path: &std::path::Path,
+    mode: u32,
+    owner: Option<&str>,
+) -> Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("{} is a socket another server listens on", path.display());
+            }
+            remove_socket(path); // stale: left by a server that was killed
+        }
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let ids = match owner {
+        None => None,
+        Some(text) => {
+            let (u, g) = text.split_once(':').map_or((text, None), |(u, g)| (u, Some(g)));
+            let uid: u32 = u.parse().with_context(|| format!("--socket-owner {text}: UID"))?;
+            let gid: Option<u32> = g
+                .map(|g| g.parse().with_context(|| format!("--socket-owner {text}: GID")))
+                .transpose()?;
+            Some((uid, gid))
+        }
+    };
+    // Bound under a umask that lets nobody in, then opened up to `mode`: no moment
+    // where the socket is more open than asked.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    rustix::process::umask(old);
+    let l = bound.with_context(|| format!("listening on {}", path.display()))?;
+    if let Some((uid, gid)) = ids {
+        rustix::fs::chown(
+            path,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            gid.map(rustix::fs::Gid::from_raw),
+        )
+        .with_context(|| format!("changing the owner of {}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(l)
 }
 
 pub fn mount(g: &Global, a: &MountArgs) -> Result<Outcome> {

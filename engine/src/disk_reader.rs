@@ -17,7 +17,8 @@ use repo_format::{BlobId, BlobReader, Extent, ManifestRoot, Node, Repository};
 
 use crate::error::{Error, Result};
 
-/// Decompressed chunks kept per reader.
+/// Decompressed chunks kept by a cache (one per reader, or one shared by every client
+/// of an NBD server: issue 11 measured 12 clients at 1.2 GB with one cache each).
 const CHUNK_CACHE_BYTES: usize = 96 << 20;
 /// Manifest nodes kept per reader (interior nodes, and recent leaves).
 const NODE_CACHE: usize = 64;
@@ -73,6 +74,10 @@ impl ChunkCache {
 
 type Shared = Arc<(Mutex<ChunkCache>, Condvar)>;
 
+/// A chunk cache several readers can share: one memory bound for all of them.
+#[derive(Clone, Default)]
+pub struct SharedChunkCache(Shared);
+
 /// Reads one disk (or metadata file) of a snapshot at any offset. One per client
 /// thread; the read-ahead workers live as long as the reader.
 pub struct DiskReader {
@@ -91,7 +96,16 @@ impl DiskReader {
     /// A reader of the disk whose manifest is `root`. The repository must outlive the
     /// process's servers, hence `'static` (the CLI leaks it for `mount` and `serve-nbd`).
     pub fn new(repo: &'static Repository, root: ManifestRoot) -> Result<Self> {
-        let cache: Shared = Arc::default();
+        Self::with_cache(repo, root, SharedChunkCache::default())
+    }
+
+    /// A reader whose decoded chunks go to `cache`, shared with other readers.
+    pub fn with_cache(
+        repo: &'static Repository,
+        root: ManifestRoot,
+        cache: SharedChunkCache,
+    ) -> Result<Self> {
+        let cache: Shared = cache.0;
         let (tx, rx) = bounded::<BlobId>(READ_AHEAD_CHUNKS * 2);
         for _ in 0..READ_AHEAD_WORKERS {
             let rx = rx.clone();

@@ -97,6 +97,27 @@ pub struct Export {
 pub struct Exports {
     pub repo: &'static Repository,
     pub list: Vec<Export>,
+    /// One chunk cache for every client, so memory does not grow with their number.
+    pub cache: crate::disk_reader::SharedChunkCache,
+}
+
+/// Limits that keep one client, or many, from taking the server down (issue 11).
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    /// Clients served at once; more are accepted and closed at once, with a log line.
+    pub max_clients: usize,
+    /// A client that sends nothing (between requests, or in the middle of one) for this
+    /// long is disconnected.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_clients: 64,
+            idle_timeout: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 impl Exports {
@@ -115,7 +136,8 @@ pub fn serve_client<S: Read + Write>(exports: Arc<Exports>, mut stream: S) -> st
     let Some((export, structured, meta)) = negotiate(&exports, &mut stream)? else {
         return Ok(());
     };
-    let reader = DiskReader::new(exports.repo, export.manifest).map_err(std::io::Error::other)?;
+    let reader = DiskReader::with_cache(exports.repo, export.manifest, exports.cache.clone())
+        .map_err(std::io::Error::other)?;
     transmission(reader, structured, meta, &mut stream)
 }
 
@@ -397,6 +419,9 @@ fn transmission<S: Read + Write>(
                     )?;
                     continue;
                 }
+                // Large reads borrow a large buffer only for as long as they take.
+                buf.truncate(0);
+                buf.shrink_to(1 << 20);
                 buf.resize(len as usize, 0);
                 match reader.read_at(offset, &mut buf) {
                     Ok(_) if structured => {
@@ -492,31 +517,54 @@ pub enum Listener {
     Unix(std::os::unix::net::UnixListener),
 }
 
-/// Accepts clients until `cancel` is set, each on its own thread.
+/// Accepts clients until `cancel` is set, each on its own thread. Nothing a client
+/// does ends the server: accept errors (a full descriptor table, an aborted connection)
+/// are logged and retried with a growing pause, so VMs running from an overlay on an
+/// export keep their disk.
 pub fn serve(
     exports: Arc<Exports>,
     listener: Listener,
+    limits: ServeLimits,
     cancel: &crate::cancel::Cancel,
 ) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
     match &listener {
         Listener::Tcp(l) => l.set_nonblocking(true)?,
         Listener::Unix(l) => l.set_nonblocking(true)?,
     }
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut backoff = Duration::from_millis(50);
     while cancel.check().is_ok() {
+        let timeout = Some(limits.idle_timeout);
         let accepted: std::io::Result<(Box<dyn ReadWrite>, String)> = match &listener {
             Listener::Tcp(l) => l.accept().and_then(|(c, peer)| {
                 c.set_nonblocking(false)?;
                 c.set_nodelay(true)?;
+                c.set_read_timeout(timeout)?;
+                c.set_write_timeout(timeout)?;
                 Ok((Box::new(c) as Box<dyn ReadWrite>, peer.to_string()))
             }),
             Listener::Unix(l) => l.accept().and_then(|(c, _)| {
                 c.set_nonblocking(false)?;
+                c.set_read_timeout(timeout)?;
+                c.set_write_timeout(timeout)?;
                 Ok((Box::new(c) as Box<dyn ReadWrite>, "unix socket".to_string()))
             }),
         };
         match accepted {
             Ok((conn, peer)) => {
-                let exports = exports.clone();
+                backoff = Duration::from_millis(50);
+                if active.load(Ordering::SeqCst) >= limits.max_clients {
+                    log::warn!(
+                        "NBD client {peer} refused: {} clients already (--max-clients)",
+                        limits.max_clients
+                    );
+                    drop(conn);
+                    continue;
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let (exports, active) = (exports.clone(), active.clone());
                 std::thread::spawn(move || {
                     log::info!("NBD client {peer} connected");
                     // Every reply is built whole and written with one call, so the
@@ -526,14 +574,28 @@ pub fn serve(
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                             log::warn!("NBD client {peer} disconnected in the middle of a message")
                         }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            log::warn!("NBD client {peer} idle too long; connection closed")
+                        }
                         Err(e) => log::warn!("NBD client {peer}: {e}; connection closed"),
                     }
+                    active.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(std::time::Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // EMFILE/ENFILE/ENOMEM pass when clients leave; ECONNABORTED at once.
+                log::warn!("NBD server: accepting a client failed ({e}); retrying in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
         }
     }
     Ok(())

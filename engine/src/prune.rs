@@ -89,9 +89,12 @@ fn mark(repo: &Repository, cancel: &crate::cancel::Cancel) -> Result<(HashSet<Bl
     Ok((live, count))
 }
 
-/// Runs a prune. The caller holds the exclusive lock.
+/// Runs a prune under `lock`, the exclusive lock the caller took. Before each pack is
+/// deleted the lock is checked to be still this process's: if someone removed it, a
+/// backup may since have started and deduplicated against the pack (issue 11).
 pub fn prune(
     repo: &Repository,
+    lock: &repo_format::lock::RepoLock,
     opts: &PruneOptions,
     cancel: &crate::cancel::Cancel,
 ) -> Result<PruneReport> {
@@ -162,7 +165,7 @@ pub fn prune(
     //    which must not then be deleted as dead.
     for pack in &delete {
         cancel.check()?;
-        remove_pack(repo, &mut index, pack)?;
+        remove_pack(repo, lock, &mut index, pack)?;
     }
     // 2. Copy live blobs out of the packs to repack; new packs are durable and indexed
     //    (pointing those blobs at them) before the old ones are deleted.
@@ -232,7 +235,7 @@ pub fn prune(
     // 3. Delete the repacked packs, now that their live blobs are elsewhere.
     for pack in repacked.iter().filter(|p| !written.contains(p)) {
         cancel.check()?;
-        remove_pack(repo, &mut index, pack)?;
+        remove_pack(repo, lock, &mut index, pack)?;
     }
     report.bytes_deleted = delete
         .iter()
@@ -243,7 +246,13 @@ pub fn prune(
 }
 
 /// Forgets a pack in the index, then deletes its file and makes that durable.
-fn remove_pack(repo: &Repository, index: &mut repo_format::Index, pack: &PackId) -> Result<()> {
+fn remove_pack(
+    repo: &Repository,
+    lock: &repo_format::lock::RepoLock,
+    index: &mut repo_format::Index,
+    pack: &PackId,
+) -> Result<()> {
+    lock.still_held()?;
     index.remove_pack(pack)?;
     let path = repo_format::pack::pack_path(&repo.packs_dir(), pack);
     match std::fs::remove_file(&path) {

@@ -44,8 +44,12 @@ pub enum Error {
     },
     #[error("blob {0} is not in the repository index")]
     MissingBlob(BlobId),
-    #[error("the repository is in use: {holder}; if that process is gone, `dedisk unlock` removes its lock")]
+    #[error("the repository is in use: {holder}; if that process is gone, `dedisk unlock` removes its lock (`--force` for another host's)")]
     Locked { holder: String },
+    #[error("lock file {path} cannot be read ({reason}); if no dedisk process uses the repository, `dedisk unlock --force` removes it")]
+    BadLock { path: PathBuf, reason: String },
+    #[error("this process's lock {path} was removed or changed by someone else (`dedisk unlock --force`?); stopped before deleting anything more")]
+    LockLost { path: PathBuf },
     #[error("pack {pack} is referenced by the index but missing on disk ({path})")]
     MissingPack { pack: PackId, path: PathBuf },
     #[error("manifest node {node}: {reason}")]

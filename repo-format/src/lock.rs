@@ -1,5 +1,16 @@
 //! Repository locks (FORMAT.md, "Locks"): one small JSON file per holder in `locks/`.
 //!
+//! When a lock is stale (issue 11: `unlock` used to remove live processes' locks, and a
+//! backup beside the prune it unlocked then lost data):
+//! - same host: the pid is not alive, or it is alive but is another process (its start
+//!   time differs from the one recorded, or, for locks that record none, it is not a
+//!   dedisk process);
+//! - any host: the holder has not refreshed the file's modification time for
+//!   [`STALE_LOCK_AGE`] (holders refresh it every [`REFRESH_EVERY`]).
+//!
+//! Nothing else is ever removed automatically; `dedisk unlock --force` removes the
+//! rest, naming each.
+//!
 //! Commands that read or add data (backup, restore, mount, serve-nbd, verify, forget)
 //! hold a shared lock; commands that delete packs (prune, repair index) hold an exclusive
 //! one. A holder first writes its own lock file, then looks at the others: a conflicting
@@ -9,6 +20,7 @@
 //! reported, and `dedisk unlock` removes them on request.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +45,16 @@ pub struct LockInfo {
     pub time: jiff::Timestamp,
     /// The command holding it, for people (`backup`, `prune`...).
     pub command: String,
+    /// The holder's start time in clock ticks after boot (`/proc/PID/stat` field 22), so a
+    /// reused pid is not taken for the holder. Absent in locks of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
 }
+
+/// A holder refreshes its lock file's modification time this often.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(300);
+/// A lock file not refreshed for this long is stale, whatever host wrote it.
+pub const STALE_LOCK_AGE: Duration = Duration::from_secs(1800);
 
 impl std::fmt::Display for LockInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,15 +73,52 @@ impl std::fmt::Display for LockInfo {
     }
 }
 
-/// A lock this process holds; removed when dropped.
+/// A lock this process holds; refreshed while held, removed when dropped.
 #[derive(Debug)]
 pub struct RepoLock {
     path: PathBuf,
+    /// What we wrote: the file must still hold exactly this for the lock to be ours.
+    bytes: Vec<u8>,
+    /// Dropping it stops the refresher thread.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RepoLock {
+    /// Fails unless the lock file is still the one this holder wrote: someone ran
+    /// `dedisk unlock --force`, or the file was damaged. Prune calls it before deleting
+    /// each pack, since another command may now believe the repository is free.
+    pub fn still_held(&self) -> Result<()> {
+        match std::fs::read(&self.path) {
+            Ok(b) if b == self.bytes => Ok(()),
+            _ => Err(Error::LockLost {
+                path: self.path.clone(),
+            }),
+        }
+    }
 }
 
 impl Drop for RepoLock {
     fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
+        }
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Touches `path` every [`REFRESH_EVERY`] until `stop` is dropped.
+fn refresh(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH_EVERY)
+    {
+        let touched = std::fs::File::options()
+            .append(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if let Err(e) = touched {
+            log::warn!("refreshing lock {}: {e}", path.display());
+        }
     }
 }
 
@@ -77,9 +135,61 @@ pub fn hostname() -> String {
 }
 
 fn pid_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false; // kill(0) or a negative pid would address process groups
+    }
     // SAFETY: signal 0 only checks whether the process exists.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A process's start time in clock ticks after boot, from `/proc/PID/stat`.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a live `pid` is a dedisk process (for locks that record no start time).
+fn is_dedisk(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .is_some_and(|n| n.starts_with("dedisk"))
+}
+
+/// Why a lock is stale, or `None` while its holder may still run.
+pub fn stale_reason(info: &LockInfo, modified_age: Option<Duration>) -> Option<String> {
+    if info.hostname == hostname() && info.pid != std::process::id() {
+        if !pid_alive(info.pid) {
+            return Some(format!("process {} is gone", info.pid));
+        }
+        let other = match info.pid_start {
+            Some(start) => process_start(info.pid).is_some_and(|now| now != start),
+            None => !is_dedisk(info.pid),
+        };
+        if other {
+            return Some(format!(
+                "pid {} now belongs to another process",
+                info.pid
+            ));
+        }
+    }
+    match modified_age {
+        Some(age) if age > STALE_LOCK_AGE => Some(format!(
+            "not refreshed for {} minutes",
+            age.as_secs() / 60
+        )),
+        _ => None,
+    }
+}
+
+fn age_of(path: &Path) -> Option<Duration> {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
 }
 
 /// Every lock file: (path, content or the reason it cannot be read).
@@ -113,18 +223,25 @@ pub fn list(locks_dir: &Path) -> Result<Vec<(PathBuf, std::result::Result<LockIn
     Ok(out)
 }
 
-/// Whether `info` belongs to a process on this host that no longer runs.
-pub fn is_stale(info: &LockInfo) -> bool {
-    info.hostname == hostname() && info.pid != std::process::id() && !pid_alive(info.pid)
+/// Whether `info` (read from `path`) is stale: see the module doc.
+pub fn is_stale(path: &Path, info: &LockInfo) -> bool {
+    stale_reason(info, age_of(path)).is_some()
 }
 
-/// Removes stale locks; returns what was removed.
-pub fn clear_stale(locks_dir: &Path) -> Result<Vec<LockInfo>> {
+/// Removes stale locks, and unreadable lock files untouched for [`STALE_LOCK_AGE`];
+/// returns what was removed and why.
+pub fn clear_stale(locks_dir: &Path) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for (path, info) in list(locks_dir)? {
-        if let Ok(info) = info {
-            if is_stale(&info) && std::fs::remove_file(&path).is_ok() {
-                removed.push(info);
+        let why = match &info {
+            Ok(i) => stale_reason(i, age_of(&path)).map(|w| format!("{i}: {w}")),
+            Err(e) => age_of(&path)
+                .filter(|a| *a > STALE_LOCK_AGE)
+                .map(|_| format!("unreadable lock file {} ({e})", path.display())),
+        };
+        if let Some(why) = why {
+            if std::fs::remove_file(&path).is_ok() {
+                removed.push(why);
             }
         }
     }
@@ -141,50 +258,73 @@ pub fn acquire(
 ) -> Result<RepoLock> {
     crate::durable::create_private_dir(locks_dir)?;
     for gone in clear_stale(locks_dir)? {
-        log::info!("removed the stale {gone}");
+        log::info!("removed a stale lock: {gone}");
     }
+    let pid = std::process::id();
     let info = LockInfo {
         kind,
         hostname: hostname(),
-        pid: std::process::id(),
+        pid,
         time: jiff::Timestamp::now(),
         command: command.into(),
+        pid_start: process_start(pid),
     };
     let name = format!("{}.json", hex::encode(crate::ids::random_bytes()?));
     let path = locks_dir.join(name);
     let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
     crate::durable::write_atomic(&path, tmp_dir, &bytes)?;
-    let lock = RepoLock { path };
+    let mut lock = RepoLock {
+        path,
+        bytes,
+        stop: None,
+        refresher: None,
+    };
     for (other, theirs) in list(locks_dir)? {
         if other == lock.path {
             continue;
         }
-        let conflict = match &theirs {
-            Ok(t) => kind == LockKind::Exclusive || t.kind == LockKind::Exclusive,
-            // An unreadable lock file may be an exclusive lock being written: back off.
-            Err(e) => {
-                let age = std::fs::metadata(&other)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok());
-                if age.is_some_and(|a| a.as_secs() > 60) {
-                    log::warn!(
-                        "{}: unreadable lock file ignored ({e}); `dedisk unlock` removes it",
-                        other.display()
-                    );
-                    false
-                } else {
-                    true
-                }
+        match &theirs {
+            Ok(t) if kind == LockKind::Exclusive || t.kind == LockKind::Exclusive => {
+                return Err(Error::Locked {
+                    holder: t.to_string(),
+                }); // dropping `lock` removes ours
             }
-        };
-        if conflict {
-            let holder = match theirs {
-                Ok(t) => t.to_string(),
-                Err(_) => format!("a lock being written ({})", other.display()),
-            };
-            return Err(Error::Locked { holder }); // dropping `lock` removes ours
+            Ok(_) => {}
+            // Lock files are written whole (temporary file and rename), so an unreadable
+            // one is damage or a plant, never one being written: say so now, not after a
+            // wait (`clear_stale` drops it once untouched for STALE_LOCK_AGE).
+            Err(e) => {
+                return Err(Error::BadLock {
+                    path: other.clone(),
+                    reason: e.clone(),
+                })
+            }
         }
     }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let refresh_path = lock.path.clone();
+    lock.stop = Some(tx);
+    lock.refresher = Some(std::thread::spawn(move || refresh(refresh_path, rx)));
     Ok(lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_removed_or_replaced_by_someone_else_is_no_longer_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (locks, tmp) = (dir.path().join("locks"), dir.path().join("tmp"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let lock = acquire(&locks, &tmp, LockKind::Exclusive, "prune").unwrap();
+        lock.still_held().unwrap();
+        let (path, _) = list(&locks).unwrap().pop().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(lock.still_held(), Err(Error::LockLost { .. })));
+        // Someone else's lock at the same name is not ours either.
+        std::fs::write(&path, b"{}").unwrap();
+        assert!(lock.still_held().is_err());
+        assert!(process_start(std::process::id()).is_some());
+    }
 }

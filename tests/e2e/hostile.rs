@@ -199,3 +199,144 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+fn plant_lock(repo: &Path, name: &str, body: &str) -> PathBuf {
+    let path = repo.join("locks").join(format!("{name}.json"));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn unlock_never_removes_a_live_holders_lock_and_planted_locks_do_not_block() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (repo, _) = two_disk_repo(dir);
+    let host = sh("hostname").trim().to_string();
+    // A real dedisk holding a shared lock: unlock, even --force, leaves it alone, so a
+    // prune still cannot start beside it.
+    let (mut server, _) = spawn_json(&[
+        "--json", "serve-nbd", "--repo", p(&repo), "--all", "--unix", p(&dir.join("nbd.sock")),
+    ]);
+    for force in [false, true] {
+        let mut args = vec!["--repo", p(&repo), "unlock"];
+        if force {
+            args.push("--force");
+        }
+        let out = ok(&args);
+        assert!(out.contains("0 lock(s) removed, 1 kept"), "{out}");
+        assert!(out.contains("running on this host"), "{out}");
+    }
+    fails(&["--repo", p(&repo), "--lock-wait", "0", "prune"], 1, "serve-nbd");
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // Planted on this host with a live pid that is not a dedisk (pid 1), or with a
+    // start time that is not the process's: stale, cleared by the next command.
+    let init = plant_lock(&repo, "init", &format!(
+        r#"{{"kind":"exclusive","hostname":"{host}","pid":1,"time":"2026-11-22T03:00:00Z","command":"prune"}}"#));
+    let me = std::process::id();
+    let reused = plant_lock(&repo, "reused", &format!(
+        r#"{{"kind":"exclusive","hostname":"{host}","pid":{me},"time":"2026-11-22T03:00:00Z","command":"prune","pid_start":1}}"#));
+    ok(&["--repo", p(&repo), "--lock-wait", "0", "prune", "-q"]);
+    assert!(!init.exists() && !reused.exists());
+
+    // An unreadable lock file is reported at once, not waited on for --lock-wait.
+    let junk = plant_lock(&repo, "junk", "not json");
+    let started = std::time::Instant::now();
+    fails(&["--repo", p(&repo), "--lock-wait", "600", "prune"], 1, "cannot be read");
+    assert!(started.elapsed().as_secs() < 30);
+    ok(&["--repo", p(&repo), "unlock", "--force"]);
+    assert!(!junk.exists());
+    // Another host's lock not refreshed for an hour is stale too.
+    let old = plant_lock(&repo, "old", r#"{"kind":"exclusive","hostname":"elsewhere","pid":7,"time":"2026-11-22T03:00:00Z","command":"prune"}"#);
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().append(true).open(&old).unwrap().set_modified(hour_ago).unwrap();
+    ok(&["--repo", p(&repo), "--lock-wait", "0", "prune", "-q"]);
+    assert!(!old.exists());
+}
+
+#[test]
+fn nbd_exports_are_explicit_and_sockets_private_and_never_replace_files() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (repo, _) = two_disk_repo(dir);
+    fails(&["serve-nbd", "--repo", p(&repo), "--unix", p(&dir.join("s"))], 1, "--all");
+    // Something that is not a socket at the path is left alone.
+    let file = dir.join("precious");
+    std::fs::write(&file, b"data").unwrap();
+    fails(&["serve-nbd", "--repo", p(&repo), "--all", "--unix", p(&file)], 1, "not a socket");
+    assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    let sock = dir.join("nbd.sock");
+    let (mut server, _) = spawn_json(&["--json", "serve-nbd", "--repo", p(&repo), "--all", "--unix", p(&sock)]);
+    assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
+    // A second server does not steal a live socket.
+    fails(&["serve-nbd", "--repo", p(&repo), "--all", "--unix", p(&sock)], 1, "another server");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // A stale socket (its server was killed) is replaced.
+    let (mut again, _) = spawn_json(&["--json", "serve-nbd", "--repo", p(&repo), "--all", "--unix", p(&sock), "--socket-mode", "0660"]);
+    assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o660);
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
+
+#[test]
+fn nbd_server_survives_descriptor_exhaustion_and_drops_idle_clients() {
+    if !have("qemu-img") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (repo, vda) = two_disk_repo(dir);
+    let sock = dir.join("nbd.sock");
+    // Few descriptors, more idle clients than that: the server keeps running.
+    let mut server = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 48; exec '{}' --json serve-nbd --repo '{}' --unix '{}' --idle-timeout 2 --max-clients 20 vm@latest:vda",
+            env!("CARGO_BIN_EXE_dedisk"), p(&repo), p(&sock)
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "{line}");
+    }
+    let idle: Vec<_> = (0..80)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&sock).ok())
+        .collect();
+    assert!(idle.len() >= 20, "{} connections", idle.len());
+    // Idle clients are disconnected after --idle-timeout; the server still serves.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let closed = idle
+        .into_iter()
+        .filter(|c| {
+            use std::io::Read;
+            c.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+            let mut buf = [0u8; 256];
+            let mut c = c;
+            // The handshake greeting, then EOF once the server drops us.
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .count();
+    assert!(closed >= 20, "only {closed} idle clients were dropped");
+    assert!(server.try_wait().unwrap().is_none(), "the server is still running");
+    let out = dir.join("out.raw");
+    sh(&format!(
+        "qemu-img convert -f raw 'nbd+unix:///vm@latest:vda?socket={}' '{}'",
+        p(&sock),
+        p(&out)
+    ));
+    assert_eq!(sha256(&out), sha256(&vda));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

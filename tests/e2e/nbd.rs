@@ -112,7 +112,7 @@ fn qemu_img_reads_the_export_byte_for_byte_and_sees_holes() {
         "web01",
         &format!("vda={}", disk.display()),
     ]);
-    let server = serve(&repo, &[]);
+    let server = serve(&repo, &["--all"]);
     let url = |name: &str| format!("{}/{name}", server.url);
 
     // Byte for byte, by a real client. qemu rounds an NBD export's size up to whole

@@ -350,7 +350,7 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
                     LOCK_WAIT,
                     cancel,
                 )
-                .and_then(|_l| crate::prune::prune(&repo, &opts, cancel));
+                .and_then(|l| crate::prune::prune(&repo, &l, &opts, cancel));
                 match pruned {
                     Ok(p) => report.pruned = Some(p),
                     Err(e) => report.errors.push(format!("prune: {e}")),
