@@ -135,8 +135,13 @@ pre_hook = "true"
     write(&skip, &format!("repository = \"repo\"\n[[vm]]\nname = \"web01\"\ndisks = {{ vda = \"{}\" }}\npre_hook = \"exit 7\"\n", web.display()));
     let out = run(&["run", "--json", p(&skip)]);
     assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let v: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(v["report"]["vms"][0]["status"], "skipped");
+    // With --json the failure itself is a JSON object on stdout too.
+    let end: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!((end["type"].as_str(), end["exit_code"].as_i64()), (Some("error"), Some(1)));
 }
 
 #[test]
@@ -503,8 +508,8 @@ echo "xe $*" >> '{log}'
 case "$*" in
   "vm-list name-label=xen1 is-a-snapshot=false is-a-template=false --minimal")
      [ -e '{d}/NOVM' ] || echo {vm} ;;
-  "vm-list is-control-domain=false is-a-snapshot=false is-a-template=false params=name-label --minimal")
-     echo "xen1,other" ;;
+  "vm-list is-control-domain=false is-a-snapshot=false is-a-template=false params=name-label")
+     printf 'name-label ( RW)    : xen1\n\n\nname-label ( RW)    : other,tenant\n\n\n' ;;
   "vm-param-list uuid={vm}")
      printf 'uuid ( RO)                  : {vm}\n            name-label ( RW): xen1\n           power-state ( RO): running\n     memory-static-max ( RW): 2147483648\n             VCPUs-max ( RW): 2\n\n\n' ;;
   "vbd-list vm-uuid={vm} --minimal") echo {vbd} ;;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::{
-    check_executable, disks_bytes, missing_sources, shell, space_problem, Provider, ViewDisk,
+    check_executable, disks_bytes, missing_sources, space_problem, tool, Provider, ViewDisk,
     SNAPSHOT_SPACE_FRACTION,
 };
 use crate::job::VmPlan;
@@ -52,13 +52,15 @@ impl Provider for Btrfs {
             self.vm.name,
             std::process::id()
         ));
-        shell(
-            &format!(
-                "btrfs subvolume snapshot -r '{}' '{}'",
-                subvol.display(),
-                snap.display()
-            ),
-            &[],
+        tool(
+            "btrfs",
+            &[
+                "subvolume".as_ref(),
+                "snapshot".as_ref(),
+                "-r".as_ref(),
+                subvol.as_os_str(),
+                snap.as_os_str(),
+            ],
         )?;
         self.snapshot = Some(snap.clone());
         Ok(rel
@@ -68,7 +70,7 @@ impl Provider for Btrfs {
     }
     fn release(&mut self) -> Result<(), String> {
         match self.snapshot.take() {
-            Some(s) => shell(&format!("btrfs subvolume delete '{}'", s.display()), &[]).map(drop),
+            Some(s) => tool("btrfs", &["subvolume".as_ref(), "delete".as_ref(), s.as_os_str()]).map(drop),
             None => Ok(()),
         }
     }
@@ -76,9 +78,9 @@ impl Provider for Btrfs {
         let mut problems = missing_sources(&self.vm);
         if let Some(p) = check_executable("btrfs") {
             problems.push(p);
-        } else if let Err(e) = shell(
-            &format!("btrfs subvolume show '{}'", self.subvolume().display()),
-            &[],
+        } else if let Err(e) = tool(
+            "btrfs",
+            &["subvolume".as_ref(), "show".as_ref(), self.subvolume().as_os_str()],
         ) {
             problems.push(format!(
                 "{} is not a btrfs subvolume: {e}",

@@ -55,7 +55,7 @@ impl Provider for CommandProvider {
         release_all(made.into_iter().map(|(label, source, path)| {
             let mut env = self.env(&label, &source);
             env.push(("DEDISK_SNAPSHOT_PATH", path));
-            (release.clone(), env)
+            shell(&release, &env)
         }))
     }
     fn preview(&self) -> Vec<String> {

@@ -52,6 +52,8 @@ impl Virsh {
     }
 
     /// `virsh [-c URI] ARGS`; stdout, or an error with the command and its stderr.
+    /// Domain names always follow `--domain` (a domain named `--help` is a value then,
+    /// never an option).
     pub fn run(&self, args: &[&str]) -> Result<String, String> {
         let mut cmd = Command::new("virsh");
         if let Some(uri) = &self.uri {
@@ -72,11 +74,11 @@ impl Virsh {
     }
 
     fn state(&self, domain: &str) -> Result<String, String> {
-        Ok(self.run(&["domstate", domain])?.trim().to_string())
+        Ok(self.run(&["domstate", "--domain", domain])?.trim().to_string())
     }
 
     fn live_xml(&self, domain: &str) -> Result<DomainXml, String> {
-        DomainXml::parse(&self.run(&["dumpxml", domain])?)
+        DomainXml::parse(&self.run(&["dumpxml", "--domain", domain])?)
             .map_err(|e| format!("domain {domain}: {e}"))
     }
 
@@ -84,9 +86,11 @@ impl Virsh {
     fn agent_answers(&self, domain: &str) -> bool {
         self.run(&[
             "qemu-agent-command",
+            "--domain",
             domain,
             "--timeout",
             "5",
+            "--cmd",
             r#"{"execute":"guest-ping"}"#,
         ])
         .is_ok()
@@ -315,7 +319,7 @@ impl Libvirt {
     fn gather_meta(&mut self, xml: &DomainXml) -> Result<(), String> {
         let definition =
             self.virsh
-                .run(&["dumpxml", "--inactive", "--security-info", &self.domain])?;
+                .run(&["dumpxml", "--inactive", "--security-info", "--domain", &self.domain])?;
         self.meta.push(MetaInput {
             name: "domain.xml".into(),
             content: MetaContent::Bytes {
@@ -393,7 +397,9 @@ impl Libvirt {
         self.virsh
             .run(&[
                 "blockcommit",
+                "--domain",
                 &self.domain,
+                "--path",
                 target,
                 "--active",
                 "--shallow",
@@ -404,7 +410,7 @@ impl Libvirt {
                 // A job that failed may linger; abort it so the disk is usable again.
                 let _ = self
                     .virsh
-                    .run(&["blockjob", &self.domain, target, "--abort"]);
+                    .run(&["blockjob", "--domain", &self.domain, "--path", target, "--abort"]);
                 format!("{e}: {by_hand}")
             })?;
         let after = self.virsh.live_xml(&self.domain)?;

@@ -2,7 +2,7 @@
 //! the backup, `lvremove` at the end.
 
 use super::{
-    check_executable, lvm_size_bytes, missing_sources, release_all, shell, Provider, ViewDisk,
+    check_executable, lvm_size_bytes, missing_sources, release_all, tool, Provider, ViewDisk,
 };
 use crate::job::VmPlan;
 
@@ -22,21 +22,19 @@ impl Lvm {
 }
 
 /// The single non-empty output line of an `lvs --noheadings` call, trimmed.
-fn lvs(args: &str) -> Result<String, String> {
-    let out = shell(&format!("lvs --noheadings {args}"), &[])?;
+fn lvs(args: &[&str]) -> Result<String, String> {
+    let out = tool("lvs", &[&["--noheadings"], args].concat())?;
     out.lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(str::to_string)
-        .ok_or_else(|| format!("`lvs {args}` printed nothing"))
+        .ok_or_else(|| format!("`lvs {}` printed nothing", args.join(" ")))
 }
 
 /// (volume group, logical volume) of the disk `label` at `source`.
 fn volume(label: &str, source: &std::path::Path) -> Result<(String, String), String> {
-    let id = lvs(&format!(
-        "--separator , -o vg_name,lv_name '{}'",
-        source.display()
-    ))
+    let path = source.to_string_lossy();
+    let id = lvs(&["--separator", ",", "-o", "vg_name,lv_name", &path])
     .map_err(|e| format!("disk {label}: {e}"))?;
     match id.split_once(',') {
         Some((vg, lv)) => Ok((vg.to_string(), lv.to_string())),
@@ -69,9 +67,9 @@ impl Lvm {
             }
         }
         for (vg, need) in wanted {
-            let free = shell(
-                &format!("vgs --noheadings --units b --nosuffix -o vg_free {vg}"),
-                &[],
+            let free = tool(
+                "vgs",
+                &["--noheadings", "--units", "b", "--nosuffix", "-o", "vg_free", &vg],
             )
             .and_then(|out| {
                 out.trim()
@@ -100,12 +98,13 @@ impl Provider for Lvm {
         for (label, source) in &self.vm.disks {
             let (vg, lv) = volume(label, source)?;
             let name = format!("{lv}-dedisk-{}", std::process::id());
-            shell(
-                &format!("lvcreate --snapshot --size {size} --name {name} {vg}/{lv}"),
-                &[],
+            let origin = format!("{vg}/{lv}");
+            tool(
+                "lvcreate",
+                &["--snapshot", "--size", &size, "--name", &name, &origin],
             )?;
             self.made.push(format!("{vg}/{name}"));
-            let path = lvs(&format!("-o lv_path {vg}/{name}"))?;
+            let path = lvs(&["-o", "lv_path", &format!("{vg}/{name}")])?;
             out.push(ViewDisk::new(label.clone(), path));
         }
         Ok(out)
@@ -113,7 +112,7 @@ impl Provider for Lvm {
 
     fn check_after(&mut self) -> Result<(), String> {
         for snap in &self.made {
-            let state = lvs(&format!("--separator , -o snap_percent,lv_attr {snap}"))?;
+            let state = lvs(&["--separator", ",", "-o", "snap_percent,lv_attr", snap])?;
             let (percent, attr) = state.split_once(',').unwrap_or((state.as_str(), ""));
             let full = percent.trim().parse::<f64>().is_ok_and(|p| p >= 100.0);
             // lv_attr's fifth character is the state: 'I' invalid snapshot, 'S' merging.
@@ -131,7 +130,7 @@ impl Provider for Lvm {
         let made = std::mem::take(&mut self.made);
         release_all(
             made.into_iter()
-                .map(|snap| (format!("lvremove --yes {snap}"), Vec::new())),
+                .map(|snap| tool("lvremove", &["--yes", &snap])),
         )
     }
 

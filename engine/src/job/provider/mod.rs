@@ -139,6 +139,19 @@ pub fn output_of(cmd: &mut Command, shown: &str) -> Result<String, String> {
 }
 
 /// Runs `sh -c cmd` with `env`; returns stdout, or an error with stderr.
+/// Runs `prog` with an argument vector: for every call whose words come from data (VM
+/// names, paths, dataset names). No shell ever sees them (issue 11: a quote in a VM name
+/// broke out of `sh -c '...'`).
+pub fn tool<S: AsRef<std::ffi::OsStr>>(prog: &str, args: &[S]) -> Result<String, String> {
+    let shown = std::iter::once(prog.to_string())
+        .chain(args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    output_of(Command::new(prog).args(args), &shown)
+}
+
+/// Runs an admin's own shell command from the job file (a hook, a `command` provider's
+/// create/release): data reaches it only through environment variables.
 pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
     output_of(
         Command::new("sh")
@@ -151,12 +164,11 @@ pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
 
 /// Runs every release command, even after one fails (each undoes a different thing);
 /// returns the first failure.
-fn release_all(
-    cmds: impl IntoIterator<Item = (String, Vec<(&'static str, String)>)>,
-) -> Result<(), String> {
+fn release_all(calls: impl IntoIterator<Item = Result<String, String>>) -> Result<(), String> {
     let mut first_err = None;
-    for (cmd, env) in cmds {
-        if let Err(e) = shell(&cmd, &env) {
+    // Each call runs as the iterator is advanced: every one runs whatever failed before.
+    for r in calls {
+        if let Err(e) = r {
             first_err.get_or_insert(e);
         }
     }
@@ -274,11 +286,15 @@ pub fn check_executable(cmd: &str) -> Option<String> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(prog).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     } else {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {prog}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
+        // PATH looked up here, not by `sh -c "command -v ..."`: --preview changes and
+        // runs nothing.
+        use std::os::unix::fs::PermissionsExt;
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| {
+                std::fs::metadata(dir.join(prog))
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
     };
     (!found).then(|| format!("`{prog}` is not an executable program"))
 }

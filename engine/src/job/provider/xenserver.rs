@@ -58,15 +58,20 @@ fn field<'a>(rec: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// The names of every VM of the pool that is not dom0, a snapshot or a template.
+/// Read as records, not `--minimal`: that joins names with commas, so a tenant's VM
+/// named `a,b,c` became three VMs (issue 11).
 pub fn vm_names() -> Result<Vec<String>, String> {
-    Ok(minimal(&xe(&[
+    let out = xe(&[
         "vm-list",
         "is-control-domain=false",
         "is-a-snapshot=false",
         "is-a-template=false",
         "params=name-label",
-        "--minimal",
-    ])?))
+    ])?;
+    Ok(records(&out)
+        .iter()
+        .filter_map(|r| field(r, "name-label").map(str::to_string))
+        .collect())
 }
 
 pub struct XenServer {
@@ -268,7 +273,7 @@ impl Provider for XenServer {
         let made = std::mem::take(&mut self.made);
         release_all(
             made.into_iter()
-                .map(|snap| (format!("xe vdi-destroy uuid={snap}"), Vec::new())),
+                .map(|snap| super::tool("xe", &["vdi-destroy", &format!("uuid={snap}")])),
         )
     }
 

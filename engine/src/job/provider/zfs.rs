@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{check_executable, missing_sources, shell, Provider, ViewDisk};
+use super::{check_executable, missing_sources, tool, Provider, ViewDisk};
 use crate::job::VmPlan;
 
 pub struct Zfs {
@@ -40,10 +40,10 @@ impl Provider for Zfs {
                 )
             })?;
             let snap = format!("{ds}@{tag}");
-            shell(&format!("zfs snapshot {snap}"), &[])?;
+            tool("zfs", &["snapshot", &snap])?;
             self.made.push((snap.clone(), None));
             let clone = format!("{ds}-{tag}");
-            shell(&format!("zfs clone -o readonly=on {snap} {clone}"), &[])?;
+            tool("zfs", &["clone", "-o", "readonly=on", &snap, &clone])?;
             if let Some(last) = self.made.last_mut() {
                 last.1 = Some(clone.clone());
             }
@@ -57,12 +57,12 @@ impl Provider for Zfs {
         // Clone first: a snapshot with a clone cannot be destroyed.
         for (snap, clone) in std::mem::take(&mut self.made) {
             if let Some(c) = clone {
-                if let Err(e) = shell(&format!("zfs destroy {c}"), &[]) {
+                if let Err(e) = tool("zfs", &["destroy", &c]) {
                     first_err.get_or_insert(e);
                     continue;
                 }
             }
-            if let Err(e) = shell(&format!("zfs destroy {snap}"), &[]) {
+            if let Err(e) = tool("zfs", &["destroy", &snap]) {
                 first_err.get_or_insert(e);
             }
         }
