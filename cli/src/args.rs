@@ -123,6 +123,10 @@ pub struct BackupArgs {
     /// Small file to keep with the snapshot (domain XML, .cfg, NVRAM); repeatable.
     #[arg(long = "meta", value_name = "FILE")]
     pub meta: Vec<PathBuf>,
+    /// Keep a disk read from stdin or a pipe that gave no data (refused by default: an
+    /// empty stream is usually a dead export).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Hash/compress threads (default: one per core).
     #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
@@ -361,9 +365,7 @@ pub enum RepairWhat {
     },
 }
 
-/// Most worker threads any command starts: far more than cores on any host, few enough
-/// that thread stacks and channel bounds stay small.
-pub const MAX_WORKERS: usize = 256;
+use engine::MAX_WORKERS;
 
 fn parse_workers(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {

@@ -185,6 +185,7 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
         name: a.name.clone(),
         tags: a.tags.clone(),
         workers: a.workers.unwrap_or_else(engine::default_workers),
+        allow_empty: a.allow_empty,
         cancel: CANCEL.clone(),
     };
     let bar = Bar::new(!g.json && !g.quiet);

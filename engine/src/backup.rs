@@ -51,6 +51,9 @@ pub struct BackupOptions {
     pub workers: usize,
     /// Checked before every read; set it to stop the backup (no snapshot is written).
     pub cancel: crate::cancel::Cancel,
+    /// Keep a disk read from a stream that gave no byte at all. Off by default: an
+    /// empty `xe vdi-export` pipe is a dead export, not an empty disk (issue 11).
+    pub allow_empty: bool,
 }
 
 /// One disk to back up.
@@ -139,6 +142,12 @@ pub fn backup(
         progress.start(&d.label, expected);
         let (manifest, stats) = back_up_one(repo, &mut store, d.source, opts, progress)?;
         progress.finish();
+        if expected.is_none() && manifest.len_bytes == 0 && !opts.allow_empty {
+            return Err(Error::Usage(format!(
+                "disk {}: {source} gave no data at all (a dead export pipe?); pass --allow-empty to keep an empty disk",
+                d.label
+            )));
+        }
         if let Some(expected) = expected.filter(|e| *e != manifest.len_bytes) {
             return Err(Error::SizeMismatch {
                 disk: d.label,
@@ -314,7 +323,8 @@ pub fn back_up_one(
     let cancel = &opts.cancel;
     let params = repo.config().chunker;
     let level = repo.config().compression.level;
-    let workers = opts.workers.max(1);
+    // A job file's `workers` reaches here unchecked: bound it like the CLI flag.
+    let workers = opts.workers.clamp(1, crate::MAX_WORKERS);
     let (piece_tx, piece_rx) = bounded::<Piece>(2);
     let (pool_tx, pool_rx) = unbounded::<AlignedBuf>();
     for _ in 0..READ_BUFS {

@@ -7,7 +7,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let repo = repo_format::Repository::open("/srv/backup/repo".as_ref())?;
 //! let disk = DiskInput { label: "vda".into(), source: open_source("/var/lib/libvirt/images/vm1.qcow2", &Default::default())? };
-//! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2, cancel: Default::default() };
+//! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2, cancel: Default::default(), allow_empty: false };
 //! let done = backup(&repo, vec![disk], vec![], &opts, &engine::progress::NoProgress)?;
 //! println!("snapshot {}", done.id.short());
 //! # Ok(()) }
@@ -35,6 +35,10 @@ pub mod verify;
 pub mod xva;
 
 pub use error::{Damage, Error, Result};
+
+/// Most worker threads any pipeline starts (issue 11: `--workers 100000` panicked
+/// spawning threads).
+pub const MAX_WORKERS: usize = 256;
 
 /// Worker threads to use by default: one per core.
 pub fn default_workers() -> usize {

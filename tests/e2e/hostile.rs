@@ -340,3 +340,41 @@ fn nbd_server_survives_descriptor_exhaustion_and_drops_idle_clients() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn an_empty_stream_is_refused_unless_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path(), &[]);
+    let empty = |extra: &[&str]| {
+        let mut args = vec!["backup", "--repo", p(&repo), "--name", "vm"];
+        args.extend_from_slice(extra);
+        args.push("xvda=-");
+        dedisk().args(&args).stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    let out = empty(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gave no data at all"));
+    assert!(snapshot_files(&repo).is_empty());
+    assert!(empty(&["--allow-empty"]).status.success());
+    assert_eq!(snapshot_files(&repo).len(), 1);
+}
+
+#[test]
+fn a_vmdk_descriptor_cannot_name_a_host_file_outside_its_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = new_repo(dir, &[]);
+    let secret = dir.join("secret");
+    std::fs::write(&secret, vec![b'S'; 4096]).unwrap();
+    let guest = dir.join("guest");
+    std::fs::create_dir(&guest).unwrap();
+    let vmdk = guest.join("disk.vmdk");
+    std::fs::write(&vmdk, format!(
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\nRW 8 FLAT \"{}\" 0\n\nddb.virtualHWVersion = \"4\"\n",
+        p(&secret)
+    )).unwrap();
+    fails(&["backup", "--repo", p(&repo), "--name", "vm", p(&vmdk)], 1, "outside");
+    assert!(snapshot_files(&repo).is_empty());
+    // Named explicitly, the image is the admin's own: followed.
+    ok(&["backup", "--repo", p(&repo), "--name", "vm", "--format", "vmdk", p(&vmdk)]);
+}

@@ -221,31 +221,39 @@ impl Chain {
                 "backing chain deeper than {MAX_CHAIN_DEPTH} images"
             )));
         }
+        let path = self.confined(child, name, "backing file")?;
+        self.depth += 1;
+        let image = open_in_chain(&path, format, None, self);
+        self.depth -= 1;
+        image
+    }
+}
+
+impl Chain {
+    /// The file `name` that the image `child` refers to (`what`: "backing file", "VMDK
+    /// extent"), resolved against the image's directory.
+    ///
+    /// A guest can write a qcow2 header or a VMDK descriptor naming any host file into the
+    /// first sector of its raw disk; a reader that probes formats would then back up that
+    /// file (issue 11 read `/root/secret` through a VMDK extent). So with a probed format,
+    /// only files beside the image or below its directory are followed.
+    pub fn confined(&self, child: &Blame, name: &str, what: &str) -> Result<PathBuf, ImageError> {
         let path = resolve_relative(&child.path, name);
         if !path.exists() {
-            return Err(
-                child.unsupported(format!("backing file {} does not exist", path.display()))
-            );
+            return Err(child.unsupported(format!("{what} {} does not exist", path.display())));
         }
         if let Some(dir) = &self.confine_to {
-            // A guest can write a qcow2 header naming any host file as its backing file
-            // into the first sector of its raw disk; a reader that probes formats would
-            // then back up that file. So with a probed format, only follow backing files
-            // beside the image or below its directory.
             let real = path.canonicalize().map_err(ImageError::io(&path))?;
             if !real.starts_with(dir) {
                 return Err(child.unsupported(format!(
-                    "backing file {} is outside {}; with a detected format dedisk only follows backing files there (a guest could forge a header pointing anywhere); pass --format {} if this image is trusted",
+                    "{what} {} is outside {}; with a detected format dedisk only follows files there (a guest could forge a header pointing anywhere); pass --format {} if this image is trusted",
                     real.display(),
                     dir.display(),
                     child.format
                 )));
             }
         }
-        self.depth += 1;
-        let image = open_in_chain(&path, format, None, self);
-        self.depth -= 1;
-        image
+        Ok(path)
     }
 }
 

@@ -209,7 +209,7 @@ pub fn open(host: Arc<HostFile>, chain: &mut Chain) -> Result<Image, ImageError>
             let extent = match kind.as_str() {
                 "ZERO" => Extent::Zero,
                 "FLAT" | "VMFS" => {
-                    let path = super::resolve_relative(host.path(), &name);
+                    let path = chain.confined(&blame, &name, "VMDK extent")?;
                     files.push(Arc::new(HostFile::open(&path, chain.direct)?));
                     Extent::Flat {
                         file: files.len() - 1,
@@ -217,7 +217,7 @@ pub fn open(host: Arc<HostFile>, chain: &mut Chain) -> Result<Image, ImageError>
                     }
                 }
                 "SPARSE" => {
-                    let path = super::resolve_relative(host.path(), &name);
+                    let path = chain.confined(&blame, &name, "VMDK extent")?;
                     let f = Arc::new(HostFile::open(&path, chain.direct)?);
                     files.push(f.clone());
                     let (sparse, _) =

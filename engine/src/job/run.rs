@@ -192,6 +192,7 @@ fn backup_vm(
         tags: vm.settings.tags.clone().unwrap_or_default(),
         workers: vm.settings.workers.unwrap_or_else(crate::default_workers),
         cancel: cancel.clone(),
+        allow_empty: false,
     };
     let done = backup(repo, inputs, meta, &opts, &crate::progress::NoProgress)?;
     result.snapshot = Some(done.id.short());

@@ -175,7 +175,7 @@ impl SnapshotFs {
             present.insert(id);
             let dir = snapshot_dir_name(&id, &snap);
             let entry = newest
-                .entry(snap.name.clone())
+                .entry(repo_format::names::escape(&snap.name))
                 .or_insert((snap.time, dir.clone()));
             if snap.time >= entry.0 {
                 *entry = (snap.time, dir.clone());
@@ -184,7 +184,10 @@ impl SnapshotFs {
                 continue;
             }
             let mtime = SystemTime::from(snap.time);
-            let vm = match self.child(ROOT, &snap.name) {
+            // VM names were only checked for emptiness by older versions: shown
+            // escaped, a name like `tenant/../x` is one directory, never a path.
+            let vm_dir = repo_format::names::escape(&snap.name);
+            let vm = match self.child(ROOT, &vm_dir) {
                 Some(v) => v,
                 None => {
                     let v = self.add(
@@ -195,7 +198,7 @@ impl SnapshotFs {
                         },
                         mtime,
                     );
-                    self.link(ROOT, snap.name.clone(), v);
+                    self.link(ROOT, vm_dir.clone(), v);
                     v
                 }
             };

@@ -213,7 +213,7 @@ pub fn restore_disk(
         target: target.display_path(),
         ..Default::default()
     };
-    let workers = workers.max(1);
+    let workers = workers.clamp(1, crate::MAX_WORKERS);
     progress.start(label, Some(size));
 
     // The walker locates each chunk and asks the kernel to prefetch it; the queue's
