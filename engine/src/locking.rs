@@ -18,6 +18,19 @@ pub fn lock(
     wait: Duration,
     cancel: &crate::cancel::Cancel,
 ) -> Result<RepoLock> {
+    if !repo.is_writable() {
+        if kind == LockKind::Shared {
+            log::warn!(
+                "the repository is read-only for this process: reading it without a lock (a prune run by its owner meanwhile would make reads fail, never return wrong data)"
+            );
+            return Ok(RepoLock::read_only());
+        }
+        return Err(repo_format::Error::io(
+            repo.root(),
+            std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem),
+        )
+        .into());
+    }
     let started = Instant::now();
     let mut told = false;
     loop {

@@ -71,6 +71,74 @@ impl Index {
         }
     }
 
+    /// Opens the index at `path` read-only (a read-only filesystem, or a user who may read
+    /// the repository but not write it). Fails unless it is an index of this schema.
+    pub fn open_read_only(path: &Path) -> Result<Index> {
+        let wrap = |source| Error::Index {
+            path: path.into(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(wrap)?;
+        conn.busy_timeout(Duration::from_secs(60)).map_err(wrap)?;
+        let idx = Index {
+            conn,
+            path: path.into(),
+        };
+        idx.check_version()?;
+        // A query proves the WAL, if any, could be read: opening alone is lazy.
+        idx.pack_ids()?;
+        Ok(idx)
+    }
+
+    /// Opens (creating it on first use) the in-memory index `name`, shared by every
+    /// connection of this process that opens the same name while one stays open: the
+    /// index of a repository that cannot be written, rebuilt from the packs.
+    pub fn open_memory(name: &str) -> Result<Index> {
+        let path = PathBuf::from(format!("file:{name}?mode=memory&cache=shared"));
+        let wrap = |source| Error::Index {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(wrap)?;
+        conn.busy_timeout(Duration::from_secs(60)).map_err(wrap)?;
+        let idx = Index { conn, path };
+        let tables: i64 = idx
+            .conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| idx.err(e))?;
+        if tables == 0 {
+            idx.conn.execute_batch(SCHEMA).map_err(|e| idx.err(e))?;
+            idx.conn
+                .pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)
+                .map_err(|e| idx.err(e))?;
+        }
+        Ok(idx)
+    }
+
+    fn check_version(&self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if version != INDEX_SCHEMA_VERSION {
+            return Err(self.err(rusqlite::Error::InvalidParameterName(format!(
+                "index schema version {version}, expected {INDEX_SCHEMA_VERSION}"
+            ))));
+        }
+        Ok(())
+    }
+
     /// Opens (creating if needed) the index at `path`. Fails with `Error::Index` when the
     /// file is not a usable index of this schema version; callers rebuild it then.
     pub fn open(path: &Path) -> Result<Index> {

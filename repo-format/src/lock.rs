@@ -76,7 +76,8 @@ impl std::fmt::Display for LockInfo {
 /// A lock this process holds; refreshed while held, removed when dropped.
 #[derive(Debug)]
 pub struct RepoLock {
-    path: PathBuf,
+    /// None for the "lock" of a read-only repository, which cannot hold a file.
+    path: Option<PathBuf>,
     /// What we wrote: the file must still hold exactly this for the lock to be ours.
     bytes: Vec<u8>,
     /// Dropping it stops the refresher thread.
@@ -89,11 +90,26 @@ impl RepoLock {
     /// `dedisk unlock --force`, or the file was damaged. Prune calls it before deleting
     /// each pack, since another command may now believe the repository is free.
     pub fn still_held(&self) -> Result<()> {
-        match std::fs::read(&self.path) {
+        let Some(path) = &self.path else {
+            return Err(Error::LockLost {
+                path: PathBuf::from("(no lock: read-only repository)"),
+            });
+        };
+        match std::fs::read(path) {
             Ok(b) if b == self.bytes => Ok(()),
-            _ => Err(Error::LockLost {
-                path: self.path.clone(),
-            }),
+            _ => Err(Error::LockLost { path: path.clone() }),
+        }
+    }
+
+    /// What a reader of a read-only repository holds instead of a lock: nothing on disk.
+    /// A prune by someone who can write may run meanwhile; readers verify every chunk,
+    /// so that shows as an error, never as wrong data.
+    pub fn read_only() -> RepoLock {
+        RepoLock {
+            path: None,
+            bytes: Vec::new(),
+            stop: None,
+            refresher: None,
         }
     }
 }
@@ -104,7 +120,9 @@ impl Drop for RepoLock {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -274,13 +292,13 @@ pub fn acquire(
     let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
     crate::durable::write_atomic(&path, tmp_dir, &bytes)?;
     let mut lock = RepoLock {
-        path,
+        path: Some(path),
         bytes,
         stop: None,
         refresher: None,
     };
     for (other, theirs) in list(locks_dir)? {
-        if other == lock.path {
+        if lock.path.as_ref() == Some(&other) {
             continue;
         }
         match &theirs {
@@ -302,7 +320,7 @@ pub fn acquire(
         }
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    let refresh_path = lock.path.clone();
+    let refresh_path = lock.path.clone().expect("set above");
     lock.stop = Some(tx);
     lock.refresher = Some(std::thread::spawn(move || refresh(refresh_path, rx)));
     Ok(lock)

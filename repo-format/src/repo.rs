@@ -39,6 +39,20 @@ pub struct IndexRepair {
     pub packs_added: usize,
     /// Index rows for packs no longer on disk.
     pub packs_dropped: usize,
+    /// The repository cannot be written by this process (a read-only filesystem or a
+    /// user with read access only): the index file is used read-only ...
+    pub read_only: bool,
+    /// ... or, where that file is missing, unreadable or behind the packs, an index
+    /// rebuilt from the packs' TOCs is kept in memory for this process.
+    pub in_memory: bool,
+}
+
+/// Where this process's index connections come from.
+enum IndexMode {
+    ReadWrite,
+    ReadOnly,
+    /// A shared in-memory SQLite database; `keeper` holds it open.
+    Memory { name: String, keeper: std::sync::Mutex<Index> },
 }
 
 /// An open repository. Cheap to share across threads by reference; per-thread index
@@ -46,6 +60,7 @@ pub struct IndexRepair {
 pub struct Repository {
     root: PathBuf,
     config: RepoConfig,
+    index_mode: IndexMode,
     /// What `open` did to the index (for logging at the CLI edge).
     pub index_repair: IndexRepair,
 }
@@ -77,6 +92,7 @@ impl Repository {
         Ok(Repository {
             root: root.into(),
             config,
+            index_mode: IndexMode::ReadWrite,
             index_repair: IndexRepair::default(),
         })
     }
@@ -92,17 +108,23 @@ impl Repository {
             Err(e) => return Err(Error::io(config_path, e)),
         };
         let config = RepoConfig::parse(&config_path, &bytes)?;
+        let mut repo = Repository {
+            root: root.into(),
+            config,
+            index_mode: IndexMode::ReadWrite,
+            index_repair: IndexRepair::default(),
+        };
+        if !writable(root) || (repo.index_path().exists() && !writable(&repo.index_path())) {
+            // Listing, restoring, mounting and verifying need no write (issue 11).
+            repo.open_read_only()?;
+            return Ok(repo);
+        }
         for dir in ["packs", "snapshots", "tmp", "locks"] {
             let path = root.join(dir);
             if !path.is_dir() {
                 crate::durable::create_private_dir(&path)?;
             }
         }
-        let mut repo = Repository {
-            root: root.into(),
-            config,
-            index_repair: IndexRepair::default(),
-        };
         repo.clean_stale_tmp();
         repo.index_repair = match repo.index() {
             Ok(mut idx) => repo.reconcile(&mut idx)?,
@@ -117,6 +139,43 @@ impl Repository {
             Err(e) => return Err(e),
         };
         Ok(repo)
+    }
+
+    /// Uses the index file read-only if it agrees with the packs, else an index rebuilt
+    /// from the packs in memory.
+    fn open_read_only(&mut self) -> Result<()> {
+        self.index_repair.read_only = true;
+        let usable = Index::open_read_only(&self.index_path()).and_then(|idx| {
+            let on_disk: std::collections::HashSet<PackId> =
+                self.list_packs()?.into_keys().collect();
+            Ok(idx.pack_ids()? == on_disk)
+        });
+        match usable {
+            Ok(true) => {
+                self.index_mode = IndexMode::ReadOnly;
+                return Ok(());
+            }
+            Ok(false) => log::info!("the index file is behind the packs; reading the packs' tables instead"),
+            Err(e) => log::info!("{e}; reading the packs' tables instead"),
+        }
+        let name = format!("dedisk-{}", hex::encode(&crate::ids::random_bytes()?[..8]));
+        let mut keeper = Index::open_memory(&name)?;
+        for (id, path) in self.list_packs()? {
+            if self.index_pack(&mut keeper, &id, &path)? {
+                self.index_repair.packs_added += 1;
+            }
+        }
+        self.index_repair.in_memory = true;
+        self.index_mode = IndexMode::Memory {
+            name,
+            keeper: std::sync::Mutex::new(keeper),
+        };
+        Ok(())
+    }
+
+    /// False when this process cannot write the repository: it is used read-only.
+    pub fn is_writable(&self) -> bool {
+        matches!(self.index_mode, IndexMode::ReadWrite)
     }
 
     pub fn root(&self) -> &Path {
@@ -158,6 +217,18 @@ impl Repository {
 
     /// A new connection to the index (one per thread).
     pub fn index(&self) -> Result<Index> {
+        match &self.index_mode {
+            IndexMode::ReadWrite => {}
+            IndexMode::ReadOnly => return Index::open_read_only(&self.index_path()),
+            IndexMode::Memory { name, keeper } => {
+                // Held so that the shared in-memory database lives as long as we do.
+                let _alive = keeper.lock().map_err(|_| Error::Index {
+                    path: name.into(),
+                    source: rusqlite::Error::InvalidQuery,
+                })?;
+                return Index::open_memory(name);
+            }
+        }
         if !self.index_path().exists() {
             return Err(Error::Index {
                 path: self.index_path(),
@@ -231,7 +302,12 @@ impl Repository {
 
     /// Brings the index in line with the packs on disk: adds packs it does not know and
     /// drops rows of packs that are gone.
+    /// A read-only repository's index was checked against the packs at open: nothing to
+    /// write.
     pub fn reconcile(&self, idx: &mut Index) -> Result<IndexRepair> {
+        if !self.is_writable() {
+            return Ok(IndexRepair::default());
+        }
         let on_disk = self.list_packs()?;
         let known = idx.pack_ids()?;
         let mut r = IndexRepair::default();
@@ -339,6 +415,12 @@ impl Repository {
         let bytes = fs::read(&path).at(&path)?;
         Snapshot::decode(&path, *id, &bytes)
     }
+}
+
+/// Whether this process may write under `path` (false on a read-only filesystem or
+/// without write permission).
+fn writable(path: &Path) -> bool {
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
 }
 
 /// Reads blobs through the index, keeping pack files open. One per thread.

@@ -378,3 +378,57 @@ fn a_vmdk_descriptor_cannot_name_a_host_file_outside_its_folder() {
     // Named explicitly, the image is the admin's own: followed.
     ok(&["backup", "--repo", p(&repo), "--name", "vm", "--format", "vmdk", p(&vmdk)]);
 }
+
+/// Runs dedisk as the unprivileged user `nobody`.
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_dedisk")])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_read_only_user_or_filesystem_can_list_restore_and_verify() {
+    if !is_root() || !have("setpriv") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (repo, vda) = two_disk_repo(dir);
+    let index_before = std::fs::read(repo.join("index.sqlite")).unwrap();
+    // A group of readers: the admin opened the repository for reading, not writing.
+    sh(&format!("chmod -R a+rX '{}'", p(&repo)));
+    let out_dir = dir.join("nobody");
+    std::fs::create_dir(&out_dir).unwrap();
+    sh(&format!("chown 65534:65534 '{}'", p(&out_dir)));
+    let check = |run: &dyn Fn(&[&str]) -> std::process::Output, tag: &str, repo: &Path| {
+        let out = run(&["snapshots", "--repo", p(repo)]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{tag} snapshots: {err}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 snapshot(s)"), "{tag}");
+        assert!(!err.contains("rebuilding") && !err.contains("readonly database"), "{tag}: {err}");
+        let target = out_dir.join(format!("{tag}.raw"));
+        let out = run(&["restore", "--repo", p(repo), "latest:vda", p(&target)]);
+        assert!(out.status.success(), "{tag} restore: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(sha256(&target), sha256(&vda), "{tag}");
+        let out = run(&["verify", "--repo", p(repo), "--read-data"]);
+        assert!(out.status.success(), "{tag} verify: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    check(&as_nobody, "user", &repo);
+    // The index file is missing and cannot be made: one is built in memory.
+    std::fs::rename(repo.join("index.sqlite"), dir.join("index.saved")).unwrap();
+    check(&as_nobody, "user-noindex", &repo);
+    std::fs::rename(dir.join("index.saved"), repo.join("index.sqlite")).unwrap();
+    // A read-only mount of the repository, read by root.
+    let ro = dir.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    sh(&format!("mount --bind '{0}' '{1}' && mount -o remount,bind,ro '{1}'", p(&repo), p(&ro)));
+    let root_run = |args: &[&str]| run(args);
+    let outcome = std::panic::catch_unwind(|| check(&root_run, "rofs", &ro));
+    sh(&format!("umount '{}'", p(&ro)));
+    outcome.unwrap();
+    assert_eq!(std::fs::read(repo.join("index.sqlite")).unwrap(), index_before, "nothing was written");
+}
