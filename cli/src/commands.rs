@@ -566,17 +566,23 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
             report.snapshots,
             report.disks,
             report.chunk_refs,
-            if report.problems.is_empty() {
+            if report.problem_count == 0 {
                 "no damage found".to_string()
+            } else if report.problem_count > report.problems.len() as u64 {
+                format!(
+                    "{} problem(s), the first {} listed",
+                    report.problem_count,
+                    report.problems.len()
+                )
             } else {
-                format!("{} problem(s)", report.problems.len())
+                format!("{} problem(s)", report.problem_count)
             }
         ));
     }
-    if !report.problems.is_empty() {
+    if report.problem_count > 0 {
         bail!(
             "the repository is damaged: {} problem(s), listed above",
-            report.problems.len()
+            report.problem_count
         );
     }
     Ok(out)

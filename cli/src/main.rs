@@ -93,7 +93,11 @@ fn main() {
             // Library errors often include their cause in their own text; skip a cause
             // already said by the message before it.
             let mut chain: Vec<String> = Vec::new();
-            for cause in e.chain().map(|c| c.to_string()) {
+            // Some causes (a TOML parser's) span lines: an error is one line whatever it quotes.
+            let one_line = |text: String| {
+                text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+            };
+            for cause in e.chain().map(|c| one_line(c.to_string())) {
                 if !chain.last().is_some_and(|prev| prev.contains(&cause)) {
                     chain.push(cause);
                 }

@@ -120,7 +120,23 @@ pub struct VerifyReport {
     pub packs_read: u64,
     pub blobs_read: u64,
     pub bytes_read: u64,
+    /// Every problem found.
+    pub problem_count: u64,
+    /// The first [`PROBLEMS_LISTED`] of them (a repository damaged everywhere, or forged
+    /// to be, must not fill memory with its list: issue 11 saw 367 MB after 30 s).
     pub problems: Vec<Problem>,
+}
+
+/// Problems a report lists in full; the rest are only counted.
+pub const PROBLEMS_LISTED: usize = 1000;
+
+impl VerifyReport {
+    fn add(&mut self, p: Problem) {
+        self.problem_count += 1;
+        if self.problems.len() < PROBLEMS_LISTED {
+            self.problems.push(p);
+        }
+    }
 }
 
 /// Checks the repository as `opts` asks. Problems are collected, not returned as errors;
@@ -133,7 +149,7 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     report.packs = on_disk.len() as u64;
     for id in on_disk.keys().filter(|id| !indexed.contains(id)) {
         // Reconciliation indexes every readable pack, so this one's TOC is damaged.
-        report.problems.push(Problem {
+        report.add(Problem {
             snapshot: None,
             disk: None,
             range: None,
@@ -165,7 +181,7 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
                     snapshots.push((id, s));
                 }
             }
-            Err(e) => report.problems.push(Problem {
+            Err(e) => report.add(Problem {
                 snapshot: None,
                 disk: None,
                 range: None,
@@ -212,7 +228,7 @@ fn check_manifest(
     let mut run: Option<(u64, u64, String)> = None;
     let flush = |run: &mut Option<(u64, u64, String)>, report: &mut VerifyReport| {
         if let Some((a, b, what)) = run.take() {
-            report.problems.push(Problem {
+            report.add(Problem {
                 snapshot: Some(snapshot.into()),
                 disk: Some(disk.into()),
                 range: Some((a, b)),
@@ -227,7 +243,7 @@ fn check_manifest(
                 // A lost manifest node hides everything after it.
                 let at = run.as_ref().map_or(0, |r| r.0);
                 flush(&mut run, report);
-                report.problems.push(Problem {
+                report.add(Problem {
                     snapshot: Some(snapshot.into()),
                     disk: Some(disk.into()),
                     range: None,
@@ -270,7 +286,8 @@ fn read_packs(
     report: &mut VerifyReport,
 ) -> Result<HashSet<BlobId>> {
     let next = Mutex::new(packs.iter());
-    let found = Mutex::new((HashSet::new(), Vec::new(), 0u64, 0u64, 0u64));
+    // (bad blobs, problems listed, problems found, packs read, blobs, bytes)
+    let found = Mutex::new((HashSet::new(), Vec::new(), 0u64, 0u64, 0u64, 0u64));
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
             s.spawn(|| loop {
@@ -280,15 +297,21 @@ fn read_packs(
                 let (bad, problems, blobs, bytes) = check_pack(pack, path);
                 let mut f = found.lock().expect("no panics hold it");
                 f.0.extend(bad);
-                f.1.extend(problems);
-                f.2 += 1;
-                f.3 += blobs;
-                f.4 += bytes;
+                // Counted in full, listed up to the cap.
+                f.2 += problems.len() as u64;
+                let room = PROBLEMS_LISTED.saturating_sub(f.1.len());
+                f.1.extend(problems.into_iter().take(room));
+                f.3 += 1;
+                f.4 += blobs;
+                f.5 += bytes;
             });
         }
     });
-    let (bad, problems, packs_read, blobs, bytes) = found.into_inner().expect("threads joined");
-    report.problems.extend(problems);
+    let (bad, problems, found_count, packs_read, blobs, bytes) =
+        found.into_inner().expect("threads joined");
+    let listed = problems.len() as u64;
+    problems.into_iter().for_each(|p| report.add(p));
+    report.problem_count += found_count - listed;
     report.packs_read = packs_read;
     report.blobs_read = blobs;
     report.bytes_read = bytes;
@@ -367,6 +390,21 @@ fn check_pack(pack: &PackId, path: &std::path::Path) -> (Vec<BlobId>, Vec<Proble
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn problem_lists_are_capped_but_counted() {
+        let mut r = super::VerifyReport::default();
+        for i in 0..(super::PROBLEMS_LISTED as u64 + 500) {
+            r.add(super::Problem {
+                snapshot: None,
+                disk: None,
+                range: Some((i, i + 1)),
+                what: "damaged".into(),
+            });
+        }
+        assert_eq!(r.problems.len(), super::PROBLEMS_LISTED);
+        assert_eq!(r.problem_count, super::PROBLEMS_LISTED as u64 + 500);
+    }
+
     use super::*;
 
     #[test]

@@ -183,6 +183,10 @@ fn job_file_errors_name_the_line() {
         1,
         "exclude_disks leaves none of its disks",
     );
+    // Malformed TOML: still one line, naming the file and the line.
+    write(&job, "repository = \"repo\"\n[[vm]\nname = 3\n");
+    let err = fails(&["run", p(&job)], 1, "bad.toml line 2");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
 #[test]
