@@ -271,8 +271,8 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
             "{:<10} {:<19} {:<16} {:<12} {:>11} {:>11}  {}",
             id.short(),
             output::time(s.time),
-            s.name,
-            s.tags.join(","),
+            repo_format::names::escape(&s.name),
+            s.tags.iter().map(|t| repo_format::names::escape(t)).collect::<Vec<_>>().join(","),
             bytes(s.size_bytes()),
             bytes(added),
             s.disks

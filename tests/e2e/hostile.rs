@@ -432,3 +432,26 @@ fn a_read_only_user_or_filesystem_can_list_restore_and_verify() {
     outcome.unwrap();
     assert_eq!(std::fs::read(repo.join("index.sqlite")).unwrap(), index_before, "nothing was written");
 }
+
+#[test]
+fn a_vm_name_from_an_old_or_forged_snapshot_is_one_escaped_directory_in_the_mount() {
+    if !have("fusermount3") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (repo, vda) = two_disk_repo(dir);
+    // Older versions only refused empty VM names; backup now refuses this one.
+    forge(&repo, |v| v["name"] = "tenant/../x\u{1b}[2J".into());
+    fails(&["backup", "--repo", p(&repo), "--name", "tenant/../x", p(&vda)], 1, "contains '/'");
+    let at = dir.join("mnt");
+    let mut m = crate::mount::Mounted::start(&repo, &at);
+    let names = entries(&at);
+    assert_eq!(names, vec!["tenant%2F..%2Fx%1B[2J".to_string()], "{names:?}");
+    let vm = at.join(&names[0]);
+    assert_eq!(sha256(&vm.join("latest").join("vda.raw")), sha256(&vda));
+    m.stop();
+    // Listings show it escaped too (no terminal control sequence reaches the screen).
+    let out = ok(&["snapshots", "--repo", p(&repo)]);
+    assert!(out.contains("tenant%2F..%2Fx%1B[2J") && !out.contains('\u{1b}'), "{out}");
+}

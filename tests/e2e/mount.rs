@@ -8,13 +8,13 @@ use std::process::Child;
 use crate::helpers::*;
 
 /// A running `dedisk mount`; interrupted (like Ctrl-C) and waited for on drop.
-struct Mounted {
+pub struct Mounted {
     child: Option<Child>,
     at: PathBuf,
 }
 
 impl Mounted {
-    fn start(repo: &Path, at: &Path) -> Mounted {
+    pub fn start(repo: &Path, at: &Path) -> Mounted {
         std::fs::create_dir_all(at).unwrap();
         let (child, v) = spawn_json(&["--repo", p(repo), "--json", "mount", p(at)]);
         assert_eq!(v["type"], "mounted", "{v}");
@@ -25,7 +25,7 @@ impl Mounted {
     }
 
     /// SIGINT, as Ctrl-C sends: dedisk unmounts and exits 0.
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill with a valid pid and signal has no memory effects.
             unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
