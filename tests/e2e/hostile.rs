@@ -455,3 +455,21 @@ fn a_vm_name_from_an_old_or_forged_snapshot_is_one_escaped_directory_in_the_moun
     let out = ok(&["snapshots", "--repo", p(&repo)]);
     assert!(out.contains("tenant%2F..%2Fx%1B[2J") && !out.contains('\u{1b}'), "{out}");
 }
+
+#[test]
+fn a_job_refuses_vm_names_that_are_not_one_file_name() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = new_repo(dir, &[]);
+    let img = random_image(dir, "d.img", 4096, 1 << 20);
+    let job = dir.join("job.toml");
+    std::fs::write(&job, format!(
+        "repository = \"{}\"\n[[vm]]\nname = \"tenant/../x\"\ndisks = {{ vda = \"{}\" }}\n",
+        p(&repo), p(&img)
+    )).unwrap();
+    let out = run(&["run", p(&job)]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("contains '/'"), "{text}");
+    assert!(snapshot_files(&repo).is_empty());
+}

@@ -219,28 +219,34 @@ fn btrfs_provider_snapshots_the_subvolume_and_always_deletes_it() {
     let images = mnt.join("images");
     let disk = random_image(&images, "vm1.raw", 2 << 20, 8 << 20);
     let want = sha256(&disk);
+    // Issue 11: a quote in a VM name once broke out of `sh -c 'btrfs ... '` (the job
+    // runs in `d`, where the injected command would leave its file).
+    let pwned = d.join("pwned");
+    let vm = "vm1'; touch pwned; '".to_string();
     let job = d.join("job.toml");
     write(
         &job,
         &format!(
-            "repository = \"{}\"\n[[vm]]\nname = \"vm1\"\ndisks = {{ vda = \"{}\" }}\nsnapshot = \"btrfs\"\nbtrfs_subvolume = \"{}\"\n",
+            "repository = \"{}\"\n[[vm]]\nname = \"{vm}\"\ndisks = {{ vda = \"{}\" }}\nsnapshot = \"btrfs\"\nbtrfs_subvolume = \"{}\"\n",
             repo.display(),
             disk.display(),
             images.display()
         ),
     );
     ok(&["run", "--preview", p(&job)]);
-    ok(&["run", p(&job)]);
+    let out = dedisk().current_dir(d).args(["run", p(&job)]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got = d.join("got.raw");
     ok(&[
         "--repo",
         p(&repo),
         "restore",
         "-q",
-        "vm1@latest:vda",
+        &format!("{vm}@latest:vda"),
         p(&got),
     ]);
     assert_eq!(sha256(&got), want);
+    assert!(!pwned.exists(), "the VM name reached a shell");
     let subvols = sh(&format!("btrfs subvolume list '{}'", mnt.display()));
     assert!(
         !subvols.contains(".dedisk-snapshot"),
@@ -251,7 +257,7 @@ fn btrfs_provider_snapshots_the_subvolume_and_always_deletes_it() {
         snap_source
             .as_str()
             .unwrap()
-            .contains(".dedisk-snapshot-vm1-"),
+            .contains(&format!(".dedisk-snapshot-{vm}-")),
         "read from the snapshot: {snap_source}"
     );
 

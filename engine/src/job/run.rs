@@ -231,6 +231,14 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
             ("DEDISK_PHASE", phase.to_string()),
         ]
     };
+    // A name from a job file or a hypervisor listing (tenants choose those) is checked
+    // before any provider builds a path or a call from it.
+    if let Err(e) = repo_format::names::check_vm_name(&vm.name) {
+        r.status = "failed".into();
+        r.errors.push(e);
+        r.seconds = started.elapsed().as_secs_f64();
+        return r;
+    }
     if let Some(hook) = &vm.settings.pre_hook {
         if let Err(e) = shell(hook, &env("pre")) {
             r.status = "skipped".into();
