@@ -133,11 +133,7 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
             ));
         }
     }
-    let exports = Arc::new(Exports {
-        repo,
-        list,
-        cache: Default::default(),
-    });
+    let exports = Arc::new(Exports::new(repo, list));
     let limits = engine::nbd::ServeLimits {
         max_clients: a.max_clients.into(),
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout.into()),

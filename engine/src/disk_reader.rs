@@ -20,8 +20,10 @@ use crate::error::{Error, Result};
 /// Decompressed chunks kept by a cache (one per reader, or one shared by every client
 /// of an NBD server: issue 11 measured 12 clients at 1.2 GB with one cache each).
 const CHUNK_CACHE_BYTES: usize = 96 << 20;
-/// Manifest nodes kept per reader (interior nodes, and recent leaves).
-const NODE_CACHE: usize = 64;
+/// Manifest nodes kept per reader (interior nodes, and recent leaves): a full leaf is
+/// about 330 KiB decoded, so this bounds a reader's nodes at about 5 MiB (one reader per
+/// NBD client or open mounted file).
+const NODE_CACHE: usize = 16;
 /// Chunks fetched ahead of a sequential reader.
 const READ_AHEAD_CHUNKS: usize = 16;
 const READ_AHEAD_WORKERS: usize = 2;

@@ -99,6 +99,42 @@ pub struct Exports {
     pub list: Vec<Export>,
     /// One chunk cache for every client, so memory does not grow with their number.
     pub cache: crate::disk_reader::SharedChunkCache,
+    /// Bytes of read replies being built at once, over all clients.
+    budget: ReadBudget,
+}
+
+/// Read-reply bytes all clients together may hold at once: a client's 32 MiB read waits
+/// for others to finish instead of adding to them (issue 11: 12 clients took 1.2 GB).
+pub const READ_BUDGET_BYTES: u64 = 256 << 20;
+
+/// A counting semaphore of bytes.
+struct ReadBudget {
+    left: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+}
+
+impl ReadBudget {
+    fn take(&self, n: u64) -> BudgetGuard<'_> {
+        let n = n.min(READ_BUDGET_BYTES);
+        let mut left = self.left.lock().expect("no panics while held");
+        while *left < n {
+            left = self.freed.wait(left).expect("no panics while held");
+        }
+        *left -= n;
+        BudgetGuard { budget: self, n }
+    }
+}
+
+struct BudgetGuard<'a> {
+    budget: &'a ReadBudget,
+    n: u64,
+}
+
+impl Drop for BudgetGuard<'_> {
+    fn drop(&mut self) {
+        *self.budget.left.lock().expect("no panics while held") += self.n;
+        self.budget.freed.notify_all();
+    }
 }
 
 /// Limits that keep one client, or many, from taking the server down (issue 11).
@@ -121,6 +157,19 @@ impl Default for ServeLimits {
 }
 
 impl Exports {
+    /// The exports `list` of `repo`, with one chunk cache and one read budget for all.
+    pub fn new(repo: &'static Repository, list: Vec<Export>) -> Exports {
+        Exports {
+            repo,
+            list,
+            cache: Default::default(),
+            budget: ReadBudget {
+                left: std::sync::Mutex::new(READ_BUDGET_BYTES),
+                freed: std::sync::Condvar::new(),
+            },
+        }
+    }
+
     fn find(&self, name: &str) -> Option<&Export> {
         if name.is_empty() && self.list.len() == 1 {
             return self.list.first(); // the default export
@@ -138,7 +187,7 @@ pub fn serve_client<S: Read + Write>(exports: Arc<Exports>, mut stream: S) -> st
     };
     let reader = DiskReader::with_cache(exports.repo, export.manifest, exports.cache.clone())
         .map_err(std::io::Error::other)?;
-    transmission(reader, structured, meta, &mut stream)
+    transmission(reader, &exports.budget, structured, meta, &mut stream)
 }
 
 fn read_u16(s: &mut impl Read) -> std::io::Result<u16> {
@@ -384,6 +433,7 @@ fn status(
 
 fn transmission<S: Read + Write>(
     mut reader: DiskReader,
+    budget: &ReadBudget,
     structured: bool,
     meta: bool,
     s: &mut S,
@@ -419,6 +469,8 @@ fn transmission<S: Read + Write>(
                     )?;
                     continue;
                 }
+                // The data and a structured reply's copy of it.
+                let _held = budget.take(2 * u64::from(len));
                 // Large reads borrow a large buffer only for as long as they take.
                 buf.truncate(0);
                 buf.shrink_to(1 << 20);

@@ -71,7 +71,7 @@ fn exports() -> Arc<Exports> {
                 aliases: vec![],
                 manifest: done.snapshot.disks[0].manifest,
             };
-            let exports = Arc::new(Exports { repo, list: vec![export], cache: Default::default() });
+            let exports = Arc::new(Exports::new(repo, vec![export]));
             (dir, exports)
         })
         .1
