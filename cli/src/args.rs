@@ -370,7 +370,9 @@ use engine::MAX_WORKERS;
 fn parse_workers(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
-        _ => Err(format!("expected a number of threads from 1 to {MAX_WORKERS}")),
+        _ => Err(format!(
+            "expected a number of threads from 1 to {MAX_WORKERS}"
+        )),
     }
 }
 

@@ -272,7 +272,11 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
             id.short(),
             output::time(s.time),
             repo_format::names::escape(&s.name),
-            s.tags.iter().map(|t| repo_format::names::escape(t)).collect::<Vec<_>>().join(","),
+            s.tags
+                .iter()
+                .map(|t| repo_format::names::escape(t))
+                .collect::<Vec<_>>()
+                .join(","),
             bytes(s.size_bytes()),
             bytes(added),
             s.disks
@@ -300,8 +304,12 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
     };
     // (label, manifest, target file name in a folder or None for `a.target`, format):
     // metadata files are always restored as they are.
-    let mut jobs: Vec<(String, repo_format::ManifestRoot, Option<String>, TargetFormat)> =
-        Vec::new();
+    let mut jobs: Vec<(
+        String,
+        repo_format::ManifestRoot,
+        Option<String>,
+        TargetFormat,
+    )> = Vec::new();
     let ext = match disk_format {
         TargetFormat::Raw => "raw",
         TargetFormat::Qcow2 => "qcow2",
@@ -326,7 +334,11 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
                     .disks
                     .iter()
                     .map(|d| repo_format::names::escape(&d.label))
-                    .chain(snap.meta.iter().map(|m| repo_format::names::escape(&m.name)))
+                    .chain(
+                        snap.meta
+                            .iter()
+                            .map(|m| repo_format::names::escape(&m.name)),
+                    )
                     .collect();
                 return Err(engine::Error::NoSuchDisk {
                     snapshot: id.short(),
@@ -335,7 +347,12 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
                 }
                 .into());
             };
-            jobs.push((label.to_string(), manifest, into_folder.then_some(file_name), format));
+            jobs.push((
+                label.to_string(),
+                manifest,
+                into_folder.then_some(file_name),
+                format,
+            ));
         }
         None if snap.disks.len() == 1 && snap.meta.is_empty() && !into_folder => {
             let d = &snap.disks[0];
@@ -345,10 +362,20 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
             // Several disks (or metadata): the target is a folder that receives them all,
             // each under its label (validated as one file name when the snapshot was read).
             for d in &snap.disks {
-                jobs.push((d.label.clone(), d.manifest, Some(format!("{}.{ext}", d.label)), disk_format));
+                jobs.push((
+                    d.label.clone(),
+                    d.manifest,
+                    Some(format!("{}.{ext}", d.label)),
+                    disk_format,
+                ));
             }
             for m in &snap.meta {
-                jobs.push((m.name.clone(), m.manifest, Some(m.name.clone()), TargetFormat::Raw));
+                jobs.push((
+                    m.name.clone(),
+                    m.manifest,
+                    Some(m.name.clone()),
+                    TargetFormat::Raw,
+                ));
             }
         }
     }

@@ -95,7 +95,11 @@ fn main() {
             let mut chain: Vec<String> = Vec::new();
             // Some causes (a TOML parser's) span lines: an error is one line whatever it quotes.
             let one_line = |text: String| {
-                text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             };
             for cause in e.chain().map(|c| one_line(c.to_string())) {
                 if !chain.last().is_some_and(|prev| prev.contains(&cause)) {

@@ -84,7 +84,10 @@ pub fn unlock(g: &Global, force: bool) -> Result<Outcome> {
     let mut removed = Vec::new();
     let mut kept = Vec::new();
     for (path, info) in repo_format::lock::list(&repo.locks_dir())? {
-        let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        let age = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
         let (what, remove) = match &info {
             Ok(i) => match repo_format::lock::stale_reason(i, age) {
                 Some(why) => (format!("{i} ({why})"), true),
@@ -94,11 +97,26 @@ pub fn unlock(g: &Global, force: bool) -> Result<Outcome> {
                     ));
                     (i.to_string(), true)
                 }
-                None if i.hostname != me => (format!("{i}: held on another host; --force removes it"), false),
-                None => (format!("{i}: that process is running on this host; stop it instead"), false),
+                None if i.hostname != me => (
+                    format!("{i}: held on another host; --force removes it"),
+                    false,
+                ),
+                None => (
+                    format!("{i}: that process is running on this host; stop it instead"),
+                    false,
+                ),
             },
-            Err(e) if force => (format!("unreadable lock file {} ({e})", path.display()), true),
-            Err(e) => (format!("unreadable lock file {} ({e}); --force removes it", path.display()), false),
+            Err(e) if force => (
+                format!("unreadable lock file {} ({e})", path.display()),
+                true,
+            ),
+            Err(e) => (
+                format!(
+                    "unreadable lock file {} ({e}); --force removes it",
+                    path.display()
+                ),
+                false,
+            ),
         };
         if remove {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -116,7 +134,11 @@ pub fn unlock(g: &Global, force: bool) -> Result<Outcome> {
         for k in &kept {
             output::line(format!("kept the {k}"));
         }
-        output::line(format!("{} lock(s) removed, {} kept", removed.len(), kept.len()));
+        output::line(format!(
+            "{} lock(s) removed, {} kept",
+            removed.len(),
+            kept.len()
+        ));
     }
     Ok(out)
 }

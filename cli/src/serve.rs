@@ -177,10 +177,17 @@ fn bind_unix(
     let ids = match owner {
         None => None,
         Some(text) => {
-            let (u, g) = text.split_once(':').map_or((text, None), |(u, g)| (u, Some(g)));
-            let uid: u32 = u.parse().with_context(|| format!("--socket-owner {text}: UID"))?;
+            let (u, g) = text
+                .split_once(':')
+                .map_or((text, None), |(u, g)| (u, Some(g)));
+            let uid: u32 = u
+                .parse()
+                .with_context(|| format!("--socket-owner {text}: UID"))?;
             let gid: Option<u32> = g
-                .map(|g| g.parse().with_context(|| format!("--socket-owner {text}: GID")))
+                .map(|g| {
+                    g.parse()
+                        .with_context(|| format!("--socket-owner {text}: GID"))
+                })
                 .transpose()?;
             Some((uid, gid))
         }

@@ -98,7 +98,8 @@ pub struct BackupOutcome {
 /// Checks a disk label or metadata name (the rule every reader checks again:
 /// [`repo_format::names`]).
 pub fn check_label(label: &str) -> Result<()> {
-    repo_format::names::check_label(label).map_err(|e| Error::Usage(format!("invalid disk label: {e}")))
+    repo_format::names::check_label(label)
+        .map_err(|e| Error::Usage(format!("invalid disk label: {e}")))
 }
 
 /// Backs up `disks` (and `meta` files) as one new snapshot of VM `opts.name`.

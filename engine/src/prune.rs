@@ -278,10 +278,12 @@ mod tests {
     #[test]
     fn a_prune_that_lost_its_lock_deletes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let config = repo_format::RepoConfig::new(Default::default(), Default::default(), 1 << 20)
-            .unwrap();
+        let config =
+            repo_format::RepoConfig::new(Default::default(), Default::default(), 1 << 20).unwrap();
         let repo = Repository::init(&dir.path().join("repo"), config).unwrap();
-        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let opts = BackupOptions {
             name: "vm".into(),
             tags: vec![],
@@ -290,7 +292,17 @@ mod tests {
             allow_empty: false,
         };
         let source = Box::new(StreamSource::new(std::io::Cursor::new(data), "test".into()));
-        let done = backup(&repo, vec![DiskInput { label: "vda".into(), source }], vec![], &opts, &crate::progress::NoProgress).unwrap();
+        let done = backup(
+            &repo,
+            vec![DiskInput {
+                label: "vda".into(),
+                source,
+            }],
+            vec![],
+            &opts,
+            &crate::progress::NoProgress,
+        )
+        .unwrap();
         repo.remove_snapshot(&done.id).unwrap();
         let packs = repo.list_packs().unwrap().len();
         assert!(packs >= 1, "{packs} packs");
@@ -299,7 +311,10 @@ mod tests {
         for (path, _) in repo_format::lock::list(&repo.locks_dir()).unwrap() {
             std::fs::remove_file(path).unwrap();
         }
-        let opts = PruneOptions { max_unused_pct: 10.0, dry_run: false };
+        let opts = PruneOptions {
+            max_unused_pct: 10.0,
+            dry_run: false,
+        };
         let err = prune(&repo, &lock, &opts, &Default::default()).unwrap_err();
         assert!(err.to_string().contains("was removed or changed"), "{err}");
         assert_eq!(repo.list_packs().unwrap().len(), packs, "no pack deleted");

@@ -38,19 +38,18 @@ fn exports() -> Arc<Exports> {
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("repo");
-            let config = repo_format::RepoConfig::new(
-                Default::default(),
-                Default::default(),
-                8 << 20,
-            )
-            .unwrap();
-            let repo: &'static repo_format::Repository =
-                Box::leak(Box::new(repo_format::Repository::init(&root, config).unwrap()));
+            let config =
+                repo_format::RepoConfig::new(Default::default(), Default::default(), 8 << 20)
+                    .unwrap();
+            let repo: &'static repo_format::Repository = Box::leak(Box::new(
+                repo_format::Repository::init(&root, config).unwrap(),
+            ));
             let mut disk = vec![0u8; 3 << 20];
             for (i, b) in disk.iter_mut().enumerate().take(1 << 20) {
                 *b = (i * 7 % 251) as u8;
             }
-            let source = engine::source::StreamSource::new(std::io::Cursor::new(disk), "fuzz".into());
+            let source =
+                engine::source::StreamSource::new(std::io::Cursor::new(disk), "fuzz".into());
             let opts = engine::backup::BackupOptions {
                 name: "vm".into(),
                 tags: vec![],
@@ -60,7 +59,10 @@ fn exports() -> Arc<Exports> {
             };
             let done = engine::backup::backup(
                 repo,
-                vec![engine::backup::DiskInput { label: "vda".into(), source: Box::new(source) }],
+                vec![engine::backup::DiskInput {
+                    label: "vda".into(),
+                    source: Box::new(source),
+                }],
                 vec![],
                 &opts,
                 &engine::progress::NoProgress,
@@ -79,5 +81,11 @@ fn exports() -> Arc<Exports> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = engine::nbd::serve_client(exports(), Client { input: data, written: 0 });
+    let _ = engine::nbd::serve_client(
+        exports(),
+        Client {
+            input: data,
+            written: 0,
+        },
+    );
 });

@@ -13,8 +13,17 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(entries) = read_toc(&f, data.len() as u64, "fuzz") {
         for e in entries.iter().take(64) {
             if let Ok(payload) = read_payload(&f, PackId([0; 32]), e) {
-                let origin = repo_format::blob::BlobOrigin { pack: PackId([0; 32]), offset: e.offset };
-                let _ = repo_format::blob::decode_blob(e.id, e.compression, e.raw_len, &payload, origin);
+                let origin = repo_format::blob::BlobOrigin {
+                    pack: PackId([0; 32]),
+                    offset: e.offset,
+                };
+                let _ = repo_format::blob::decode_blob(
+                    e.id,
+                    e.compression,
+                    e.raw_len,
+                    &payload,
+                    origin,
+                );
             }
         }
     }

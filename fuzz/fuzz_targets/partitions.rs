@@ -25,6 +25,9 @@ fuzz_target!(|data: &[u8]| {
         Some(out)
     };
     for p in engine::mount::partitions::find(size, &mut read) {
-        assert!(p.offset.checked_add(p.len).is_some_and(|end| end <= size), "{p:?} beyond {size}");
+        assert!(
+            p.offset.checked_add(p.len).is_some_and(|end| end <= size),
+            "{p:?} beyond {size}"
+        );
     }
 });

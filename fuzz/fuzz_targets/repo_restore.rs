@@ -14,7 +14,7 @@
 #![no_main]
 use std::path::Path;
 
-use engine::restore::{RestoreRequest, RestoreTo, TargetDir, TargetOptions, TargetFormat};
+use engine::restore::{RestoreRequest, RestoreTo, TargetDir, TargetFormat, TargetOptions};
 use libfuzzer_sys::fuzz_target;
 use repo_format::blob::BlobKind;
 use repo_format::{
@@ -47,7 +47,11 @@ impl Input<'_> {
 fn node_bytes(inp: &mut Input, chunks: &[BlobId], nodes: &[BlobId]) -> Vec<u8> {
     let level = inp.u8() % 3;
     let count = inp.u8() % 24;
-    let claimed = if inp.u8() % 16 == 0 { count.wrapping_add(1) } else { count };
+    let claimed = if inp.u8() % 16 == 0 {
+        count.wrapping_add(1)
+    } else {
+        count
+    };
     let mut out = b"DDMN\x01".to_vec();
     out.push(level);
     out.extend([0, 0]);
@@ -57,12 +61,16 @@ fn node_bytes(inp: &mut Input, chunks: &[BlobId], nodes: &[BlobId]) -> Vec<u8> {
         if level == 0 {
             let t = inp.u8() % 3;
             let len = inp.u64() % (1 << 26);
-            let id = chunks.get(inp.u8() as usize % chunks.len().max(1)).map_or([0; 32], |c| c.0);
+            let id = chunks
+                .get(inp.u8() as usize % chunks.len().max(1))
+                .map_or([0; 32], |c| c.0);
             out.push(t);
             out.extend(len.to_le_bytes());
             out.extend(if t == 2 { [0; 32] } else { id });
         } else {
-            let id = nodes.get(inp.u8() as usize % nodes.len().max(1)).map_or([7; 32], |n| n.0);
+            let id = nodes
+                .get(inp.u8() as usize % nodes.len().max(1))
+                .map_or([7; 32], |n| n.0);
             out.extend(id);
             out.extend(inp.u64().to_le_bytes());
             out.extend(inp.u64().to_le_bytes());
@@ -75,7 +83,9 @@ fn entry(inp: &mut Input, nodes: &[BlobId], name_key: &str) -> serde_json::Value
     let n = inp.u8() as usize % 24;
     let name = String::from_utf8_lossy(inp.bytes(n)).into_owned();
     let size = inp.u64() % (1 << 28);
-    let root = nodes.get(inp.u8() as usize % nodes.len().max(1)).map_or([3; 32], |n| n.0);
+    let root = nodes
+        .get(inp.u8() as usize % nodes.len().max(1))
+        .map_or([3; 32], |n| n.0);
     let len = if inp.u8() % 4 == 0 { inp.u64() } else { size };
     let extents = inp.u64() % 100_000;
     serde_json::json!({
@@ -100,8 +110,12 @@ fuzz_target!(|data: &[u8]| {
     let mut inp = Input(data);
     let top = tempfile::tempdir().unwrap();
     let root = top.path().join("repo");
-    let config =
-        RepoConfig::new(ChunkerParams::default(), CompressionParams::default(), 8 << 20).unwrap();
+    let config = RepoConfig::new(
+        ChunkerParams::default(),
+        CompressionParams::default(),
+        8 << 20,
+    )
+    .unwrap();
     let repo = Repository::init(&root, config).unwrap();
     let mut enc = BlobEncoder::new(1).unwrap();
     let mut pack = PackWriter::create(&repo.tmp_dir()).unwrap();
@@ -121,9 +135,16 @@ fuzz_target!(|data: &[u8]| {
         pack.add(&b).unwrap();
     }
     let finished = pack.finish(&repo.packs_dir()).unwrap();
-    repo.index().unwrap().add_pack(&finished.id, finished.len_bytes, &finished.entries).unwrap();
-    let disks: Vec<_> = (0..1 + inp.u8() % 2).map(|_| entry(&mut inp, &nodes, "label")).collect();
-    let meta: Vec<_> = (0..inp.u8() % 2).map(|_| entry(&mut inp, &nodes, "name")).collect();
+    repo.index()
+        .unwrap()
+        .add_pack(&finished.id, finished.len_bytes, &finished.entries)
+        .unwrap();
+    let disks: Vec<_> = (0..1 + inp.u8() % 2)
+        .map(|_| entry(&mut inp, &nodes, "label"))
+        .collect();
+    let meta: Vec<_> = (0..inp.u8() % 2)
+        .map(|_| entry(&mut inp, &nodes, "name"))
+        .collect();
     let snap = serde_json::json!({
         "snapshot_version": 1, "time": "2026-12-01T00:00:00Z", "name": "vm", "hostname": "h",
         "tags": [], "disks": disks, "meta": meta, "program_version": "fuzz",
@@ -147,8 +168,14 @@ fuzz_target!(|data: &[u8]| {
                 snapshot: "fuzz",
                 label: &name,
                 manifest: &manifest,
-                target: RestoreTo::InDir { dir: &dir, name: &name },
-                target_opts: TargetOptions { force: true, mode: 0o600 },
+                target: RestoreTo::InDir {
+                    dir: &dir,
+                    name: &name,
+                },
+                target_opts: TargetOptions {
+                    force: true,
+                    mode: 0o600,
+                },
                 format: TargetFormat::Raw,
                 workers: 1,
                 cancel: &Default::default(),
@@ -156,7 +183,12 @@ fuzz_target!(|data: &[u8]| {
             let _ = engine::restore::restore_disk(&repo, &req, &engine::progress::NoProgress);
             let written = std::fs::symlink_metadata(target.join(&name));
             if let Ok(m) = written {
-                assert!(m.len() <= manifest.len_bytes, "{name}: {} > {}", m.len(), manifest.len_bytes);
+                assert!(
+                    m.len() <= manifest.len_bytes,
+                    "{name}: {} > {}",
+                    m.len(),
+                    manifest.len_bytes
+                );
             }
         }
     }

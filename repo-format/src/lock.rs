@@ -128,8 +128,7 @@ impl Drop for RepoLock {
 
 /// Touches `path` every [`REFRESH_EVERY`] until `stop` is dropped.
 fn refresh(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH_EVERY)
-    {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH_EVERY) {
         let touched = std::fs::File::options()
             .append(true)
             .open(&path)
@@ -169,12 +168,13 @@ pub fn process_start(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether a live `pid` is a dedisk process (for locks that record no start time).
-fn is_dedisk(pid: u32) -> bool {
+/// Whether a live `pid` is provably not a dedisk process (for locks that record no start
+/// time). Unknown (another user's process, read without privileges) is not proof.
+fn is_not_dedisk(pid: u32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .is_some_and(|n| n.starts_with("dedisk"))
+        .is_some_and(|n| !n.starts_with("dedisk"))
 }
 
 /// Why a lock is stale, or `None` while its holder may still run.
@@ -185,20 +185,16 @@ pub fn stale_reason(info: &LockInfo, modified_age: Option<Duration>) -> Option<S
         }
         let other = match info.pid_start {
             Some(start) => process_start(info.pid).is_some_and(|now| now != start),
-            None => !is_dedisk(info.pid),
+            None => is_not_dedisk(info.pid),
         };
         if other {
-            return Some(format!(
-                "pid {} now belongs to another process",
-                info.pid
-            ));
+            return Some(format!("pid {} now belongs to another process", info.pid));
         }
     }
     match modified_age {
-        Some(age) if age > STALE_LOCK_AGE => Some(format!(
-            "not refreshed for {} minutes",
-            age.as_secs() / 60
-        )),
+        Some(age) if age > STALE_LOCK_AGE => {
+            Some(format!("not refreshed for {} minutes", age.as_secs() / 60))
+        }
         _ => None,
     }
 }

@@ -642,21 +642,52 @@ mod tests {
         // 8192 one-byte holes under one leaf, 8192 times over: far more extents than bytes.
         let leaf = Node::Leaf(vec![Extent::Hole { len: 1 }; MAX_FANOUT as usize]);
         let leaf_id = put(&leaf);
-        let child = ChildRef { id: leaf_id, len: MAX_FANOUT as u64, extents: MAX_FANOUT as u64 };
-        let top = Node::Interior { level: 1, children: vec![child; MAX_FANOUT as usize] };
+        let child = ChildRef {
+            id: leaf_id,
+            len: MAX_FANOUT as u64,
+            extents: MAX_FANOUT as u64,
+        };
+        let top = Node::Interior {
+            level: 1,
+            children: vec![child; MAX_FANOUT as usize],
+        };
         let top_bytes = top.encode();
-        assert!(Node::decode(BlobId([0; 32]), &top_bytes).is_err(), "child claims too many extents");
+        assert!(
+            Node::decode(BlobId([0; 32]), &top_bytes).is_err(),
+            "child claims too many extents"
+        );
         let top_id = put(&top);
-        let root = ManifestRoot { root: top_id, len_bytes: 1 << 26, extents: 1 << 26 };
-        assert!(walk(root, &store).is_err(), "the root claims too many extents");
+        let root = ManifestRoot {
+            root: top_id,
+            len_bytes: 1 << 26,
+            extents: 1 << 26,
+        };
+        assert!(
+            walk(root, &store).is_err(),
+            "the root claims too many extents"
+        );
         // A root that understates its extents is caught at the first node.
-        let root = ManifestRoot { root: leaf_id, len_bytes: 8192, extents: 1 };
+        let root = ManifestRoot {
+            root: leaf_id,
+            len_bytes: 8192,
+            extents: 1,
+        };
         assert!(walk(root, &store).is_err());
         // Sizes that wrap around u64.
-        let huge = Node::Leaf(vec![Extent::Hole { len: u64::MAX }, Extent::Hole { len: 2 }]);
+        let huge = Node::Leaf(vec![
+            Extent::Hole { len: u64::MAX },
+            Extent::Hole { len: 2 },
+        ]);
         assert!(Node::decode(BlobId([0; 32]), &huge.encode()).is_err());
-        let big = ChildRef { id: leaf_id, len: u64::MAX / 2 + 1, extents: 1 };
-        let wrap = Node::Interior { level: 1, children: vec![big, big] };
+        let big = ChildRef {
+            id: leaf_id,
+            len: u64::MAX / 2 + 1,
+            extents: 1,
+        };
+        let wrap = Node::Interior {
+            level: 1,
+            children: vec![big, big],
+        };
         assert!(Node::decode(BlobId([0; 32]), &wrap.encode()).is_err());
     }
 }

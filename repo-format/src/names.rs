@@ -110,10 +110,27 @@ mod tests {
 
     #[test]
     fn labels_are_one_path_component() {
-        for ok in ["vda", "xvda", "disk0.qcow2", "My Disk", "ova.xml", ".hidden", "a..b"] {
+        for ok in [
+            "vda",
+            "xvda",
+            "disk0.qcow2",
+            "My Disk",
+            "ova.xml",
+            ".hidden",
+            "a..b",
+        ] {
             assert!(check_label(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "../../x", "/etc/cron.d/job", "a/b", "a\nb", "a\0b"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../x",
+            "/etc/cron.d/job",
+            "a/b",
+            "a\nb",
+            "a\0b",
+        ] {
             assert!(check_label(bad).is_err(), "{bad:?}");
         }
         assert!(check_label(&"x".repeat(201)).is_err());
@@ -138,7 +155,10 @@ mod tests {
         assert_ne!(escape("a/b"), escape("a%2Fb"));
         for n in ["", "/", "..", "\x1b[31m", &"é".repeat(300)] {
             let e = escape(n);
-            assert!(name_problem(&e).is_none() || e.len() > MAX_NAME_BYTES, "{n:?} -> {e:?}");
+            assert!(
+                name_problem(&e).is_none() || e.len() > MAX_NAME_BYTES,
+                "{n:?} -> {e:?}"
+            );
             assert!(!e.contains('/') && e != "." && e != ".." && e.len() <= 255);
         }
     }

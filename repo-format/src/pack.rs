@@ -12,9 +12,9 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::blob::{BlobKind, Compression, EncodedBlob, MAX_BLOB_BYTES};

@@ -52,7 +52,10 @@ enum IndexMode {
     ReadWrite,
     ReadOnly,
     /// A shared in-memory SQLite database; `keeper` holds it open.
-    Memory { name: String, keeper: std::sync::Mutex<Index> },
+    Memory {
+        name: String,
+        keeper: std::sync::Mutex<Index>,
+    },
 }
 
 /// An open repository. Cheap to share across threads by reference; per-thread index
@@ -155,7 +158,9 @@ impl Repository {
                 self.index_mode = IndexMode::ReadOnly;
                 return Ok(());
             }
-            Ok(false) => log::info!("the index file is behind the packs; reading the packs' tables instead"),
+            Ok(false) => {
+                log::info!("the index file is behind the packs; reading the packs' tables instead")
+            }
             Err(e) => log::info!("{e}; reading the packs' tables instead"),
         }
         let name = format!("dedisk-{}", hex::encode(&crate::ids::random_bytes()?[..8]));

@@ -148,15 +148,23 @@ impl Snapshot {
             return Err(format!("VM name of {} bytes", self.name.len()));
         }
         if self.disks.is_empty() || self.disks.len() > MAX_DISKS {
-            return Err(format!("{} disks (1 to {MAX_DISKS} allowed)", self.disks.len()));
+            return Err(format!(
+                "{} disks (1 to {MAX_DISKS} allowed)",
+                self.disks.len()
+            ));
         }
         if self.meta.len() > MAX_META {
-            return Err(format!("{} metadata files (at most {MAX_META})", self.meta.len()));
+            return Err(format!(
+                "{} metadata files (at most {MAX_META})",
+                self.meta.len()
+            ));
         }
         if self.tags.len() > MAX_TAGS {
             return Err(format!("more than {MAX_TAGS} tags"));
         }
-        self.tags.iter().try_for_each(|t| crate::names::check_tag(t))?;
+        self.tags
+            .iter()
+            .try_for_each(|t| crate::names::check_tag(t))?;
         if self.hostname.len() > 255 || self.program_version.len() > 64 {
             return Err("hostname or program version too long".into());
         }
@@ -190,9 +198,9 @@ impl Snapshot {
                 ));
             }
             if lost.len() > MAX_LOST_RANGES
-                || lost.iter().any(|l| {
-                    l.len == 0 || l.offset.checked_add(l.len).is_none_or(|end| end > size)
-                })
+                || lost
+                    .iter()
+                    .any(|l| l.len == 0 || l.offset.checked_add(l.len).is_none_or(|end| end > size))
             {
                 return Err(format!("{}: lost ranges outside the disk", escape(name)));
             }

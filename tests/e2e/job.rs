@@ -141,7 +141,10 @@ pre_hook = "true"
     assert_eq!(v["report"]["vms"][0]["status"], "skipped");
     // With --json the failure itself is a JSON object on stdout too.
     let end: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-    assert_eq!((end["type"].as_str(), end["exit_code"].as_i64()), (Some("error"), Some(1)));
+    assert_eq!(
+        (end["type"].as_str(), end["exit_code"].as_i64()),
+        (Some("error"), Some(1))
+    );
 }
 
 #[test]
@@ -234,8 +237,16 @@ fn btrfs_provider_snapshots_the_subvolume_and_always_deletes_it() {
         ),
     );
     ok(&["run", "--preview", p(&job)]);
-    let out = dedisk().current_dir(d).args(["run", p(&job)]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = dedisk()
+        .current_dir(d)
+        .args(["run", p(&job)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = d.join("got.raw");
     ok(&[
         "--repo",

@@ -243,9 +243,15 @@ fn locks_exclude_stale_ones_clear_foreign_ones_are_reported_and_unlock_removes()
     let out = ok(&["--repo", p(&repo), "unlock"]);
     assert!(out.contains("0 lock(s) removed, 1 kept"), "{out}");
     let out = run(&["--repo", p(&repo), "unlock", "--force"]);
-    let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(text.contains("1 lock(s) removed"), "{text}");
-    assert!(err.contains("backup-host-2") && err.contains("may now lose data"), "{err}");
+    assert!(
+        err.contains("backup-host-2") && err.contains("may now lose data"),
+        "{err}"
+    );
     ok(&["--repo", p(&repo), "--lock-wait", "0", "prune", "-q"]);
     assert_eq!(
         std::fs::read_dir(repo.join("locks")).unwrap().count(),

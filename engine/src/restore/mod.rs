@@ -178,7 +178,9 @@ pub fn restore_disk(
             )));
         }
         (Target::File { .. }, TargetFormat::Qcow2) => {
-            let clone = file.try_clone().map_err(|e| Error::target(&write_path, e))?;
+            let clone = file
+                .try_clone()
+                .map_err(|e| Error::target(&write_path, e))?;
             // On error `kind` drops and removes the temporary file.
             Some(Qcow2Writer::new(clone, size).map_err(|e| Error::target(&write_path, e))?)
         }
@@ -187,7 +189,7 @@ pub fn restore_disk(
         // Opened after the exclusive descriptor, which already holds the device.
         Target::Device { path } => match OpenOptions::new()
             .write(true)
-            .custom_flags(libc::O_DIRECT)
+            .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
             .open(path)
         {
             Ok(f) => Some(f),

@@ -220,7 +220,10 @@ pub(crate) fn open_in_dir(
         }
     }
     let again = TargetDir {
-        fd: dir.fd.try_clone().map_err(|e| Error::target(&dir.path, e))?,
+        fd: dir
+            .fd
+            .try_clone()
+            .map_err(|e| Error::target(&dir.path, e))?,
         path: dir.path.clone(),
     };
     create_file(again, OsStr::new(name), size, opts)
@@ -234,8 +237,7 @@ fn trusted_link(path: &Path, link: &std::fs::Metadata) -> bool {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let dir_ok = std::fs::metadata(parent)
-        .is_ok_and(|d| ours(d.uid()) && d.mode() & 0o022 == 0);
+    let dir_ok = std::fs::metadata(parent).is_ok_and(|d| ours(d.uid()) && d.mode() & 0o022 == 0);
     ours(link.uid()) && dir_ok
 }
 
@@ -312,7 +314,10 @@ mod tests {
             open_in_dir(&td, "vda.raw", 4, TargetOptions::default()),
             Err(Error::TargetExists { .. })
         ));
-        let force = TargetOptions { force: true, mode: 0o600 };
+        let force = TargetOptions {
+            force: true,
+            mode: 0o600,
+        };
         let (mut t, f) = open_in_dir(&td, "vda.raw", 4, force).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, b"new!", 0).unwrap();
         t.commit().unwrap();
@@ -344,7 +349,10 @@ mod tests {
     fn modes_are_exact_whatever_the_umask() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("disk.raw");
-        let opts = TargetOptions { force: false, mode: 0o640 };
+        let opts = TargetOptions {
+            force: false,
+            mode: 0o640,
+        };
         let (mut t, _f) = open_path(&p, 1, opts).unwrap();
         t.commit().unwrap();
         let m = std::fs::metadata(&p).unwrap();

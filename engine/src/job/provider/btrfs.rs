@@ -70,7 +70,11 @@ impl Provider for Btrfs {
     }
     fn release(&mut self) -> Result<(), String> {
         match self.snapshot.take() {
-            Some(s) => tool("btrfs", &["subvolume".as_ref(), "delete".as_ref(), s.as_os_str()]).map(drop),
+            Some(s) => tool(
+                "btrfs",
+                &["subvolume".as_ref(), "delete".as_ref(), s.as_os_str()],
+            )
+            .map(drop),
             None => Ok(()),
         }
     }
@@ -80,7 +84,11 @@ impl Provider for Btrfs {
             problems.push(p);
         } else if let Err(e) = tool(
             "btrfs",
-            &["subvolume".as_ref(), "show".as_ref(), self.subvolume().as_os_str()],
+            &[
+                "subvolume".as_ref(),
+                "show".as_ref(),
+                self.subvolume().as_os_str(),
+            ],
         ) {
             problems.push(format!(
                 "{} is not a btrfs subvolume: {e}",

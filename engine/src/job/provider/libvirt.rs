@@ -74,7 +74,10 @@ impl Virsh {
     }
 
     fn state(&self, domain: &str) -> Result<String, String> {
-        Ok(self.run(&["domstate", "--domain", domain])?.trim().to_string())
+        Ok(self
+            .run(&["domstate", "--domain", domain])?
+            .trim()
+            .to_string())
     }
 
     fn live_xml(&self, domain: &str) -> Result<DomainXml, String> {
@@ -317,9 +320,13 @@ impl Libvirt {
     }
 
     fn gather_meta(&mut self, xml: &DomainXml) -> Result<(), String> {
-        let definition =
-            self.virsh
-                .run(&["dumpxml", "--inactive", "--security-info", "--domain", &self.domain])?;
+        let definition = self.virsh.run(&[
+            "dumpxml",
+            "--inactive",
+            "--security-info",
+            "--domain",
+            &self.domain,
+        ])?;
         self.meta.push(MetaInput {
             name: "domain.xml".into(),
             content: MetaContent::Bytes {
@@ -408,9 +415,14 @@ impl Libvirt {
             ])
             .map_err(|e| {
                 // A job that failed may linger; abort it so the disk is usable again.
-                let _ = self
-                    .virsh
-                    .run(&["blockjob", "--domain", &self.domain, "--path", target, "--abort"]);
+                let _ = self.virsh.run(&[
+                    "blockjob",
+                    "--domain",
+                    &self.domain,
+                    "--path",
+                    target,
+                    "--abort",
+                ]);
                 format!("{e}: {by_hand}")
             })?;
         let after = self.virsh.live_xml(&self.domain)?;

@@ -35,7 +35,7 @@ fn lvs(args: &[&str]) -> Result<String, String> {
 fn volume(label: &str, source: &std::path::Path) -> Result<(String, String), String> {
     let path = source.to_string_lossy();
     let id = lvs(&["--separator", ",", "-o", "vg_name,lv_name", &path])
-    .map_err(|e| format!("disk {label}: {e}"))?;
+        .map_err(|e| format!("disk {label}: {e}"))?;
     match id.split_once(',') {
         Some((vg, lv)) => Ok((vg.to_string(), lv.to_string())),
         None => Err(format!(
@@ -69,7 +69,15 @@ impl Lvm {
         for (vg, need) in wanted {
             let free = tool(
                 "vgs",
-                &["--noheadings", "--units", "b", "--nosuffix", "-o", "vg_free", &vg],
+                &[
+                    "--noheadings",
+                    "--units",
+                    "b",
+                    "--nosuffix",
+                    "-o",
+                    "vg_free",
+                    &vg,
+                ],
             )
             .and_then(|out| {
                 out.trim()

@@ -144,7 +144,10 @@ pub fn output_of(cmd: &mut Command, shown: &str) -> Result<String, String> {
 /// broke out of `sh -c '...'`).
 pub fn tool<S: AsRef<std::ffi::OsStr>>(prog: &str, args: &[S]) -> Result<String, String> {
     let shown = std::iter::once(prog.to_string())
-        .chain(args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()))
+        .chain(
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned()),
+        )
         .collect::<Vec<_>>()
         .join(" ");
     output_of(Command::new(prog).args(args), &shown)
