@@ -337,7 +337,12 @@ pub fn back_up_one(
     let (done_tx, done_rx) = bounded::<Done>(workers * CHUNKS_PER_WORKER);
 
     std::thread::scope(|s| {
-        let reader = s.spawn(move || read_stage(source.as_mut(), piece_tx, pool_rx, cancel));
+        let reader = s.spawn(move || -> Result<u64> {
+            let read = read_stage(source.as_mut(), piece_tx, pool_rx, cancel)?;
+            // Every read is done: a source that moved meanwhile is no snapshot (issue 12).
+            source.check_unchanged()?;
+            Ok(read)
+        });
         let cutter = s.spawn(move || cut_stage(Cutter::new(params), piece_rx, pool_tx, work_tx));
         let hashers: Vec<_> = (0..workers)
             .map(|_| {

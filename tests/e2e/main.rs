@@ -16,5 +16,6 @@ mod libvirt;
 mod mount;
 mod nbd;
 mod prune;
+mod reliability;
 mod verify;
 mod xva;

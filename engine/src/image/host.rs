@@ -20,9 +20,16 @@ pub struct HostFile {
     direct_align: AtomicU64,
     len_bytes: u64,
     identity: (u64, u64),
+    /// The file as it was opened, checked again once the disk has been read.
+    stamp: crate::source::FileStamp,
 }
 
 impl HostFile {
+    /// Fails when the file changed since it was opened (see [`crate::source::FileStamp`]).
+    pub fn check_unchanged(&self) -> Result<(), crate::source::SourceError> {
+        self.stamp.check(&self.file, &self.path)
+    }
+
     /// Opens `path`, which must be a regular file or a block device.
     pub fn open(path: &Path, direct: bool) -> Result<Self, ImageError> {
         let io = ImageError::io(path);
@@ -50,6 +57,7 @@ impl HostFile {
         } else {
             None
         };
+        let stamp = crate::source::FileStamp::of(&file).map_err(&io)?;
         Ok(HostFile {
             path: path.into(),
             file,
@@ -57,6 +65,7 @@ impl HostFile {
             direct_align: AtomicU64::new(512),
             len_bytes,
             identity: (meta.dev(), meta.ino()),
+            stamp,
         })
     }
 

@@ -653,6 +653,17 @@ impl DiskSource for Image {
     fn clone_reader(&self) -> Option<Box<dyn DiskSource>> {
         Some(Box::new(self.try_clone()))
     }
+
+    fn check_unchanged(&self) -> Result<(), SourceError> {
+        // Every file of the chain: the image, its data files and extents, its backings.
+        for f in self.files.iter() {
+            f.check_unchanged()?;
+        }
+        match &self.backing {
+            Some(b) => b.check_unchanged(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Big-endian and little-endian field readers over a header buffer whose length the

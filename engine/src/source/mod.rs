@@ -7,10 +7,12 @@
 mod aligned;
 pub mod detect;
 mod raw;
+mod stamp;
 mod stream;
 
 use std::path::PathBuf;
 
+pub use stamp::FileStamp;
 pub use aligned::{AlignedBuf, DIRECT_ALIGN};
 pub use raw::RawSource;
 pub use stream::StreamSource;
@@ -28,6 +30,8 @@ pub enum SourceError {
     NotADisk { path: PathBuf },
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error("{path} changed while it was read ({what}); no snapshot was written: back up a snapshot (LVM, ZFS, btrfs, a stopped VM), not a disk in use")]
+    Changed { path: PathBuf, what: String },
     #[error("{path}: the source shrank while it was read (expected {expected} bytes, got {got})")]
     Shrank {
         path: PathBuf,
@@ -84,6 +88,13 @@ pub trait DiskSource: Send {
     /// (files and devices do; streams do not).
     fn clone_reader(&self) -> Option<Box<dyn DiskSource>> {
         None
+    }
+    /// Called once every read of the disk is done: fails with [`SourceError::Changed`]
+    /// when a file it read from changed meanwhile (size, identity, modification or
+    /// status-change time), so a disk that moved under the backup is never saved as if
+    /// it had not. Streams have nothing to re-check.
+    fn check_unchanged(&self) -> Result<(), SourceError> {
+        Ok(())
     }
 }
 

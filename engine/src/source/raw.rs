@@ -23,6 +23,8 @@ pub struct RawSource {
     seek_data: bool,
     /// Bounce buffer for O_DIRECT reads into unaligned caller buffers.
     bounce: Option<AlignedBuf>,
+    /// The file as it was opened, checked again once it has been read.
+    stamp: super::FileStamp,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> SourceError + '_ {
@@ -64,6 +66,7 @@ impl RawSource {
         } else {
             meta.len()
         };
+        let stamp = super::FileStamp::of(&file).map_err(io(path))?;
         Ok(RawSource {
             path: path.into(),
             file,
@@ -71,6 +74,7 @@ impl RawSource {
             direct,
             seek_data: ft.is_file(),
             bounce: None,
+            stamp,
         })
     }
 
@@ -103,7 +107,12 @@ impl DiskSource for RawSource {
             direct: self.direct,
             seek_data: self.seek_data,
             bounce: None,
+            stamp: self.stamp,
         }))
+    }
+
+    fn check_unchanged(&self) -> Result<(), SourceError> {
+        self.stamp.check(&self.file, &self.path)
     }
 
     fn size_bytes(&self) -> Option<u64> {

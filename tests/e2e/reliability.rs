@@ -1,0 +1,59 @@
+//! Issue 12: never a wrong snapshot with exit 0.
+
+use crate::helpers::*;
+
+/// A sparse image truncated to half while it is backed up: the backup either read it
+/// wholly before or wholly after the truncation, or fails saying the source changed; it
+/// never saves the first half followed by zeros at the original size.
+#[test]
+fn a_source_that_shrinks_during_the_backup_is_never_a_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = new_repo(dir, &[]);
+    let original = dir.join("original.img");
+    // Data spread over the disk, so the second half holds data too.
+    sh(&format!(
+        "set -e; truncate -s 2G '{o}'
+         for i in 0 1 2 3 4 5 6 7; do head -c 40M /dev/urandom | dd of='{o}' bs=1M seek=$((i*256)) conv=notrunc,sparse status=none; done",
+        o = p(&original)
+    ));
+    let want = sha256(&original);
+    // The disk as it is after the truncation: what a backup that started late saves.
+    let half = dir.join("half.img");
+    sh(&format!("cp --sparse=always '{}' '{}' && truncate -s 1G '{1}'", p(&original), p(&half)));
+    let want_half = sha256(&half);
+    std::fs::remove_file(&half).unwrap();
+    let mut changed = 0;
+    for delay_ms in [50u64, 150, 300, 600, 1200] {
+        let img = dir.join("disk.img");
+        sh(&format!("cp --sparse=always '{}' '{}'", p(&original), p(&img)));
+        let mut child = dedisk()
+            .args(["backup", "--repo", p(&repo), "--name", "vm", "--workers", "1", "-q"])
+            .arg(format!("vda={}", p(&img)))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(1 << 30).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            let got = dir.join("got.raw");
+            let _ = std::fs::remove_file(&got);
+            ok(&["restore", "--repo", p(&repo), "latest", p(&got)]);
+            let got = sha256(&got);
+            assert!(
+                got == want || got == want_half,
+                "delay {delay_ms} ms: exit 0 with a disk that never existed"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(
+                err.contains("changed while it was read") || err.contains("shrank while it was read"),
+                "delay {delay_ms} ms: {err}"
+            );
+            changed += 1;
+        }
+    }
+    assert!(changed > 0, "no truncation landed during a backup; the test proves nothing");
+}
