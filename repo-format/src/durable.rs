@@ -39,9 +39,9 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
 pub fn write_atomic(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_dir.join(format!(
-        ".{}.{}.tmp",
+        "{}{}.tmp",
+        crate::lock::writer_tag(),
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
     ));
     {
         let mut f = OpenOptions::new()

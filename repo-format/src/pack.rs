@@ -129,7 +129,7 @@ impl PackWriter {
     /// Starts a pack at a fresh temporary path inside `tmp_dir`.
     pub fn create(tmp_dir: &Path) -> Result<Self> {
         let name = hex::encode(&crate::ids::random_bytes()?[..12]);
-        let tmp_path = tmp_dir.join(format!("pack-{name}.tmp"));
+        let tmp_path = tmp_dir.join(format!("{}pack-{name}.tmp", crate::lock::writer_tag()));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)

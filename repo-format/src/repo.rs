@@ -254,7 +254,7 @@ impl Repository {
                 .ok()
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .is_some_and(|age| age > STALE_TMP_AGE);
-            if old {
+            if old || crate::lock::writer_gone(&e.file_name().to_string_lossy()) {
                 log::info!("removing stale temporary file {}", e.path().display());
                 let _ = fs::remove_file(e.path());
             }
@@ -339,7 +339,7 @@ impl Repository {
     pub fn rebuild_index(&self) -> Result<IndexRepair> {
         let tmp = self
             .tmp_dir()
-            .join(format!("index-rebuild-{}.sqlite", std::process::id()));
+            .join(format!("{}index-rebuild.sqlite", crate::lock::writer_tag()));
         for suffix in ["", "-wal", "-shm"] {
             let _ = fs::remove_file(format!("{}{suffix}", tmp.display()));
         }

@@ -57,3 +57,38 @@ fn a_source_that_shrinks_during_the_backup_is_never_a_snapshot() {
     }
     assert!(changed > 0, "no truncation landed during a backup; the test proves nothing");
 }
+
+/// A backup killed with SIGKILL leaves its temporary pack; the next command that opens
+/// the repository removes it at once (its writer is provably gone), not after an hour.
+#[test]
+fn a_killed_writers_temporary_files_are_removed_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = new_repo(dir, &[]);
+    let img = random_image(dir, "disk.img", 200 << 20, 256 << 20);
+    let tmp_files = || std::fs::read_dir(repo.join("tmp")).unwrap().count();
+    let mut seen = false;
+    for delay_ms in [100u64, 200, 400, 800] {
+        let mut child = dedisk()
+            .args(["backup", "--repo", p(&repo), "--name", "vm", "--workers", "1", "-q", p(&img)])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if tmp_files() > 0 {
+            seen = true;
+            ok(&["snapshots", "--repo", p(&repo)]);
+            assert_eq!(tmp_files(), 0, "the killed backup's temporary files are gone");
+        }
+    }
+    assert!(seen, "no kill left a temporary file; the test proves nothing");
+    // A live writer's temporary files are left alone: a backup running beside.
+    let mut child = dedisk()
+        .args(["backup", "--repo", p(&repo), "--name", "vm", "--workers", "1", "-q", p(&img)])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ok(&["snapshots", "--repo", p(&repo)]);
+    assert!(child.wait().unwrap().success(), "the running backup was not disturbed");
+}
