@@ -83,6 +83,26 @@ impl Error {
         }
     }
 
+    /// True when the index file itself is damaged or not an index of this version:
+    /// rebuilding it from the packs is the cure (it is only a cache of their TOCs).
+    pub fn is_broken_index(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        match self {
+            Error::Index { source, .. } => match source {
+                rusqlite::Error::SqliteFailure(e, _) => {
+                    matches!(e.code, DatabaseCorrupt | NotADatabase)
+                }
+                // Our own schema check, and rows that do not decode.
+                rusqlite::Error::InvalidParameterName(_)
+                | rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..) => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// True when the error means stored data is damaged (as opposed to an operational failure).
     pub fn is_corruption(&self) -> bool {
         matches!(

@@ -61,9 +61,27 @@ pub struct IndexTotals {
 pub struct Index {
     conn: Connection,
     path: PathBuf,
+    /// The file's (device, inode) when this connection opened it.
+    file_id: Option<(u64, u64)>,
+}
+
+/// (device, inode) of an index file, to tell whether it was replaced since.
+pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Index {
+    /// The file this connection reads (for a file index).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's (device, inode) when this connection opened it.
+    pub fn file_id(&self) -> Option<(u64, u64)> {
+        self.file_id
+    }
+
     fn err(&self, source: rusqlite::Error) -> Error {
         Error::Index {
             path: self.path.clone(),
@@ -87,6 +105,7 @@ impl Index {
         let idx = Index {
             conn,
             path: path.into(),
+            file_id: file_id(path),
         };
         idx.check_version()?;
         // A query proves the WAL, if any, could be read: opening alone is lazy.
@@ -112,7 +131,11 @@ impl Index {
         )
         .map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(wrap)?;
-        let idx = Index { conn, path };
+        let idx = Index {
+            conn,
+            path,
+            file_id: None,
+        };
         let tables: i64 = idx
             .conn
             .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
@@ -181,6 +204,7 @@ impl Index {
         let idx = Index {
             conn,
             path: path.into(),
+            file_id: file_id(path),
         };
         if version == 0 {
             let tables: i64 = idx

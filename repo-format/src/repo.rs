@@ -64,6 +64,9 @@ pub struct Repository {
     root: PathBuf,
     config: RepoConfig,
     index_mode: IndexMode,
+    /// Serialises [`Repository::recover_index`] within the process, and holds the
+    /// in-memory index a read-only repository falls back to when its file is damaged.
+    recovery: std::sync::Mutex<Option<(String, Index)>>,
     /// What `open` did to the index (for logging at the CLI edge).
     pub index_repair: IndexRepair,
 }
@@ -96,6 +99,7 @@ impl Repository {
             root: root.into(),
             config,
             index_mode: IndexMode::ReadWrite,
+            recovery: Default::default(),
             index_repair: IndexRepair::default(),
         })
     }
@@ -115,6 +119,7 @@ impl Repository {
             root: root.into(),
             config,
             index_mode: IndexMode::ReadWrite,
+            recovery: Default::default(),
             index_repair: IndexRepair::default(),
         };
         if !writable(root) || (repo.index_path().exists() && !writable(&repo.index_path())) {
@@ -129,19 +134,50 @@ impl Repository {
             }
         }
         repo.clean_stale_tmp();
-        repo.index_repair = match repo.index() {
-            Ok(mut idx) => repo.reconcile(&mut idx)?,
-            Err(e @ Error::Index { .. }) => {
-                // A missing index is routine (deleted to save space, lost with a disk);
-                // callers report `index_repair.rebuilt`. An unreadable one is worth a log.
-                if repo.index_path().exists() {
-                    log::warn!("{e}; rebuilding the index from the packs");
-                }
+        let opened = repo.index().and_then(|mut idx| repo.reconcile(&mut idx));
+        repo.index_repair = match opened {
+            Ok(r) => r,
+            // A missing index is routine (deleted to save space, lost with a disk);
+            // callers report `index_repair.rebuilt`.
+            Err(Error::Index { .. }) if !repo.index_path().exists() => repo.rebuild_index()?,
+            // A damaged one (issue 12: one overwritten page made every command fail) is
+            // set aside for inspection and rebuilt from the packs.
+            Err(e) if e.is_broken_index() => {
+                let aside = repo.set_index_aside()?;
+                log::warn!("{e}; the index was moved to {} and is rebuilt from the packs", aside.display());
                 repo.rebuild_index()?
+            }
+            // Anything else (a full filesystem, an I/O error) says nothing about the index:
+            // read without writing rather than fail (issue 12, case 4).
+            Err(e @ Error::Index { .. }) => {
+                log::warn!("{e}; reading the repository without writing its index");
+                repo.open_read_only()?;
+                repo.index_repair
             }
             Err(e) => return Err(e),
         };
         Ok(repo)
+    }
+
+    /// Moves a damaged index (and its -wal, -shm) to `index-broken-<unix time>.sqlite`
+    /// beside it, for inspection; returns where.
+    pub fn set_index_aside(&self) -> Result<PathBuf> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let aside = self.root.join(format!(
+            "index-broken-{}.{:09}.sqlite",
+            now.as_secs(),
+            now.subsec_nanos()
+        ));
+        let live = self.index_path();
+        for suffix in ["", "-wal", "-shm"] {
+            let from = PathBuf::from(format!("{}{suffix}", live.display()));
+            if from.exists() {
+                fs::rename(&from, format!("{}{suffix}", aside.display())).at(&from)?;
+            }
+        }
+        Ok(aside)
     }
 
     /// Uses the index file read-only if it agrees with the packs, else an index rebuilt
@@ -220,8 +256,49 @@ impl Repository {
         self.root.join(INDEX_FILE)
     }
 
+    /// Called by a reader whose index connection `broken` met a damaged index (one
+    /// page overwritten passes opening and fails at the first lookup that touches it):
+    /// the file is set aside and rebuilt from the packs, unless another thread or process
+    /// already replaced it; a repository that cannot be written gets an index rebuilt in
+    /// memory instead. Afterwards [`Repository::index`] connects to the new one.
+    pub fn recover_index(&self, broken: &Index, why: &Error) -> Result<()> {
+        let mut fallback = self.recovery.lock().map_err(|_| Error::Index {
+            path: self.index_path(),
+            source: rusqlite::Error::InvalidQuery,
+        })?;
+        if fallback.is_some() {
+            return Ok(());
+        }
+        let live = self.index_path();
+        let same_file = broken.path() == live
+            && crate::index::file_id(&live).is_some()
+            && crate::index::file_id(&live) == broken.file_id();
+        if !same_file {
+            return Ok(()); // replaced since this connection opened it
+        }
+        if self.is_writable() {
+            let aside = self.set_index_aside()?;
+            log::warn!("{why}; the index was moved to {} and is rebuilt from the packs", aside.display());
+            self.rebuild_index()?;
+        } else {
+            log::warn!("{why}; reading the packs' tables into memory instead");
+            let name = format!("dedisk-{}", hex::encode(&crate::ids::random_bytes()?[..8]));
+            let mut idx = Index::open_memory(&name)?;
+            for (id, path) in self.list_packs()? {
+                self.index_pack(&mut idx, &id, &path)?;
+            }
+            *fallback = Some((name, idx));
+        }
+        Ok(())
+    }
+
     /// A new connection to the index (one per thread).
     pub fn index(&self) -> Result<Index> {
+        if let Ok(guard) = self.recovery.lock() {
+            if let Some((name, _)) = guard.as_ref() {
+                return Index::open_memory(name);
+            }
+        }
         match &self.index_mode {
             IndexMode::ReadWrite => {}
             IndexMode::ReadOnly => return Index::open_read_only(&self.index_path()),
@@ -347,14 +424,21 @@ impl Repository {
             rebuilt: true,
             ..Default::default()
         };
-        {
+        let built = (|| -> Result<()> {
             let mut idx = Index::open(&tmp)?;
             for (id, path) in self.list_packs()? {
                 if self.index_pack(&mut idx, &id, &path)? {
                     r.packs_added += 1;
                 }
             }
-            idx.checkpoint()?;
+            idx.checkpoint()
+        })();
+        if let Err(e) = built {
+            // A failed rebuild (a full disk) leaves nothing behind.
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = fs::remove_file(format!("{}{suffix}", tmp.display()));
+            }
+            return Err(e);
         }
         let live = self.index_path();
         for suffix in ["-wal", "-shm"] {
@@ -449,9 +533,42 @@ impl<'r> BlobReader<'r> {
         })
     }
 
-    /// Where blob `id` is stored.
-    pub fn locate(&self, id: &BlobId) -> Result<BlobLocation> {
-        self.index.lookup(id)?.ok_or(Error::MissingBlob(*id))
+    /// Where blob `id` is stored. A damaged index is recovered once and the lookup
+    /// retried (issue 12): it is a cache of the packs' TOCs, never the only copy.
+    pub fn locate(&mut self, id: &BlobId) -> Result<BlobLocation> {
+        match self.index.lookup(id) {
+            Ok(found) => found.ok_or(Error::MissingBlob(*id)),
+            Err(e) => {
+                // Damaged, or moved aside by another reader's recovery since this
+                // connection opened it (any error then): recover (or wait for the
+                // recovery under way), reconnect, retry once.
+                let live = crate::index::file_id(&self.repo.index_path());
+                let moved = self.index.file_id().is_some() && live != self.index.file_id();
+                if !(e.is_broken_index() || moved) {
+                    return Err(e);
+                }
+                self.repo.recover_index(&self.index, &e)?;
+                // A connection opened in the instant the file is swapped may still see
+                // the old one: reconnect a few times before giving up.
+                let mut last = e;
+                for _ in 0..3 {
+                    self.index = match self.repo.index() {
+                        Ok(i) => i,
+                        Err(e) => {
+                            last = e;
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                    };
+                    match self.index.lookup(id) {
+                        Ok(found) => return found.ok_or(Error::MissingBlob(*id)),
+                        Err(e) => last = e,
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(last)
+            }
+        }
     }
 
     fn pack_file(&mut self, pack: PackId) -> Result<&File> {
