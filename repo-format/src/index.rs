@@ -343,6 +343,40 @@ impl Index {
         self.add_pack_with(pack, len_bytes, entries, "INSERT OR REPLACE")
     }
 
+    /// Every row that places a blob in `pack`, as the TOC entry it claims to be.
+    /// Rows that do not decode come back as `Error::Index` (a damaged index).
+    pub fn rows_of_pack(&self, pack: &PackId) -> Result<Vec<TocEntry>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT b.id, b.offset, b.stored_len, b.raw_len, b.kind, b.compression
+                 FROM blobs b JOIN packs p ON p.num = b.pack WHERE p.id = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([&pack.0[..]]).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        let bad = |what: &str| {
+            self.err(rusqlite::Error::InvalidParameterName(format!(
+                "a row of pack {} has an invalid {what}",
+                pack.short()
+            )))
+        };
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let get = |i| r.get::<_, i64>(i).map_err(|e| self.err(e));
+            let id: Vec<u8> = r.get(0).map_err(|e| self.err(e))?;
+            out.push(TocEntry {
+                id: BlobId::from_slice(&id).ok_or_else(|| bad("blob id"))?,
+                kind: BlobKind::from_u8(get(4)? as u8).ok_or_else(|| bad("kind"))?,
+                compression: Compression::from_u8(get(5)? as u8)
+                    .ok_or_else(|| bad("compression"))?,
+                stored_len: u32::try_from(get(2)?).map_err(|_| bad("length"))?,
+                raw_len: u32::try_from(get(3)?).map_err(|_| bad("length"))?,
+                offset: u64::try_from(get(1)?).map_err(|_| bad("offset"))?,
+            });
+        }
+        Ok(out)
+    }
+
     /// Every indexed blob, grouped by the pack it is indexed at: (id, stored bytes).
     pub fn blobs_by_pack(&self) -> Result<HashMap<PackId, Vec<(BlobId, u64)>>> {
         let wrap = |source| Error::Index {

@@ -32,7 +32,7 @@ pub const FOOTER_LEN: u64 = 56;
 pub const MAX_PACK_ENTRIES: u32 = 1 << 20;
 
 /// One TOC entry: where a blob sits in its pack and how to decode it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TocEntry {
     pub id: BlobId,
     pub kind: BlobKind,

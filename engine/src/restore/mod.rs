@@ -353,6 +353,6 @@ fn fetch(
         None => reader.locate(id).map_err(|e| Box::new((None, e)))?,
     };
     reader
-        .read_at(&loc)
+        .read_located(&loc)
         .map_err(|e| Box::new((Some(loc.pack), e)))
 }
