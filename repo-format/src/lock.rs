@@ -3,8 +3,8 @@
 //! When a lock is stale (issue 11: `unlock` used to remove live processes' locks, and a
 //! backup beside the prune it unlocked then lost data):
 //! - same host: the pid is not alive, or it is alive but is another process (its start
-//!   time differs from the one recorded, or, for locks that record none, it is not a
-//!   dedisk process);
+//!   time differs from the one recorded, or, for locks that record none, its command
+//!   name is not dedisk's);
 //! - any host: the holder has not refreshed the file's modification time for
 //!   [`STALE_LOCK_AGE`] (holders refresh it every [`REFRESH_EVERY`]).
 //!
@@ -171,10 +171,15 @@ pub fn process_start(pid: u32) -> Option<u64> {
 /// Whether a live `pid` is provably not a dedisk process (for locks that record no start
 /// time). Unknown (another user's process, read without privileges) is not proof.
 fn is_not_dedisk(pid: u32) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .is_some_and(|n| !n.starts_with("dedisk"))
+    // The command name in /proc/PID/stat is readable for every process (the exe link is
+    // not, without privileges); a dedisk process's is `dedisk`.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    match (stat.find('('), stat.rfind(')')) {
+        (Some(a), Some(b)) if a < b => !stat[a + 1..b].starts_with("dedisk"),
+        _ => false,
+    }
 }
 
 /// The prefix of every temporary file this process writes in a repository's `tmp/`:
