@@ -110,6 +110,15 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
+    if !repo.is_writable() {
+        // Opened for reading only (read-only filesystem or permissions, a full disk, an
+        // index that could not be opened for writing): no lock was taken, so writing
+        // beside a prune could lose data.
+        return Err(Error::Usage(format!(
+            "repository {} cannot be written by this process now (read-only, full, or its index could not be opened for writing; see the warnings above)",
+            repo.root().display()
+        )));
+    }
     if opts.name.trim().is_empty() {
         return Err(Error::Usage("a snapshot needs a VM name (--name)".into()));
     }

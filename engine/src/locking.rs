@@ -48,7 +48,26 @@ pub fn lock(
                 cancel.check()?;
                 std::thread::sleep(Duration::from_millis(500));
             }
+            // A lock file that cannot be written (a full filesystem, a read-only one met
+            // after opening): readers go on without one, as on a read-only repository.
+            Err(repo_format::Error::Io { path, source })
+                if kind == LockKind::Shared && cannot_write(&source) =>
+            {
+                log::warn!(
+                    "cannot write a lock in {} ({source}): reading without a lock",
+                    path.display()
+                );
+                return Ok(RepoLock::read_only());
+            }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Errors that mean "this filesystem takes no new file", not "something is wrong".
+fn cannot_write(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EROFS | libc::EACCES | libc::EPERM | libc::EDQUOT)
+    )
 }

@@ -139,13 +139,16 @@ impl Repository {
             Ok(r) => r,
             // A missing index is routine (deleted to save space, lost with a disk);
             // callers report `index_repair.rebuilt`.
-            Err(Error::Index { .. }) if !repo.index_path().exists() => repo.rebuild_index()?,
+            Err(Error::Index { .. }) if !repo.index_path().exists() => repo.rebuild_or_read()?,
             // A damaged one (issue 12: one overwritten page made every command fail) is
             // set aside for inspection and rebuilt from the packs.
             Err(e) if e.is_broken_index() => {
                 let aside = repo.set_index_aside()?;
-                log::warn!("{e}; the index was moved to {} and is rebuilt from the packs", aside.display());
-                repo.rebuild_index()?
+                log::warn!(
+                    "{e}; the index was moved to {} and is rebuilt from the packs",
+                    aside.display()
+                );
+                repo.rebuild_or_read()?
             }
             // Anything else (a full filesystem, an I/O error) says nothing about the index:
             // read without writing rather than fail (issue 12, case 4).
@@ -157,6 +160,19 @@ impl Repository {
             Err(e) => return Err(e),
         };
         Ok(repo)
+    }
+
+    /// Rebuilds the index file; where that cannot be written (a full filesystem), reads
+    /// the packs' tables into memory instead, so reading still works (issue 12, case 4).
+    fn rebuild_or_read(&mut self) -> Result<IndexRepair> {
+        match self.rebuild_index() {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                log::warn!("{e}; rebuilding the index file failed: keeping the index in memory");
+                self.open_read_only()?;
+                Ok(self.index_repair)
+            }
+        }
     }
 
     /// Moves a damaged index (and its -wal, -shm) to `index-broken-<unix time>.sqlite`

@@ -168,3 +168,56 @@ fn wrong_index_rows_are_found_by_verify_and_do_not_break_restores() {
         ok(&["verify", "--repo", p(&repo), "--read-data"]);
     }
 }
+
+/// A repository on a full filesystem can still be listed, restored and verified (an
+/// index that cannot be written is used read-only or kept in memory), and nothing is
+/// left in its tmp/.
+#[test]
+fn a_full_repository_filesystem_can_still_be_read() {
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let fs = dir.join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    sh(&format!("mount -t tmpfs -o size=24m tmpfs '{}'", p(&fs)));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(fs.clone());
+    let repo = new_repo(&fs, &[]);
+    let img = random_image(dir, "disk.img", 3 << 20, 8 << 20);
+    ok(&["backup", "--repo", p(&repo), "--name", "vm", "-q", p(&img)]);
+    // Fill the filesystem to the last byte.
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", p(&fs.join("filler"))), "bs=64k"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    for (what, index_there) in [("with its index", true), ("without an index file", false)] {
+        if !index_there {
+            std::fs::remove_file(repo.join("index.sqlite")).unwrap();
+            // Its space goes to the filler too.
+            let _ = std::process::Command::new("dd")
+                .args(["if=/dev/zero", &format!("of={}", p(&fs.join("filler2"))), "bs=4k"])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let out = run(&["snapshots", "--repo", p(&repo)]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        let got = dir.join("got.raw");
+        let _ = std::fs::remove_file(&got);
+        let out = run(&["restore", "--repo", p(&repo), "latest", p(&got)]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(sha256(&got), sha256(&img), "{what}");
+        let out = run(&["verify", "--repo", p(&repo), "--read-data"]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read_dir(repo.join("tmp")).unwrap().count(), 0, "{what}: tmp/ is empty");
+    }
+    // A backup is refused with one clear line, not started without a lock.
+    let err = fails(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)], 1, "cannot be written");
+    assert!(err.contains("no snapshot was written"), "{err}");
+}
