@@ -35,4 +35,17 @@ XML
 head -c 1048576 /dev/zero | tr '\0' 'x' > "$tmp/x/Ref:5/00000000"
 sha1sum < "$tmp/x/Ref:5/00000000" | cut -c1-40 > "$tmp/x/Ref:5/00000000.checksum"
 (cd "$tmp/x" && tar --format=ustar -cf "$here/corpus/xva/one.xva" ova.xml Ref:5/00000000 Ref:5/00000000.checksum)
+# Partition tables made by sfdisk: a GPT with two partitions, an MBR with an extended
+# partition holding two logical ones (tiny sizes, so the EBR chain sits in the first
+# 32 KiB). Each seed is an 8-byte claimed extra size, then the disk's first bytes.
+mkdir -p "$here/corpus/partitions"
+truncate -s 64M "$tmp/gpt.img"
+printf 'label: gpt\nstart=2048, size=20480\nstart=22528, size=20480\n' | sfdisk -q "$tmp/gpt.img"
+truncate -s 1M "$tmp/dos.img"
+printf 'label: dos\nstart=8, size=16, type=83\nstart=32, size=200, type=5\nstart=40, size=16, type=83\nstart=64, size=16, type=83\n' | sfdisk -q "$tmp/dos.img"
+for t in gpt:65536 dos:32768; do
+  name=${t%%:*} keep=${t##*:}
+  size=$(stat -c %s "$tmp/$name.img")
+  { python3 -c "import struct,sys; sys.stdout.buffer.write(struct.pack('<Q', $size - $keep))"; head -c "$keep" "$tmp/$name.img"; } > "$here/corpus/partitions/$name"
+done
 echo "seeded $(find "$here/corpus" -type f | wc -l) files under $here/corpus"

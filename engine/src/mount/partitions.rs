@@ -96,7 +96,7 @@ fn logical(
         };
         let (start, n) = (field(446 + 8), field(446 + 12));
         if b[446 + 4] != 0 && n > 0 {
-            let offset = (ebr + start) * SECTOR;
+            let offset = ebr.saturating_add(start).saturating_mul(SECTOR);
             if offset < size {
                 out.push(Partition {
                     number,
@@ -109,7 +109,7 @@ fn logical(
         if b[462 + 4] == 0 || next == 0 {
             return;
         }
-        let following = base + next;
+        let following = base.saturating_add(next);
         if following <= ebr {
             return; // a loop or a chain going backwards
         }
@@ -151,7 +151,9 @@ fn gpt(
         if last < first || offset >= size {
             continue;
         }
-        let len = ((last - first + 1).saturating_mul(sector)).min(size - offset);
+        // A last LBA of u64::MAX (a forged entry) must not wrap: found by the fuzz target
+        // `partitions` (issue 11).
+        let len = (last - first).saturating_add(1).saturating_mul(sector).min(size - offset);
         out.push(Partition {
             number: i as u32 + 1,
             offset,
@@ -224,5 +226,32 @@ mod tests {
                 .map(<[u8]>::to_vec)
         };
         assert!(find(disk.len() as u64, &mut read).is_empty());
+    }
+
+    /// Issue 11, found by the `partitions` fuzz target: a GPT entry whose last LBA is
+    /// u64::MAX overflowed `last - first + 1` (a panic in debug builds, a wrapped length
+    /// in release ones).
+    #[test]
+    fn gpt_entry_ending_at_the_largest_lba_is_clipped_not_wrapped() {
+        let mut disk = vec![0u8; 64 << 10];
+        disk[510] = 0x55;
+        disk[511] = 0xaa;
+        mbr_entry(&mut disk, 446, 0xee, 1, u32::MAX);
+        let h = 512;
+        disk[h..h + 8].copy_from_slice(b"EFI PART");
+        disk[h + 72..h + 80].copy_from_slice(&2u64.to_le_bytes()); // entries at LBA 2
+        disk[h + 80..h + 84].copy_from_slice(&1u32.to_le_bytes());
+        disk[h + 84..h + 88].copy_from_slice(&128u32.to_le_bytes());
+        let e = 1024;
+        disk[e] = 1; // a non-zero type GUID
+        disk[e + 32..e + 40].copy_from_slice(&0u64.to_le_bytes());
+        disk[e + 40..e + 48].copy_from_slice(&u64::MAX.to_le_bytes());
+        let size = disk.len() as u64;
+        let mut read = |at: u64, n: usize| {
+            disk.get(at as usize..(at as usize + n).min(disk.len()))
+                .map(<[u8]>::to_vec)
+        };
+        let parts = find(size, &mut read);
+        assert_eq!(parts, vec![Partition { number: 1, offset: 0, len: size }]);
     }
 }
