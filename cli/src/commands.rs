@@ -45,12 +45,6 @@ pub fn open_repo(g: &Global, out: &mut Outcome) -> Result<Repository> {
             r.packs_added
         ));
     }
-    if r.packs_dropped > 0 {
-        out.warnings.push(format!(
-            "{} pack(s) listed in the index are missing on disk",
-            r.packs_dropped
-        ));
-    }
     Ok(repo)
 }
 
@@ -130,7 +124,7 @@ fn parse_disk(spec: &str) -> (String, String) {
 pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
-    let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "backup")?;
+    let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "backup", &mut out)?;
     let mut disks = Vec::new();
     let mut xva_meta = Vec::new();
     let mut stdin_used = false;
@@ -293,7 +287,7 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
 pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
-    let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "restore")?;
+    let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "restore", &mut out)?;
     let (spec, label) = split_label(&a.snapshot);
     let (id, snap) = resolve_snapshot(&repo, spec)?;
     let workers = a.workers.unwrap_or_else(engine::default_workers);
@@ -554,7 +548,7 @@ pub fn stats(g: &Global) -> Result<Outcome> {
 pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
-    let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "verify")?;
+    let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "verify", &mut out)?;
     let subset = match &a.subset {
         Some(text) => engine::verify::Subset::parse(text)?,
         None => engine::verify::Subset::All,
@@ -618,7 +612,7 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
 pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
-    let lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "forget")?;
+    let lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "forget", &mut out)?;
     let policy = engine::forget::Policy {
         last: a.keep_last,
         hourly: a.keep_hourly,
@@ -640,7 +634,7 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     if g.json {
         output::json(&json!({"type": "forget", "dry_run": a.dry_run, "decisions": decisions}));
         if a.prune {
-            crate::maintenance::run_prune(g, &repo, 10.0, a.dry_run)?;
+            crate::maintenance::run_prune(g, &repo, 10.0, a.dry_run, &mut out)?;
         }
         return Ok(out);
     }
@@ -669,7 +663,7 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
         }
     ));
     if a.prune {
-        crate::maintenance::run_prune(g, &repo, 10.0, a.dry_run)?;
+        crate::maintenance::run_prune(g, &repo, 10.0, a.dry_run, &mut out)?;
     }
     Ok(out)
 }
@@ -681,7 +675,14 @@ pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
             // Opening may itself rebuild a broken index; rebuild explicitly either way.
             let repo = Repository::open(path)
                 .with_context(|| format!("opening repository {}", path.display()))?;
-            let _lock = crate::maintenance::lock(g, &repo, LockKind::Exclusive, "repair index")?;
+            // The rebuild replaces every row: what the reconciliation drops says nothing.
+            let _lock = crate::maintenance::lock(
+                g,
+                &repo,
+                LockKind::Exclusive,
+                "repair index",
+                &mut Outcome::default(),
+            )?;
             let r = repo.rebuild_index().context("rebuilding the index")?;
             if g.json {
                 output::json(&json!({"type": "repair-index", "packs": r.packs_added}));
@@ -693,8 +694,13 @@ pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
         RepairWhat::Snapshots { read_data, dry_run } => {
             let mut out = Outcome::default();
             let repo = open_repo(g, &mut out)?;
-            let _lock =
-                crate::maintenance::lock(g, &repo, LockKind::Exclusive, "repair snapshots")?;
+            let _lock = crate::maintenance::lock(
+                g,
+                &repo,
+                LockKind::Exclusive,
+                "repair snapshots",
+                &mut out,
+            )?;
             let r = engine::repair::repair_snapshots(&repo, *read_data, *dry_run, &CANCEL)
                 .context("repairing snapshots")?;
             for u in &r.unreadable {

@@ -13,20 +13,41 @@ use crate::output::{self, bytes};
 
 /// Takes a repository lock, waiting up to `--lock-wait` seconds for a conflicting holder
 /// (a nightly backup should wait for a prune to finish, not fail).
-pub fn lock(g: &Global, repo: &Repository, kind: LockKind, command: &str) -> Result<RepoLock> {
-    engine::locking::lock(
+/// What the reconciliation under the lock found missing becomes a warning in `out`: it
+/// is true (no prune can be running), unlike what an unlocked open sees.
+pub fn lock(
+    g: &Global,
+    repo: &Repository,
+    kind: LockKind,
+    command: &str,
+    out: &mut Outcome,
+) -> Result<RepoLock> {
+    let (lock, r) = engine::locking::lock_reconciled(
         repo,
         kind,
         command,
         Duration::from_secs(g.lock_wait),
         &CANCEL,
     )
-    .context("locking the repository")
+    .context("locking the repository")?;
+    if r.packs_dropped > 0 {
+        out.warnings.push(format!(
+            "{} pack(s) listed in the index are missing on disk; run `dedisk verify`",
+            r.packs_dropped
+        ));
+    }
+    Ok(lock)
 }
 
 /// Runs a prune under an exclusive lock and prints what it reclaimed.
-pub fn run_prune(g: &Global, repo: &Repository, max_unused_pct: f64, dry_run: bool) -> Result<()> {
-    let lock = lock(g, repo, LockKind::Exclusive, "prune")?;
+pub fn run_prune(
+    g: &Global,
+    repo: &Repository,
+    max_unused_pct: f64,
+    dry_run: bool,
+    out: &mut Outcome,
+) -> Result<()> {
+    let lock = lock(g, repo, LockKind::Exclusive, "prune", out)?;
     let opts = engine::prune::PruneOptions {
         max_unused_pct,
         dry_run,
@@ -70,7 +91,7 @@ pub fn run_prune(g: &Global, repo: &Repository, max_unused_pct: f64, dry_run: bo
 pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
-    run_prune(g, &repo, a.max_unused, a.dry_run)?;
+    run_prune(g, &repo, a.max_unused, a.dry_run, &mut out)?;
     Ok(out)
 }
 

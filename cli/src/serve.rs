@@ -88,8 +88,13 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
     // The server threads read the repository for as long as the process lives.
     let repo: &'static Repository = Box::leak(Box::new(open_repo(g, &mut outcome)?));
     // Held while serving: a prune must not delete packs clients are reading.
-    let _lock =
-        crate::maintenance::lock(g, repo, repo_format::lock::LockKind::Shared, "serve-nbd")?;
+    let _lock = crate::maintenance::lock(
+        g,
+        repo,
+        repo_format::lock::LockKind::Shared,
+        "serve-nbd",
+        &mut outcome,
+    )?;
     let list = choose(repo, &a.exports)?;
     if list.is_empty() {
         anyhow::bail!("the repository holds no snapshot to export");
@@ -214,7 +219,13 @@ fn bind_unix(
 pub fn mount(g: &Global, a: &MountArgs) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let repo: &'static Repository = Box::leak(Box::new(open_repo(g, &mut outcome)?));
-    let _lock = crate::maintenance::lock(g, repo, repo_format::lock::LockKind::Shared, "mount")?;
+    let _lock = crate::maintenance::lock(
+        g,
+        repo,
+        repo_format::lock::LockKind::Shared,
+        "mount",
+        &mut outcome,
+    )?;
     let snapshot = match &a.snapshot {
         Some(spec) => Some(resolve_snapshot(repo, spec)?.0),
         None => None,

@@ -4,13 +4,15 @@
 use std::time::{Duration, Instant};
 
 use repo_format::lock::{LockKind, RepoLock};
-use repo_format::Repository;
+use repo_format::{IndexRepair, Repository};
 
 use crate::error::Result;
 
 /// Takes a `kind` lock for `command`, waiting up to `wait` (checking `cancel`) while
-/// another holder conflicts. Once held, the index is reconciled with the packs again:
-/// the reconciliation at open may have run while a prune was deleting packs.
+/// another holder conflicts. Once held, the index is reconciled with the packs: rows of
+/// packs that are gone are dropped only here, under the lock, where no prune can be
+/// deleting packs meanwhile (issue 12: a backup started right after a prune warned of
+/// missing packs that the prune had just removed).
 pub fn lock(
     repo: &Repository,
     kind: LockKind,
@@ -18,12 +20,23 @@ pub fn lock(
     wait: Duration,
     cancel: &crate::cancel::Cancel,
 ) -> Result<RepoLock> {
+    lock_reconciled(repo, kind, command, wait, cancel).map(|(l, _)| l)
+}
+
+/// [`lock`], also returning what the reconciliation under the lock did.
+pub fn lock_reconciled(
+    repo: &Repository,
+    kind: LockKind,
+    command: &str,
+    wait: Duration,
+    cancel: &crate::cancel::Cancel,
+) -> Result<(RepoLock, IndexRepair)> {
     if !repo.is_writable() {
         if kind == LockKind::Shared {
             log::warn!(
                 "the repository is read-only for this process: reading it without a lock (a prune run by its owner meanwhile would make reads fail, never return wrong data)"
             );
-            return Ok(RepoLock::read_only());
+            return Ok((RepoLock::read_only(), IndexRepair::default()));
         }
         return Err(repo_format::Error::io(
             repo.root(),
@@ -37,8 +50,8 @@ pub fn lock(
         match repo.lock(kind, command) {
             Ok(l) => {
                 let mut index = repo.index()?;
-                repo.reconcile(&mut index)?;
-                return Ok(l);
+                let r = repo.reconcile(&mut index)?;
+                return Ok((l, r));
             }
             Err(repo_format::Error::Locked { holder }) if started.elapsed() < wait => {
                 if !told {
@@ -57,7 +70,7 @@ pub fn lock(
                     "cannot write a lock in {} ({source}): reading without a lock",
                     path.display()
                 );
-                return Ok(RepoLock::read_only());
+                return Ok((RepoLock::read_only(), IndexRepair::default()));
             }
             Err(e) => return Err(e.into()),
         }

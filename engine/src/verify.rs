@@ -228,12 +228,20 @@ fn check_index_against_tocs(
         snapshot: None,
         disk: None,
         range: None,
-        what: format!("{what}; the index is a cache of the packs: `dedisk repair index` rebuilds it"),
+        what: format!(
+            "{what}; the index is a cache of the packs: `dedisk repair index` rebuilds it"
+        ),
     };
     for pack in indexed.iter().filter(|p| !on_disk.contains_key(p)) {
-        report.add(problem(format!("the index lists pack {}, which is not on disk", pack.short())));
+        report.add(problem(format!(
+            "the index lists pack {}, which is not on disk",
+            pack.short()
+        )));
     }
-    let mut packs: Vec<_> = on_disk.iter().filter(|(id, _)| indexed.contains(id)).collect();
+    let mut packs: Vec<_> = on_disk
+        .iter()
+        .filter(|(id, _)| indexed.contains(id))
+        .collect();
     packs.sort();
     for (pack, path) in packs {
         let toc = std::fs::File::open(path).and_then(|f| {

@@ -134,7 +134,10 @@ impl Repository {
             }
         }
         repo.clean_stale_tmp();
-        let opened = repo.index().and_then(|mut idx| repo.reconcile(&mut idx));
+        // Without a lock a prune may be deleting packs right now: only add what is new.
+        let opened = repo
+            .index()
+            .and_then(|mut idx| repo.reconcile_with(&mut idx, false));
         repo.index_repair = match opened {
             Ok(r) => r,
             // A missing index is routine (deleted to save space, lost with a disk);
@@ -294,7 +297,10 @@ impl Repository {
         }
         if self.is_writable() {
             let aside = self.set_index_aside()?;
-            log::warn!("{why}; the index was moved to {} and is rebuilt from the packs", aside.display());
+            log::warn!(
+                "{why}; the index was moved to {} and is rebuilt from the packs",
+                aside.display()
+            );
             self.rebuild_index()?;
         } else {
             log::warn!("{why}; reading the packs' tables into memory instead");
@@ -384,7 +390,12 @@ impl Repository {
     /// Reads one pack's TOC and adds it to the index. A damaged pack is skipped with a
     /// warning, so one bad pack never keeps the rest of the repository from opening.
     fn index_pack(&self, idx: &mut Index, id: &PackId, path: &Path) -> Result<bool> {
-        let file = File::open(path).at(path)?;
+        let file = match File::open(path) {
+            Ok(f) => f,
+            // Deleted since it was listed (a prune running beside an unlocked open).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(path, e)),
+        };
         let len = file.metadata().at(path)?.len();
         match read_toc(&file, len, &id.to_hex()) {
             Ok(entries) => {
@@ -403,6 +414,12 @@ impl Repository {
     /// A read-only repository's index was checked against the packs at open: nothing to
     /// write.
     pub fn reconcile(&self, idx: &mut Index) -> Result<IndexRepair> {
+        self.reconcile_with(idx, true)
+    }
+
+    /// [`Repository::reconcile`]; rows of vanished packs are dropped only when `drop_gone`
+    /// (the caller holds a lock, so no prune is deleting packs meanwhile).
+    pub fn reconcile_with(&self, idx: &mut Index, drop_gone: bool) -> Result<IndexRepair> {
         if !self.is_writable() {
             return Ok(IndexRepair::default());
         }
@@ -414,7 +431,10 @@ impl Repository {
                 r.packs_added += 1;
             }
         }
-        for id in known.iter().filter(|id| !on_disk.contains_key(id)) {
+        for id in known
+            .iter()
+            .filter(|id| drop_gone && !on_disk.contains_key(id))
+        {
             idx.remove_pack(id)?;
             r.packs_dropped += 1;
         }
@@ -634,10 +654,7 @@ impl<'r> BlobReader<'r> {
             Err(Error::MissingPack { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(&path, e))?
-            .len();
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         Ok(read_toc(file, len, &loc.pack.to_hex())
             .map(|toc| toc.contains(&loc.entry))
             .unwrap_or(true)) // a damaged TOC: the pack is damaged, not the index

@@ -20,21 +20,43 @@ fn a_source_that_shrinks_during_the_backup_is_never_a_snapshot() {
     let want = sha256(&original);
     // The disk as it is after the truncation: what a backup that started late saves.
     let half = dir.join("half.img");
-    sh(&format!("cp --sparse=always '{}' '{}' && truncate -s 1G '{1}'", p(&original), p(&half)));
+    sh(&format!(
+        "cp --sparse=always '{}' '{}' && truncate -s 1G '{1}'",
+        p(&original),
+        p(&half)
+    ));
     let want_half = sha256(&half);
     std::fs::remove_file(&half).unwrap();
     let mut changed = 0;
     for delay_ms in [50u64, 150, 300, 600, 1200] {
         let img = dir.join("disk.img");
-        sh(&format!("cp --sparse=always '{}' '{}'", p(&original), p(&img)));
+        sh(&format!(
+            "cp --sparse=always '{}' '{}'",
+            p(&original),
+            p(&img)
+        ));
         let child = dedisk()
-            .args(["backup", "--repo", p(&repo), "--name", "vm", "--workers", "1", "-q"])
+            .args([
+                "backup",
+                "--repo",
+                p(&repo),
+                "--name",
+                "vm",
+                "--workers",
+                "1",
+                "-q",
+            ])
             .arg(format!("vda={}", p(&img)))
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(1 << 30).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
@@ -49,13 +71,17 @@ fn a_source_that_shrinks_during_the_backup_is_never_a_snapshot() {
         } else {
             assert_eq!(out.status.code(), Some(1), "{err}");
             assert!(
-                err.contains("changed while it was read") || err.contains("shrank while it was read"),
+                err.contains("changed while it was read")
+                    || err.contains("shrank while it was read"),
                 "delay {delay_ms} ms: {err}"
             );
             changed += 1;
         }
     }
-    assert!(changed > 0, "no truncation landed during a backup; the test proves nothing");
+    assert!(
+        changed > 0,
+        "no truncation landed during a backup; the test proves nothing"
+    );
 }
 
 /// A backup killed with SIGKILL leaves its temporary pack; the next command that opens
@@ -70,7 +96,17 @@ fn a_killed_writers_temporary_files_are_removed_at_once() {
     let mut seen = false;
     for delay_ms in [100u64, 200, 400, 800] {
         let mut child = dedisk()
-            .args(["backup", "--repo", p(&repo), "--name", "vm", "--workers", "1", "-q", p(&img)])
+            .args([
+                "backup",
+                "--repo",
+                p(&repo),
+                "--name",
+                "vm",
+                "--workers",
+                "1",
+                "-q",
+                p(&img),
+            ])
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
@@ -79,18 +115,38 @@ fn a_killed_writers_temporary_files_are_removed_at_once() {
         if tmp_files() > 0 {
             seen = true;
             ok(&["snapshots", "--repo", p(&repo)]);
-            assert_eq!(tmp_files(), 0, "the killed backup's temporary files are gone");
+            assert_eq!(
+                tmp_files(),
+                0,
+                "the killed backup's temporary files are gone"
+            );
         }
     }
-    assert!(seen, "no kill left a temporary file; the test proves nothing");
+    assert!(
+        seen,
+        "no kill left a temporary file; the test proves nothing"
+    );
     // A live writer's temporary files are left alone: a backup running beside.
     let mut child = dedisk()
-        .args(["backup", "--repo", p(&repo), "--name", "vm", "--workers", "1", "-q", p(&img)])
+        .args([
+            "backup",
+            "--repo",
+            p(&repo),
+            "--name",
+            "vm",
+            "--workers",
+            "1",
+            "-q",
+            p(&img),
+        ])
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     ok(&["snapshots", "--repo", p(&repo)]);
-    assert!(child.wait().unwrap().success(), "the running backup was not disturbed");
+    assert!(
+        child.wait().unwrap().success(),
+        "the running backup was not disturbed"
+    );
 }
 
 /// One page of `index.sqlite` overwritten: every command still works (the index is set
@@ -115,11 +171,18 @@ fn a_malformed_index_is_set_aside_and_rebuilt() {
         std::fs::write(&index, &bytes).unwrap();
         let out = run(&["snapshots", "--repo", p(&repo)]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(matches!(out.status.code(), Some(0 | 3)), "page {page}: {err}");
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "page {page}: {err}"
+        );
         let got = dir.join("got.raw");
         let _ = std::fs::remove_file(&got);
         let out = run(&["restore", "--repo", p(&repo), "latest", p(&got)]);
-        assert!(matches!(out.status.code(), Some(0 | 3)), "page {page}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "page {page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(sha256(&got), sha256(&img));
         ok(&["repair", "index", "--repo", p(&repo)]);
         ok(&["verify", "--repo", p(&repo), "--read-data"]);
@@ -194,7 +257,11 @@ fn a_full_repository_filesystem_can_still_be_read() {
     ok(&["backup", "--repo", p(&repo), "--name", "vm", "-q", p(&img)]);
     // Fill the filesystem to the last byte.
     let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={}", p(&fs.join("filler"))), "bs=64k"])
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", p(&fs.join("filler"))),
+            "bs=64k",
+        ])
         .stderr(std::process::Stdio::null())
         .status();
     for (what, index_there) in [("with its index", true), ("without an index file", false)] {
@@ -202,22 +269,124 @@ fn a_full_repository_filesystem_can_still_be_read() {
             std::fs::remove_file(repo.join("index.sqlite")).unwrap();
             // Its space goes to the filler too.
             let _ = std::process::Command::new("dd")
-                .args(["if=/dev/zero", &format!("of={}", p(&fs.join("filler2"))), "bs=4k"])
+                .args([
+                    "if=/dev/zero",
+                    &format!("of={}", p(&fs.join("filler2"))),
+                    "bs=4k",
+                ])
                 .stderr(std::process::Stdio::null())
                 .status();
         }
         let out = run(&["snapshots", "--repo", p(&repo)]);
-        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got = dir.join("got.raw");
         let _ = std::fs::remove_file(&got);
         let out = run(&["restore", "--repo", p(&repo), "latest", p(&got)]);
-        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(sha256(&got), sha256(&img), "{what}");
         let out = run(&["verify", "--repo", p(&repo), "--read-data"]);
-        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(std::fs::read_dir(repo.join("tmp")).unwrap().count(), 0, "{what}: tmp/ is empty");
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_dir(repo.join("tmp")).unwrap().count(),
+            0,
+            "{what}: tmp/ is empty"
+        );
     }
     // A backup is refused with one clear line, not started without a lock.
-    let err = fails(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)], 1, "cannot be written");
+    let err = fails(
+        &["backup", "--repo", p(&repo), "--name", "vm", p(&img)],
+        1,
+        "cannot be written",
+    );
     assert!(err.contains("no snapshot was written"), "{err}");
+}
+
+/// A backup that starts while a prune deletes packs warns only of what is still missing
+/// once it holds its lock (issue 12: "1 pack(s) listed in the index are missing on
+/// disk" after a prune had removed exactly that pack); a pack really lost is still said.
+#[test]
+fn missing_packs_are_judged_under_the_lock() {
+    if !have("python3") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = new_repo(dir, &[]);
+    let old = random_image(dir, "old.img", 1 << 20, 2 << 20);
+    let new = random_image(dir, "new.img", 1 << 20, 2 << 20);
+    ok(&[
+        "backup",
+        "--repo",
+        p(&repo),
+        "--name",
+        "gone",
+        "-q",
+        p(&old),
+    ]);
+    let dead = pack_files(&repo);
+    // Forgotten (what `forget` does: its snapshot file goes).
+    for e in std::fs::read_dir(repo.join("snapshots")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    // "A prune" holds the exclusive lock (this live test process, with its start time)
+    // and has deleted the dead pack's file but not yet its index row.
+    let host = sh("hostname").trim().to_string();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let lock = repo.join("locks").join("prune.json");
+    std::fs::write(&lock, format!(
+        r#"{{"kind":"exclusive","hostname":"{host}","pid":{},"time":"2026-12-01T00:00:00Z","command":"prune","pid_start":{start}}}"#,
+        std::process::id()
+    )).unwrap();
+    for f in &dead {
+        std::fs::remove_file(f).unwrap();
+    }
+    let backup = dedisk()
+        .args([
+            "backup",
+            "--repo",
+            p(&repo),
+            "--lock-wait",
+            "30",
+            "--name",
+            "vm",
+            "-q",
+            p(&new),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The prune finishes: rows gone, lock released.
+    sh(&format!(
+        "python3 -c \"import sqlite3; c = sqlite3.connect('{}'); c.execute('DELETE FROM blobs'); c.execute('DELETE FROM packs'); c.commit()\"",
+        p(&repo.join("index.sqlite"))
+    ));
+    std::fs::remove_file(&lock).unwrap();
+    let out = backup.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "no false alarm: {err}");
+    // A pack lost without any prune is still reported, once the lock is held.
+    let lost = pack_files(&repo);
+    std::fs::remove_file(&lost[0]).unwrap();
+    let out = run(&["backup", "--repo", p(&repo), "--name", "vm2", "-q", p(&old)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("missing on disk"), "{err}");
 }

@@ -153,7 +153,10 @@ fn gpt(
         }
         // A last LBA of u64::MAX (a forged entry) must not wrap: found by the fuzz target
         // `partitions` (issue 11).
-        let len = (last - first).saturating_add(1).saturating_mul(sector).min(size - offset);
+        let len = (last - first)
+            .saturating_add(1)
+            .saturating_mul(sector)
+            .min(size - offset);
         out.push(Partition {
             number: i as u32 + 1,
             offset,
@@ -252,6 +255,13 @@ mod tests {
                 .map(<[u8]>::to_vec)
         };
         let parts = find(size, &mut read);
-        assert_eq!(parts, vec![Partition { number: 1, offset: 0, len: size }]);
+        assert_eq!(
+            parts,
+            vec![Partition {
+                number: 1,
+                offset: 0,
+                len: size
+            }]
+        );
     }
 }

@@ -12,9 +12,9 @@ mod stream;
 
 use std::path::PathBuf;
 
-pub use stamp::FileStamp;
 pub use aligned::{AlignedBuf, DIRECT_ALIGN};
 pub use raw::RawSource;
+pub use stamp::FileStamp;
 pub use stream::StreamSource;
 
 /// Errors from opening or reading a source. Each names the source.

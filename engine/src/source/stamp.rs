@@ -46,7 +46,10 @@ impl FileStamp {
             source,
         })?;
         let what = if now.len_bytes != self.len_bytes {
-            format!("its size went from {} to {} bytes", self.len_bytes, now.len_bytes)
+            format!(
+                "its size went from {} to {} bytes",
+                self.len_bytes, now.len_bytes
+            )
         } else if (now.dev, now.ino) != (self.dev, self.ino) {
             "it is another file now".to_string()
         } else if now.mtime_ns != self.mtime_ns || now.ctime_ns != self.ctime_ns {
@@ -73,10 +76,23 @@ mod tests {
         let f = File::open(&p).unwrap();
         let stamp = FileStamp::of(&f).unwrap();
         stamp.check(&f, &p).unwrap();
-        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(4096).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
         let err = stamp.check(&f, &p).unwrap_err().to_string();
         assert!(err.contains("8192 to 4096"), "{err}");
-        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(8192).unwrap();
-        assert!(stamp.check(&f, &p).is_err(), "same size again, but written to");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(8192)
+            .unwrap();
+        assert!(
+            stamp.check(&f, &p).is_err(),
+            "same size again, but written to"
+        );
     }
 }
