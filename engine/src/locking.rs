@@ -50,7 +50,15 @@ pub fn lock_reconciled(
         match repo.lock(kind, command) {
             Ok(l) => {
                 let mut index = repo.index()?;
-                let r = repo.reconcile(&mut index)?;
+                let r = match repo.reconcile(&mut index) {
+                    // Damage the unlocked open did not touch (it reads less): rebuild now.
+                    Err(e) if e.is_broken_index() => {
+                        repo.recover_index(&index, &e)?;
+                        let mut index = repo.index()?;
+                        repo.reconcile(&mut index)?
+                    }
+                    r => r?,
+                };
                 return Ok((l, r));
             }
             Err(repo_format::Error::Locked { holder }) if started.elapsed() < wait => {
