@@ -95,20 +95,7 @@ fn a_killed_writers_temporary_files_are_removed_at_once() {
     let tmp_files = || std::fs::read_dir(repo.join("tmp")).unwrap().count();
     let mut seen = false;
     for delay_ms in [100u64, 200, 400, 800] {
-        let mut child = dedisk()
-            .args([
-                "backup",
-                "--repo",
-                p(&repo),
-                "--name",
-                "vm",
-                "--workers",
-                "1",
-                "-q",
-                p(&img),
-            ])
-            .spawn()
-            .unwrap();
+        let mut child = slow_backup(&repo, &img);
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().unwrap();
         child.wait().unwrap();
@@ -127,20 +114,7 @@ fn a_killed_writers_temporary_files_are_removed_at_once() {
         "no kill left a temporary file; the test proves nothing"
     );
     // A live writer's temporary files are left alone: a backup running beside.
-    let mut child = dedisk()
-        .args([
-            "backup",
-            "--repo",
-            p(&repo),
-            "--name",
-            "vm",
-            "--workers",
-            "1",
-            "-q",
-            p(&img),
-        ])
-        .spawn()
-        .unwrap();
+    let mut child = slow_backup(&repo, &img);
     std::thread::sleep(std::time::Duration::from_millis(300));
     ok(&["snapshots", "--repo", p(&repo)]);
     assert!(
@@ -400,4 +374,22 @@ fn missing_packs_are_judged_under_the_lock() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("missing on disk"), "{err}");
+}
+
+/// A backup on one worker (slow enough to be interrupted), running in the background.
+fn slow_backup(repo: &std::path::Path, img: &std::path::Path) -> std::process::Child {
+    dedisk()
+        .args([
+            "backup",
+            "--repo",
+            p(repo),
+            "--name",
+            "vm",
+            "--workers",
+            "1",
+            "-q",
+            p(img),
+        ])
+        .spawn()
+        .unwrap()
 }
