@@ -33,6 +33,52 @@ fn handle_signals() {
     }
 }
 
+/// Runs the command the arguments name.
+fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Init(a) => commands::init(g, a),
+        Command::Backup(a) => commands::backup_cmd(g, a),
+        Command::Snapshots(a) => commands::snapshots(g, a),
+        Command::Restore(a) => commands::restore(g, a),
+        Command::Stats => commands::stats(g),
+        Command::Verify(a) => commands::verify(g, a),
+        Command::Forget(a) => commands::forget(g, a),
+        Command::Inspect(a) => inspect::inspect(g, a),
+        Command::ServeNbd(a) => serve::serve_nbd(g, a),
+        Command::Mount(a) => serve::mount(g, a),
+        Command::Prune(a) => maintenance::prune(g, a),
+        Command::Run(a) => job::run(g, a),
+        Command::Unlock { force } => maintenance::unlock(g, *force),
+        Command::Repair { what } => commands::repair(g, what),
+    }
+}
+
+/// The damaged-index error in `e`'s chain, if any.
+fn broken_index(e: &anyhow::Error) -> Option<&repo_format::Error> {
+    e.chain().find_map(|c| {
+        let r = c.downcast_ref::<repo_format::Error>().or_else(|| {
+            match c.downcast_ref::<engine::Error>() {
+                Some(engine::Error::Repo(r)) => Some(r),
+                _ => None,
+            }
+        })?;
+        r.is_broken_index().then_some(r)
+    })
+}
+
+/// Sets the damaged index of `--repo` aside and rebuilds it from the packs.
+fn recover_index(g: &args::Global, why: &repo_format::Error) -> anyhow::Result<()> {
+    let path = g
+        .repo
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("no repository"))?;
+    let repo = repo_format::Repository::open(path)?;
+    let index = repo.index()?;
+    repo.recover_index(&index, why)?;
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let level = match (cli.global.quiet, cli.global.verbose) {
@@ -48,22 +94,18 @@ fn main() {
 
     handle_signals();
     let g = &cli.global;
-    let result = match &cli.command {
-        Command::Init(a) => commands::init(g, a),
-        Command::Backup(a) => commands::backup_cmd(g, a),
-        Command::Snapshots(a) => commands::snapshots(g, a),
-        Command::Restore(a) => commands::restore(g, a),
-        Command::Stats => commands::stats(g),
-        Command::Verify(a) => commands::verify(g, a),
-        Command::Forget(a) => commands::forget(g, a),
-        Command::Inspect(a) => inspect::inspect(g, a),
-        Command::ServeNbd(a) => serve::serve_nbd(g, a),
-        Command::Mount(a) => serve::mount(g, a),
-        Command::Prune(a) => maintenance::prune(g, a),
-        Command::Run(a) => job::run(g, a),
-        Command::Unlock { force } => maintenance::unlock(g, *force),
-        Command::Repair { what } => commands::repair(g, what),
-    };
+    let mut result = run(&cli);
+    // A damaged index met where no reader recovers it in place (verify's and prune's
+    // queries, a backup's dedup lookups): rebuild it from the packs and run the command
+    // once more. Every command is safe to re-run: a failed one wrote no snapshot and
+    // left the repository as it was (issue 12).
+    if let Err(e) = &result {
+        if let Some(broken) = broken_index(e) {
+            if recover_index(g, broken).is_ok() {
+                result = run(&cli);
+            }
+        }
+    }
     // With --json a script reads stdout only: failures and warnings come as one JSON
     // object there too (stderr keeps the human line).
     let json_end = |kind: &str, message: &str, code: i32| {
