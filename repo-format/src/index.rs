@@ -162,6 +162,31 @@ impl Index {
         Ok(())
     }
 
+    /// Opens the index at `path`, which must exist and hold an index of this schema.
+    pub fn open_existing(path: &Path) -> Result<Index> {
+        let wrap = |source| Error::Index {
+            path: path.into(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(wrap)?;
+        conn.busy_timeout(Duration::from_secs(60)).map_err(wrap)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrap)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(wrap)?;
+        let idx = Index {
+            conn,
+            path: path.into(),
+            file_id: file_id(path),
+        };
+        idx.check_version()?;
+        Ok(idx)
+    }
+
     /// Opens (creating if needed) the index at `path`. Fails with `Error::Index` when the
     /// file is not a usable index of this schema version; callers rebuild it then.
     pub fn open(path: &Path) -> Result<Index> {

@@ -316,10 +316,15 @@ impl Repository {
 
     /// A new connection to the index (one per thread).
     pub fn index(&self) -> Result<Index> {
-        if let Ok(guard) = self.recovery.lock() {
-            if let Some((name, _)) = guard.as_ref() {
-                return Index::open_memory(name);
-            }
+        // Held while connecting: a recovery in this process (which holds it throughout)
+        // moves the file aside and renames a new one in, and a connection opened between
+        // the two would see no index, or create an empty one (found by benches/soak.sh).
+        let guard = self.recovery.lock().map_err(|_| Error::Index {
+            path: self.index_path(),
+            source: rusqlite::Error::InvalidQuery,
+        })?;
+        if let Some((name, _)) = guard.as_ref() {
+            return Index::open_memory(name);
         }
         match &self.index_mode {
             IndexMode::ReadWrite => {}
@@ -339,7 +344,10 @@ impl Repository {
                 source: rusqlite::Error::InvalidPath(self.index_path()),
             });
         }
-        Index::open(&self.index_path())
+        // Never creates the file: only `init` and a rebuild (which renames a finished one
+        // in) make an index, so another process's recovery cannot be raced into an empty
+        // one either.
+        Index::open_existing(&self.index_path())
     }
 
     fn clean_stale_tmp(&self) {
