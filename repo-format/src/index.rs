@@ -92,21 +92,7 @@ impl Index {
     /// Opens the index at `path` read-only (a read-only filesystem, or a user who may read
     /// the repository but not write it). Fails unless it is an index of this schema.
     pub fn open_read_only(path: &Path) -> Result<Index> {
-        let wrap = |source| Error::Index {
-            path: path.into(),
-            source,
-        };
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(wrap)?;
-        conn.busy_timeout(Duration::from_secs(60)).map_err(wrap)?;
-        let idx = Index {
-            conn,
-            path: path.into(),
-            file_id: file_id(path),
-        };
+        let idx = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         idx.check_version()?;
         // A query proves the WAL, if any, could be read: opening alone is lazy.
         idx.pack_ids()?;
@@ -164,27 +150,31 @@ impl Index {
 
     /// Opens the index at `path`, which must exist and hold an index of this schema.
     pub fn open_existing(path: &Path) -> Result<Index> {
+        let idx = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        // WAL and synchronous=NORMAL: see `open`.
+        for (pragma, value) in [("journal_mode", "WAL"), ("synchronous", "NORMAL")] {
+            idx.conn
+                .pragma_update(None, pragma, value)
+                .map_err(|e| idx.err(e))?;
+        }
+        idx.check_version()?;
+        Ok(idx)
+    }
+
+    /// A connection to the existing file `path` with `flags`, waiting up to 60 s on locks.
+    fn connect(path: &Path, flags: OpenFlags) -> Result<Index> {
         let wrap = |source| Error::Index {
             path: path.into(),
             source,
         };
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(wrap)?;
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(wrap)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(wrap)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(wrap)?;
-        let idx = Index {
+        Ok(Index {
             conn,
             path: path.into(),
             file_id: file_id(path),
-        };
-        idx.check_version()?;
-        Ok(idx)
+        })
     }
 
     /// Opens (creating if needed) the index at `path`. Fails with `Error::Index` when the
