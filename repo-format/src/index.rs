@@ -267,24 +267,37 @@ impl Index {
         let Some((pack, offset, stored_len, raw_len, kind, compression)) = row else {
             return Ok(None);
         };
-        let bad = |what: &str| {
-            self.err(rusqlite::Error::InvalidParameterName(format!(
-                "row for blob {} has an invalid {what}",
-                id.short()
-            )))
-        };
+        let row = format!("row for blob {}", id.short());
         Ok(Some(BlobLocation {
-            pack: PackId::from_slice(&pack).ok_or_else(|| bad("pack id"))?,
-            entry: TocEntry {
-                id: *id,
-                kind: BlobKind::from_u8(kind as u8).ok_or_else(|| bad("kind"))?,
-                compression: Compression::from_u8(compression as u8)
-                    .ok_or_else(|| bad("compression"))?,
-                stored_len: u32::try_from(stored_len).map_err(|_| bad("length"))?,
-                raw_len: u32::try_from(raw_len).map_err(|_| bad("length"))?,
-                offset: u64::try_from(offset).map_err(|_| bad("offset"))?,
-            },
+            pack: PackId::from_slice(&pack).ok_or_else(|| self.bad_row(&row, "pack id"))?,
+            entry: self.entry_of_row(
+                *id,
+                [offset, stored_len, raw_len, kind, compression],
+                &row,
+            )?,
         }))
+    }
+
+    /// A TOC entry from a row's (offset, stored_len, raw_len, kind, compression);
+    /// `row` names the row in the error a value out of range gives.
+    fn entry_of_row(&self, id: BlobId, cols: [i64; 5], row: &str) -> Result<TocEntry> {
+        let [offset, stored_len, raw_len, kind, compression] = cols;
+        let bad = |what| self.bad_row(row, what);
+        Ok(TocEntry {
+            id,
+            kind: BlobKind::from_u8(kind as u8).ok_or_else(|| bad("kind"))?,
+            compression: Compression::from_u8(compression as u8)
+                .ok_or_else(|| bad("compression"))?,
+            stored_len: u32::try_from(stored_len).map_err(|_| bad("length"))?,
+            raw_len: u32::try_from(raw_len).map_err(|_| bad("length"))?,
+            offset: u64::try_from(offset).map_err(|_| bad("offset"))?,
+        })
+    }
+
+    fn bad_row(&self, row: &str, what: &str) -> Error {
+        self.err(rusqlite::Error::InvalidParameterName(format!(
+            "{row} has an invalid {what}"
+        )))
     }
 
     /// True when the index knows blob `id`.
@@ -370,24 +383,13 @@ impl Index {
             .map_err(|e| self.err(e))?;
         let mut rows = stmt.query([&pack.0[..]]).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        let bad = |what: &str| {
-            self.err(rusqlite::Error::InvalidParameterName(format!(
-                "a row of pack {} has an invalid {what}",
-                pack.short()
-            )))
-        };
+        let row = format!("a row of pack {}", pack.short());
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let get = |i| r.get::<_, i64>(i).map_err(|e| self.err(e));
             let id: Vec<u8> = r.get(0).map_err(|e| self.err(e))?;
-            out.push(TocEntry {
-                id: BlobId::from_slice(&id).ok_or_else(|| bad("blob id"))?,
-                kind: BlobKind::from_u8(get(4)? as u8).ok_or_else(|| bad("kind"))?,
-                compression: Compression::from_u8(get(5)? as u8)
-                    .ok_or_else(|| bad("compression"))?,
-                stored_len: u32::try_from(get(2)?).map_err(|_| bad("length"))?,
-                raw_len: u32::try_from(get(3)?).map_err(|_| bad("length"))?,
-                offset: u64::try_from(get(1)?).map_err(|_| bad("offset"))?,
-            });
+            let id = BlobId::from_slice(&id).ok_or_else(|| self.bad_row(&row, "blob id"))?;
+            let cols = [get(1)?, get(2)?, get(3)?, get(4)?, get(5)?];
+            out.push(self.entry_of_row(id, cols, &row)?);
         }
         Ok(out)
     }
