@@ -8,7 +8,7 @@
 //! to compare against a saved run).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use engine::chunker::{is_zero, Cut, Cutter};
+use engine::chunk::{is_zero, Cut, Cutter};
 use repo_format::{ChunkerAlgorithm, ChunkerParams};
 
 fn disk_like(len: usize) -> Vec<u8> {

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use engine::backup::{backup, BackupOptions, DiskInput, MetaContent, MetaInput};
 use engine::restore::restore_disk;
-use engine::select::{resolve_snapshot, split_label};
+use engine::job::select::{resolve_snapshot, split_label};
 use engine::source::{Input, SourceOptions};
 use repo_format::lock::LockKind;
 use repo_format::{ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, Repository};
@@ -550,21 +550,21 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
     let repo = open_repo(g, &mut out)?;
     let _lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "verify", &mut out)?;
     let subset = match &a.subset {
-        Some(text) => engine::verify::Subset::parse(text)?,
-        None => engine::verify::Subset::All,
+        Some(text) => engine::maintain::verify::Subset::parse(text)?,
+        None => engine::maintain::verify::Subset::All,
     };
     let snapshot = match &a.snapshot {
         Some(spec) => Some(resolve_snapshot(&repo, spec)?.0),
         None => None,
     };
-    let opts = engine::verify::VerifyOptions {
+    let opts = engine::maintain::verify::VerifyOptions {
         read_data: a.read_data,
         subset,
         name: a.name.clone(),
         snapshot,
         workers: a.workers.unwrap_or_else(engine::default_workers),
     };
-    let report = engine::verify::verify(&repo, &opts).context("verifying the repository")?;
+    let report = engine::maintain::verify::verify(&repo, &opts).context("verifying the repository")?;
     if g.json {
         output::json(&json!({"type": "verify", "report": report}));
     } else {
@@ -613,7 +613,7 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
     let lock = crate::maintenance::lock(g, &repo, LockKind::Shared, "forget", &mut out)?;
-    let policy = engine::forget::Policy {
+    let policy = engine::maintain::forget::Policy {
         last: a.keep_last,
         hourly: a.keep_hourly,
         daily: a.keep_daily,
@@ -623,12 +623,12 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
         within: a
             .keep_within
             .as_deref()
-            .map(engine::forget::parse_within)
+            .map(engine::maintain::forget::parse_within)
             .transpose()?,
         tags: a.keep_tags.clone(),
     };
     let tz = jiff::tz::TimeZone::system();
-    let decisions = engine::forget::forget(&repo, &policy, a.name.as_deref(), a.dry_run, &tz)?;
+    let decisions = engine::maintain::forget::forget(&repo, &policy, a.name.as_deref(), a.dry_run, &tz)?;
     drop(lock); // a prune below takes the exclusive lock
     let removed = decisions.iter().filter(|d| !d.keep).count();
     if g.json {
@@ -701,7 +701,7 @@ pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
                 "repair snapshots",
                 &mut out,
             )?;
-            let r = engine::repair::repair_snapshots(&repo, *read_data, *dry_run, &CANCEL)
+            let r = engine::maintain::repair::repair_snapshots(&repo, *read_data, *dry_run, &CANCEL)
                 .context("repairing snapshots")?;
             for u in &r.unreadable {
                 out.warnings.push(format!("left in place, unreadable: {u}"));

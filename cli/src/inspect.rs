@@ -25,12 +25,12 @@ pub fn inspect(g: &Global, a: &InspectArgs) -> Result<Outcome> {
     if is_xva {
         return inspect_xva(g, &spec);
     }
-    let opts = engine::image::OpenOptions {
+    let opts = engine::source::image::OpenOptions {
         direct: false,
         format: a.format.image_format(),
         qcow2_snapshot: a.qcow2_snapshot.clone(),
     };
-    let r = engine::image::inspect(&a.image, &opts)
+    let r = engine::source::image::inspect(&a.image, &opts)
         .with_context(|| format!("inspecting {}", a.image.display()))?;
     if g.json {
         output::json(&serde_json::to_value(&r).expect("inspection serializes"));

@@ -48,11 +48,11 @@ pub fn run_prune(
     out: &mut Outcome,
 ) -> Result<()> {
     let lock = lock(g, repo, LockKind::Exclusive, "prune", out)?;
-    let opts = engine::prune::PruneOptions {
+    let opts = engine::maintain::prune::PruneOptions {
         max_unused_pct,
         dry_run,
     };
-    let r = engine::prune::prune(repo, &lock, &opts, &CANCEL)
+    let r = engine::maintain::prune::prune(repo, &lock, &opts, &CANCEL)
         .context("prune stopped; the repository is intact and the next prune finishes the job")?;
     if g.json {
         output::json(

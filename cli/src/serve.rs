@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use engine::nbd::{Export, Exports, Listener};
-use engine::select::{resolve_snapshot, split_label};
+use engine::access::nbd::{Export, Exports, Listener};
+use engine::job::select::{resolve_snapshot, split_label};
 use repo_format::{Repository, Snapshot, SnapshotId};
 
 use crate::args::{Global, MountArgs, ServeNbdArgs};
@@ -139,11 +139,11 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
         }
     }
     let exports = Arc::new(Exports::new(repo, list));
-    let limits = engine::nbd::ServeLimits {
+    let limits = engine::access::nbd::ServeLimits {
         max_clients: a.max_clients.into(),
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout.into()),
     };
-    engine::nbd::serve(exports, listener, limits, &CANCEL).context("NBD server")?;
+    engine::access::nbd::serve(exports, listener, limits, &CANCEL).context("NBD server")?;
     if let Some(path) = &a.unix {
         remove_socket(path);
     }
@@ -230,13 +230,13 @@ pub fn mount(g: &Global, a: &MountArgs) -> Result<Outcome> {
         Some(spec) => Some(resolve_snapshot(repo, spec)?.0),
         None => None,
     };
-    let filter = engine::mount::MountFilter {
+    let filter = engine::access::mount::MountFilter {
         name: a.name.clone(),
         snapshot,
     };
-    let fs = engine::mount::SnapshotFs::new(repo, filter);
+    let fs = engine::access::mount::SnapshotFs::new(repo, filter);
     let count = fs.snapshot_count();
-    let session = engine::mount::mount(fs, &a.mountpoint).with_context(|| {
+    let session = engine::access::mount::mount(fs, &a.mountpoint).with_context(|| {
         format!(
             "mounting at {} (is /dev/fuse there and fusermount3 installed?)",
             a.mountpoint.display()

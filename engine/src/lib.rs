@@ -13,26 +13,25 @@
 //! # Ok(()) }
 //! ```
 
-pub mod backup;
-pub mod blockdev;
+// Floors, bottom up; a module imports only from its own floor or below (see the
+// crate README and ARCHITECTURE.md). Floor 0: shared support.
 pub mod cancel;
-pub mod chunker;
-pub mod disk_reader;
 pub mod error;
-pub mod forget;
-pub mod image;
-pub mod job;
-pub mod locking;
-pub mod mount;
-pub mod nbd;
+pub mod io;
 pub mod progress;
-pub mod prune;
-pub mod repair;
-pub mod restore;
-pub mod select;
+// Floor 1: where bytes come from, and how they are cut.
+pub mod chunk;
 pub mod source;
-pub mod verify;
-pub mod xva;
+// Floor 2: writing to and reading from a repository.
+pub mod backup;
+pub mod locking;
+pub mod maintain;
+pub mod read;
+pub mod store;
+// Floor 3: what users run on top.
+pub mod access;
+pub mod job;
+pub mod restore;
 
 pub use error::{Damage, Error, Result};
 

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 
-use engine::nbd::{Export, Exports};
+use engine::access::nbd::{Export, Exports};
 use libfuzzer_sys::fuzz_target;
 
 /// A client connection: reads come from the input, writes are counted and dropped.
@@ -81,7 +81,7 @@ fn exports() -> Arc<Exports> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = engine::nbd::serve_client(
+    let _ = engine::access::nbd::serve_client(
         exports(),
         Client {
             input: data,

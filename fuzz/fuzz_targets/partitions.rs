@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Some(out)
     };
-    for p in engine::mount::partitions::find(size, &mut read) {
+    for p in engine::access::partitions::find(size, &mut read) {
         assert!(
             p.offset.checked_add(p.len).is_some_and(|end| end <= size),
             "{p:?} beyond {size}"

@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let reader = std::io::Cursor::new(data.to_vec());
-    let Ok(mut disk) = engine::image::vhd_stream::VhdStream::open(reader, "fuzz.vhd") else {
+    let Ok(mut disk) = engine::source::vhd_stream::VhdStream::open(reader, "fuzz.vhd") else {
         return;
     };
     let mut buf = vec![0u8; 1 << 20];

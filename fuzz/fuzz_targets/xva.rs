@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let reader = Box::new(std::io::Cursor::new(data.to_vec()));
-    let Ok(export) = engine::xva::open_xva(reader, "fuzz.xva") else {
+    let Ok(export) = engine::source::xva::open_xva(reader, "fuzz.xva") else {
         return;
     };
     let mut buf = vec![0u8; 1 << 20];

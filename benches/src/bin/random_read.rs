@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use engine::disk_reader::DiskReader;
+use engine::read::DiskReader;
 
 fn drop_caches() {
     // SAFETY: sync has no preconditions.
@@ -25,8 +25,8 @@ fn main() {
     let repo: &'static repo_format::Repository = Box::leak(Box::new(
         repo_format::Repository::open(args[0].as_ref()).expect("open repository"),
     ));
-    let (spec, label) = engine::select::split_label(&args[1]);
-    let (_, snap) = engine::select::resolve_snapshot(repo, spec).expect("snapshot");
+    let (spec, label) = engine::job::select::split_label(&args[1]);
+    let (_, snap) = engine::job::select::resolve_snapshot(repo, spec).expect("snapshot");
     let disk = snap
         .disks
         .iter()

@@ -48,7 +48,7 @@ fn main() {
                 let mut reader: Box<dyn DiskSource> = src.clone_reader().expect("seekable source");
                 let pieces = &pieces;
                 s.spawn(move || {
-                    let mut buf = engine::source::AlignedBuf::new(READ_BYTES);
+                    let mut buf = engine::io::AlignedBuf::new(READ_BYTES);
                     let mut done = 0u64;
                     for (at, n) in pieces.iter().skip(r).step_by(READERS) {
                         done += reader.read_at(*at, &mut buf[..*n]).expect("read") as u64;

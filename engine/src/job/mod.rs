@@ -36,6 +36,7 @@
 
 pub mod provider;
 pub mod run;
+pub mod select;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::forget::Policy;
+use crate::maintain::forget::Policy;
 
 /// Settings a VM may set and the `[defaults]` table provides.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -131,7 +132,7 @@ impl Settings {
             within: self
                 .keep_within
                 .as_deref()
-                .map(crate::forget::parse_within)
+                .map(crate::maintain::forget::parse_within)
                 .transpose()?,
             tags: self.keep_tags.clone().unwrap_or_default(),
         })

@@ -43,7 +43,7 @@ pub struct JobReport {
     /// `success`, `partial` (some VMs failed) or `failed`.
     pub status: String,
     pub vms: Vec<VmResult>,
-    pub pruned: Option<crate::prune::PruneReport>,
+    pub pruned: Option<crate::maintain::prune::PruneReport>,
     pub errors: Vec<String>,
 }
 
@@ -134,7 +134,7 @@ pub fn preview(job: &Job) -> (Vec<String>, Vec<String>) {
     (plan, problems)
 }
 
-fn describe_policy(p: &crate::forget::Policy) -> String {
+fn describe_policy(p: &crate::maintain::forget::Policy) -> String {
     if p.is_empty() {
         return "keep everything".into();
     }
@@ -258,7 +258,7 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
         // A copy taken from a snapshot that broke meanwhile is not a backup: drop it.
         if let Err(e) = provider.check_after() {
             if let Some(id) = r.snapshot.take() {
-                let (full, _) = crate::select::resolve_snapshot(repo, &id)?;
+                let (full, _) = crate::job::select::resolve_snapshot(repo, &id)?;
                 repo.remove_snapshot(&full)?;
             }
             return Err(Error::Usage(format!("snapshot: {e}")));
@@ -291,7 +291,7 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
                 let forgotten =
                     crate::locking::lock(repo, LockKind::Shared, "run", LOCK_WAIT, cancel)
                         .and_then(|_l| {
-                            crate::forget::forget(
+                            crate::maintain::forget::forget(
                                 repo,
                                 &p,
                                 Some(&vm.name),
@@ -348,7 +348,7 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
             }
             let today = jiff::Zoned::now().weekday();
             if job.prune_on.contains(&today) && cancel.check().is_ok() {
-                let opts = crate::prune::PruneOptions {
+                let opts = crate::maintain::prune::PruneOptions {
                     max_unused_pct: 10.0,
                     dry_run: false,
                 };
@@ -359,7 +359,7 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
                     LOCK_WAIT,
                     cancel,
                 )
-                .and_then(|l| crate::prune::prune(&repo, &l, &opts, cancel));
+                .and_then(|l| crate::maintain::prune::prune(&repo, &l, &opts, cancel));
                 match pruned {
                     Ok(p) => report.pruned = Some(p),
                     Err(e) => report.errors.push(format!("prune: {e}")),

@@ -6,6 +6,7 @@
 //! leaves a plausible-looking disk under the requested name. A block device is written
 //! in place; its holes are zeroed (BLKZEROOUT, falling back to writing zeros).
 
+pub mod qcow2;
 mod target;
 
 use std::fs::{File, OpenOptions};
@@ -20,9 +21,9 @@ use repo_format::{
 };
 
 use crate::error::{Damage, Error, Result};
-use crate::image::qcow2_writer::Qcow2Writer;
+use crate::restore::qcow2::Qcow2Writer;
 use crate::progress::Progress;
-use crate::source::{AlignedBuf, DIRECT_ALIGN};
+use crate::io::{AlignedBuf, DIRECT_ALIGN};
 use target::Target;
 pub use target::{TargetDir, TargetOptions};
 
@@ -83,7 +84,7 @@ impl Output {
 
 /// Zeroes `[offset, offset+len)` of a block device.
 fn zero_device_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    if crate::blockdev::zero_out(file, offset, len).is_ok() {
+    if crate::io::blockdev::zero_out(file, offset, len).is_ok() {
         return Ok(());
     }
     let zeros = vec![0u8; ZERO_BUF_BYTES];

@@ -248,7 +248,7 @@ fn open_device(path: &Path, size: u64) -> Result<(Target, File)> {
         .custom_flags(libc::O_EXCL | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::target(path, e))?;
-    let have = crate::blockdev::size_bytes(&file).map_err(|e| Error::target(path, e))?;
+    let have = crate::io::blockdev::size_bytes(&file).map_err(|e| Error::target(path, e))?;
     if have < size {
         return Err(Error::TargetTooSmall {
             path: path.into(),

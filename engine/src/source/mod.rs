@@ -4,15 +4,17 @@
 //! offset?" and "read these bytes", so the pipeline never branches on the format.
 //! Unallocated ranges are never read: they reach the chunker as known zeros.
 
-mod aligned;
 pub mod detect;
+pub mod host;
+pub mod image;
 mod raw;
 mod stamp;
 mod stream;
+pub mod vhd_stream;
+pub mod xva;
 
 use std::path::PathBuf;
 
-pub use aligned::{AlignedBuf, DIRECT_ALIGN};
 pub use raw::RawSource;
 pub use stamp::FileStamp;
 pub use stream::StreamSource;
@@ -29,7 +31,7 @@ pub enum SourceError {
     #[error("{path}: not a regular file or block device")]
     NotADisk { path: PathBuf },
     #[error(transparent)]
-    Image(#[from] crate::image::ImageError),
+    Image(#[from] crate::source::image::ImageError),
     #[error("{path} changed while it was read ({what}); no snapshot was written: back up a snapshot (LVM, ZFS, btrfs, a stopped VM), not a disk in use")]
     Changed { path: PathBuf, what: String },
     #[error("{path}: the source shrank while it was read (expected {expected} bytes, got {got})")]
@@ -112,7 +114,7 @@ pub struct SourceOptions {
 /// What one disk argument turned out to be: a disk, or an XVA export holding several.
 pub enum Input {
     Disk(Box<dyn DiskSource>),
-    Xva(crate::xva::XvaExport),
+    Xva(crate::source::xva::XvaExport),
 }
 
 /// Opens a path or `-` (standard input) as one disk or as an XVA export.
@@ -145,16 +147,16 @@ pub fn open_input(spec: &str, opts: &SourceOptions) -> Result<Input, SourceError
         let looks_xva = detect::detect_head(&head) == Some(ImageFormat::Xva);
         let reader = std::io::Cursor::new(head).chain(stdin);
         return match opts.format {
-            None if looks_xva => Ok(Input::Xva(crate::xva::open_xva(Box::new(reader), "stdin")?)),
+            None if looks_xva => Ok(Input::Xva(crate::source::xva::open_xva(Box::new(reader), "stdin")?)),
             Some(ImageFormat::Xva) => {
-                Ok(Input::Xva(crate::xva::open_xva(Box::new(reader), "stdin")?))
+                Ok(Input::Xva(crate::source::xva::open_xva(Box::new(reader), "stdin")?))
             }
             None | Some(ImageFormat::Raw) => Ok(Input::Disk(Box::new(StreamSource::new(
                 reader,
                 "stdin".into(),
             )))),
             Some(ImageFormat::Vhd) => Ok(Input::Disk(Box::new(
-                crate::image::vhd_stream::VhdStream::open(reader, "stdin")?,
+                crate::source::vhd_stream::VhdStream::open(reader, "stdin")?,
             ))),
             Some(f) => Err(SourceError::Io {
                 path: "stdin".into(),
@@ -178,7 +180,7 @@ pub fn open_input(spec: &str, opts: &SourceOptions) -> Result<Input, SourceError
             source,
         })?;
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        return Ok(Input::Xva(crate::xva::open_xva(Box::new(reader), spec)?));
+        return Ok(Input::Xva(crate::source::xva::open_xva(Box::new(reader), spec)?));
     }
     Ok(Input::Disk(open_path(path, format, opts)?))
 }
@@ -200,7 +202,7 @@ fn detect_file(path: &std::path::Path) -> Result<detect::ImageFormat, SourceErro
 /// Opens a path or `-` (standard input, always a raw stream) as a disk source.
 ///
 /// Regular files are read in the format their content shows (or `opts.format`): raw
-/// files and block devices directly, image containers through [`crate::image`], so the
+/// files and block devices directly, image containers through [`crate::source::image`], so the
 /// pipeline sees the virtual disk either way.
 pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn DiskSource>, SourceError> {
     if spec == "-" {
@@ -218,7 +220,7 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn DiskSourc
 }
 
 /// Opens `path` as `format` (detected or given; `opts.format` still says which, for the
-/// backing-chain rule of [`crate::image::open_image`]).
+/// backing-chain rule of [`crate::source::image::open_image`]).
 fn open_path(
     path: &std::path::Path,
     format: detect::ImageFormat,
@@ -237,7 +239,7 @@ fn open_path(
         })?;
         if opts.format == Some(detect::ImageFormat::Vhd) {
             let reader = std::io::BufReader::with_capacity(1 << 20, pipe);
-            return Ok(Box::new(crate::image::vhd_stream::VhdStream::open(
+            return Ok(Box::new(crate::source::vhd_stream::VhdStream::open(
                 reader, &spec,
             )?));
         }
@@ -246,9 +248,9 @@ fn open_path(
     if format == detect::ImageFormat::Raw && opts.qcow2_snapshot.is_none() {
         return Ok(Box::new(RawSource::open(path, opts.direct)?));
     }
-    let image = crate::image::open_image(
+    let image = crate::source::image::open_image(
         path,
-        &crate::image::OpenOptions {
+        &crate::source::image::OpenOptions {
             direct: opts.direct,
             // Left unset when probed: that confines the backing chain (see open_image).
             format: opts.format,

@@ -1,4 +1,5 @@
-//! Raw image files and block devices.
+//! Raw image files and block devices: the top of a backup ([`RawSource`]) and a raw
+//! layer under an image ([`open_layer`]), over one [`HostFile`] and one SEEK_DATA walk.
 //!
 //! Opened with O_DIRECT where the filesystem allows it: a nightly backup reads the whole
 //! allocated disk once, and pushing it through the page cache would evict the host's
@@ -6,188 +7,171 @@
 //! some FUSE filesystems) the source falls back to buffered reads and says so in the log.
 //! Sparse files are walked with SEEK_DATA/SEEK_HOLE so unallocated ranges are never read.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
-use super::aligned::{AlignedBuf, DIRECT_ALIGN};
-use super::{DiskSource, SourceError};
+use super::image::{Image, ImageError, ImageInfo, Layout, Run};
+use super::{detect::ImageFormat, host::HostFile, DiskSource, SourceError};
+use crate::io::{AlignedBuf, DIRECT_ALIGN};
 
+/// `lseek(offset, whence)` for SEEK_DATA/SEEK_HOLE; `None` for ENXIO (no data, or no
+/// hole, at or after `offset`). The one place both raw readers ask the filesystem.
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
+    // SAFETY: lseek on a descriptor `file` keeps open has no memory effects.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(r as u64))
+}
+
+/// A raw image file or block device, the top of a backup.
 pub struct RawSource {
-    path: PathBuf,
-    file: File,
-    size: u64,
-    direct: bool,
+    host: Arc<HostFile>,
     /// SEEK_DATA works here (false for block devices and filesystems without it).
     seek_data: bool,
     /// Bounce buffer for O_DIRECT reads into unaligned caller buffers.
     bounce: Option<AlignedBuf>,
-    /// The file as it was opened, checked again once it has been read.
-    stamp: super::FileStamp,
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> SourceError + '_ {
-    move |source| SourceError::Io {
-        path: path.into(),
-        source,
-    }
 }
 
 impl RawSource {
     /// Opens a raw image or block device read-only. `direct` asks for O_DIRECT.
     pub fn open(path: &Path, direct: bool) -> Result<Self, SourceError> {
-        let meta = std::fs::metadata(path).map_err(io(path))?;
+        let meta = std::fs::metadata(path).map_err(|source| SourceError::Io {
+            path: path.into(),
+            source,
+        })?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
             return Err(SourceError::NotADisk { path: path.into() });
         }
-        let (file, direct) = if direct {
-            match OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(path)
-            {
-                Ok(f) => (f, true),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    log::debug!(
-                        "{}: O_DIRECT refused ({e}); using buffered reads",
-                        path.display()
-                    );
-                    (File::open(path).map_err(io(path))?, false)
-                }
-                Err(e) => return Err(io(path)(e)),
-            }
-        } else {
-            (File::open(path).map_err(io(path))?, false)
-        };
-        let size = if ft.is_block_device() {
-            crate::blockdev::size_bytes(&file).map_err(io(path))?
-        } else {
-            meta.len()
-        };
-        let stamp = super::FileStamp::of(&file).map_err(io(path))?;
+        let host = HostFile::open(path, direct)?;
         Ok(RawSource {
-            path: path.into(),
-            file,
-            size,
-            direct,
+            host: Arc::new(host),
             seek_data: ft.is_file(),
             bounce: None,
-            stamp,
         })
     }
 
-    fn lseek(&self, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
-        // SAFETY: lseek on a valid fd owned by self.file has no memory effects.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                return Ok(None); // no data (or hole) at or after offset
-            }
-            return Err(e);
+    fn io(&self) -> impl Fn(std::io::Error) -> SourceError + '_ {
+        move |source| SourceError::Io {
+            path: self.host.path().into(),
+            source,
         }
-        Ok(Some(r as u64))
+    }
+
+    fn size(&self) -> u64 {
+        self.host.len_bytes()
     }
 }
 
 impl DiskSource for RawSource {
     fn describe(&self) -> String {
-        self.path.display().to_string()
+        self.host.path().display().to_string()
     }
 
     fn clone_reader(&self) -> Option<Box<dyn DiskSource>> {
-        // pread ignores the shared file offset, so a dup'd descriptor is independent.
-        let file = self.file.try_clone().ok()?;
+        // pread ignores the shared file offset, so one descriptor serves every reader.
         Some(Box::new(RawSource {
-            path: self.path.clone(),
-            file,
-            size: self.size,
-            direct: self.direct,
+            host: self.host.clone(),
             seek_data: self.seek_data,
             bounce: None,
-            stamp: self.stamp,
         }))
     }
 
     fn check_unchanged(&self) -> Result<(), SourceError> {
-        self.stamp.check(&self.file, &self.path)
+        self.host.check_unchanged()
     }
 
     fn size_bytes(&self) -> Option<u64> {
-        Some(self.size)
+        Some(self.size())
     }
 
     fn next_data(&mut self, offset: u64) -> Result<Option<(u64, u64)>, SourceError> {
-        if offset >= self.size {
+        let size = self.size();
+        if offset >= size {
             return Ok(None);
         }
         if !self.seek_data {
-            return Ok(Some((offset, self.size)));
+            return Ok(Some((offset, size)));
         }
-        let start = match self.lseek(offset, libc::SEEK_DATA) {
+        let start = match seek(self.host.file(), offset, libc::SEEK_DATA) {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 // The filesystem cannot tell: treat everything as data.
                 self.seek_data = false;
-                return Ok(Some((offset, self.size)));
+                return Ok(Some((offset, size)));
             }
-            Err(e) => return Err(io(&self.path)(e)),
+            Err(e) => return Err(self.io()(e)),
         };
-        let end = self
-            .lseek(start, libc::SEEK_HOLE)
-            .map_err(io(&self.path))?
-            .unwrap_or(self.size);
+        let end = seek(self.host.file(), start, libc::SEEK_HOLE)
+            .map_err(self.io())?
+            .unwrap_or(size);
         // Round outwards to whole blocks: a hole edge inside a block reads as zeros anyway.
         let a = DIRECT_ALIGN as u64;
         let start = (start / a * a).max(offset);
-        let end = end.div_ceil(a).saturating_mul(a).min(self.size);
+        let end = end.div_ceil(a).saturating_mul(a).min(size);
         Ok(Some((start, end)))
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
-        if offset >= self.size {
+        let size = self.size();
+        if offset >= size {
             return Ok(0);
         }
-        let want = buf.len().min((self.size - offset) as usize);
+        let want = buf.len().min((size - offset) as usize);
         let aligned = offset.is_multiple_of(DIRECT_ALIGN as u64)
             && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
             && buf.len().is_multiple_of(DIRECT_ALIGN);
+        let host = self.host.clone();
+        let io = |source| SourceError::Io {
+            path: host.path().into(),
+            source,
+        };
         let mut done = 0;
-        if !self.direct || aligned {
-            // With O_DIRECT a read at the unaligned end of a file returns the short tail.
-            while done < want {
-                let n = self
-                    .file
-                    .read_at(&mut buf[done..], offset + done as u64)
-                    .map_err(io(&self.path))?;
-                if n == 0 {
-                    break;
+        match host.direct_file() {
+            Some(direct) if !aligned => {
+                // Unaligned request under O_DIRECT: go through an aligned bounce buffer.
+                let bounce = self.bounce.get_or_insert_with(|| AlignedBuf::new(1 << 20));
+                while done < want {
+                    let at = offset + done as u64;
+                    let base = at / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
+                    let skip = (at - base) as usize;
+                    let n = direct.read_at(bounce, base).map_err(io)?;
+                    if n <= skip {
+                        break;
+                    }
+                    let take = (n - skip).min(want - done);
+                    buf[done..done + take].copy_from_slice(&bounce[skip..skip + take]);
+                    done += take;
                 }
-                done += n;
             }
-        } else {
-            // Unaligned request under O_DIRECT: go through an aligned bounce buffer.
-            let bounce = self.bounce.get_or_insert_with(|| AlignedBuf::new(1 << 20));
-            while done < want {
-                let at = offset + done as u64;
-                let base = at / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
-                let skip = (at - base) as usize;
-                let n = self.file.read_at(bounce, base).map_err(io(&self.path))?;
-                if n <= skip {
-                    break;
+            // With O_DIRECT a read at the unaligned end of a file returns the short tail.
+            file => {
+                let file = file.unwrap_or(host.file());
+                while done < want {
+                    let n = file
+                        .read_at(&mut buf[done..], offset + done as u64)
+                        .map_err(io)?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
                 }
-                let take = (n - skip).min(want - done);
-                buf[done..done + take].copy_from_slice(&bounce[skip..skip + take]);
-                done += take;
             }
         }
         if done < want {
             return Err(SourceError::Shrank {
-                path: self.path.clone(),
-                expected: self.size,
+                path: host.path().into(),
+                expected: size,
                 got: offset + done as u64,
             });
         }
@@ -195,10 +179,63 @@ impl DiskSource for RawSource {
     }
 }
 
+/// A raw file as a layer of a backing chain (a qcow2 overlay on a raw base, say).
+pub(super) fn open_layer(host: Arc<HostFile>) -> Result<Image, ImageError> {
+    let info = ImageInfo::new(host.path(), ImageFormat::Raw, host.len_bytes());
+    let layout = RawLayout {
+        host: host.clone(),
+        seek_data: true,
+    };
+    Ok(Image::new(info, Box::new(layout), vec![host], None))
+}
+
+struct RawLayout {
+    host: Arc<HostFile>,
+    /// SEEK_DATA works on this file (false once it has said EINVAL).
+    seek_data: bool,
+}
+
+impl Layout for RawLayout {
+    fn map(&mut self, offset: u64) -> Result<(Run, u64), ImageError> {
+        let len = self.host.len_bytes();
+        let data = Run::Data {
+            file: 0,
+            host: offset,
+        };
+        if !self.seek_data {
+            return Ok((data, len - offset));
+        }
+        let io = ImageError::io(self.host.path());
+        match seek(self.host.file(), offset, libc::SEEK_DATA) {
+            Ok(None) => Ok((Run::Zero, len - offset)),
+            Ok(Some(s)) if s > offset => Ok((Run::Zero, s - offset)),
+            Ok(Some(_)) => {
+                let end = seek(self.host.file(), offset, libc::SEEK_HOLE)
+                    .map_err(io)?
+                    .unwrap_or(len);
+                Ok((data, end.max(offset + 1) - offset))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.seek_data = false;
+                Ok((data, len - offset))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn clone_layout(&self) -> Box<dyn Layout> {
+        Box::new(RawLayout {
+            host: self.host.clone(),
+            seek_data: self.seek_data,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom, Write};
+    use std::fs::File;
 
     #[test]
     fn sparse_file_extents_and_reads() {

@@ -25,7 +25,7 @@ impl FileStamp {
         let m = file.metadata()?;
         let is_file = m.file_type().is_file();
         let len_bytes = if m.file_type().is_block_device() {
-            crate::blockdev::size_bytes(file)?
+            crate::io::blockdev::size_bytes(file)?
         } else {
             m.len()
         };

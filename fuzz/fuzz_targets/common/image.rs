@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use engine::image::{open_image, OpenOptions};
+use engine::source::image::{open_image, OpenOptions};
 use engine::source::detect::ImageFormat;
 
 /// Guest bytes read per input, so a valid but huge image does not stall the fuzzer.

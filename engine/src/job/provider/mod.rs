@@ -120,7 +120,7 @@ pub fn space_problem(dir: &Path, needed: u64, what: &str) -> Option<String> {
 pub fn disks_bytes(vm: &VmPlan) -> u64 {
     vm.disks
         .iter()
-        .map(|(_, p)| crate::blockdev::path_len(p).unwrap_or(0))
+        .map(|(_, p)| crate::io::blockdev::path_len(p).unwrap_or(0))
         .sum()
 }
 

@@ -1,6 +1,6 @@
 //! The `xenserver` provider: `xe vdi-snapshot`, the snapshot streamed by `xe vdi-export`
 //! (`format=raw`, or `format=vhd` with `xenserver_export_format = "vhd"`: only allocated
-//! blocks, read by [`crate::image::vhd_stream`]), `xe vdi-destroy` after.
+//! blocks, read by [`crate::source::vhd_stream`]), `xe vdi-destroy` after.
 //!
 //! The VM is found by its name label. Its disks are the job file's VDI UUIDs, or else
 //! every VBD of type Disk (labelled by its device, `xvda`), less `exclude_disks`. The

@@ -481,7 +481,7 @@ impl Layout for VmdkLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{open_image, OpenOptions};
+    use crate::source::image::{open_image, OpenOptions};
 
     /// A streamOptimized extent of one grain table whose first grain's marker claims
     /// sector 2^62: found by the image_vmdk fuzz target (issue 3), it overflowed `lba * 512`.

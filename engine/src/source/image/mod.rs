@@ -13,14 +13,10 @@
 //! only after their size is bounded, and a malformed image gives an [`ImageError`] that
 //! names the file, the structure and its offset.
 
-mod host;
 pub mod info;
 pub mod qcow2;
-pub mod qcow2_writer;
-mod raw;
 pub mod vdi;
 pub mod vhd;
-pub mod vhd_stream;
 pub mod vhdx;
 pub mod vmdk;
 
@@ -28,7 +24,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use host::HostFile;
+pub use super::host::HostFile;
 pub use info::{inspect, ImageInfo, Inspection};
 
 use crate::source::detect::ImageFormat;
@@ -319,7 +315,7 @@ fn open_in_chain(
     }
     let host = Arc::new(host);
     match format {
-        ImageFormat::Raw => raw::open(host),
+        ImageFormat::Raw => super::raw::open_layer(host),
         ImageFormat::Qcow2 => qcow2::open(host, qcow2_snapshot, chain),
         ImageFormat::Vhd => vhd::open(host, chain),
         ImageFormat::Vhdx => vhdx::open(host),

@@ -13,19 +13,19 @@ use super::bytes::{be16, be32, be64};
 use super::{Blame, Chain, HostFile, Image, ImageError, ImageInfo, Layout, Run};
 use crate::source::detect::ImageFormat;
 
-pub(super) const FOOTER_LEN: u64 = 512;
-pub(super) const DYN_HEADER_LEN: u64 = 1024;
+pub(in crate::source) const FOOTER_LEN: u64 = 512;
+pub(in crate::source) const DYN_HEADER_LEN: u64 = 1024;
 const TYPE_FIXED: u32 = 2;
-pub(super) const TYPE_DYNAMIC: u32 = 3;
+pub(in crate::source) const TYPE_DYNAMIC: u32 = 3;
 const TYPE_DIFFERENCING: u32 = 4;
 const UNALLOCATED: u32 = 0xffff_ffff;
 /// The largest VHD: 2040 GiB by the spec; qemu allows a little more.
-pub(super) const MAX_SIZE: u64 = 2040 << 30;
+pub(in crate::source) const MAX_SIZE: u64 = 2040 << 30;
 /// 65535 cylinders * 16 heads * 255 sectors: qemu's marker for "use current_size".
 const MAX_CHS_SECTORS: u64 = 65535 * 16 * 255;
 
 /// One's-complement sum of all bytes but the 4-byte checksum field at `at`.
-pub(super) fn checksum(buf: &[u8], at: usize) -> u32 {
+pub(in crate::source) fn checksum(buf: &[u8], at: usize) -> u32 {
     let sum = buf
         .iter()
         .enumerate()
@@ -34,15 +34,15 @@ pub(super) fn checksum(buf: &[u8], at: usize) -> u32 {
     !sum
 }
 
-pub(super) struct Footer {
-    pub(super) disk_type: u32,
-    pub(super) data_offset: u64,
-    pub(super) virtual_size: u64,
+pub(in crate::source) struct Footer {
+    pub(in crate::source) disk_type: u32,
+    pub(in crate::source) data_offset: u64,
+    pub(in crate::source) virtual_size: u64,
     uuid: [u8; 16],
     creator: String,
 }
 
-pub(super) fn parse_footer(buf: &[u8], at: u64, blame: &Blame) -> Result<Footer, ImageError> {
+pub(in crate::source) fn parse_footer(buf: &[u8], at: u64, blame: &Blame) -> Result<Footer, ImageError> {
     // Footers of old images are 511 bytes; callers pass the 512 bytes that start with
     // the cookie.
     if &buf[..8] != b"conectix" {
@@ -380,11 +380,11 @@ impl Layout for DynamicLayout {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::source) mod tests {
     use super::*;
-    use crate::image::{open_image, OpenOptions};
+    use crate::source::image::{open_image, OpenOptions};
 
-    pub(in crate::image) const BLOCK: u64 = 1 << 20;
+    pub(in crate::source) const BLOCK: u64 = 1 << 20;
 
     fn footer(disk_type: u32, size: u64, uuid: u8) -> Vec<u8> {
         let mut f = vec![0u8; 512];
@@ -404,7 +404,7 @@ pub(super) mod tests {
 
     /// A dynamic (or, with a parent, differencing) VHD of 4 MiB in 1 MiB blocks.
     /// `sectors` lists (block, first sector, count, byte) runs to write.
-    pub(in crate::image) fn vhd(
+    pub(in crate::source) fn vhd(
         parent: Option<(&str, u8)>,
         uuid: u8,
         sectors: &[(u64, u64, u64, u8)],

@@ -12,7 +12,7 @@
 //! while mounted appear. A snapshot directory is filled on first use: finding partitions
 //! reads the disk's first sectors. Each open file has its own [`DiskReader`].
 
-pub mod partitions;
+use super::partitions;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -25,7 +25,7 @@ use fuser::{
 };
 use repo_format::{ManifestRoot, Repository, Snapshot, SnapshotId};
 
-use crate::disk_reader::DiskReader;
+use crate::read::DiskReader;
 
 const ROOT: u64 = 1;
 /// Snapshot contents never change; directories above them do.

@@ -188,7 +188,7 @@ impl Qcow2Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{open_image, OpenOptions};
+    use crate::source::image::{open_image, OpenOptions};
 
     #[test]
     fn written_qcow2_reads_back_through_our_reader() {

@@ -12,9 +12,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::bytes::{be32, be64};
-use super::vhd::{checksum, parse_footer, DYN_HEADER_LEN, FOOTER_LEN, MAX_SIZE, TYPE_DYNAMIC};
-use super::Blame;
+use super::image::bytes::{be32, be64};
+use super::image::vhd::{checksum, parse_footer, DYN_HEADER_LEN, FOOTER_LEN, MAX_SIZE, TYPE_DYNAMIC};
+use super::image::Blame;
 use crate::source::detect::ImageFormat;
 use crate::source::{read_full, DiskSource, SourceError};
 
@@ -302,7 +302,7 @@ impl<R: Read + Send> DiskSource for VhdStream<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::vhd::tests::{vhd, BLOCK};
+    use crate::source::image::vhd::tests::{vhd, BLOCK};
 
     /// Every (offset, byte) the stream yields, reading as the backup does.
     fn read_all(bytes: Vec<u8>) -> Result<Vec<(u64, Vec<u8>)>, SourceError> {

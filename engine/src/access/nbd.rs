@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use repo_format::{Extent, ManifestRoot, Repository};
 
-use crate::disk_reader::DiskReader;
+use crate::read::DiskReader;
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -98,7 +98,7 @@ pub struct Exports {
     pub repo: &'static Repository,
     pub list: Vec<Export>,
     /// One chunk cache for every client, so memory does not grow with their number.
-    pub cache: crate::disk_reader::SharedChunkCache,
+    pub cache: crate::read::SharedChunkCache,
     /// Bytes of read replies being built at once, over all clients.
     budget: ReadBudget,
 }

@@ -5,8 +5,8 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::ImageError;
-use crate::source::DIRECT_ALIGN;
+use super::image::ImageError;
+use crate::io::DIRECT_ALIGN;
 
 /// One host file, opened read-only. Data reads that are 4 KiB-aligned go through a second,
 /// O_DIRECT descriptor so a nightly backup does not flush the host's page cache; small
@@ -38,7 +38,7 @@ impl HostFile {
         let ft = meta.file_type();
         use std::os::unix::fs::FileTypeExt;
         let len_bytes = if ft.is_block_device() {
-            crate::blockdev::size_bytes(&file).map_err(&io)?
+            crate::io::blockdev::size_bytes(&file).map_err(&io)?
         } else if ft.is_file() {
             meta.len()
         } else {
@@ -75,6 +75,11 @@ impl HostFile {
 
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// The O_DIRECT descriptor, when the filesystem granted one.
+    pub fn direct_file(&self) -> Option<&File> {
+        self.direct.as_ref()
     }
 
     pub fn len_bytes(&self) -> u64 {
@@ -139,7 +144,7 @@ impl HostFile {
         len: u64,
         max: u64,
         what: impl Fn() -> String,
-        blame: &super::Blame,
+        blame: &super::image::Blame,
     ) -> Result<Vec<u8>, ImageError> {
         if len > max {
             return Err(blame.malformed(

@@ -1,0 +1,7 @@
+//! Host I/O helpers shared by the floors that touch files and devices: aligned buffers
+//! for O_DIRECT and block-device ioctls. Knows nothing of images or repositories.
+
+mod aligned;
+pub mod blockdev;
+
+pub use aligned::{AlignedBuf, DIRECT_ALIGN};
