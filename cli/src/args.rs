@@ -156,18 +156,18 @@ pub enum FormatArg {
 
 impl FormatArg {
     /// The format to open with, or `None` to detect it.
-    pub fn image_format(self) -> Option<engine::source::detect::ImageFormat> {
-        use engine::source::detect::ImageFormat as F;
-        match self {
-            FormatArg::Auto => None,
-            FormatArg::Raw => Some(F::Raw),
-            FormatArg::Qcow2 => Some(F::Qcow2),
-            FormatArg::Vhd => Some(F::Vhd),
-            FormatArg::Vhdx => Some(F::Vhdx),
-            FormatArg::Vmdk => Some(F::Vmdk),
-            FormatArg::Vdi => Some(F::Vdi),
-            FormatArg::Xva => Some(F::Xva),
-        }
+    pub fn source_format(self) -> Option<engine::source::SourceFormat> {
+        use engine::source::{ImageFormat as F, SourceFormat as S};
+        Some(match self {
+            FormatArg::Auto => return None,
+            FormatArg::Raw => S::Image(F::Raw),
+            FormatArg::Qcow2 => S::Image(F::Qcow2),
+            FormatArg::Vhd => S::Image(F::Vhd),
+            FormatArg::Vhdx => S::Image(F::Vhdx),
+            FormatArg::Vmdk => S::Image(F::Vmdk),
+            FormatArg::Vdi => S::Image(F::Vdi),
+            FormatArg::Xva => S::Xva,
+        })
     }
 }
 

@@ -2,28 +2,51 @@
 //! prints the error chain once and maps the outcome to a documented exit code.
 
 mod args;
-mod commands;
-mod inspect;
-mod job;
-mod maintenance;
+mod cmd;
+mod context;
 mod output;
 mod progress;
-mod serve;
 
 use clap::Parser;
 
 use args::{Cli, Command};
 
-/// Exit codes (documented in README.md).
+/// Exit codes, as README.md documents them for scripts:
+///
+/// | code | when                                                                  |
+/// |------|-----------------------------------------------------------------------|
+/// | 0    | success                                                               |
+/// | 1    | an error: any [`engine::Error`] or [`repo_format::Error`] kind except  |
+/// |      | interruption (bad input, a missing or damaged repository, a lock held |
+/// |      | elsewhere, damage found, a provider's tool failing), and the job      |
+/// |      | runner when every VM failed                                           |
+/// | 2    | the command line is wrong (clap's own exit)                           |
+/// | 3    | finished, with warnings (an index rebuilt, a repaired snapshot        |
+/// |      | restored, some of a job's VMs failed)                                 |
+/// | 130  | interrupted: [`engine::Error::Interrupted`] (128 + SIGINT)            |
+///
+/// [`exit_code`] is the one place an error becomes a code.
 const EXIT_ERROR: i32 = 1;
 const EXIT_WARNINGS: i32 = 3;
-/// 128 + SIGINT, as shells report an interrupted command.
 const EXIT_INTERRUPTED: i32 = 130;
+
+/// The exit code for a failed command, by the kind of error in its chain (see the table
+/// above).
+fn exit_code(e: &anyhow::Error) -> i32 {
+    let interrupted = e
+        .chain()
+        .any(|c| matches!(c.downcast_ref(), Some(engine::Error::Interrupted)));
+    if interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        EXIT_ERROR
+    }
+}
 
 /// The first SIGINT/SIGTERM asks the running command to stop cleanly (temporary files
 /// removed, no snapshot written); a second one ends the process at once.
 fn handle_signals() {
-    let flag = commands::CANCEL.flag();
+    let flag = context::CANCEL.flag();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // Registration fails only for forbidden signals, which these are not; without a
         // handler Ctrl-C still stops dedisk, just less tidily.
@@ -34,23 +57,23 @@ fn handle_signals() {
 }
 
 /// Runs the command the arguments name.
-fn run(cli: &Cli) -> anyhow::Result<commands::Outcome> {
+fn run(cli: &Cli) -> anyhow::Result<context::Outcome> {
     let g = &cli.global;
     match &cli.command {
-        Command::Init(a) => commands::init(g, a),
-        Command::Backup(a) => commands::backup_cmd(g, a),
-        Command::Snapshots(a) => commands::snapshots(g, a),
-        Command::Restore(a) => commands::restore(g, a),
-        Command::Stats => commands::stats(g),
-        Command::Verify(a) => commands::verify(g, a),
-        Command::Forget(a) => commands::forget(g, a),
-        Command::Inspect(a) => inspect::inspect(g, a),
-        Command::ServeNbd(a) => serve::serve_nbd(g, a),
-        Command::Mount(a) => serve::mount(g, a),
-        Command::Prune(a) => maintenance::prune(g, a),
-        Command::Run(a) => job::run(g, a),
-        Command::Unlock { force } => maintenance::unlock(g, *force),
-        Command::Repair { what } => commands::repair(g, what),
+        Command::Init(a) => cmd::init::init(g, a),
+        Command::Backup(a) => cmd::backup::backup_cmd(g, a),
+        Command::Snapshots(a) => cmd::listing::snapshots(g, a),
+        Command::Restore(a) => cmd::restore::restore(g, a),
+        Command::Stats => cmd::listing::stats(g),
+        Command::Verify(a) => cmd::maintain::verify(g, a),
+        Command::Forget(a) => cmd::maintain::forget(g, a),
+        Command::Inspect(a) => cmd::inspect::inspect(g, a),
+        Command::ServeNbd(a) => cmd::access::serve_nbd(g, a),
+        Command::Mount(a) => cmd::access::mount(g, a),
+        Command::Prune(a) => cmd::maintain::prune(g, a),
+        Command::Run(a) => cmd::job::run(g, a),
+        Command::Unlock { force } => cmd::maintain::unlock(g, *force),
+        Command::Repair { what } => cmd::maintain::repair(g, what),
     }
 }
 
@@ -122,10 +145,7 @@ fn main() {
             }
             std::process::exit(EXIT_WARNINGS);
         }
-        Err(e)
-            if e.chain()
-                .any(|c| matches!(c.downcast_ref(), Some(engine::Error::Interrupted))) =>
-        {
+        Err(e) if exit_code(&e) == EXIT_INTERRUPTED => {
             eprintln!("dedisk: {e:#}; temporary files were removed");
             json_end("error", &format!("{e:#}"), EXIT_INTERRUPTED);
             std::process::exit(EXIT_INTERRUPTED);
@@ -148,9 +168,10 @@ fn main() {
                     chain.push(cause);
                 }
             }
+            let code = exit_code(&e);
             eprintln!("dedisk: error: {}", chain.join(": "));
-            json_end("error", &chain.join(": "), EXIT_ERROR);
-            std::process::exit(EXIT_ERROR);
+            json_end("error", &chain.join(": "), code);
+            std::process::exit(code);
         }
     }
 }

@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 
 use repo_format::blob::BlobKind;
-use repo_format::{BlobEncoder, BlobId, EncodedBlob, Index, Node, PackWriter, Repository};
+use repo_format::{BlobEncoder, BlobId, EncodedBlob, Index, Node, PackId, PackWriter, Repository};
+
+use repo_format::lock::{ExclusiveLock, SharedLock};
 
 use crate::error::Result;
 
@@ -18,23 +20,45 @@ pub struct BlobStore<'r> {
     pack: Option<PackWriter>,
     in_pack: HashSet<BlobId>,
     node_encoder: BlobEncoder,
+    /// Copying live blobs out of packs being repacked: the index already names them (in
+    /// the old pack), so they are stored anyway, and the new pack's rows replace theirs.
+    repack: bool,
+    /// Every pack finished so far, with its length.
+    written: Vec<(PackId, u64)>,
 }
 
 impl<'r> BlobStore<'r> {
-    pub fn new(repo: &'r Repository) -> Result<Self> {
+    /// A store writing under `lock` (a shared lock is enough to add data; an exclusive
+    /// one dereferences to it).
+    pub fn new(repo: &'r Repository, _lock: &SharedLock) -> Result<Self> {
         Ok(BlobStore {
             repo,
             index: repo.index()?,
             pack: None,
             in_pack: HashSet::new(),
             node_encoder: BlobEncoder::new(repo.config().compression.level)?,
+            repack: false,
+            written: Vec::new(),
         })
     }
 
-    /// Stores `blob` unless the repository already has it. Returns the bytes it took in
-    /// the pack (header included) when it was stored.
+    /// A store for prune's repack, under its exclusive lock: see [`BlobStore::put`].
+    pub fn for_repack(repo: &'r Repository, lock: &ExclusiveLock) -> Result<Self> {
+        let mut store = BlobStore::new(repo, lock)?;
+        store.repack = true;
+        Ok(store)
+    }
+
+    /// The packs this store finished, with their lengths in bytes.
+    pub fn written(&self) -> &[(PackId, u64)] {
+        &self.written
+    }
+
+    /// Stores `blob` unless the repository already has it (for a repack store: unless
+    /// this store has it). Returns the bytes it took in the pack (header included) when
+    /// it was stored.
     pub fn put(&mut self, blob: &EncodedBlob) -> Result<Option<u64>> {
-        if self.in_pack.contains(&blob.id) || self.index.contains(&blob.id)? {
+        if self.in_pack.contains(&blob.id) || (!self.repack && self.index.contains(&blob.id)?) {
             return Ok(None);
         }
         if self.pack.is_none() {
@@ -70,8 +94,17 @@ impl<'r> BlobStore<'r> {
     pub fn finish_pack(&mut self) -> Result<()> {
         if let Some(pack) = self.pack.take() {
             let finished = pack.finish(&self.repo.packs_dir())?;
-            self.index
-                .add_pack(&finished.id, finished.len_bytes, &finished.entries)?;
+            if self.repack {
+                self.index.add_pack_replacing(
+                    &finished.id,
+                    finished.len_bytes,
+                    &finished.entries,
+                )?;
+            } else {
+                self.index
+                    .add_pack(&finished.id, finished.len_bytes, &finished.entries)?;
+            }
+            self.written.push((finished.id, finished.len_bytes));
             self.in_pack.clear();
         }
         Ok(())
@@ -86,4 +119,3 @@ impl Drop for BlobStore<'_> {
         }
     }
 }
-

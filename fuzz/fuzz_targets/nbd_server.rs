@@ -41,9 +41,7 @@ fn exports() -> Arc<Exports> {
             let config =
                 repo_format::RepoConfig::new(Default::default(), Default::default(), 8 << 20)
                     .unwrap();
-            let repo: &'static repo_format::Repository = Box::leak(Box::new(
-                repo_format::Repository::init(&root, config).unwrap(),
-            ));
+            let repo = Arc::new(repo_format::Repository::init(&root, config).unwrap());
             let mut disk = vec![0u8; 3 << 20];
             for (i, b) in disk.iter_mut().enumerate().take(1 << 20) {
                 *b = (i * 7 % 251) as u8;
@@ -57,8 +55,10 @@ fn exports() -> Arc<Exports> {
                 cancel: Default::default(),
                 allow_empty: false,
             };
+            let lock = repo.lock_shared("fuzz").unwrap();
             let done = engine::backup::backup(
-                repo,
+                &repo,
+                &lock,
                 vec![engine::backup::DiskInput {
                     label: "vda".into(),
                     source: Box::new(source),
@@ -73,7 +73,7 @@ fn exports() -> Arc<Exports> {
                 aliases: vec![],
                 manifest: done.snapshot.disks[0].manifest,
             };
-            let exports = Arc::new(Exports::new(repo, vec![export]));
+            let exports = Arc::new(Exports::new(repo, lock, vec![export]));
             (dir, exports)
         })
         .1

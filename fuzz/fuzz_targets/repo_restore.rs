@@ -117,6 +117,7 @@ fuzz_target!(|data: &[u8]| {
     )
     .unwrap();
     let repo = Repository::init(&root, config).unwrap();
+    let lock = repo.lock_shared("fuzz").unwrap();
     let mut enc = BlobEncoder::new(1).unwrap();
     let mut pack = PackWriter::create(&repo.tmp_dir()).unwrap();
     let mut chunks = Vec::new();
@@ -180,7 +181,7 @@ fuzz_target!(|data: &[u8]| {
                 workers: 1,
                 cancel: &Default::default(),
             };
-            let _ = engine::restore::restore_disk(&repo, &req, &engine::progress::NoProgress);
+            let _ = engine::restore::restore_disk(&repo, &lock, &req, &engine::progress::NoProgress);
             let written = std::fs::symlink_metadata(target.join(&name));
             if let Ok(m) = written {
                 assert!(

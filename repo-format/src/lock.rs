@@ -126,6 +126,62 @@ impl Drop for RepoLock {
     }
 }
 
+/// A shared lock on a repository, handed out by [`crate::Repository::lock_shared`]:
+/// proof, by type, that this process may read and add data while it is held. Engine
+/// functions that read or write under a lock take one, so a command cannot forget it.
+/// Released when dropped.
+#[derive(Debug)]
+pub struct SharedLock {
+    lock: RepoLock,
+    reconciled: crate::IndexRepair,
+}
+
+/// An exclusive lock, handed out by [`crate::Repository::lock_exclusive`]: nobody else
+/// reads or writes meanwhile, so it may delete. It dereferences to a [`SharedLock`]:
+/// whatever a shared lock allows, it allows too.
+#[derive(Debug)]
+pub struct ExclusiveLock {
+    shared: SharedLock,
+}
+
+impl SharedLock {
+    pub(crate) fn new(lock: RepoLock, reconciled: crate::IndexRepair) -> Self {
+        SharedLock { lock, reconciled }
+    }
+
+    /// What reconciling the index with the packs did once the lock was taken (FORMAT.md,
+    /// section 12): rows of vanished packs are dropped only then, when no prune can be
+    /// deleting packs.
+    pub fn reconciled(&self) -> &crate::IndexRepair {
+        &self.reconciled
+    }
+
+    /// False for the stand-in a read-only repository gets: no file on disk.
+    pub fn is_on_disk(&self) -> bool {
+        self.lock.path.is_some()
+    }
+
+    /// See [`RepoLock::still_held`].
+    pub fn still_held(&self) -> Result<()> {
+        self.lock.still_held()
+    }
+}
+
+impl ExclusiveLock {
+    pub(crate) fn new(lock: RepoLock, reconciled: crate::IndexRepair) -> Self {
+        ExclusiveLock {
+            shared: SharedLock::new(lock, reconciled),
+        }
+    }
+}
+
+impl std::ops::Deref for ExclusiveLock {
+    type Target = SharedLock;
+    fn deref(&self) -> &SharedLock {
+        &self.shared
+    }
+}
+
 /// Touches `path` every [`REFRESH_EVERY`] until `stop` is dropped.
 fn refresh(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH_EVERY) {

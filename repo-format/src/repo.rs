@@ -10,6 +10,7 @@
 //! REPO/locks/                      reserved for repository locks
 //! ```
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -262,13 +263,77 @@ impl Repository {
         self.root.join("locks")
     }
 
-    /// Takes a repository lock (see [`crate::lock`]); released when the guard drops.
+    /// Takes a lock file of `kind` (see [`crate::lock`]), one attempt; released when the
+    /// guard drops. Commands take [`Repository::lock_shared`] or
+    /// [`Repository::lock_exclusive`] instead, which also reconcile the index.
     pub fn lock(
         &self,
         kind: crate::lock::LockKind,
         command: &str,
     ) -> Result<crate::lock::RepoLock> {
         crate::lock::acquire(&self.locks_dir(), &self.tmp_dir(), kind, command)
+    }
+
+    /// A shared lock for `command` (one attempt: [`Error::Locked`] names a conflicting
+    /// holder), with the index then reconciled with the packs under it.
+    ///
+    /// A repository this process cannot write, or whose filesystem takes no new file
+    /// (full, read-only, no permission), is read without a lock: a prune run by its
+    /// owner meanwhile would make reads fail, never return wrong data, since readers
+    /// check every chunk against its id.
+    pub fn lock_shared(&self, command: &str) -> Result<crate::lock::SharedLock> {
+        use crate::lock::{LockKind, RepoLock, SharedLock};
+        if !self.is_writable() {
+            log::warn!(
+                "the repository is read-only for this process: reading it without a lock (a prune run by its owner meanwhile would make reads fail, never return wrong data)"
+            );
+            return Ok(SharedLock::new(
+                RepoLock::read_only(),
+                IndexRepair::default(),
+            ));
+        }
+        match self.lock(LockKind::Shared, command) {
+            Ok(lock) => Ok(SharedLock::new(lock, self.reconcile_locked()?)),
+            Err(Error::Io { path, source }) if cannot_write(&source) => {
+                log::warn!(
+                    "cannot write a lock in {} ({source}): reading without a lock",
+                    path.display()
+                );
+                Ok(SharedLock::new(
+                    RepoLock::read_only(),
+                    IndexRepair::default(),
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An exclusive lock for `command` (one attempt), with the index reconciled under it.
+    /// Fails on a repository this process cannot write.
+    pub fn lock_exclusive(&self, command: &str) -> Result<crate::lock::ExclusiveLock> {
+        use crate::lock::{ExclusiveLock, LockKind};
+        if !self.is_writable() {
+            return Err(Error::io(
+                &self.root,
+                std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem),
+            ));
+        }
+        let lock = self.lock(LockKind::Exclusive, command)?;
+        Ok(ExclusiveLock::new(lock, self.reconcile_locked()?))
+    }
+
+    /// Reconciles the index under a lock just taken; damage the unlocked open did not
+    /// touch (it reads less) is rebuilt now.
+    fn reconcile_locked(&self) -> Result<IndexRepair> {
+        let mut index = self.index()?;
+        match self.reconcile(&mut index) {
+            Err(e) if e.is_broken_index() => {
+                self.recover_index(&index, &e)?;
+                let mut index = self.index()?;
+                self.reconcile(&mut index)
+            }
+            r => r,
+        }
     }
 
     pub fn index_path(&self) -> PathBuf {
@@ -557,8 +622,8 @@ fn writable(path: &Path) -> bool {
 }
 
 /// Reads blobs through the index, keeping pack files open. One per thread.
-pub struct BlobReader<'r> {
-    repo: &'r Repository,
+pub struct BlobReader<R: Borrow<Repository>> {
+    repo: R,
     index: Index,
     open_packs: HashMap<PackId, File>,
     decoder: BlobDecoder,
@@ -567,11 +632,14 @@ pub struct BlobReader<'r> {
 /// Packs a reader keeps open at once.
 const OPEN_PACKS_MAX: usize = 64;
 
-impl<'r> BlobReader<'r> {
-    pub fn new(repo: &'r Repository) -> Result<Self> {
+impl<R: Borrow<Repository>> BlobReader<R> {
+    /// A reader over `repo`: a borrow (`&Repository`) for one command's work, or an
+    /// `Arc<Repository>` for readers that outlive the caller's frame (server threads).
+    pub fn new(repo: R) -> Result<Self> {
+        let index = repo.borrow().index()?;
         Ok(BlobReader {
             repo,
-            index: repo.index()?,
+            index,
             open_packs: HashMap::new(),
             decoder: BlobDecoder::new()?,
         })
@@ -586,17 +654,17 @@ impl<'r> BlobReader<'r> {
                 // Damaged, or moved aside by another reader's recovery since this
                 // connection opened it (any error then): recover (or wait for the
                 // recovery under way), reconnect, retry once.
-                let live = crate::index::file_id(&self.repo.index_path());
+                let live = crate::index::file_id(&self.repo.borrow().index_path());
                 let moved = self.index.file_id().is_some() && live != self.index.file_id();
                 if !(e.is_broken_index() || moved) {
                     return Err(e);
                 }
-                self.repo.recover_index(&self.index, &e)?;
+                self.repo.borrow().recover_index(&self.index, &e)?;
                 // A connection opened in the instant the file is swapped may still see
                 // the old one: reconnect a few times before giving up.
                 let mut last = e;
                 for _ in 0..3 {
-                    self.index = match self.repo.index() {
+                    self.index = match self.repo.borrow().index() {
                         Ok(i) => i,
                         Err(e) => {
                             last = e;
@@ -620,7 +688,7 @@ impl<'r> BlobReader<'r> {
             if self.open_packs.len() >= OPEN_PACKS_MAX {
                 self.open_packs.clear();
             }
-            let path = pack_path(&self.repo.packs_dir(), &pack);
+            let path = pack_path(&self.repo.borrow().packs_dir(), &pack);
             let f = File::open(&path).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Error::MissingPack {
                     pack,
@@ -656,7 +724,7 @@ impl<'r> BlobReader<'r> {
     /// Whether the pack's own TOC lists the blob exactly where `loc` (an index row)
     /// says. False also when the pack is gone.
     pub fn toc_agrees(&mut self, loc: &BlobLocation) -> Result<bool> {
-        let path = crate::pack::pack_path(&self.repo.packs_dir(), &loc.pack);
+        let path = crate::pack::pack_path(&self.repo.borrow().packs_dir(), &loc.pack);
         let file = match self.pack_file(loc.pack) {
             Ok(f) => f,
             Err(Error::MissingPack { .. }) => return Ok(false),
@@ -677,15 +745,15 @@ impl<'r> BlobReader<'r> {
             Ok(data) => Ok(data),
             Err(e) if e.is_corruption() && !self.toc_agrees(loc)? => {
                 let why = Error::Index {
-                    path: self.repo.index_path(),
+                    path: self.repo.borrow().index_path(),
                     source: rusqlite::Error::InvalidParameterName(format!(
                         "the row for blob {} disagrees with pack {}'s table of contents ({e})",
                         loc.entry.id.short(),
                         loc.pack.short()
                     )),
                 };
-                self.repo.recover_index(&self.index, &why)?;
-                self.index = self.repo.index()?;
+                self.repo.borrow().recover_index(&self.index, &why)?;
+                self.index = self.repo.borrow().index()?;
                 let again = self.locate(&loc.entry.id)?;
                 if again == *loc {
                     return Err(e); // the TOCs say the same: nothing better to read
@@ -731,4 +799,12 @@ impl<'r> BlobReader<'r> {
         let bytes = self.read_located(&loc)?;
         Node::decode(*id, &bytes)
     }
+}
+
+/// Errors that mean "this filesystem takes no new file", not "something is wrong".
+fn cannot_write(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EROFS | libc::EACCES | libc::EPERM | libc::EDQUOT)
+    )
 }

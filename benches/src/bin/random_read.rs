@@ -22,11 +22,11 @@ fn main() {
         eprintln!("usage: random_read REPO SNAPSHOT[:LABEL] [COUNT]");
         std::process::exit(2);
     }
-    let repo: &'static repo_format::Repository = Box::leak(Box::new(
+    let repo = std::sync::Arc::new(
         repo_format::Repository::open(args[0].as_ref()).expect("open repository"),
-    ));
+    );
     let (spec, label) = engine::job::select::split_label(&args[1]);
-    let (_, snap) = engine::job::select::resolve_snapshot(repo, spec).expect("snapshot");
+    let (_, snap) = engine::job::select::resolve_snapshot(&repo, spec).expect("snapshot");
     let disk = snap
         .disks
         .iter()
@@ -42,7 +42,7 @@ fn main() {
         let offset = (seed % (disk.size_bytes / 4096)) * 4096;
         drop_caches();
         let t = Instant::now();
-        let mut reader = DiskReader::new(repo, disk.manifest).expect("reader");
+        let mut reader = DiskReader::new(repo.clone(), disk.manifest).expect("reader");
         let mut buf = [0u8; 4096];
         reader.read_at(offset, &mut buf).expect("read");
         let e = t.elapsed().as_secs_f64() * 1000.0;

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use engine::source::{open_source, DiskSource, SourceOptions};
+use engine::source::{DiskSource, SourceOptions};
 
 const READ_BYTES: usize = 4 << 20;
 const READERS: usize = 4;
@@ -20,10 +20,11 @@ fn main() {
         direct: !args.iter().any(|a| a == "--no-direct"),
         ..Default::default()
     };
-    let mut src = open_source(path, &opts).unwrap_or_else(|e| {
+    let mut opened = engine::source::open(path, None, &opts).unwrap_or_else(|e| {
         eprintln!("{path}: {e}");
         std::process::exit(1);
     });
+    let mut src = opened.disks.swap_remove(0).source;
     let size = src.size_bytes().unwrap_or(u64::MAX);
     // The extents first (metadata only), then READERS threads take every READERS-th
     // 4 MiB piece, as the backup reader keeps several reads in flight.

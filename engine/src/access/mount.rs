@@ -12,19 +12,20 @@
 //! while mounted appear. A snapshot directory is filled on first use: finding partitions
 //! reads the disk's first sectors. Each open file has its own [`DiskReader`].
 
-use super::partitions;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
     Request,
 };
+use repo_format::lock::SharedLock;
 use repo_format::{ManifestRoot, Repository, Snapshot, SnapshotId};
 
+use super::partitions;
 use crate::read::DiskReader;
 
 const ROOT: u64 = 1;
@@ -69,7 +70,9 @@ struct Inode {
 
 /// The filesystem (see the module docs).
 pub struct SnapshotFs {
-    repo: &'static Repository,
+    repo: Arc<Repository>,
+    /// Held while mounted: a prune must not delete packs the kernel is reading.
+    _lock: SharedLock,
     filter: MountFilter,
     nodes: Vec<Inode>,
     shown: HashMap<SnapshotId, u64>,
@@ -87,11 +90,13 @@ pub fn snapshot_dir_name(id: &SnapshotId, snap: &Snapshot) -> String {
 }
 
 impl SnapshotFs {
-    pub fn new(repo: &'static Repository, filter: MountFilter) -> Self {
+    /// The filesystem over `repo`, holding `lock` until it is dropped (unmounted).
+    pub fn new(repo: Arc<Repository>, lock: SharedLock, filter: MountFilter) -> Self {
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let mut fs = SnapshotFs {
             repo,
+            _lock: lock,
             filter,
             nodes: Vec::new(),
             shown: HashMap::new(),
@@ -266,7 +271,7 @@ impl SnapshotFs {
                 mtime,
             );
             self.link(dir, format!("{}.raw", d.label), f);
-            let parts = match DiskReader::new(self.repo, d.manifest) {
+            let parts = match DiskReader::new(self.repo.clone(), d.manifest) {
                 Ok(mut r) => {
                     let mut read = |at: u64, n: usize| {
                         let mut buf = vec![0u8; n];
@@ -507,7 +512,7 @@ impl Filesystem for SnapshotFs {
             return reply.error(libc::EISDIR);
         };
         let (manifest, offset, len) = (*manifest, *offset, *len);
-        match DiskReader::new(self.repo, manifest) {
+        match DiskReader::new(self.repo.clone(), manifest) {
             Ok(r) => {
                 let fh = self.next_fh;
                 self.next_fh += 1;

@@ -9,6 +9,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+use repo_format::lock::SharedLock;
 use repo_format::{Extent, ManifestRoot, Repository};
 
 use crate::read::DiskReader;
@@ -95,7 +96,9 @@ pub struct Export {
 
 /// The exports of one server, shared by every client thread.
 pub struct Exports {
-    pub repo: &'static Repository,
+    pub repo: Arc<Repository>,
+    /// Held while serving: a prune must not delete packs clients are reading.
+    _lock: SharedLock,
     pub list: Vec<Export>,
     /// One chunk cache for every client, so memory does not grow with their number.
     pub cache: crate::read::SharedChunkCache,
@@ -158,9 +161,11 @@ impl Default for ServeLimits {
 
 impl Exports {
     /// The exports `list` of `repo`, with one chunk cache and one read budget for all.
-    pub fn new(repo: &'static Repository, list: Vec<Export>) -> Exports {
+    /// The exports `list` of `repo`, holding `lock` for as long as they are served.
+    pub fn new(repo: Arc<Repository>, lock: SharedLock, list: Vec<Export>) -> Exports {
         Exports {
             repo,
+            _lock: lock,
             list,
             cache: Default::default(),
             budget: ReadBudget {
@@ -185,8 +190,9 @@ pub fn serve_client<S: Read + Write>(exports: Arc<Exports>, mut stream: S) -> st
     let Some((export, structured, meta)) = negotiate(&exports, &mut stream)? else {
         return Ok(());
     };
-    let reader = DiskReader::with_cache(exports.repo, export.manifest, exports.cache.clone())
-        .map_err(std::io::Error::other)?;
+    let reader =
+        DiskReader::with_cache(exports.repo.clone(), export.manifest, exports.cache.clone())
+            .map_err(std::io::Error::other)?;
     transmission(reader, &exports.budget, structured, meta, &mut stream)
 }
 

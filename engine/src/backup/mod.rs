@@ -23,16 +23,18 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use repo_format::blob::BlobKind;
 use repo_format::{
-    BlobEncoder, BlobId, DiskStats, EncodedBlob, Extent, ManifestBuilder, ManifestRoot,
-    Node, Repository, Snapshot, SnapshotDisk, SnapshotId, SnapshotMeta,
+    BlobEncoder, BlobId, DiskStats, EncodedBlob, Extent, ManifestBuilder, ManifestRoot, Node,
+    Repository, Snapshot, SnapshotDisk, SnapshotId, SnapshotMeta,
 };
 
+use repo_format::lock::SharedLock;
+
 use crate::chunk::{Cut, Cutter};
-pub use crate::store::BlobStore;
 use crate::error::{Error, Result};
-use crate::progress::Progress;
 use crate::io::AlignedBuf;
+use crate::progress::Progress;
 use crate::source::{DiskSource, StreamSource};
+pub use crate::store::BlobStore;
 
 /// Size of one read from the source.
 const READ_BUF_BYTES: usize = 4 << 20;
@@ -104,9 +106,34 @@ pub fn check_label(label: &str) -> Result<()> {
         .map_err(|e| Error::Usage(format!("invalid disk label: {e}")))
 }
 
+/// The disks and metadata files an opened disk argument holds, as backup inputs.
+pub fn inputs_of(opened: crate::source::Opened) -> (Vec<DiskInput>, Vec<MetaInput>) {
+    let disks = opened
+        .disks
+        .into_iter()
+        .map(|d| DiskInput {
+            label: d.label,
+            source: d.source,
+        })
+        .collect();
+    let meta = opened
+        .meta
+        .into_iter()
+        .map(|m| MetaInput {
+            name: m.name,
+            content: MetaContent::Bytes {
+                origin: m.origin,
+                bytes: m.bytes,
+            },
+        })
+        .collect();
+    (disks, meta)
+}
+
 /// Backs up `disks` (and `meta` files) as one new snapshot of VM `opts.name`.
 pub fn backup(
     repo: &Repository,
+    lock: &SharedLock,
     disks: Vec<DiskInput>,
     meta: Vec<MetaInput>,
     opts: &BackupOptions,
@@ -146,7 +173,7 @@ pub fn backup(
             )));
         }
     }
-    let mut store = BlobStore::new(repo)?;
+    let mut store = BlobStore::new(repo, lock)?;
     let mut snap_disks = Vec::new();
     for d in disks {
         let source = d.source.describe();

@@ -6,15 +6,14 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use repo_format::lock::LockKind;
 use repo_format::Repository;
 
 use super::provider::{self, shell, ViewDisk};
 use super::{Job, VmPlan};
-use crate::backup::{backup, BackupOptions, DiskInput, MetaInput};
+use crate::backup::{backup, BackupOptions, MetaInput};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
-use crate::source::{open_source, SourceOptions};
+use crate::source::SourceOptions;
 
 /// How long a job waits for a conflicting lock (a prune running from another job).
 const LOCK_WAIT: Duration = Duration::from_secs(3600);
@@ -162,30 +161,29 @@ fn describe_policy(p: &crate::maintain::forget::Policy) -> String {
 
 fn backup_vm(
     repo: &Repository,
+    lock: &repo_format::lock::SharedLock,
     vm: &VmPlan,
     disks: Vec<ViewDisk>,
     provider_meta: Vec<MetaInput>,
     cancel: &Cancel,
     result: &mut VmResult,
 ) -> Result<()> {
-    let inputs = disks
-        .into_iter()
-        .map(|d| {
-            let source = open_source(
-                &d.path,
-                &SourceOptions {
-                    direct: true,
-                    format: d.format,
-                    ..Default::default()
-                },
-            )?;
-            Ok(DiskInput {
-                label: d.label,
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut inputs = Vec::new();
     let mut meta: Vec<MetaInput> = vm.meta.iter().map(|p| MetaInput::from_path(p)).collect();
+    for d in disks {
+        let opened = crate::source::open(
+            &d.path,
+            Some(&d.label),
+            &SourceOptions {
+                direct: true,
+                format: d.format.map(crate::source::SourceFormat::Image),
+                ..Default::default()
+            },
+        )?;
+        let (disks, metas) = crate::backup::inputs_of(opened);
+        inputs.extend(disks);
+        meta.extend(metas);
+    }
     meta.extend(provider_meta);
     let opts = BackupOptions {
         name: vm.name.clone(),
@@ -194,7 +192,14 @@ fn backup_vm(
         cancel: cancel.clone(),
         allow_empty: false,
     };
-    let done = backup(repo, inputs, meta, &opts, &crate::progress::NoProgress)?;
+    let done = backup(
+        repo,
+        lock,
+        inputs,
+        meta,
+        &opts,
+        &crate::progress::NoProgress,
+    )?;
     result.snapshot = Some(done.id.short());
     result.size_bytes = done.snapshot.size_bytes();
     result.new_stored_bytes = done
@@ -249,12 +254,12 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
     }
     let mut provider = provider::for_vm(vm);
     let outcome = (|| -> Result<()> {
-        let _lock = crate::locking::lock(repo, LockKind::Shared, "run", LOCK_WAIT, cancel)?;
+        let lock = crate::locking::shared(repo, "run", LOCK_WAIT, cancel)?;
         let disks = provider
             .acquire()
             .map_err(|e| Error::Usage(format!("snapshot: {e}")))?;
         let meta = provider.take_meta();
-        backup_vm(repo, vm, disks, meta, cancel, &mut r)?;
+        backup_vm(repo, &lock, vm, disks, meta, cancel, &mut r)?;
         // A copy taken from a snapshot that broke meanwhile is not a backup: drop it.
         if let Err(e) = provider.check_after() {
             if let Some(id) = r.snapshot.take() {
@@ -289,16 +294,16 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
         match vm.settings.policy() {
             Ok(p) if !p.is_empty() => {
                 let forgotten =
-                    crate::locking::lock(repo, LockKind::Shared, "run", LOCK_WAIT, cancel)
-                        .and_then(|_l| {
-                            crate::maintain::forget::forget(
-                                repo,
-                                &p,
-                                Some(&vm.name),
-                                false,
-                                &jiff::tz::TimeZone::system(),
-                            )
-                        });
+                    crate::locking::shared(repo, "run", LOCK_WAIT, cancel).and_then(|l| {
+                        crate::maintain::forget::forget(
+                            repo,
+                            &l,
+                            &p,
+                            Some(&vm.name),
+                            false,
+                            &jiff::tz::TimeZone::system(),
+                        )
+                    });
                 match forgotten {
                     Ok(d) => r.forgotten = d.iter().filter(|d| !d.keep).count(),
                     Err(e) => r.errors.push(format!("retention: {e}")),
@@ -352,14 +357,8 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
                     max_unused_pct: 10.0,
                     dry_run: false,
                 };
-                let pruned = crate::locking::lock(
-                    &repo,
-                    LockKind::Exclusive,
-                    "run prune",
-                    LOCK_WAIT,
-                    cancel,
-                )
-                .and_then(|l| crate::maintain::prune::prune(&repo, &l, &opts, cancel));
+                let pruned = crate::locking::exclusive(&repo, "run prune", LOCK_WAIT, cancel)
+                    .and_then(|l| crate::maintain::prune::prune(&repo, &l, &opts, cancel));
                 match pruned {
                     Ok(p) => report.pruned = Some(p),
                     Err(e) => report.errors.push(format!("prune: {e}")),

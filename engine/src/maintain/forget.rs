@@ -166,6 +166,7 @@ pub fn apply(
 /// snapshot files it does not keep. Returns every decision, grouped by VM.
 pub fn forget(
     repo: &Repository,
+    _lock: &repo_format::lock::SharedLock,
     policy: &Policy,
     name: Option<&str>,
     dry_run: bool,

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use repo_format::{BlobId, BlobReader, EncodedBlob, Node, PackId, PackWriter, Repository};
+use repo_format::{BlobId, BlobReader, EncodedBlob, Node, PackId, Repository};
 
 use crate::error::{Error, Result};
 
@@ -94,7 +94,7 @@ fn mark(repo: &Repository, cancel: &crate::cancel::Cancel) -> Result<(HashSet<Bl
 /// backup may since have started and deduplicated against the pack (issue 11).
 pub fn prune(
     repo: &Repository,
-    lock: &repo_format::lock::RepoLock,
+    lock: &repo_format::lock::ExclusiveLock,
     opts: &PruneOptions,
     cancel: &crate::cancel::Cancel,
 ) -> Result<PruneReport> {
@@ -169,21 +169,8 @@ pub fn prune(
     }
     // 2. Copy live blobs out of the packs to repack; new packs are durable and indexed
     //    (pointing those blobs at them) before the old ones are deleted.
-    let mut written: HashSet<PackId> = HashSet::new();
-    let mut writer: Option<PackWriter> = None;
+    let mut store = crate::store::BlobStore::for_repack(repo, lock)?;
     let mut reader = BlobReader::new(repo)?;
-    let finish = |w: PackWriter,
-                  index: &mut repo_format::Index,
-                  report: &mut PruneReport,
-                  written: &mut HashSet<PackId>|
-     -> Result<()> {
-        let done = w.finish(&repo.packs_dir())?;
-        index.add_pack_replacing(&done.id, done.len_bytes, &done.entries)?;
-        written.insert(done.id);
-        report.packs_written += 1;
-        report.bytes_written += done.len_bytes;
-        Ok(())
-    };
     let mut repacked = Vec::new();
     for (pack, ids) in &repack {
         cancel.check()?;
@@ -217,21 +204,15 @@ pub fn prune(
             continue;
         }
         for b in blobs {
-            let w = match writer.as_mut() {
-                Some(w) => w,
-                None => writer.insert(PackWriter::create(&repo.tmp_dir())?),
-            };
-            w.add(&b)?;
-            if w.len_bytes() >= repo.config().pack_target_bytes {
-                let w = writer.take().expect("present above");
-                finish(w, &mut index, &mut report, &mut written)?;
-            }
+            store.put(&b)?;
         }
         repacked.push(*pack);
     }
-    if let Some(w) = writer.take() {
-        finish(w, &mut index, &mut report, &mut written)?;
-    }
+    store.finish_pack()?;
+    let written: HashSet<PackId> = store.written().iter().map(|(id, _)| *id).collect();
+    report.packs_written = store.written().len() as u64;
+    report.bytes_written = store.written().iter().map(|(_, n)| n).sum();
+    drop(store);
     // 3. Delete the repacked packs, now that their live blobs are elsewhere.
     for pack in repacked.iter().filter(|p| !written.contains(p)) {
         cancel.check()?;
@@ -248,7 +229,7 @@ pub fn prune(
 /// Forgets a pack in the index, then deletes its file and makes that durable.
 fn remove_pack(
     repo: &Repository,
-    lock: &repo_format::lock::RepoLock,
+    lock: &repo_format::lock::ExclusiveLock,
     index: &mut repo_format::Index,
     pack: &PackId,
 ) -> Result<()> {
@@ -271,7 +252,6 @@ mod tests {
     use super::*;
     use crate::backup::{backup, BackupOptions, DiskInput};
     use crate::source::StreamSource;
-    use repo_format::lock::LockKind;
 
     /// Issue 11: a prune whose lock someone removed (a forced unlock from another host,
     /// or by hand) must not delete a pack a backup started meanwhile may rely on.
@@ -292,8 +272,10 @@ mod tests {
             allow_empty: false,
         };
         let source = Box::new(StreamSource::new(std::io::Cursor::new(data), "test".into()));
+        let shared = repo.lock_shared("backup").unwrap();
         let done = backup(
             &repo,
+            &shared,
             vec![DiskInput {
                 label: "vda".into(),
                 source,
@@ -303,11 +285,12 @@ mod tests {
             &crate::progress::NoProgress,
         )
         .unwrap();
+        drop(shared);
         repo.remove_snapshot(&done.id).unwrap();
         let packs = repo.list_packs().unwrap().len();
         assert!(packs >= 1, "{packs} packs");
 
-        let lock = repo.lock(LockKind::Exclusive, "prune").unwrap();
+        let lock = repo.lock_exclusive("prune").unwrap();
         for (path, _) in repo_format::lock::list(&repo.locks_dir()).unwrap() {
             std::fs::remove_file(path).unwrap();
         }
@@ -320,7 +303,7 @@ mod tests {
         assert_eq!(repo.list_packs().unwrap().len(), packs, "no pack deleted");
         // With its lock in place, the same prune reclaims them.
         drop(lock);
-        let lock = repo.lock(LockKind::Exclusive, "prune").unwrap();
+        let lock = repo.lock_exclusive("prune").unwrap();
         prune(&repo, &lock, &opts, &Default::default()).unwrap();
         assert_eq!(repo.list_packs().unwrap().len(), 0);
     }

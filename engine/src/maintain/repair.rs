@@ -14,8 +14,8 @@ use repo_format::{
     SnapshotId,
 };
 
-use crate::backup::BlobStore;
 use crate::error::Result;
+use crate::store::BlobStore;
 
 /// One snapshot that was (or, dry, would be) rewritten.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -37,7 +37,7 @@ pub struct RepairReport {
 }
 
 struct Walk<'a, 'r> {
-    reader: BlobReader<'r>,
+    reader: BlobReader<&'r Repository>,
     store: &'a mut BlobStore<'r>,
     builder: ManifestBuilder,
     lost: Vec<LostRange>,
@@ -135,12 +135,13 @@ fn rebuild<'r>(
 /// holds the exclusive lock: the new manifest nodes must not be pruned half-written.
 pub fn repair_snapshots(
     repo: &Repository,
+    lock: &repo_format::lock::ExclusiveLock,
     read_data: bool,
     dry_run: bool,
     cancel: &crate::cancel::Cancel,
 ) -> Result<RepairReport> {
     let mut report = RepairReport::default();
-    let mut store = BlobStore::new(repo)?;
+    let mut store = BlobStore::new(repo, lock)?;
     for r in repo.list_snapshots()? {
         cancel.check()?;
         let (id, mut snap) = match r {

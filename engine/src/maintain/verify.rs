@@ -141,7 +141,11 @@ impl VerifyReport {
 
 /// Checks the repository as `opts` asks. Problems are collected, not returned as errors;
 /// an `Err` means verification itself could not run.
-pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
+pub fn verify(
+    repo: &Repository,
+    _lock: &repo_format::lock::SharedLock,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let on_disk = repo.list_packs()?;
     let index = repo.index()?;
@@ -269,7 +273,7 @@ fn check_index_against_tocs(
 /// Walks one manifest, turning missing and damaged chunks into byte-range problems.
 fn check_manifest(
     index: &repo_format::Index,
-    nodes: &mut BlobReader<'_>,
+    nodes: &mut BlobReader<&Repository>,
     manifest: &ManifestRoot,
     bad_blobs: &HashSet<BlobId>,
     report: &mut VerifyReport,

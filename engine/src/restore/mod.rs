@@ -16,14 +16,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
-use repo_format::{
-    BlobId, BlobLocation, BlobReader, Extent, ManifestRoot, ManifestWalker, Repository,
-};
+use repo_format::{BlobLocation, BlobReader, Extent, ManifestRoot, Repository};
 
 use crate::error::{Damage, Error, Result};
-use crate::restore::qcow2::Qcow2Writer;
-use crate::progress::Progress;
 use crate::io::{AlignedBuf, DIRECT_ALIGN};
+use crate::progress::Progress;
+use crate::read::{feed_extents, fetch_chunk};
+use qcow2::Qcow2Writer;
 use target::Target;
 pub use target::{TargetDir, TargetOptions};
 
@@ -150,6 +149,7 @@ pub struct RestoreRequest<'a> {
 /// pack), leaving the partial file under its temporary name.
 pub fn restore_disk(
     repo: &Repository,
+    _lock: &repo_format::lock::SharedLock,
     req: &RestoreRequest<'_>,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
@@ -232,7 +232,7 @@ pub fn restore_disk(
                     let mut bounce = None;
                     for (offset, extent, loc) in rx {
                         match extent {
-                            Extent::Chunk { id, len } => match fetch(&mut reader, &id, loc) {
+                            Extent::Chunk { id, len } => match fetch_chunk(&mut reader, &id, loc) {
                                 Ok(data) => out
                                     .write_at(&data, offset, &mut bounce)
                                     .map_err(|e| Error::target(write_path, e))?,
@@ -266,36 +266,18 @@ pub fn restore_disk(
             .collect();
         drop(rx);
         // Walk the manifest here, feeding the workers in disk order.
-        let walked = (|| -> Result<u64> {
-            let mut nodes = BlobReader::new(repo)?;
-            let mut ahead = BlobReader::new(repo)?;
-            let mut walker = ManifestWalker::new(*manifest, |id: &BlobId| nodes.read_node(id));
-            let mut end = 0;
-            while let Some((offset, extent)) = walker.next_extent()? {
-                cancel.check()?;
-                match extent {
-                    Extent::Chunk { len, .. } => {
-                        report.chunks += 1;
-                        report.written_bytes += len as u64;
-                    }
-                    Extent::Hole { len } => report.hole_bytes += len,
+        let walked = feed_extents(repo, *manifest, |offset, extent, loc| {
+            cancel.check()?;
+            match extent {
+                Extent::Chunk { len, .. } => {
+                    report.chunks += 1;
+                    report.written_bytes += len as u64;
                 }
-                end = offset + extent.len();
-                let loc = match extent {
-                    Extent::Chunk { id, .. } => ahead.locate(&id).ok(),
-                    Extent::Hole { .. } => None,
-                };
-                if let Some(loc) = &loc {
-                    // Only advice: a pack that cannot be opened is reported, precisely, by
-                    // the worker that reads the chunk.
-                    let _ = ahead.prefetch(loc);
-                }
-                if tx.send((offset, extent, loc)).is_err() {
-                    break; // a worker failed; its error is reported below
-                }
+                Extent::Hole { len } => report.hole_bytes += len,
             }
-            Ok(end)
-        })();
+            // A closed queue means a worker failed; its error is reported below.
+            Ok(tx.send((offset, extent, loc)).is_ok())
+        });
         drop(tx);
         let mut first_err = None;
         for h in handles {
@@ -339,21 +321,4 @@ pub fn restore_disk(
     kind.commit()?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// Reads one chunk; on failure also says which pack it was in, when known.
-type FetchError = Box<(Option<repo_format::PackId>, repo_format::Error)>;
-
-fn fetch(
-    reader: &mut BlobReader<'_>,
-    id: &BlobId,
-    known: Option<BlobLocation>,
-) -> std::result::Result<Vec<u8>, FetchError> {
-    let loc = match known {
-        Some(loc) => loc,
-        None => reader.locate(id).map_err(|e| Box::new((None, e)))?,
-    };
-    reader
-        .read_located(&loc)
-        .map_err(|e| Box::new((Some(loc.pack), e)))
 }

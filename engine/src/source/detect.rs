@@ -19,8 +19,24 @@ pub enum ImageFormat {
     Vmdk,
     /// VirtualBox VDI.
     Vdi,
+}
+
+/// What a disk argument holds: one disk in an image format, or a container of whole
+/// VMs that yields several disks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceFormat {
+    Image(ImageFormat),
     /// XenServer `xe vm-export`: a tar of `ova.xml` and 1 MiB blocks per disk.
     Xva,
+}
+
+impl std::fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceFormat::Image(i) => i.fmt(f),
+            SourceFormat::Xva => f.write_str("xva"),
+        }
+    }
 }
 
 impl std::fmt::Display for ImageFormat {
@@ -32,18 +48,31 @@ impl std::fmt::Display for ImageFormat {
             ImageFormat::Vhdx => "vhdx",
             ImageFormat::Vmdk => "vmdk",
             ImageFormat::Vdi => "vdi",
-            ImageFormat::Xva => "xva",
         })
     }
 }
 
 /// Looks at the head and tail of `file` (of `len_bytes`). Anything unrecognised is raw.
-pub fn detect(file: &File, len_bytes: u64) -> std::io::Result<ImageFormat> {
+pub fn detect(file: &File, len_bytes: u64) -> std::io::Result<SourceFormat> {
     let mut head = [0u8; 512];
     let n = read_up_to(file, &mut head, 0)?;
     if let Some(f) = detect_head(&head[..n]) {
         return Ok(f);
     }
+    Ok(SourceFormat::Image(detect_tail(file, len_bytes)?))
+}
+
+/// [`detect`] for a layer of a backing chain, which is always an image: an XVA there is
+/// refused by the caller.
+pub fn detect_image(file: &File, len_bytes: u64) -> std::io::Result<Option<ImageFormat>> {
+    Ok(match detect(file, len_bytes)? {
+        SourceFormat::Image(f) => Some(f),
+        SourceFormat::Xva => None,
+    })
+}
+
+/// A fixed VHD's footer at the end, or raw.
+fn detect_tail(file: &File, len_bytes: u64) -> std::io::Result<ImageFormat> {
     if len_bytes >= 512 {
         // Fixed VHDs are a raw disk plus a 512-byte footer (511 bytes in old versions).
         let mut tail = [0u8; 512];
@@ -57,28 +86,29 @@ pub fn detect(file: &File, len_bytes: u64) -> std::io::Result<ImageFormat> {
 
 /// The format the first (up to 512) bytes show, if they show one. A fixed VHD only
 /// shows at its end, so `None` is not proof of a raw disk.
-pub fn detect_head(head: &[u8]) -> Option<ImageFormat> {
+pub fn detect_head(head: &[u8]) -> Option<SourceFormat> {
+    use SourceFormat::Image;
     if head.starts_with(b"QFI\xfb") {
-        return Some(ImageFormat::Qcow2);
+        return Some(Image(ImageFormat::Qcow2));
     }
     if head.starts_with(b"vhdxfile") {
-        return Some(ImageFormat::Vhdx);
+        return Some(Image(ImageFormat::Vhdx));
     }
     if head.starts_with(b"KDMV")
         || head.starts_with(b"COWD")
         || head.starts_with(b"# Disk DescriptorFile")
     {
-        return Some(ImageFormat::Vmdk);
+        return Some(Image(ImageFormat::Vmdk));
     }
     if head.len() >= 0x44 && head[0x40..0x44] == 0xbeda107fu32.to_le_bytes() {
-        return Some(ImageFormat::Vdi);
+        return Some(Image(ImageFormat::Vdi));
     }
     // A tar whose first member is ova.xml (name field at 0, "ustar" magic at 257).
     if head.starts_with(b"ova.xml\0") && head.len() >= 262 && &head[257..262] == b"ustar" {
-        return Some(ImageFormat::Xva);
+        return Some(SourceFormat::Xva);
     }
     if head.starts_with(b"conectix") {
-        return Some(ImageFormat::Vhd); // dynamic VHDs copy the footer to the start
+        return Some(Image(ImageFormat::Vhd)); // dynamic VHDs copy the footer to the start
     }
     None
 }
@@ -99,7 +129,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn detect_bytes(head: &[u8], tail: Option<&[u8]>) -> ImageFormat {
+    fn detect_bytes(head: &[u8], tail: Option<&[u8]>) -> SourceFormat {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(head).unwrap();
         f.write_all(&vec![0u8; 4096]).unwrap();
@@ -112,26 +142,45 @@ mod tests {
 
     #[test]
     fn magics_are_recognised_and_everything_else_is_raw() {
-        assert_eq!(detect_bytes(b"QFI\xfb\0\0\0\x03", None), ImageFormat::Qcow2);
-        assert_eq!(detect_bytes(b"vhdxfile", None), ImageFormat::Vhdx);
-        assert_eq!(detect_bytes(b"KDMV\x01\0\0\0", None), ImageFormat::Vmdk);
+        assert_eq!(
+            detect_bytes(b"QFI\xfb\0\0\0\x03", None),
+            SourceFormat::Image(ImageFormat::Qcow2)
+        );
+        assert_eq!(
+            detect_bytes(b"vhdxfile", None),
+            SourceFormat::Image(ImageFormat::Vhdx)
+        );
+        assert_eq!(
+            detect_bytes(b"KDMV\x01\0\0\0", None),
+            SourceFormat::Image(ImageFormat::Vmdk)
+        );
         assert_eq!(
             detect_bytes(b"# Disk DescriptorFile\n", None),
-            ImageFormat::Vmdk
+            SourceFormat::Image(ImageFormat::Vmdk)
         );
         let mut vdi = vec![0u8; 0x44];
         vdi[0x40..0x44].copy_from_slice(&0xbeda107fu32.to_le_bytes());
-        assert_eq!(detect_bytes(&vdi, None), ImageFormat::Vdi);
+        assert_eq!(
+            detect_bytes(&vdi, None),
+            SourceFormat::Image(ImageFormat::Vdi)
+        );
         let mut footer = vec![0u8; 512];
         footer[..8].copy_from_slice(b"conectix");
-        assert_eq!(detect_bytes(b"", Some(&footer)), ImageFormat::Vhd);
+        assert_eq!(
+            detect_bytes(b"", Some(&footer)),
+            SourceFormat::Image(ImageFormat::Vhd)
+        );
         assert_eq!(
             detect_bytes(b"\xeb\x63\x90 an MBR boot sector", None),
-            ImageFormat::Raw
+            SourceFormat::Image(ImageFormat::Raw)
         );
         assert_eq!(
             detect(&tempfile::tempfile().unwrap(), 0).unwrap(),
-            ImageFormat::Raw
+            SourceFormat::Image(ImageFormat::Raw)
         );
+        let mut xva = vec![0u8; 512];
+        xva[..8].copy_from_slice(b"ova.xml\0");
+        xva[257..262].copy_from_slice(b"ustar");
+        assert_eq!(detect_bytes(&xva, None), SourceFormat::Xva);
     }
 }

@@ -3,10 +3,22 @@
 //! A source answers two questions, "where is the next allocated data at or after this
 //! offset?" and "read these bytes", so the pipeline never branches on the format.
 //! Unallocated ranges are never read: they reach the chunker as known zeros.
+//!
+//! [`open`] is the one way in: a path, a device or `-` becomes the disks it holds (one,
+//! or several for an XVA export) and the metadata that came with them; [`inspect`] shows
+//! the same without reading data. Nothing here knows of repositories.
+//!
+//! ```text
+//! open ─▶ detect ─┬─ raw file / device ───────▶ RawSource
+//!                 ├─ qcow2 vhd vhdx vmdk vdi ─▶ image::Image (+ backing chain, host files)
+//!                 ├─ pipe: raw / dynamic vhd ─▶ StreamSource / VhdStream
+//!                 └─ xva (file or pipe) ──────▶ xva: one XvaSource per VDI, plus ova.xml
+//! ```
 
 pub mod detect;
 pub mod host;
 pub mod image;
+mod open;
 mod raw;
 mod stamp;
 mod stream;
@@ -15,6 +27,11 @@ pub mod xva;
 
 use std::path::PathBuf;
 
+pub use detect::{ImageFormat, SourceFormat};
+pub use open::{
+    default_label, inspect, open, Inspected, Opened, OpenedDisk, OpenedMeta, SourceOptions,
+    XvaDiskInfo,
+};
 pub use raw::RawSource;
 pub use stamp::FileStamp;
 pub use stream::StreamSource;
@@ -98,164 +115,4 @@ pub trait DiskSource: Send {
     fn check_unchanged(&self) -> Result<(), SourceError> {
         Ok(())
     }
-}
-
-/// How to open a disk source.
-#[derive(Clone, Debug, Default)]
-pub struct SourceOptions {
-    /// Read with O_DIRECT where possible.
-    pub direct: bool,
-    /// The format, or `None` to judge it from the content.
-    pub format: Option<detect::ImageFormat>,
-    /// qcow2: read this internal snapshot instead of the active layer.
-    pub qcow2_snapshot: Option<String>,
-}
-
-/// What one disk argument turned out to be: a disk, or an XVA export holding several.
-pub enum Input {
-    Disk(Box<dyn DiskSource>),
-    Xva(crate::source::xva::XvaExport),
-}
-
-/// Opens a path or `-` (standard input) as one disk or as an XVA export.
-///
-/// Standard input is a raw stream unless it starts like an XVA (a tar whose first
-/// member is `ova.xml`) or `opts.format` says XVA, or says VHD (a dynamic VHD written
-/// front to back, as `xe vdi-export format=vhd` does); other image formats need seeking
-/// and cannot come from a pipe.
-pub fn open_input(spec: &str, opts: &SourceOptions) -> Result<Input, SourceError> {
-    use detect::ImageFormat;
-    use std::io::Read;
-    if spec == "-" {
-        let mut head = vec![0u8; 512];
-        let mut stdin = std::io::stdin();
-        let mut n = 0;
-        while n < head.len() {
-            match stdin.read(&mut head[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(SourceError::Io {
-                        path: "stdin".into(),
-                        source,
-                    })
-                }
-            }
-        }
-        head.truncate(n);
-        let looks_xva = detect::detect_head(&head) == Some(ImageFormat::Xva);
-        let reader = std::io::Cursor::new(head).chain(stdin);
-        return match opts.format {
-            None if looks_xva => Ok(Input::Xva(crate::source::xva::open_xva(Box::new(reader), "stdin")?)),
-            Some(ImageFormat::Xva) => {
-                Ok(Input::Xva(crate::source::xva::open_xva(Box::new(reader), "stdin")?))
-            }
-            None | Some(ImageFormat::Raw) => Ok(Input::Disk(Box::new(StreamSource::new(
-                reader,
-                "stdin".into(),
-            )))),
-            Some(ImageFormat::Vhd) => Ok(Input::Disk(Box::new(
-                crate::source::vhd_stream::VhdStream::open(reader, "stdin")?,
-            ))),
-            Some(f) => Err(SourceError::Io {
-                path: "stdin".into(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!(
-                        "a {f} image cannot be read from a pipe (only raw, dynamic vhd and xva); give its path"
-                    ),
-                ),
-            }),
-        };
-    }
-    let path = std::path::Path::new(spec);
-    let format = match opts.format {
-        Some(f) => f,
-        None => detect_file(path)?,
-    };
-    if format == ImageFormat::Xva {
-        let file = std::fs::File::open(path).map_err(|source| SourceError::Io {
-            path: path.into(),
-            source,
-        })?;
-        let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        return Ok(Input::Xva(crate::source::xva::open_xva(Box::new(reader), spec)?));
-    }
-    Ok(Input::Disk(open_path(path, format, opts)?))
-}
-
-/// The format of a regular file judged by content; anything else is raw.
-fn detect_file(path: &std::path::Path) -> Result<detect::ImageFormat, SourceError> {
-    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-        return Ok(detect::ImageFormat::Raw);
-    }
-    let io = |source| SourceError::Io {
-        path: path.into(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    detect::detect(&file, len).map_err(io)
-}
-
-/// Opens a path or `-` (standard input, always a raw stream) as a disk source.
-///
-/// Regular files are read in the format their content shows (or `opts.format`): raw
-/// files and block devices directly, image containers through [`crate::source::image`], so the
-/// pipeline sees the virtual disk either way.
-pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn DiskSource>, SourceError> {
-    if spec == "-" {
-        return Ok(Box::new(StreamSource::new(
-            std::io::stdin(),
-            "stdin".into(),
-        )));
-    }
-    let path = std::path::Path::new(spec);
-    let format = match opts.format {
-        Some(f) => f,
-        None => detect_file(path)?,
-    };
-    open_path(path, format, opts)
-}
-
-/// Opens `path` as `format` (detected or given; `opts.format` still says which, for the
-/// backing-chain rule of [`crate::source::image::open_image`]).
-fn open_path(
-    path: &std::path::Path,
-    format: detect::ImageFormat,
-    opts: &SourceOptions,
-) -> Result<Box<dyn DiskSource>, SourceError> {
-    let spec = path.display().to_string();
-    // A named pipe is a stream (a snapshot provider exporting into it, say): raw, or a
-    // dynamic VHD when the format says so.
-    if std::fs::metadata(path).is_ok_and(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_fifo()
-    }) {
-        let pipe = std::fs::File::open(path).map_err(|source| SourceError::Io {
-            path: path.into(),
-            source,
-        })?;
-        if opts.format == Some(detect::ImageFormat::Vhd) {
-            let reader = std::io::BufReader::with_capacity(1 << 20, pipe);
-            return Ok(Box::new(crate::source::vhd_stream::VhdStream::open(
-                reader, &spec,
-            )?));
-        }
-        return Ok(Box::new(StreamSource::new(pipe, spec)));
-    }
-    if format == detect::ImageFormat::Raw && opts.qcow2_snapshot.is_none() {
-        return Ok(Box::new(RawSource::open(path, opts.direct)?));
-    }
-    let image = crate::source::image::open_image(
-        path,
-        &crate::source::image::OpenOptions {
-            direct: opts.direct,
-            // Left unset when probed: that confines the backing chain (see open_image).
-            format: opts.format,
-            qcow2_snapshot: opts.qcow2_snapshot.clone(),
-        },
-    )?;
-    Ok(Box::new(image))
 }

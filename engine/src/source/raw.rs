@@ -234,8 +234,8 @@ impl Layout for RawLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Seek, SeekFrom, Write};
     use std::fs::File;
+    use std::io::{Seek, SeekFrom, Write};
 
     #[test]
     fn sparse_file_extents_and_reads() {

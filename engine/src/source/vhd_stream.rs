@@ -13,7 +13,9 @@ use std::io::Read;
 use std::path::Path;
 
 use super::image::bytes::{be32, be64};
-use super::image::vhd::{checksum, parse_footer, DYN_HEADER_LEN, FOOTER_LEN, MAX_SIZE, TYPE_DYNAMIC};
+use super::image::vhd::{
+    checksum, parse_footer, DYN_HEADER_LEN, FOOTER_LEN, MAX_SIZE, TYPE_DYNAMIC,
+};
 use super::image::Blame;
 use crate::source::detect::ImageFormat;
 use crate::source::{read_full, DiskSource, SourceError};

@@ -713,12 +713,14 @@ impl Libvirt {
             };
             // The virtual size: what the guest can write to, whatever the file holds now.
             let opts = crate::source::SourceOptions {
-                format: format_of(d.driver.as_deref()).ok(),
+                format: format_of(d.driver.as_deref())
+                    .ok()
+                    .map(crate::source::SourceFormat::Image),
                 ..Default::default()
             };
-            let size = crate::source::open_source(&src.display().to_string(), &opts)
+            let size = crate::source::open(&src.display().to_string(), None, &opts)
                 .ok()
-                .and_then(|s| s.size_bytes())
+                .and_then(|o| o.disks.first().and_then(|d| d.source.size_bytes()))
                 .unwrap_or(0);
             *wanted.entry(dir).or_default() += size / SNAPSHOT_SPACE_FRACTION;
         }

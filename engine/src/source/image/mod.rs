@@ -303,8 +303,14 @@ fn open_in_chain(
     }
     let format = match format {
         Some(f) => f,
-        None => crate::source::detect::detect(host.file(), host.len_bytes())
-            .map_err(ImageError::io(path))?,
+        None => crate::source::detect::detect_image(host.file(), host.len_bytes())
+            .map_err(ImageError::io(path))?
+            .ok_or_else(|| {
+                ImageError::io(path)(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "an XVA export holds whole VMs; back it up as a disk source, not as a backing file or one image",
+                ))
+            })?,
     };
     if qcow2_snapshot.is_some() && format != ImageFormat::Qcow2 {
         return Err(ImageError::Unsupported {
@@ -321,13 +327,6 @@ fn open_in_chain(
         ImageFormat::Vhdx => vhdx::open(host),
         ImageFormat::Vmdk => vmdk::open(host, chain),
         ImageFormat::Vdi => vdi::open(host),
-        ImageFormat::Xva => Err(ImageError::Unsupported {
-            path: path.into(),
-            format,
-            problem:
-                "an XVA export holds whole VMs; back it up as a disk source, not as a backing file"
-                    .into(),
-        }),
     }
 }
 

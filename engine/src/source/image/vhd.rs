@@ -42,7 +42,11 @@ pub(in crate::source) struct Footer {
     creator: String,
 }
 
-pub(in crate::source) fn parse_footer(buf: &[u8], at: u64, blame: &Blame) -> Result<Footer, ImageError> {
+pub(in crate::source) fn parse_footer(
+    buf: &[u8],
+    at: u64,
+    blame: &Blame,
+) -> Result<Footer, ImageError> {
     // Footers of old images are 511 bytes; callers pass the 512 bytes that start with
     // the cookie.
     if &buf[..8] != b"conectix" {

@@ -8,7 +8,7 @@ use engine::job::select::{resolve_snapshot, split_label};
 use repo_format::{Repository, Snapshot, SnapshotId};
 
 use crate::args::{Global, MountArgs, ServeNbdArgs};
-use crate::commands::{open_repo, Outcome, CANCEL};
+use crate::context::{lock_shared, open_repo, Outcome, CANCEL};
 use crate::output;
 
 /// Every disk of `snap` as an export named `VM@ID:LABEL`, with its other names.
@@ -85,17 +85,10 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
             "name the disks to export (SNAPSHOT[:LABEL]...), or pass --all to export every disk of every snapshot to whoever can connect"
         );
     }
-    // The server threads read the repository for as long as the process lives.
-    let repo: &'static Repository = Box::leak(Box::new(open_repo(g, &mut outcome)?));
-    // Held while serving: a prune must not delete packs clients are reading.
-    let _lock = crate::maintenance::lock(
-        g,
-        repo,
-        repo_format::lock::LockKind::Shared,
-        "serve-nbd",
-        &mut outcome,
-    )?;
-    let list = choose(repo, &a.exports)?;
+    // Shared with the server threads; the exports hold the lock while serving.
+    let repo = Arc::new(open_repo(g, &mut outcome)?);
+    let lock = lock_shared(g, &repo, "serve-nbd", &mut outcome)?;
+    let list = choose(&repo, &a.exports)?;
     if list.is_empty() {
         anyhow::bail!("the repository holds no snapshot to export");
     }
@@ -138,7 +131,7 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<Outcome> {
             ));
         }
     }
-    let exports = Arc::new(Exports::new(repo, list));
+    let exports = Arc::new(Exports::new(repo, lock, list));
     let limits = engine::access::nbd::ServeLimits {
         max_clients: a.max_clients.into(),
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout.into()),
@@ -218,23 +211,18 @@ fn bind_unix(
 
 pub fn mount(g: &Global, a: &MountArgs) -> Result<Outcome> {
     let mut outcome = Outcome::default();
-    let repo: &'static Repository = Box::leak(Box::new(open_repo(g, &mut outcome)?));
-    let _lock = crate::maintenance::lock(
-        g,
-        repo,
-        repo_format::lock::LockKind::Shared,
-        "mount",
-        &mut outcome,
-    )?;
+    let repo = Arc::new(open_repo(g, &mut outcome)?);
+    // Held by the filesystem until it is unmounted.
+    let lock = lock_shared(g, &repo, "mount", &mut outcome)?;
     let snapshot = match &a.snapshot {
-        Some(spec) => Some(resolve_snapshot(repo, spec)?.0),
+        Some(spec) => Some(resolve_snapshot(&repo, spec)?.0),
         None => None,
     };
     let filter = engine::access::mount::MountFilter {
         name: a.name.clone(),
         snapshot,
     };
-    let fs = engine::access::mount::SnapshotFs::new(repo, filter);
+    let fs = engine::access::mount::SnapshotFs::new(repo, lock, filter);
     let count = fs.snapshot_count();
     let session = engine::access::mount::mount(fs, &a.mountpoint).with_context(|| {
         format!(

@@ -3,35 +3,25 @@
 use anyhow::{Context, Result};
 
 use crate::args::{Global, InspectArgs};
-use crate::commands::Outcome;
+use crate::context::Outcome;
 use crate::output::{self, bytes};
-use engine::source::detect::ImageFormat;
-use engine::source::{open_input, Input, SourceOptions};
+use engine::source::{Inspected, SourceOptions, XvaDiskInfo};
 
 /// Extents shown without --extents.
 const SHOWN_EXTENTS: usize = 20;
 
 pub fn inspect(g: &Global, a: &InspectArgs) -> Result<Outcome> {
-    let spec = a.image.to_string_lossy();
-    let is_xva = match a.format.image_format() {
-        Some(f) => f == ImageFormat::Xva,
-        None => {
-            let file = std::fs::File::open(&a.image)
-                .with_context(|| format!("opening {}", a.image.display()))?;
-            let len = file.metadata()?.len();
-            engine::source::detect::detect(&file, len)? == ImageFormat::Xva
-        }
-    };
-    if is_xva {
-        return inspect_xva(g, &spec);
-    }
-    let opts = engine::source::image::OpenOptions {
+    let opts = SourceOptions {
         direct: false,
-        format: a.format.image_format(),
+        format: a.format.source_format(),
         qcow2_snapshot: a.qcow2_snapshot.clone(),
     };
-    let r = engine::source::image::inspect(&a.image, &opts)
+    let r = engine::source::inspect(&a.image, &opts)
         .with_context(|| format!("inspecting {}", a.image.display()))?;
+    let r = match r {
+        Inspected::Image(r) => r,
+        Inspected::Xva { path, disks, .. } => return show_xva(g, &path, &disks),
+    };
     if g.json {
         output::json(&serde_json::to_value(&r).expect("inspection serializes"));
         return Ok(Outcome::default());
@@ -78,41 +68,22 @@ pub fn inspect(g: &Global, a: &InspectArgs) -> Result<Outcome> {
     Ok(Outcome::default())
 }
 
-/// An XVA is a stream: inspecting it reads it all, checking every block's checksum.
-fn inspect_xva(g: &Global, spec: &str) -> Result<Outcome> {
-    let opts = SourceOptions {
-        format: Some(ImageFormat::Xva),
-        ..Default::default()
-    };
-    let Input::Xva(export) =
-        open_input(spec, &opts).with_context(|| format!("inspecting {spec}"))?
-    else {
-        anyhow::bail!("{spec}: not an XVA export");
-    };
-    let mut disks = Vec::new();
-    for mut d in export.disks {
-        let extents = engine::source::data_extents(|pos| d.source.next_data(pos))
-            .with_context(|| format!("inspecting {spec}"))?;
-        let allocated: u64 = extents.iter().map(|(s, e)| e - s).sum();
-        disks.push(serde_json::json!({
-            "label": d.label, "name": d.name, "virtual_size": d.size_bytes,
-            "allocated_bytes": allocated, "extents": extents,
-        }));
-    }
+/// An XVA is a stream: inspecting it read it all, checking every block's checksum.
+fn show_xva(g: &Global, spec: &str, disks: &[XvaDiskInfo]) -> Result<Outcome> {
     if g.json {
         output::json(&serde_json::json!({ "format": "xva", "path": spec, "disks": disks }));
         return Ok(Outcome::default());
     }
     output::line(format!("image:          {spec}"));
     output::line("format:         xva (every block checksum verified)");
-    for d in &disks {
+    for d in disks {
         output::line(format!(
             "disk {}: {:?}, virtual size {}, allocated {} in {} extent(s)",
-            d["label"].as_str().unwrap_or(""),
-            d["name"].as_str().unwrap_or(""),
-            bytes(d["virtual_size"].as_u64().unwrap_or(0)),
-            bytes(d["allocated_bytes"].as_u64().unwrap_or(0)),
-            d["extents"].as_array().map_or(0, |e| e.len())
+            d.label,
+            d.name,
+            bytes(d.virtual_size),
+            bytes(d.allocated_bytes),
+            d.extents.len()
         ));
     }
     Ok(Outcome::default())

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::args::{Global, RunArgs};
-use crate::commands::{Outcome, CANCEL};
+use crate::context::{Outcome, CANCEL};
 use crate::output;
 
 /// Exit codes of `run`: 0 every VM backed up, 3 some failed (partial), 1 all failed.

@@ -1,0 +1,325 @@
+//! The commands that check and change what is stored: `verify`, `forget`, `prune`,
+//! `repair`, `unlock`.
+
+use anyhow::{bail, Context, Result};
+use repo_format::Repository;
+use serde_json::json;
+
+use engine::job::select::resolve_snapshot;
+
+use crate::args::{ForgetArgs, Global, PruneArgs, RepairWhat, VerifyArgs};
+use crate::context::{lock_exclusive, lock_shared, open_repo, repo_path, Outcome, CANCEL};
+use crate::output::{self, bytes};
+
+pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let lock = lock_shared(g, &repo, "verify", &mut out)?;
+    let subset = match &a.subset {
+        Some(text) => engine::maintain::verify::Subset::parse(text)?,
+        None => engine::maintain::verify::Subset::All,
+    };
+    let snapshot = match &a.snapshot {
+        Some(spec) => Some(resolve_snapshot(&repo, spec)?.0),
+        None => None,
+    };
+    let opts = engine::maintain::verify::VerifyOptions {
+        read_data: a.read_data,
+        subset,
+        name: a.name.clone(),
+        snapshot,
+        workers: a.workers.unwrap_or_else(engine::default_workers),
+    };
+    let report = engine::maintain::verify::verify(&repo, &lock, &opts)
+        .context("verifying the repository")?;
+    if g.json {
+        output::json(&json!({"type": "verify", "report": report}));
+    } else {
+        for p in &report.problems {
+            output::line(format!("damaged: {p}"));
+        }
+        let data = if a.read_data {
+            format!(
+                ", read {} of {} packs ({} blobs, {})",
+                report.packs_read,
+                report.packs,
+                report.blobs_read,
+                bytes(report.bytes_read)
+            )
+        } else {
+            String::new()
+        };
+        output::line(format!(
+            "verified {} snapshot(s), {} disk(s), {} chunk references{data}: {}",
+            report.snapshots,
+            report.disks,
+            report.chunk_refs,
+            if report.problem_count == 0 {
+                "no damage found".to_string()
+            } else if report.problem_count > report.problems.len() as u64 {
+                format!(
+                    "{} problem(s), the first {} listed",
+                    report.problem_count,
+                    report.problems.len()
+                )
+            } else {
+                format!("{} problem(s)", report.problem_count)
+            }
+        ));
+    }
+    if report.problem_count > 0 {
+        bail!(
+            "the repository is damaged: {} problem(s), listed above",
+            report.problem_count
+        );
+    }
+    Ok(out)
+}
+
+pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let lock = lock_shared(g, &repo, "forget", &mut out)?;
+    let policy = engine::maintain::forget::Policy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within: a
+            .keep_within
+            .as_deref()
+            .map(engine::maintain::forget::parse_within)
+            .transpose()?,
+        tags: a.keep_tags.clone(),
+    };
+    let tz = jiff::tz::TimeZone::system();
+    let decisions =
+        engine::maintain::forget::forget(&repo, &lock, &policy, a.name.as_deref(), a.dry_run, &tz)?;
+    drop(lock); // a prune below takes the exclusive lock
+    let removed = decisions.iter().filter(|d| !d.keep).count();
+    if g.json {
+        output::json(&json!({"type": "forget", "dry_run": a.dry_run, "decisions": decisions}));
+        if a.prune {
+            run_prune(g, &repo, 10.0, a.dry_run, &mut out)?;
+        }
+        return Ok(out);
+    }
+    let mut vm = "";
+    for d in &decisions {
+        if d.name != vm {
+            vm = &d.name;
+            output::line(format!("{vm}:"));
+        }
+        output::line(format!(
+            "  {} {}  {:<6}  {}",
+            d.id.short(),
+            output::time(d.time),
+            if d.keep { "keep" } else { "remove" },
+            d.reasons.join(", ")
+        ));
+    }
+    output::line(format!(
+        "{} {removed} of {} snapshot(s){}",
+        if a.dry_run { "would forget" } else { "forgot" },
+        decisions.len(),
+        if removed > 0 && !a.dry_run {
+            "; their unique data stays in the packs until a prune"
+        } else {
+            ""
+        }
+    ));
+    if a.prune {
+        run_prune(g, &repo, 10.0, a.dry_run, &mut out)?;
+    }
+    Ok(out)
+}
+
+pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
+    match what {
+        RepairWhat::Index => {
+            let path = repo_path(g)?;
+            // Opening may itself rebuild a broken index; rebuild explicitly either way.
+            let repo = Repository::open(path)
+                .with_context(|| format!("opening repository {}", path.display()))?;
+            // The rebuild replaces every row: what the reconciliation drops says nothing.
+            let _lock = lock_exclusive(g, &repo, "repair index", &mut Outcome::default())?;
+            let r = repo.rebuild_index().context("rebuilding the index")?;
+            if g.json {
+                output::json(&json!({"type": "repair-index", "packs": r.packs_added}));
+            } else {
+                output::line(format!("index rebuilt from {} pack(s)", r.packs_added));
+            }
+            Ok(Outcome::default())
+        }
+        RepairWhat::Snapshots { read_data, dry_run } => {
+            let mut out = Outcome::default();
+            let repo = open_repo(g, &mut out)?;
+            let lock = lock_exclusive(g, &repo, "repair snapshots", &mut out)?;
+            let r = engine::maintain::repair::repair_snapshots(
+                &repo, &lock, *read_data, *dry_run, &CANCEL,
+            )
+            .context("repairing snapshots")?;
+            for u in &r.unreadable {
+                out.warnings.push(format!("left in place, unreadable: {u}"));
+            }
+            if g.json {
+                output::json(&json!({"type": "repair-snapshots", "report": r}));
+                return Ok(out);
+            }
+            for s in &r.repaired {
+                let new = s.new.map_or("(dry run)".to_string(), |n| n.short());
+                output::line(format!(
+                    "snapshot {} of {} -> {new}:",
+                    s.old.short(),
+                    s.name
+                ));
+                for (label, l) in &s.lost {
+                    output::line(format!(
+                        "  {label} bytes {}..{} lost: {}",
+                        l.offset,
+                        l.offset + l.len,
+                        l.reason
+                    ));
+                }
+            }
+            output::line(format!(
+                "checked {} snapshot(s); {} {}",
+                r.checked,
+                r.repaired.len(),
+                if *dry_run {
+                    "would be rewritten"
+                } else {
+                    "rewritten with their lost ranges recorded"
+                }
+            ));
+            Ok(out)
+        }
+    }
+}
+
+/// Runs a prune under an exclusive lock and prints what it reclaimed.
+pub fn run_prune(
+    g: &Global,
+    repo: &Repository,
+    max_unused_pct: f64,
+    dry_run: bool,
+    out: &mut Outcome,
+) -> Result<()> {
+    let lock = lock_exclusive(g, repo, "prune", out)?;
+    let opts = engine::maintain::prune::PruneOptions {
+        max_unused_pct,
+        dry_run,
+    };
+    let r = engine::maintain::prune::prune(repo, &lock, &opts, &CANCEL)
+        .context("prune stopped; the repository is intact and the next prune finishes the job")?;
+    if g.json {
+        output::json(
+            &json!({"type": "prune", "report": r, "bytes_reclaimed": r.bytes_reclaimed()}),
+        );
+        return Ok(());
+    }
+    let verb = if dry_run { "would" } else { "did" };
+    output::line(format!(
+        "{} snapshot(s), {} live blob(s); {} packs, {} before",
+        r.snapshots,
+        r.live_blobs,
+        r.packs_before,
+        bytes(r.bytes_before)
+    ));
+    output::line(format!(
+        "prune {verb} delete {} pack(s) ({} of them repacked into {} new), reclaiming {}",
+        r.packs_deleted,
+        r.packs_repacked,
+        if dry_run {
+            "about".to_string()
+        } else {
+            r.packs_written.to_string()
+        },
+        bytes(r.bytes_reclaimed().max(0) as u64)
+    ));
+    if r.missing_blobs > 0 {
+        log::warn!(
+            "{} referenced blob(s) are missing from the repository; run `dedisk verify`",
+            r.missing_blobs
+        );
+    }
+    Ok(())
+}
+
+pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    run_prune(g, &repo, a.max_unused, a.dry_run, &mut out)?;
+    Ok(out)
+}
+
+/// Removes the locks whose holder is provably gone (see `repo_format::lock`); with
+/// `--force` also other hosts' locks and unreadable lock files, each named in a warning.
+/// A live process on this host keeps its lock whatever the flags: stop it instead.
+pub fn unlock(g: &Global, force: bool) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let me = repo_format::lock::hostname();
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for (path, info) in repo_format::lock::list(&repo.locks_dir())? {
+        let age = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        let (what, remove) = match &info {
+            Ok(i) => match repo_format::lock::stale_reason(i, age) {
+                Some(why) => (format!("{i} ({why})"), true),
+                None if i.hostname != me && force => {
+                    out.warnings.push(format!(
+                        "removed the {i} held on another host: if that process still runs, it may now lose data"
+                    ));
+                    (i.to_string(), true)
+                }
+                None if i.hostname != me => (
+                    format!("{i}: held on another host; --force removes it"),
+                    false,
+                ),
+                None => (
+                    format!("{i}: that process is running on this host; stop it instead"),
+                    false,
+                ),
+            },
+            Err(e) if force => (
+                format!("unreadable lock file {} ({e})", path.display()),
+                true,
+            ),
+            Err(e) => (
+                format!(
+                    "unreadable lock file {} ({e}); --force removes it",
+                    path.display()
+                ),
+                false,
+            ),
+        };
+        if remove {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(what);
+        } else {
+            kept.push(what);
+        }
+    }
+    if g.json {
+        output::json(&json!({"type": "unlock", "removed": removed, "kept": kept}));
+    } else {
+        for r in &removed {
+            output::line(format!("removed the {r}"));
+        }
+        for k in &kept {
+            output::line(format!("kept the {k}"));
+        }
+        output::line(format!(
+            "{} lock(s) removed, {} kept",
+            removed.len(),
+            kept.len()
+        ));
+    }
+    Ok(out)
+}

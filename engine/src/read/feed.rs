@@ -1,0 +1,61 @@
+//! A whole disk in order, for restore: the manifest walked front to back, each chunk
+//! located in its pack and that range prefetched, so the workers that then read the
+//! chunks (out of order, in parallel) find them in the page cache.
+
+use repo_format::{
+    BlobId, BlobLocation, BlobReader, Extent, ManifestRoot, ManifestWalker, Repository,
+};
+
+use crate::error::Result;
+
+/// Walks `manifest` in disk order and calls `each(offset, extent, location)` for every
+/// extent, `location` being where a chunk is stored (when the index knows it) with that
+/// range already prefetched. Stops when `each` returns `Ok(false)` or an error.
+/// Returns the offset where the walk ended: the manifest's length when it was walked to
+/// the end and is consistent.
+pub fn feed_extents(
+    repo: &Repository,
+    manifest: ManifestRoot,
+    mut each: impl FnMut(u64, Extent, Option<BlobLocation>) -> Result<bool>,
+) -> Result<u64> {
+    let mut nodes = BlobReader::new(repo)?;
+    let mut ahead = BlobReader::new(repo)?;
+    let mut walker = ManifestWalker::new(manifest, |id: &BlobId| nodes.read_node(id));
+    let mut end = 0;
+    while let Some((offset, extent)) = walker.next_extent()? {
+        end = offset + extent.len();
+        let loc = match extent {
+            Extent::Chunk { id, .. } => ahead.locate(&id).ok(),
+            Extent::Hole { .. } => None,
+        };
+        if let Some(loc) = &loc {
+            // Only advice: a pack that cannot be opened is reported, precisely, by the
+            // worker that reads the chunk.
+            let _ = ahead.prefetch(loc);
+        }
+        if !each(offset, extent, loc)? {
+            break;
+        }
+    }
+    Ok(end)
+}
+
+/// Why [`fetch_chunk`] failed, with the pack the chunk was in when known.
+pub type FetchError = Box<(Option<repo_format::PackId>, repo_format::Error)>;
+
+/// Reads and checks chunk `id`, at `known` when [`feed_extents`] located it. A chunk
+/// that does not decode where the index says is looked up again in the packs' own
+/// tables before it is called damaged (see [`BlobReader::read_located`]).
+pub fn fetch_chunk(
+    reader: &mut BlobReader<&Repository>,
+    id: &BlobId,
+    known: Option<BlobLocation>,
+) -> std::result::Result<Vec<u8>, FetchError> {
+    let loc = match known {
+        Some(loc) => loc,
+        None => reader.locate(id).map_err(|e| Box::new((None, e)))?,
+    };
+    reader
+        .read_located(&loc)
+        .map_err(|e| Box::new((Some(loc.pack), e)))
+}
