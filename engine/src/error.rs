@@ -58,19 +58,25 @@ pub enum Error {
     TargetNotADisk { path: PathBuf },
     #[error("no snapshot matches {0:?}")]
     NoSuchSnapshot(String),
-    #[error("{spec:?} is ambiguous: it matches {} snapshots ({})", .matches.len(), .matches.join(", "))]
-    AmbiguousSnapshot { spec: String, matches: Vec<String> },
-    #[error("snapshot {snapshot} has no disk {label:?} (it has: {available})")]
+    #[error("{spec:?} is ambiguous: it matches {} snapshots ({})", .matches.len(), .matches.iter().map(|m| m.short()).collect::<Vec<_>>().join(", "))]
+    AmbiguousSnapshot {
+        spec: String,
+        matches: Vec<repo_format::SnapshotId>,
+    },
+    #[error("snapshot {} has no disk {label:?} (it has: {available})", .snapshot.short())]
     NoSuchDisk {
-        snapshot: String,
+        snapshot: repo_format::SnapshotId,
         label: String,
         available: String,
     },
     #[error("{0}")]
     Usage(String),
-    #[error("snapshot {snapshot}: {} damaged chunk(s); first: {}; partial disk kept at {}", .damage.len(), .damage[0], .partial.display())]
+    /// A snapshot provider (LVM, libvirt, xe...) failed to make, check or release a view.
+    #[error("snapshot: {0}")]
+    Provider(#[from] crate::job::provider::ProviderError),
+    #[error("snapshot {}: {} damaged chunk(s); first: {}; partial disk kept at {}", .snapshot.short(), .damage.len(), .damage[0], .partial.display())]
     Damaged {
-        snapshot: String,
+        snapshot: repo_format::SnapshotId,
         damage: Vec<Damage>,
         /// The partially restored file or device (damaged ranges read as zeros).
         partial: PathBuf,

@@ -1,14 +1,28 @@
-//! The dedisk engine: reading disks, cutting them into chunks, and the backup and
-//! restore pipelines over a [`repo_format::Repository`].
+//! The dedisk engine: reading disks, cutting them into chunks, and the backup, restore,
+//! access and maintenance work over a [`repo_format::Repository`].
+//!
+//! Floors, bottom up; a module imports only from its own floor or below:
+//!
+//! | floor | modules | owns |
+//! |---|---|---|
+//! | 0 | [`cancel`], [`error`], [`io`], [`progress`] | stop flag, the error type, O_DIRECT buffers and device ioctls, progress reporting |
+//! | 1 | [`source`], [`chunk`] | disk sources (raw, images, streams, XVA) behind one [`source::open`]; content-defined cut points |
+//! | 2 | [`store`], [`backup`], [`read`], [`maintain`], [`locking`] | the write side (packs, index), the backup pipeline, the read path, verify/forget/prune/repair, waiting for locks |
+//! | 3 | [`restore`], [`access`], [`job`] | restore targets, NBD and FUSE, the job runner and snapshot providers |
+//!
+//! Work that reads or writes a repository takes a lock guard by type
+//! ([`repo_format::lock::SharedLock`], [`repo_format::lock::ExclusiveLock`]), handed out
+//! by the repository: a caller cannot forget to lock.
 //!
 //! ```no_run
-//! use engine::backup::{backup, BackupOptions, DiskInput};
-//! use engine::source::open_source;
+//! use engine::backup::{backup, inputs_of, BackupOptions};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let repo = repo_format::Repository::open("/srv/backup/repo".as_ref())?;
-//! let disk = DiskInput { label: "vda".into(), source: open_source("/var/lib/libvirt/images/vm1.qcow2", &Default::default())? };
+//! let lock = repo.lock_shared("backup")?;
+//! let opened = engine::source::open("/var/lib/libvirt/images/vm1.qcow2", Some("vda"), &Default::default())?;
+//! let (disks, meta) = inputs_of(opened);
 //! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2, cancel: Default::default(), allow_empty: false };
-//! let done = backup(&repo, vec![disk], vec![], &opts, &engine::progress::NoProgress)?;
+//! let done = backup(&repo, &lock, disks, meta, &opts, &engine::progress::NoProgress)?;
 //! println!("snapshot {}", done.id.short());
 //! # Ok(()) }
 //! ```

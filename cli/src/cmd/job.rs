@@ -42,9 +42,10 @@ pub fn run(g: &Global, a: &RunArgs) -> Result<Outcome> {
     } else {
         output::line(engine::job::run::summary(&report).trim_end());
     }
-    match report.status.as_str() {
-        "success" => Ok(out),
-        "partial" => {
+    use engine::job::run::JobStatus;
+    match report.status {
+        JobStatus::Success => Ok(out),
+        JobStatus::Partial => {
             out.warnings
                 .push(format!("some VMs failed; see {}", job.report.display()));
             Ok(out)

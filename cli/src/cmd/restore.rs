@@ -62,7 +62,7 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
                     )
                     .collect();
                 return Err(engine::Error::NoSuchDisk {
-                    snapshot: id.short(),
+                    snapshot: id,
                     label: label.into(),
                     available: available.join(", "),
                 }
@@ -121,14 +121,13 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
     let bar = Bar::new(!g.json && !g.quiet);
     let mut reports = Vec::new();
     for (label, manifest, name, format) in jobs {
-        let short = id.short();
         let to = match (&name, &folder) {
             (Some(name), Some(dir)) => engine::restore::RestoreTo::InDir { dir, name },
             _ => engine::restore::RestoreTo::Path(&a.target),
         };
         let target = to.display_path();
         let req = engine::restore::RestoreRequest {
-            snapshot: &short,
+            snapshot: &id,
             label: &label,
             manifest: &manifest,
             target: to,
@@ -148,10 +147,11 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
                 partial,
             }) => {
                 for d in &damage {
-                    eprintln!("dedisk: damaged: snapshot {snapshot} {d}");
+                    eprintln!("dedisk: damaged: snapshot {} {d}", snapshot.short());
                 }
                 bail!(
-                    "restore of snapshot {snapshot} disk {label} found {} damaged chunk(s); nothing was written to {}; the partial disk (damaged ranges zeroed) is at {}",
+                    "restore of snapshot {} disk {label} found {} damaged chunk(s); nothing was written to {}; the partial disk (damaged ranges zeroed) is at {}",
+                    snapshot.short(),
                     damage.len(),
                     target.display(),
                     partial.display()

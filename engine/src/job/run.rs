@@ -6,25 +6,89 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use repo_format::Repository;
+use repo_format::{Repository, SnapshotId};
 
 use super::provider::{self, shell, ViewDisk};
 use super::{Job, VmPlan};
 use crate::backup::{backup, BackupOptions, MetaInput};
 use crate::cancel::Cancel;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::source::SourceOptions;
 
 /// How long a job waits for a conflicting lock (a prune running from another job).
 const LOCK_WAIT: Duration = Duration::from_secs(3600);
 
+/// How one VM's night ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStatus {
+    Ok,
+    Failed,
+    /// Its pre hook failed: nothing was tried.
+    Skipped,
+}
+
+/// How the whole job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Success,
+    /// Some VMs failed (or something after them did: a prune, the status log).
+    Partial,
+    /// Every VM failed, or the job could not start (its pre hook, the repository).
+    Failed,
+}
+
+impl VmStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmStatus::Ok => "ok",
+            VmStatus::Failed => "failed",
+            VmStatus::Skipped => "skipped",
+        }
+    }
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Success => "success",
+            JobStatus::Partial => "partial",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for VmStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot id as the report shows it: its short form (as listings do).
+fn short_id<S: serde::Serializer>(
+    id: &Option<SnapshotId>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_some(&id.short()),
+        None => s.serialize_none(),
+    }
+}
+
 /// What happened to one VM.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VmResult {
     pub name: String,
-    /// `ok`, `failed` or `skipped` (its pre hook failed).
-    pub status: String,
-    pub snapshot: Option<String>,
+    pub status: VmStatus,
+    #[serde(serialize_with = "short_id")]
+    pub snapshot: Option<SnapshotId>,
     pub size_bytes: u64,
     pub new_stored_bytes: u64,
     pub seconds: f64,
@@ -39,8 +103,7 @@ pub struct JobReport {
     pub job: String,
     pub started: jiff::Timestamp,
     pub finished: jiff::Timestamp,
-    /// `success`, `partial` (some VMs failed) or `failed`.
-    pub status: String,
+    pub status: JobStatus,
     pub vms: Vec<VmResult>,
     pub pruned: Option<crate::maintain::prune::PruneReport>,
     pub errors: Vec<String>,
@@ -200,7 +263,7 @@ fn backup_vm(
         &opts,
         &crate::progress::NoProgress,
     )?;
-    result.snapshot = Some(done.id.short());
+    result.snapshot = Some(done.id);
     result.size_bytes = done.snapshot.size_bytes();
     result.new_stored_bytes = done
         .snapshot
@@ -215,7 +278,7 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
     let started = Instant::now();
     let mut r = VmResult {
         name: vm.name.clone(),
-        status: "ok".into(),
+        status: VmStatus::Ok,
         snapshot: None,
         size_bytes: 0,
         new_stored_bytes: 0,
@@ -239,14 +302,14 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
     // A name from a job file or a hypervisor listing (tenants choose those) is checked
     // before any provider builds a path or a call from it.
     if let Err(e) = repo_format::names::check_vm_name(&vm.name) {
-        r.status = "failed".into();
+        r.status = VmStatus::Failed;
         r.errors.push(e);
         r.seconds = started.elapsed().as_secs_f64();
         return r;
     }
     if let Some(hook) = &vm.settings.pre_hook {
         if let Err(e) = shell(hook, &env("pre")) {
-            r.status = "skipped".into();
+            r.status = VmStatus::Skipped;
             r.errors.push(format!("pre hook: {e}"));
             r.seconds = started.elapsed().as_secs_f64();
             return r;
@@ -257,16 +320,15 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
         let lock = crate::locking::shared(repo, "run", LOCK_WAIT, cancel)?;
         let disks = provider
             .acquire()
-            .map_err(|e| Error::Usage(format!("snapshot: {e}")))?;
+            .map_err(|e| e.in_provider(provider.name()))?;
         let meta = provider.take_meta();
         backup_vm(repo, &lock, vm, disks, meta, cancel, &mut r)?;
         // A copy taken from a snapshot that broke meanwhile is not a backup: drop it.
         if let Err(e) = provider.check_after() {
             if let Some(id) = r.snapshot.take() {
-                let (full, _) = crate::job::select::resolve_snapshot(repo, &id)?;
-                repo.remove_snapshot(&full)?;
+                repo.remove_snapshot(&id)?;
             }
-            return Err(Error::Usage(format!("snapshot: {e}")));
+            return Err(e.in_provider(provider.name()).into());
         }
         Ok(())
     })();
@@ -278,19 +340,22 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
         r.errors.push(format!("releasing the snapshot: {e}"));
     }
     if !r.errors.is_empty() {
-        r.status = "failed".into();
+        r.status = VmStatus::Failed;
     }
     if let Some(hook) = &vm.settings.post_hook {
         let mut env = env("post");
-        env.push(("DEDISK_STATUS", r.status.clone()));
-        env.push(("DEDISK_SNAPSHOT", r.snapshot.clone().unwrap_or_default()));
+        env.push(("DEDISK_STATUS", r.status.to_string()));
+        env.push((
+            "DEDISK_SNAPSHOT",
+            r.snapshot.map(|id| id.short()).unwrap_or_default(),
+        ));
         env.push(("DEDISK_BYTES", r.new_stored_bytes.to_string()));
         if let Err(e) = shell(hook, &env) {
             r.errors.push(format!("post hook: {e}"));
         }
     }
     // Retention, only after a good backup: a failing VM keeps its old snapshots.
-    if r.status == "ok" {
+    if r.status == VmStatus::Ok {
         match vm.settings.policy() {
             Ok(p) if !p.is_empty() => {
                 let forgotten =
@@ -325,7 +390,7 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
         job: job.path.display().to_string(),
         started,
         finished: started,
-        status: "success".into(),
+        status: JobStatus::Success,
         vms: Vec::new(),
         pruned: None,
         errors: Vec::new(),
@@ -342,7 +407,9 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
             .is_ok(),
         None => true,
     };
-    match Repository::open(&job.repository) {
+    let opened = Repository::open(&job.repository);
+    let repository_opened = opened.is_ok();
+    match opened {
         Ok(repo) if pre_ok => {
             for vm in &job.vms {
                 if cancel.check().is_err() {
@@ -370,19 +437,22 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
             .errors
             .push(format!("repository {}: {e}", job.repository.display())),
     }
-    let failed = report.vms.iter().filter(|v| v.status != "ok").count();
-    let job_failed = !pre_ok || report.errors.iter().any(|e| e.starts_with("repository"));
+    let failed = report
+        .vms
+        .iter()
+        .filter(|v| v.status != VmStatus::Ok)
+        .count();
+    let job_failed = !pre_ok || !repository_opened;
     report.status = if job_failed || (failed > 0 && failed == report.vms.len()) {
-        "failed"
+        JobStatus::Failed
     } else if failed > 0 || !report.errors.is_empty() {
-        "partial"
+        JobStatus::Partial
     } else {
-        "success"
-    }
-    .into();
+        JobStatus::Success
+    };
     if let Some(h) = &job.post_hook {
         let mut env = job_env("post");
-        env.push(("DEDISK_STATUS", report.status.clone()));
+        env.push(("DEDISK_STATUS", report.status.to_string()));
         if let Err(e) = shell(h, &env) {
             report.errors.push(format!("job post hook: {e}"));
         }
@@ -419,7 +489,7 @@ fn append_status(path: &Path, r: &JobReport) -> std::io::Result<()> {
             r.finished.strftime("%Y-%m-%dT%H:%M:%SZ"),
             v.name,
             v.status,
-            v.snapshot.as_deref().unwrap_or("-"),
+            v.snapshot.map_or("-".into(), |id| id.short()),
             v.new_stored_bytes,
             v.seconds,
             v.forgotten
@@ -440,7 +510,7 @@ pub fn summary(r: &JobReport) -> String {
             "  {} {} snapshot {} ({} new bytes, {:.1}s){}\n",
             v.name,
             v.status,
-            v.snapshot.as_deref().unwrap_or("-"),
+            v.snapshot.map_or("-".into(), |id| id.short()),
             v.new_stored_bytes,
             v.seconds,
             if v.errors.is_empty() {

@@ -52,7 +52,7 @@ pub fn resolve_snapshot(repo: &Repository, spec: &str) -> Result<(SnapshotId, Sn
         1 => Ok(matches.pop().expect("one element")),
         _ => Err(Error::AmbiguousSnapshot {
             spec: spec.into(),
-            matches: matches.iter().map(|(id, _)| id.short()).collect(),
+            matches: matches.iter().map(|(id, _)| *id).collect(),
         }),
     }
 }

@@ -129,7 +129,7 @@ impl RestoreTo<'_> {
 /// What to restore where.
 pub struct RestoreRequest<'a> {
     /// Names the snapshot in messages.
-    pub snapshot: &'a str,
+    pub snapshot: &'a repo_format::SnapshotId,
     /// Names the disk (or metadata file) in messages.
     pub label: &'a str,
     pub manifest: &'a ManifestRoot,
@@ -313,7 +313,7 @@ pub fn restore_disk(
         // Keep the partial file under its temporary name; the error names it.
         kind.keep();
         return Err(Error::Damaged {
-            snapshot: snapshot.into(),
+            snapshot: *snapshot,
             damage,
             partial: write_path,
         });

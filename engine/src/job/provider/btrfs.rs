@@ -1,6 +1,7 @@
 //! The `btrfs` provider: a read-only snapshot of the subvolume holding the images, deleted
 //! after.
 
+use super::ProviderError;
 use std::path::PathBuf;
 
 use super::{
@@ -28,16 +29,19 @@ impl Btrfs {
 }
 
 impl Provider for Btrfs {
-    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
+    fn name(&self) -> &'static str {
+        "btrfs"
+    }
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, ProviderError> {
         let subvol = self
             .subvolume()
             .canonicalize()
-            .map_err(|e| format!("{}: {e}", self.subvolume().display()))?;
+            .map_err(|e| ProviderError::from(format!("{}: {e}", self.subvolume().display())))?;
         let mut rel = Vec::new();
         for (label, source) in &self.vm.disks {
-            let real = source
-                .canonicalize()
-                .map_err(|e| format!("disk {label}: {}: {e}", source.display()))?;
+            let real = source.canonicalize().map_err(|e| {
+                ProviderError::from(format!("disk {label}: {}: {e}", source.display()))
+            })?;
             let r = real.strip_prefix(&subvol).map_err(|_| {
                 format!(
                     "disk {label}: {} is not inside the subvolume {}",
@@ -68,7 +72,7 @@ impl Provider for Btrfs {
             .map(|(l, r)| ViewDisk::new(l, snap.join(r).display().to_string()))
             .collect())
     }
-    fn release(&mut self) -> Result<(), String> {
+    fn release(&mut self) -> Result<(), ProviderError> {
         match self.snapshot.take() {
             Some(s) => tool(
                 "btrfs",

@@ -1,6 +1,7 @@
 //! The `command` provider: user commands create the view (printing the path to read) and
 //! release it.
 
+use super::ProviderError;
 use std::path::{Path, PathBuf};
 
 use super::{check_executable, missing_sources, release_all, shell, Provider, ViewDisk};
@@ -32,21 +33,24 @@ impl CommandProvider {
 }
 
 impl Provider for CommandProvider {
-    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
+    fn name(&self) -> &'static str {
+        "command"
+    }
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, ProviderError> {
         let create = self.vm.settings.snapshot_create.clone().unwrap_or_default();
         let mut out = Vec::new();
         for (label, source) in self.vm.disks.clone() {
             let printed = shell(&create, &self.env(&label, &source))?;
             let path = printed.lines().next().unwrap_or("").trim().to_string();
             if path.is_empty() {
-                return Err(format!("`{create}` printed no path for disk {label}"));
+                return Err(format!("`{create}` printed no path for disk {label}").into());
             }
             self.made.push((label.clone(), source, path.clone()));
             out.push(ViewDisk::new(label, path));
         }
         Ok(out)
     }
-    fn release(&mut self) -> Result<(), String> {
+    fn release(&mut self) -> Result<(), ProviderError> {
         let Some(release) = self.vm.settings.snapshot_release.clone() else {
             self.made.clear();
             return Ok(());

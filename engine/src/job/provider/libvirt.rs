@@ -30,6 +30,7 @@
 //! the one step that makes the view (`freeze`); `release` undoes exactly what that step
 //! recorded. A pull-mode view would be a second such step returning NBD addresses.
 
+use super::ProviderError;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -54,7 +55,7 @@ impl Virsh {
     /// `virsh [-c URI] ARGS`; stdout, or an error with the command and its stderr.
     /// Domain names always follow `--domain` (a domain named `--help` is a value then,
     /// never an option).
-    pub fn run(&self, args: &[&str]) -> Result<String, String> {
+    pub fn run(&self, args: &[&str]) -> Result<String, ProviderError> {
         let mut cmd = Command::new("virsh");
         if let Some(uri) = &self.uri {
             cmd.args(["-c", uri]);
@@ -63,7 +64,7 @@ impl Virsh {
     }
 
     /// Every domain's name, running or not.
-    pub fn domains(&self) -> Result<Vec<String>, String> {
+    pub fn domains(&self) -> Result<Vec<String>, ProviderError> {
         Ok(self
             .run(&["list", "--all", "--name"])?
             .lines()
@@ -73,16 +74,16 @@ impl Virsh {
             .collect())
     }
 
-    fn state(&self, domain: &str) -> Result<String, String> {
+    fn state(&self, domain: &str) -> Result<String, ProviderError> {
         Ok(self
             .run(&["domstate", "--domain", domain])?
             .trim()
             .to_string())
     }
 
-    fn live_xml(&self, domain: &str) -> Result<DomainXml, String> {
+    fn live_xml(&self, domain: &str) -> Result<DomainXml, ProviderError> {
         DomainXml::parse(&self.run(&["dumpxml", "--domain", domain])?)
-            .map_err(|e| format!("domain {domain}: {e}"))
+            .map_err(|e| ProviderError::from(format!("domain {domain}: {e}")))
     }
 
     /// Does the guest agent answer? (Only then can `--quiesce` freeze filesystems.)
@@ -132,8 +133,9 @@ fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree::No
 }
 
 impl DomainXml {
-    pub fn parse(xml: &str) -> Result<DomainXml, String> {
-        let doc = roxmltree::Document::parse(xml).map_err(|e| format!("domain XML: {e}"))?;
+    pub fn parse(xml: &str) -> Result<DomainXml, ProviderError> {
+        let doc = roxmltree::Document::parse(xml)
+            .map_err(|e| ProviderError::from(format!("domain XML: {e}")))?;
         let root = doc.root_element();
         let mut out = DomainXml::default();
         if let Some(os) = child(root, "os") {
@@ -197,7 +199,7 @@ impl DomainXml {
 }
 
 /// libvirt's `<driver type>` as a format dedisk reads.
-fn format_of(driver: Option<&str>) -> Result<ImageFormat, String> {
+fn format_of(driver: Option<&str>) -> Result<ImageFormat, ProviderError> {
     Ok(match driver.unwrap_or("raw") {
         "raw" => ImageFormat::Raw,
         "qcow2" => ImageFormat::Qcow2,
@@ -205,11 +207,7 @@ fn format_of(driver: Option<&str>) -> Result<ImageFormat, String> {
         "vhdx" => ImageFormat::Vhdx,
         "vmdk" => ImageFormat::Vmdk,
         "vdi" => ImageFormat::Vdi,
-        other => {
-            return Err(format!(
-                "driver type {other:?} is not a format dedisk reads"
-            ))
-        }
+        other => return Err(format!("driver type {other:?} is not a format dedisk reads").into()),
     })
 }
 
@@ -263,14 +261,15 @@ impl Libvirt {
 
     /// The domain's disks this backup reads: every writable file or block disk, or those
     /// the job file lists (whose paths must match the domain's), less `exclude_disks`.
-    fn choose(&self, xml: &DomainXml) -> Result<Vec<DomainDisk>, String> {
+    fn choose(&self, xml: &DomainXml) -> Result<Vec<DomainDisk>, ProviderError> {
         let excluded = self.vm.settings.exclude_disks.clone().unwrap_or_default();
         for label in &excluded {
             if !xml.disks.iter().any(|d| &d.target == label) {
                 return Err(format!(
                     "exclude_disks names {label}, which domain {} does not have",
                     self.domain
-                ));
+                )
+                .into());
             }
         }
         let mut chosen = Vec::new();
@@ -287,7 +286,9 @@ impl Libvirt {
                     .disks
                     .iter()
                     .find(|d| &d.target == label)
-                    .ok_or_else(|| format!("domain {} has no disk {label}", self.domain))?;
+                    .ok_or_else(|| {
+                        ProviderError::from(format!("domain {} has no disk {label}", self.domain))
+                    })?;
                 if d.source.as_deref() != Some(path.as_path()) {
                     return Err(format!(
                         "disk {label}: the job file says {}, domain {} uses {}",
@@ -296,7 +297,8 @@ impl Libvirt {
                         d.source
                             .as_deref()
                             .map_or("nothing".into(), |p| p.display().to_string())
-                    ));
+                    )
+                    .into());
                 }
                 chosen.push(d.clone());
             }
@@ -306,20 +308,21 @@ impl Libvirt {
                 return Err(format!(
                     "disk {}: a {} disk cannot be read by the libvirt provider (file and block disks can); exclude it with exclude_disks",
                     d.target, d.kind
-                ));
+                ).into());
             }
             if d.source.is_none() {
-                return Err(format!("disk {}: it has no source", d.target));
+                return Err(format!("disk {}: it has no source", d.target).into());
             }
-            format_of(d.driver.as_deref()).map_err(|e| format!("disk {}: {e}", d.target))?;
+            format_of(d.driver.as_deref())
+                .map_err(|e| ProviderError::from(format!("disk {}: {e}", d.target)))?;
         }
         if chosen.is_empty() {
-            return Err(format!("domain {} has no disk to back up", self.domain));
+            return Err(format!("domain {} has no disk to back up", self.domain).into());
         }
         Ok(chosen)
     }
 
-    fn gather_meta(&mut self, xml: &DomainXml) -> Result<(), String> {
+    fn gather_meta(&mut self, xml: &DomainXml) -> Result<(), ProviderError> {
         let definition = self.virsh.run(&[
             "dumpxml",
             "--inactive",
@@ -338,10 +341,10 @@ impl Libvirt {
             // The NVRAM file appears at the first start; a domain never started has none.
             if let Ok(m) = std::fs::metadata(nvram) {
                 if m.len() > MAX_META_BYTES {
-                    return Err(format!("NVRAM {} is too large", nvram.display()));
+                    return Err(format!("NVRAM {} is too large", nvram.display()).into());
                 }
-                let bytes =
-                    std::fs::read(nvram).map_err(|e| format!("NVRAM {}: {e}", nvram.display()))?;
+                let bytes = std::fs::read(nvram)
+                    .map_err(|e| ProviderError::from(format!("NVRAM {}: {e}", nvram.display())))?;
                 let name = nvram
                     .file_name()
                     .map_or("nvram".into(), |n| n.to_string_lossy().into_owned());
@@ -358,7 +361,7 @@ impl Libvirt {
     }
 
     /// Merges overlays an earlier, interrupted run left on top of the domain's disks.
-    fn merge_leftovers(&self, xml: &DomainXml) -> Result<bool, String> {
+    fn merge_leftovers(&self, xml: &DomainXml) -> Result<bool, ProviderError> {
         let mut merged = false;
         for d in &xml.disks {
             let Some(src) = &d.source else { continue };
@@ -370,7 +373,7 @@ impl Libvirt {
                     "disk {} runs on {}, named like a dedisk overlay but with no backing file; rename it or fix the domain",
                     d.target,
                     src.display()
-                ));
+                ).into());
             };
             self.merge(&d.target, src, base).map_err(|e| {
                 format!(
@@ -387,7 +390,7 @@ impl Libvirt {
     /// Merges `overlay`, the top of `target`'s chain, into `base` right under it, and
     /// deletes it once the domain runs on `base` again. On any doubt the overlay stays
     /// and the error says how to merge it by hand.
-    fn merge(&self, target: &str, overlay: &Path, base: &Path) -> Result<(), String> {
+    fn merge(&self, target: &str, overlay: &Path, base: &Path) -> Result<(), ProviderError> {
         let by_hand = format!(
             "disk {target} of {dom} stays on overlay {o} over {b} (nothing is lost); merge it with `virsh blockcommit {dom} {target} --active --shallow --pivot` while the domain runs, then delete the overlay",
             dom = self.domain,
@@ -396,7 +399,7 @@ impl Libvirt {
         );
         let state = self.virsh.state(&self.domain)?;
         if !is_live(&state) {
-            return Err(format!("the domain is {state}: {by_hand}"));
+            return Err(format!("the domain is {state}: {by_hand}").into());
         }
         // --shallow: into the image right under the overlay. Without it virsh flattens
         // the whole chain into its deepest file (a template under a qcow2, say), and
@@ -435,15 +438,16 @@ impl Libvirt {
                     .map_or("nothing".into(), |p| p.display().to_string()),
                 base.display(),
                 overlay.display()
-            ));
+            ).into());
         }
-        std::fs::remove_file(overlay)
-            .map_err(|e| format!("merged, but deleting {}: {e}", overlay.display()))
+        std::fs::remove_file(overlay).map_err(|e| {
+            ProviderError::from(format!("merged, but deleting {}: {e}", overlay.display()))
+        })
     }
 
     /// Where `d`'s overlay goes: `libvirt_overlay_dir`, or beside a file image (a block
     /// device has no directory of its own to use).
-    fn overlay_dir(&self, d: &DomainDisk) -> Result<PathBuf, String> {
+    fn overlay_dir(&self, d: &DomainDisk) -> Result<PathBuf, ProviderError> {
         let src = d.source.clone().unwrap_or_default();
         match (&self.vm.settings.libvirt_overlay_dir, d.kind.as_str()) {
             (Some(dir), _) => Ok(dir.clone()),
@@ -452,12 +456,12 @@ impl Libvirt {
                 "disk {} is a block device {}: set libvirt_overlay_dir to a directory for its overlay",
                 d.target,
                 src.display()
-            )),
+            ).into()),
         }
     }
 
     /// Step 1: put an overlay on top of each chosen disk of the running domain.
-    fn freeze(&mut self, chosen: &[DomainDisk], xml: &DomainXml) -> Result<(), String> {
+    fn freeze(&mut self, chosen: &[DomainDisk], xml: &DomainXml) -> Result<(), ProviderError> {
         let quiesce = match self.vm.settings.libvirt_quiesce.as_deref() {
             Some("never") => false,
             Some("always") => {
@@ -465,7 +469,8 @@ impl Libvirt {
                     return Err(format!(
                         "libvirt_quiesce = \"always\" but the guest agent of {} does not answer",
                         self.domain
-                    ));
+                    )
+                    .into());
                 }
                 true
             }
@@ -485,7 +490,7 @@ impl Libvirt {
                 .map_or("disk".into(), |n| n.to_string_lossy().into_owned());
             let overlay = dir.join(format!("{name}.{tag}.qcow2"));
             if overlay.exists() {
-                return Err(format!("{} already exists", overlay.display()));
+                return Err(format!("{} already exists", overlay.display()).into());
             }
             overlays.push(Overlay {
                 target: d.target.clone(),
@@ -534,14 +539,15 @@ impl Libvirt {
                     o.target,
                     self.domain,
                     o.overlay.display()
-                ));
+                )
+                .into());
             }
         }
         Ok(())
     }
 
     /// Merges one overlay back, or says why it stays.
-    fn unfreeze(&self, o: &Overlay) -> Result<(), String> {
+    fn unfreeze(&self, o: &Overlay) -> Result<(), ProviderError> {
         let now = self.virsh.live_xml(&self.domain).map_err(|e| {
             format!(
                 "{e}; overlay {} over {} is kept",
@@ -554,7 +560,7 @@ impl Libvirt {
             // file left there holds nothing of the guest's.
             return match std::fs::remove_file(&o.overlay) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(format!("deleting {}: {e}", o.overlay.display()))
+                    Err(format!("deleting {}: {e}", o.overlay.display()).into())
                 }
                 _ => Ok(()),
             };
@@ -565,7 +571,7 @@ impl Libvirt {
                 o.overlay.display(),
                 self.domain,
                 o.target
-            ));
+            ).into());
         }
         self.merge(&o.target, &o.overlay, &o.base)
     }
@@ -576,7 +582,10 @@ fn is_live(state: &str) -> bool {
 }
 
 impl Provider for Libvirt {
-    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
+    fn name(&self) -> &'static str {
+        "libvirt"
+    }
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, ProviderError> {
         let state = self.virsh.state(&self.domain)?;
         let mut xml = self.virsh.live_xml(&self.domain)?;
         if is_live(&state) && self.merge_leftovers(&xml)? {
@@ -592,7 +601,8 @@ impl Provider for Libvirt {
             return Err(format!(
                 "domain {} is {state}; it can be backed up running, paused or shut off",
                 self.domain
-            ));
+            )
+            .into());
         }
         chosen
             .iter()
@@ -611,20 +621,20 @@ impl Provider for Libvirt {
         std::mem::take(&mut self.meta)
     }
 
-    fn check_after(&mut self) -> Result<(), String> {
+    fn check_after(&mut self) -> Result<(), ProviderError> {
         if let Frozen::Offline = self.frozen {
             let state = self.virsh.state(&self.domain)?;
             if is_live(&state) {
                 return Err(format!(
                     "domain {} started during the backup of its disks; the copy may be inconsistent",
                     self.domain
-                ));
+                ).into());
             }
         }
         Ok(())
     }
 
-    fn release(&mut self) -> Result<(), String> {
+    fn release(&mut self) -> Result<(), ProviderError> {
         let Frozen::Overlays(overlays) = std::mem::replace(&mut self.frozen, Frozen::Nothing)
         else {
             return Ok(());
@@ -648,9 +658,9 @@ impl Provider for Libvirt {
             .state(&self.domain)
             .and_then(|state| Ok((state, self.virsh.live_xml(&self.domain)?)));
         match checked {
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
             Ok((state, xml)) => match self.choose(&xml) {
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
                 Ok(chosen) => {
                     for d in &chosen {
                         let src = d.source.clone().unwrap_or_default();
@@ -671,7 +681,7 @@ impl Provider for Libvirt {
         problems
     }
 
-    fn discovered_disks(&self) -> Option<Result<Vec<(String, String)>, String>> {
+    fn discovered_disks(&self) -> Option<Result<Vec<(String, String)>, ProviderError>> {
         let found = self.virsh.live_xml(&self.domain).and_then(|xml| {
             Ok(self
                 .choose(&xml)?
@@ -707,7 +717,7 @@ impl Libvirt {
             let dir = match self.overlay_dir(d) {
                 Ok(dir) => dir,
                 Err(e) => {
-                    problems.push(e);
+                    problems.push(e.to_string());
                     continue;
                 }
             };
@@ -818,7 +828,7 @@ mod tests {
     fn chooses_writable_disks_and_refuses_what_it_cannot_read() {
         let x = DomainXml::parse(XML).unwrap();
         // All disks: the network disk is refused by name until excluded.
-        let e = plan(&[], &[]).choose(&x).unwrap_err();
+        let e = plan(&[], &[]).choose(&x).unwrap_err().to_string();
         assert!(e.contains("vdc") && e.contains("network"), "{e}");
         let chosen = plan(&[], &["vdc"]).choose(&x).unwrap();
         let t: Vec<_> = chosen.iter().map(|d| d.target.as_str()).collect();
@@ -826,7 +836,8 @@ mod tests {
         // Listed disks must match the domain's paths.
         let e = plan(&[("vda", "/images/other.qcow2")], &[])
             .choose(&x)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/images/web01.qcow2"), "{e}");
         assert_eq!(
             plan(&[("vda", "/images/web01.qcow2")], &[])
@@ -835,7 +846,7 @@ mod tests {
                 .len(),
             1
         );
-        let e = plan(&[], &["vdz"]).choose(&x).unwrap_err();
+        let e = plan(&[], &["vdz"]).choose(&x).unwrap_err().to_string();
         assert!(e.contains("vdz"), "{e}");
     }
 

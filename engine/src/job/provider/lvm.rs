@@ -1,6 +1,7 @@
 //! The `lvm` provider: `lvcreate --snapshot` per logical volume, its fill state checked after
 //! the backup, `lvremove` at the end.
 
+use super::ProviderError;
 use super::{
     check_executable, lvm_size_bytes, missing_sources, release_all, tool, Provider, ViewDisk,
 };
@@ -22,26 +23,27 @@ impl Lvm {
 }
 
 /// The single non-empty output line of an `lvs --noheadings` call, trimmed.
-fn lvs(args: &[&str]) -> Result<String, String> {
+fn lvs(args: &[&str]) -> Result<String, ProviderError> {
     let out = tool("lvs", &[&["--noheadings"], args].concat())?;
     out.lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(str::to_string)
-        .ok_or_else(|| format!("`lvs {}` printed nothing", args.join(" ")))
+        .ok_or_else(|| ProviderError::from(format!("`lvs {}` printed nothing", args.join(" "))))
 }
 
 /// (volume group, logical volume) of the disk `label` at `source`.
-fn volume(label: &str, source: &std::path::Path) -> Result<(String, String), String> {
+fn volume(label: &str, source: &std::path::Path) -> Result<(String, String), ProviderError> {
     let path = source.to_string_lossy();
     let id = lvs(&["--separator", ",", "-o", "vg_name,lv_name", &path])
-        .map_err(|e| format!("disk {label}: {e}"))?;
+        .map_err(|e| ProviderError::from(format!("disk {label}: {e}")))?;
     match id.split_once(',') {
         Some((vg, lv)) => Ok((vg.to_string(), lv.to_string())),
         None => Err(format!(
             "disk {label}: {} is not a logical volume (lvs said {id:?})",
             source.display()
-        )),
+        )
+        .into()),
     }
 }
 
@@ -63,7 +65,7 @@ impl Lvm {
         for (label, source) in &self.vm.disks {
             match volume(label, source) {
                 Ok((vg, _)) => *wanted.entry(vg).or_default() += each,
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
             }
         }
         for (vg, need) in wanted {
@@ -80,9 +82,9 @@ impl Lvm {
                 ],
             )
             .and_then(|out| {
-                out.trim()
-                    .parse::<u64>()
-                    .map_err(|_| format!("vgs printed {:?} for vg_free", out.trim()))
+                out.trim().parse::<u64>().map_err(|_| {
+                    ProviderError::from(format!("vgs printed {:?} for vg_free", out.trim()))
+                })
             });
             match free {
                 Ok(free) if free < need => problems.push(format!(
@@ -92,7 +94,7 @@ impl Lvm {
                     self.snapshot_size()
                 )),
                 Ok(_) => {}
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
             }
         }
         problems
@@ -100,7 +102,10 @@ impl Lvm {
 }
 
 impl Provider for Lvm {
-    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
+    fn name(&self) -> &'static str {
+        "lvm"
+    }
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, ProviderError> {
         let size = self.snapshot_size();
         let mut out = Vec::new();
         for (label, source) in &self.vm.disks {
@@ -118,7 +123,7 @@ impl Provider for Lvm {
         Ok(out)
     }
 
-    fn check_after(&mut self) -> Result<(), String> {
+    fn check_after(&mut self) -> Result<(), ProviderError> {
         for snap in &self.made {
             let state = lvs(&["--separator", ",", "-o", "snap_percent,lv_attr", snap])?;
             let (percent, attr) = state.split_once(',').unwrap_or((state.as_str(), ""));
@@ -128,13 +133,13 @@ impl Provider for Lvm {
             if full || invalid {
                 return Err(format!(
                     "LVM snapshot {snap} overflowed during the backup ({percent}% used, attributes {attr}); the copy is inconsistent: give it more space (lvm_snapshot_size)"
-                ));
+                ).into());
             }
         }
         Ok(())
     }
 
-    fn release(&mut self) -> Result<(), String> {
+    fn release(&mut self) -> Result<(), ProviderError> {
         let made = std::mem::take(&mut self.made);
         release_all(
             made.into_iter()

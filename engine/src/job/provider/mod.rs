@@ -22,6 +22,7 @@
 
 mod btrfs;
 mod command;
+mod error;
 mod libvirt;
 mod lvm;
 mod xenserver;
@@ -35,6 +36,7 @@ use crate::backup::MetaInput;
 use crate::source::detect::ImageFormat;
 use btrfs::Btrfs;
 use command::CommandProvider;
+pub use error::ProviderError;
 use libvirt::Libvirt;
 pub use libvirt::{DomainXml, Virsh};
 use lvm::Lvm;
@@ -43,7 +45,7 @@ use xenserver::XenServer;
 use zfs::Zfs;
 
 /// Problems with a VM's snapshot settings, found at load time.
-pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
+pub fn check_settings(method: &str, s: &Settings) -> Result<(), ProviderError> {
     match method {
         "none" => Ok(()),
         "command" if s.snapshot_create.is_none() => {
@@ -56,24 +58,25 @@ pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
         "btrfs" => Ok(()),
         "lvm" => match &s.lvm_snapshot_size {
             Some(size) if lvm_size_bytes(size).is_none() => {
-                Err(format!("lvm_snapshot_size {size:?} is not a size like 10G"))
+                Err(format!("lvm_snapshot_size {size:?} is not a size like 10G").into())
             }
             _ => Ok(()),
         },
         "zfs" => Ok(()),
         "xenserver" => match s.xenserver_export_format.as_deref() {
             None | Some("raw" | "vhd") => Ok(()),
-            Some(f) => Err(format!("xenserver_export_format {f:?} is not raw or vhd")),
+            Some(f) => Err(format!("xenserver_export_format {f:?} is not raw or vhd").into()),
         },
         "libvirt" => match s.libvirt_quiesce.as_deref() {
             None | Some("auto" | "always" | "never") => Ok(()),
-            Some(q) => Err(format!(
-                "libvirt_quiesce {q:?} is not one of auto, always, never"
-            )),
+            Some(q) => {
+                Err(format!("libvirt_quiesce {q:?} is not one of auto, always, never").into())
+            }
         },
         other => Err(format!(
             "unknown snapshot method {other:?} (none, command, btrfs, lvm, zfs, xenserver, libvirt)"
-        )),
+        )
+        .into()),
     }
 }
 
@@ -126,14 +129,19 @@ pub fn disks_bytes(vm: &VmPlan) -> u64 {
 
 /// Runs `cmd`; returns its stdout, or an error naming it as `shown` with its exit status
 /// and stderr.
-pub fn output_of(cmd: &mut Command, shown: &str) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("`{shown}`: {e}"))?;
+pub fn output_of(cmd: &mut Command, shown: &str) -> Result<String, ProviderError> {
+    let out = cmd.output().map_err(|source| ProviderError::NotRun {
+        provider: "",
+        command: shown.into(),
+        source,
+    })?;
     if !out.status.success() {
-        return Err(format!(
-            "`{shown}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(ProviderError::Failed {
+            provider: "",
+            command: shown.into(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -142,7 +150,7 @@ pub fn output_of(cmd: &mut Command, shown: &str) -> Result<String, String> {
 /// Runs `prog` with an argument vector: for every call whose words come from data (VM
 /// names, paths, dataset names). No shell ever sees them (issue 11: a quote in a VM name
 /// broke out of `sh -c '...'`).
-pub fn tool<S: AsRef<std::ffi::OsStr>>(prog: &str, args: &[S]) -> Result<String, String> {
+pub fn tool<S: AsRef<std::ffi::OsStr>>(prog: &str, args: &[S]) -> Result<String, ProviderError> {
     let shown = std::iter::once(prog.to_string())
         .chain(
             args.iter()
@@ -155,7 +163,7 @@ pub fn tool<S: AsRef<std::ffi::OsStr>>(prog: &str, args: &[S]) -> Result<String,
 
 /// Runs an admin's own shell command from the job file (a hook, a `command` provider's
 /// create/release): data reaches it only through environment variables.
-pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
+pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, ProviderError> {
     output_of(
         Command::new("sh")
             .arg("-c")
@@ -167,7 +175,9 @@ pub fn shell(cmd: &str, env: &[(&str, String)]) -> Result<String, String> {
 
 /// Runs every release command, even after one fails (each undoes a different thing);
 /// returns the first failure.
-fn release_all(calls: impl IntoIterator<Item = Result<String, String>>) -> Result<(), String> {
+fn release_all(
+    calls: impl IntoIterator<Item = Result<String, ProviderError>>,
+) -> Result<(), ProviderError> {
     let mut first_err = None;
     // Each call runs as the iterator is advanced: every one runs whatever failed before.
     for r in calls {
@@ -200,8 +210,10 @@ impl ViewDisk {
 
 /// A point-in-time view of one VM's disks.
 pub trait Provider {
+    /// The snapshot method, as the job file names it (`lvm`, `libvirt`...).
+    fn name(&self) -> &'static str;
     /// Creates the view; returns the disks to read.
-    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String>;
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, ProviderError>;
     /// Metadata the provider gathered in `acquire` (a domain's XML, its NVRAM), kept in
     /// the snapshot beside the job file's `meta` files.
     fn take_meta(&mut self) -> Vec<MetaInput> {
@@ -209,14 +221,14 @@ pub trait Provider {
     }
     /// After a backup, before `release`: is the copy still consistent? (An LVM snapshot
     /// that overflowed during the backup is not.)
-    fn check_after(&mut self) -> Result<(), String> {
+    fn check_after(&mut self) -> Result<(), ProviderError> {
         Ok(())
     }
     /// Undoes everything `acquire` created (also after it failed halfway).
-    fn release(&mut self) -> Result<(), String>;
+    fn release(&mut self) -> Result<(), ProviderError>;
     /// For `--preview`: the (label, source) of each disk when the provider finds them
     /// itself (a libvirt domain's XML) rather than reading the job file's list.
-    fn discovered_disks(&self) -> Option<Result<Vec<(String, String)>, String>> {
+    fn discovered_disks(&self) -> Option<Result<Vec<(String, String)>, ProviderError>> {
         None
     }
     /// What `--preview` can check without changing anything.
@@ -250,7 +262,10 @@ struct NoSnapshot {
 }
 
 impl Provider for NoSnapshot {
-    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, ProviderError> {
         Ok(self
             .vm
             .disks
@@ -258,7 +273,7 @@ impl Provider for NoSnapshot {
             .map(|(l, p)| ViewDisk::new(l.clone(), p.display().to_string()))
             .collect())
     }
-    fn release(&mut self) -> Result<(), String> {
+    fn release(&mut self) -> Result<(), ProviderError> {
         Ok(())
     }
     fn preview(&self) -> Vec<String> {

@@ -7,6 +7,7 @@
 //! parameters of the VM, its VBDs, the VDIs backed up and its VIFs (`xe *-param-list`)
 //! are kept as snapshot metadata: what recreating the VM on another pool needs.
 
+use super::ProviderError;
 use std::process::Command;
 
 use super::{check_executable, output_of, release_all, Provider, ViewDisk};
@@ -15,7 +16,7 @@ use crate::job::VmPlan;
 use crate::source::detect::ImageFormat;
 
 /// `xe ARGS`: stdout, or an error with the call and its stderr.
-pub fn xe(args: &[&str]) -> Result<String, String> {
+pub fn xe(args: &[&str]) -> Result<String, ProviderError> {
     output_of(
         Command::new("xe").args(args),
         &format!("xe {}", args.join(" ")),
@@ -60,7 +61,7 @@ fn field<'a>(rec: &'a [(String, String)], key: &str) -> Option<&'a str> {
 /// The names of every VM of the pool that is not dom0, a snapshot or a template.
 /// Read as records, not `--minimal`: that joins names with commas, so a tenant's VM
 /// named `a,b,c` became three VMs (issue 11).
-pub fn vm_names() -> Result<Vec<String>, String> {
+pub fn vm_names() -> Result<Vec<String>, ProviderError> {
     let out = xe(&[
         "vm-list",
         "is-control-domain=false",
@@ -105,7 +106,7 @@ impl XenServer {
     }
 
     /// The VM's UUID, from its name label; exactly one VM must carry it.
-    fn vm_uuid(&self) -> Result<String, String> {
+    fn vm_uuid(&self) -> Result<String, ProviderError> {
         let found = minimal(&xe(&[
             "vm-list",
             &format!("name-label={}", self.vm.name),
@@ -115,18 +116,19 @@ impl XenServer {
         ])?);
         match found.as_slice() {
             [one] => Ok(one.clone()),
-            [] => Err(format!("no XenServer VM is named {:?}", self.vm.name)),
+            [] => Err(format!("no XenServer VM is named {:?}", self.vm.name).into()),
             many => Err(format!(
                 "{} XenServer VMs are named {:?} ({}); name labels must be unique",
                 many.len(),
                 self.vm.name,
                 many.join(", ")
-            )),
+            )
+            .into()),
         }
     }
 
     /// (label, VDI UUID) of each disk: the job file's, or every Disk VBD's.
-    fn disks(&self, vm: &str) -> Result<Vec<(String, String)>, String> {
+    fn disks(&self, vm: &str) -> Result<Vec<(String, String)>, ProviderError> {
         let excluded = self.vm.settings.exclude_disks.clone().unwrap_or_default();
         if !self.vm.disks.is_empty() {
             return Ok(self
@@ -154,25 +156,22 @@ impl XenServer {
             .collect();
         disks.sort();
         if disks.is_empty() {
-            return Err(format!(
-                "XenServer VM {} has no disk to back up",
-                self.vm.name
-            ));
+            return Err(format!("XenServer VM {} has no disk to back up", self.vm.name).into());
         }
         Ok(disks)
     }
 
     /// `xe vm-param-list` and the VBD, VDI and VIF parameter lists, one metadata file
     /// each (records separated by blank lines).
-    fn gather_meta(&mut self, vm: &str, vdis: &[String]) -> Result<(), String> {
-        let list = |what: &str| -> Result<Vec<String>, String> {
+    fn gather_meta(&mut self, vm: &str, vdis: &[String]) -> Result<(), ProviderError> {
+        let list = |what: &str| -> Result<Vec<String>, ProviderError> {
             Ok(minimal(&xe(&[
                 &format!("{what}-list"),
                 &format!("vm-uuid={vm}"),
                 "--minimal",
             ])?))
         };
-        let params = |what: &str, uuids: &[String]| -> Result<Vec<u8>, String> {
+        let params = |what: &str, uuids: &[String]| -> Result<Vec<u8>, ProviderError> {
             let mut text = String::new();
             for u in uuids {
                 text.push_str(&xe(&[&format!("{what}-param-list"), &format!("uuid={u}")])?);
@@ -204,13 +203,16 @@ fn is_uuid(s: &str) -> bool {
 }
 
 impl Provider for XenServer {
-    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
+    fn name(&self) -> &'static str {
+        "xenserver"
+    }
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, ProviderError> {
         use std::os::unix::io::AsRawFd;
         let vm = self.vm_uuid()?;
         let disks = self.disks(&vm)?;
         for (label, vdi) in &disks {
             if !is_uuid(vdi) {
-                return Err(format!("disk {label}: {vdi:?} is not a VDI UUID"));
+                return Err(format!("disk {label}: {vdi:?} is not a VDI UUID").into());
             }
         }
         let vdis: Vec<String> = disks.iter().map(|(_, v)| v.clone()).collect();
@@ -221,7 +223,7 @@ impl Provider for XenServer {
                 .trim()
                 .to_string();
             if !is_uuid(&snap) {
-                return Err(format!("xe vdi-snapshot printed {snap:?}, not a UUID"));
+                return Err(format!("xe vdi-snapshot printed {snap:?}, not a UUID").into());
             }
             self.made.push(snap.clone());
             let mut child = Command::new("xe")
@@ -233,7 +235,7 @@ impl Provider for XenServer {
                 ])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
-                .map_err(|e| format!("xe vdi-export: {e}"))?;
+                .map_err(|e| ProviderError::from(format!("xe vdi-export: {e}")))?;
             let stdout = child.stdout.take().ok_or("xe vdi-export: no stdout")?;
             let path = format!("/proc/self/fd/{}", stdout.as_raw_fd());
             self.exports.push((child, stdout));
@@ -250,21 +252,23 @@ impl Provider for XenServer {
         std::mem::take(&mut self.meta)
     }
 
-    fn check_after(&mut self) -> Result<(), String> {
+    fn check_after(&mut self) -> Result<(), ProviderError> {
         // The stream ended; the export must also have succeeded (a VDI that vanished
         // mid-export ends the stream early with an error here, not a short disk).
         for (mut child, _stdout) in std::mem::take(&mut self.exports) {
-            let status = child.wait().map_err(|e| format!("xe vdi-export: {e}"))?;
+            let status = child
+                .wait()
+                .map_err(|e| ProviderError::from(format!("xe vdi-export: {e}")))?;
             if !status.success() {
-                return Err(format!(
-                    "xe vdi-export failed ({status}); the copy is incomplete"
-                ));
+                return Err(
+                    format!("xe vdi-export failed ({status}); the copy is incomplete").into(),
+                );
             }
         }
         Ok(())
     }
 
-    fn release(&mut self) -> Result<(), String> {
+    fn release(&mut self) -> Result<(), ProviderError> {
         for (mut child, stdout) in std::mem::take(&mut self.exports) {
             drop(stdout);
             let _ = child.kill();
@@ -283,7 +287,7 @@ impl Provider for XenServer {
         }
         let mut problems = Vec::new();
         match self.vm_uuid().and_then(|vm| self.disks(&vm)) {
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
             Ok(disks) => {
                 for (label, vdi) in disks {
                     if !is_uuid(&vdi) {
@@ -295,7 +299,7 @@ impl Provider for XenServer {
         problems
     }
 
-    fn discovered_disks(&self) -> Option<Result<Vec<(String, String)>, String>> {
+    fn discovered_disks(&self) -> Option<Result<Vec<(String, String)>, ProviderError>> {
         if !self.vm.disks.is_empty() {
             return None;
         }

@@ -1,6 +1,7 @@
 //! The `zfs` provider: a snapshot and a temporary read-only clone of each zvol, both
 //! destroyed after.
 
+use super::ProviderError;
 use std::path::Path;
 
 use super::{check_executable, missing_sources, tool, Provider, ViewDisk};
@@ -29,7 +30,10 @@ impl Zfs {
 }
 
 impl Provider for Zfs {
-    fn acquire(&mut self) -> Result<Vec<ViewDisk>, String> {
+    fn name(&self) -> &'static str {
+        "zfs"
+    }
+    fn acquire(&mut self) -> Result<Vec<ViewDisk>, ProviderError> {
         let tag = format!("dedisk-{}", std::process::id());
         let mut out = Vec::new();
         for (label, source) in &self.vm.disks {
@@ -52,7 +56,7 @@ impl Provider for Zfs {
         Ok(out)
     }
 
-    fn release(&mut self) -> Result<(), String> {
+    fn release(&mut self) -> Result<(), ProviderError> {
         let mut first_err = None;
         // Clone first: a snapshot with a clone cannot be destroyed.
         for (snap, clone) in std::mem::take(&mut self.made) {
