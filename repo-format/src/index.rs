@@ -530,3 +530,81 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::{BlobKind, Compression};
+
+    fn entry(n: u8, offset: u64) -> TocEntry {
+        TocEntry {
+            id: BlobId([n; 32]),
+            kind: if n % 2 == 0 {
+                BlobKind::Data
+            } else {
+                BlobKind::ManifestNode
+            },
+            compression: Compression::Zstd,
+            stored_len: 100 + n as u32,
+            raw_len: 1000 + n as u32,
+            offset,
+        }
+    }
+
+    #[test]
+    fn rows_are_the_packs_tables_and_go_with_their_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let mut idx = Index::open(&path).unwrap();
+        let (a, b) = (PackId([0xa; 32]), PackId([0xb; 32]));
+        idx.add_pack(&a, 5000, &[entry(2, 16), entry(3, 200)])
+            .unwrap();
+        idx.add_pack(&b, 7000, &[entry(4, 16)]).unwrap();
+        let loc = idx.lookup(&BlobId([3; 32])).unwrap().unwrap();
+        assert_eq!((loc.pack, loc.entry), (a, entry(3, 200)));
+        assert!(idx.contains(&BlobId([4; 32])).unwrap());
+        assert!(idx.lookup(&BlobId([9; 32])).unwrap().is_none());
+        assert_eq!(idx.rows_of_pack(&a).unwrap().len(), 2);
+        assert_eq!(idx.pack_ids().unwrap(), [a, b].into_iter().collect());
+        let t = idx.totals().unwrap();
+        assert_eq!(
+            (t.packs, t.pack_bytes, t.data_blobs, t.node_blobs),
+            (2, 12000, 2, 1)
+        );
+        assert_eq!(t.data_raw_bytes, 1002 + 1004);
+        // A blob already indexed keeps its first pack; a repack's rows replace it.
+        let c = PackId([0xc; 32]);
+        idx.add_pack(&c, 100, &[entry(2, 999)]).unwrap();
+        assert_eq!(idx.lookup(&BlobId([2; 32])).unwrap().unwrap().pack, a);
+        idx.add_pack_replacing(&c, 100, &[entry(2, 16)]).unwrap();
+        assert_eq!(idx.lookup(&BlobId([2; 32])).unwrap().unwrap().pack, c);
+        // Removing a pack removes its rows.
+        idx.remove_pack(&b).unwrap();
+        assert!(!idx.contains(&BlobId([4; 32])).unwrap());
+        // Another connection (the file on disk) sees all of it.
+        let again = Index::open_existing(&path).unwrap();
+        assert_eq!(again.pack_lengths().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn openers_for_existing_files_never_create_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        assert!(Index::open_existing(&path).is_err());
+        assert!(Index::open_read_only(&path).is_err());
+        assert!(!path.exists(), "no empty index was created");
+        let mem = Index::open_memory("t").unwrap();
+        assert!(mem.pack_ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_file_is_a_broken_index_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let e = Index::open_existing(&path)
+            .and_then(|i| i.pack_ids().map(|_| ()))
+            .unwrap_err();
+        assert!(e.is_broken_index(), "{e}");
+    }
+}

@@ -808,3 +808,152 @@ fn cannot_write(e: &std::io::Error) -> bool {
         Some(libc::ENOSPC | libc::EROFS | libc::EACCES | libc::EPERM | libc::EDQUOT)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::{BlobEncoder, BlobKind};
+    use crate::pack::PackWriter;
+
+    fn repo(dir: &Path) -> Repository {
+        let config = RepoConfig::new(Default::default(), Default::default(), 1 << 20).unwrap();
+        Repository::init(&dir.join("repo"), config).unwrap()
+    }
+
+    /// Writes one pack of `blobs` into the repository, indexed unless `index` is false.
+    fn pack(repo: &Repository, blobs: &[&[u8]], index: bool) -> (PackId, Vec<BlobId>) {
+        let mut enc = BlobEncoder::new(3).unwrap();
+        let mut w = PackWriter::create(&repo.tmp_dir()).unwrap();
+        let mut ids = Vec::new();
+        for b in blobs {
+            let e = enc.encode(BlobKind::Data, b).unwrap();
+            ids.push(e.id);
+            w.add(&e).unwrap();
+        }
+        let done = w.finish(&repo.packs_dir()).unwrap();
+        if index {
+            repo.index()
+                .unwrap()
+                .add_pack(&done.id, done.len_bytes, &done.entries)
+                .unwrap();
+        }
+        (done.id, ids)
+    }
+
+    #[test]
+    fn init_and_open_refuse_what_is_not_a_fresh_or_existing_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        assert!(matches!(
+            Repository::init(r.root(), r.config().clone()),
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            Repository::open(dir.path()),
+            Err(Error::NotARepository { .. })
+        ));
+        let again = Repository::open(r.root()).unwrap();
+        assert_eq!(again.config().repo_id, r.config().repo_id);
+        assert!(again.is_writable());
+    }
+
+    #[test]
+    fn the_index_is_a_cache_of_the_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        let (_, ids) = pack(&r, &[b"one", b"two"], true);
+        // A pack the index does not know (a backup killed before indexing it) is added;
+        // a pack that vanished loses its rows, under a lock.
+        let (stray, stray_ids) = pack(&r, &[b"three"], false);
+        let (gone, _) = pack(&r, &[b"four"], true);
+        std::fs::remove_file(crate::pack::pack_path(&r.packs_dir(), &gone)).unwrap();
+        let lock = r.lock_exclusive("test").unwrap();
+        assert_eq!(
+            (
+                lock.reconciled().packs_added,
+                lock.reconciled().packs_dropped
+            ),
+            (1, 1)
+        );
+        drop(lock);
+        let mut reader = BlobReader::new(&r).unwrap();
+        assert_eq!(reader.read(&ids[1]).unwrap(), b"two");
+        assert_eq!(reader.locate(&stray_ids[0]).unwrap().pack, stray);
+        // The index thrown away and rebuilt: the same answers.
+        std::fs::remove_file(r.index_path()).unwrap();
+        let reopened = Repository::open(r.root()).unwrap();
+        assert!(reopened.index_repair.rebuilt);
+        let mut reader = BlobReader::new(&reopened).unwrap();
+        assert_eq!(reader.read(&ids[0]).unwrap(), b"one");
+        assert_eq!(reader.read(&stray_ids[0]).unwrap(), b"three");
+    }
+
+    #[test]
+    fn lock_guards_conflict_as_format_section_12_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        let a = r.lock_shared("backup").unwrap();
+        let b = r.lock_shared("restore").unwrap();
+        assert!(a.is_on_disk() && b.is_on_disk());
+        match r.lock_exclusive("prune") {
+            Err(Error::Locked { holder }) => assert!(holder.contains("shared lock"), "{holder}"),
+            other => panic!("exclusive beside shared: {other:?}"),
+        }
+        drop((a, b));
+        let x = r.lock_exclusive("prune").unwrap();
+        assert!(matches!(r.lock_shared("backup"), Err(Error::Locked { .. })));
+        // An exclusive guard is a shared one too (deref), and notices its file going.
+        let shared: &crate::lock::SharedLock = &x;
+        assert!(shared.still_held().is_ok());
+        for (path, _) in crate::lock::list(&r.locks_dir()).unwrap() {
+            std::fs::remove_file(path).unwrap();
+        }
+        assert!(matches!(x.still_held(), Err(Error::LockLost { .. })));
+    }
+
+    #[test]
+    fn snapshots_are_written_whole_and_listed_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        let mk = |t: &str| Snapshot {
+            snapshot_version: crate::snapshot::SNAPSHOT_VERSION,
+            time: t.parse().unwrap(),
+            name: "vm".into(),
+            hostname: "h".into(),
+            tags: vec![],
+            disks: vec![crate::snapshot::SnapshotDisk {
+                label: "vda".into(),
+                source: "s".into(),
+                size_bytes: 4096,
+                manifest: crate::ManifestRoot {
+                    root: BlobId([1; 32]),
+                    len_bytes: 4096,
+                    extents: 1,
+                },
+                stats: Default::default(),
+                lost: vec![],
+            }],
+            meta: vec![],
+            program_version: "t".into(),
+        };
+        let late = r.write_snapshot(&mk("2026-11-23T00:00:00Z")).unwrap();
+        let early = r.write_snapshot(&mk("2026-11-22T00:00:00Z")).unwrap();
+        let list: Vec<_> = r
+            .list_snapshots()
+            .unwrap()
+            .into_iter()
+            .map(|x| x.unwrap().0)
+            .collect();
+        assert_eq!(list, [early, late]);
+        // A damaged file is listed as an error and never hides the others.
+        let path = r.snapshots_dir().join(format!("{}.json", early.to_hex()));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let list = r.list_snapshots().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list.iter().filter(|x| x.is_err()).count(), 1);
+        r.remove_snapshot(&late).unwrap();
+        assert!(r.load_snapshot(&late).is_err());
+    }
+}

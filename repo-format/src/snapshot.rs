@@ -213,3 +213,87 @@ impl Snapshot {
         self.disks.iter().map(|d| d.size_bytes).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::BlobId;
+
+    fn snap() -> Snapshot {
+        let disk = |label: &str| SnapshotDisk {
+            label: label.into(),
+            source: "/dev/vg/x".into(),
+            size_bytes: 1 << 20,
+            manifest: ManifestRoot {
+                root: BlobId([1; 32]),
+                len_bytes: 1 << 20,
+                extents: 4,
+            },
+            stats: DiskStats::default(),
+            lost: vec![],
+        };
+        Snapshot {
+            snapshot_version: SNAPSHOT_VERSION,
+            time: "2026-11-22T07:22:41Z".parse().unwrap(),
+            name: "web01".into(),
+            hostname: "kvm1".into(),
+            tags: vec![],
+            disks: vec![disk("vda"), disk("vdb")],
+            meta: vec![],
+            program_version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn validate_refuses_what_no_honest_writer_makes() {
+        assert_eq!(snap().validate(), Ok(()));
+        let cases: Vec<(Box<dyn Fn(&mut Snapshot)>, &str)> = vec![
+            (Box::new(|s| s.disks[1].label = "vda".into()), "vda"),
+            (
+                Box::new(|s| s.disks[0].label = "../x".into()),
+                "contains '/'",
+            ),
+            (Box::new(|s| s.disks[0].size_bytes = 2 << 20), "size"),
+            (
+                Box::new(|s| s.disks[0].manifest.extents = 1 << 20),
+                "extents",
+            ),
+            (Box::new(|s| s.disks.clear()), "disk"),
+            (
+                Box::new(|s| s.tags = vec!["t".into(); MAX_TAGS + 1]),
+                "tags",
+            ),
+        ];
+        for (edit, needle) in cases {
+            let mut s = snap();
+            edit(&mut s);
+            let e = s.validate().expect_err(needle);
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn decode_checks_the_name_the_version_and_the_content() {
+        let (id, bytes) = snap().encode();
+        assert_eq!(
+            Snapshot::decode(Path::new("s"), id, &bytes).unwrap(),
+            snap()
+        );
+        let mut v9 = snap();
+        v9.snapshot_version = 9;
+        let (id9, b9) = v9.encode();
+        let e = Snapshot::decode(Path::new("s"), id9, &b9)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 9"), "{e}");
+        let mut bad = snap();
+        bad.disks[0].label = "a/b".into();
+        let (idb, bb) = bad.encode();
+        assert!(Snapshot::decode(Path::new("s"), idb, &bb).is_err());
+        let (_, other) = v9.encode();
+        assert!(
+            Snapshot::decode(Path::new("s"), id, &other).is_err(),
+            "content must match the name"
+        );
+    }
+}

@@ -532,3 +532,158 @@ impl DiskSource for XvaSource {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ustar member header for `name` of `size` bytes, checksum filled in.
+    fn tar_header(name: &str, size: usize) -> [u8; 512] {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    fn tar(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in members {
+            out.extend_from_slice(&tar_header(name, data.len()));
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    fn ova(size: u64) -> Vec<u8> {
+        format!(
+            "<value><struct><member><name>objects</name><value><array><data>\
+             <value><struct><member><name>class</name><value>VDI</value></member>\
+             <member><name>id</name><value>Ref:5</value></member>\
+             <member><name>snapshot</name><value><struct>\
+             <member><name>name_label</name><value>root</value></member>\
+             <member><name>virtual_size</name><value><string>{size}</string></value></member>\
+             </struct></value></member></struct></value>\
+             <value><struct><member><name>class</name><value>VBD</value></member>\
+             <member><name>id</name><value>Ref:3</value></member>\
+             <member><name>snapshot</name><value><struct>\
+             <member><name>VDI</name><value>Ref:5</value></member>\
+             <member><name>userdevice</name><value>1</value></member>\
+             </struct></value></member></struct></value>\
+             </data></array></value></member></struct></value>"
+        )
+        .into_bytes()
+    }
+
+    fn sha1_hex(data: &[u8]) -> Vec<u8> {
+        use sha1::Digest;
+        hex::encode(sha1::Sha1::digest(data)).into_bytes()
+    }
+
+    /// Reads a disk the way the backup pipeline does: where `next_data` says, in order.
+    fn read_all(src: &mut dyn DiskSource, size: usize) -> Result<Vec<u8>, SourceError> {
+        let mut got = vec![0u8; size];
+        let mut pos = 0;
+        while let Some((s, e)) = src.next_data(pos)? {
+            let e = e.min(size as u64);
+            let mut at = s;
+            while at < e {
+                let n = src.read_at(at, &mut got[at as usize..e as usize])?;
+                assert!(n > 0);
+                at += n as u64;
+            }
+            pos = e;
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn names_and_numbers_of_members() {
+        assert_eq!(parse_octal(b"00000001750\0"), Some(0o1750));
+        assert_eq!(parse_octal(b"\0\0\0"), Some(0));
+        assert_eq!(parse_octal(b"12x"), None);
+        assert_eq!(block_name("Ref:12/00000042"), Some(("Ref:12", 42, "")));
+        assert_eq!(
+            block_name("Ref:12/00000042.checksum"),
+            Some(("Ref:12", 42, "checksum"))
+        );
+        assert_eq!(block_name("Ref:12/ova.xml"), None);
+        assert_eq!(block_name("00000001"), None);
+    }
+
+    #[test]
+    fn ova_xml_gives_vdis_with_their_devices() {
+        let v = parse_ova("t", &ova(3 << 20)).unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].id.as_str(), v[0].name.as_str()), ("Ref:5", "root"));
+        assert_eq!((v[0].size, v[0].device), (3 << 20, Some(1)));
+        let err = parse_ova("t", &ova(u64::MAX)).err().unwrap().to_string();
+        assert!(err.contains("implausibly large"), "{err}");
+        let err = parse_ova("t", b"<value><struct>")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("ova.xml"), "{err}");
+    }
+
+    #[test]
+    fn an_export_reads_back_its_blocks_and_zeros() {
+        let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let bytes = tar(&[
+            ("ova.xml", ova(3 << 20)),
+            ("Ref:5/00000001", block.clone()),
+            ("Ref:5/00000001.checksum", sha1_hex(&block)),
+        ]);
+        let export = open_xva(Box::new(std::io::Cursor::new(bytes)), "t.xva").unwrap();
+        assert!(export.ova_xml.starts_with(b"<value>"));
+        let mut disks = export.disks;
+        assert_eq!(disks.len(), 1);
+        assert_eq!(
+            (disks[0].label.as_str(), disks[0].size_bytes),
+            ("xvdb", 3 << 20)
+        );
+        let got = read_all(disks[0].source.as_mut(), 3 << 20).unwrap();
+        assert!(got[..1 << 20].iter().all(|&b| b == 0));
+        assert_eq!(&got[1 << 20..2 << 20], block.as_slice());
+        assert!(got[2 << 20..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn damage_is_an_error_naming_the_block() {
+        let block = vec![7u8; 1 << 20];
+        let bytes = tar(&[
+            ("ova.xml", ova(1 << 20)),
+            ("Ref:5/00000000", block),
+            ("Ref:5/00000000.checksum", sha1_hex(b"something else")),
+        ]);
+        let mut export = open_xva(Box::new(std::io::Cursor::new(bytes.clone())), "t.xva").unwrap();
+        let err = read_all(export.disks[0].source.as_mut(), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("block 0"), "{err}");
+        // A tar header whose checksum does not add up.
+        let mut broken = bytes;
+        broken[0] ^= 1;
+        let err = open_xva(Box::new(std::io::Cursor::new(broken)), "t.xva")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("checksum"), "{err}");
+        // An archive that does not start with ova.xml.
+        let err = open_xva(
+            Box::new(std::io::Cursor::new(tar(&[("other", vec![1])]))),
+            "t.xva",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("t.xva"), "{err}");
+    }
+}

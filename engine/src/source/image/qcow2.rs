@@ -695,3 +695,152 @@ impl Layout for Qcow2Layout {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::image::{open_image, OpenOptions};
+    use crate::source::DiskSource;
+
+    const CLUSTER: usize = 1 << 16;
+
+    /// A version-2 qcow2 of 1 MiB in 64 KiB clusters, made by hand from the spec: header,
+    /// L1 (cluster 1), refcount table and block (clusters 2, 3), one L2 table (cluster 4)
+    /// mapping guest cluster 0 to the data in cluster 5. `edit` changes the bytes first.
+    fn image(dir: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> (std::path::PathBuf, Vec<u8>) {
+        let mut b = vec![0u8; 6 * CLUSTER];
+        b[0..4].copy_from_slice(MAGIC);
+        b[4..8].copy_from_slice(&2u32.to_be_bytes());
+        b[20..24].copy_from_slice(&16u32.to_be_bytes());
+        b[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+        b[36..40].copy_from_slice(&1u32.to_be_bytes()); // l1_size
+        b[40..48].copy_from_slice(&(CLUSTER as u64).to_be_bytes());
+        b[48..56].copy_from_slice(&(2 * CLUSTER as u64).to_be_bytes());
+        b[56..60].copy_from_slice(&1u32.to_be_bytes());
+        let put =
+            |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        put(&mut b, CLUSTER, (4 * CLUSTER) as u64 | L2_COPIED);
+        put(&mut b, 2 * CLUSTER, (3 * CLUSTER) as u64);
+        for c in 0..6 {
+            b[3 * CLUSTER + 2 * c..3 * CLUSTER + 2 * c + 2].copy_from_slice(&1u16.to_be_bytes());
+        }
+        put(&mut b, 4 * CLUSTER, (5 * CLUSTER) as u64 | L2_COPIED);
+        let data: Vec<u8> = (0..CLUSTER).map(|i| (i % 253) as u8).collect();
+        b[5 * CLUSTER..].copy_from_slice(&data);
+        edit(&mut b);
+        let path = dir.join("t.qcow2");
+        std::fs::write(&path, &b).unwrap();
+        (path, data)
+    }
+
+    fn open(path: &Path) -> Result<Image, ImageError> {
+        open_image(
+            path,
+            &OpenOptions {
+                format: Some(ImageFormat::Qcow2),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn err(path: &Path) -> String {
+        open(path).err().expect("refused").to_string()
+    }
+
+    #[test]
+    fn a_hand_made_image_reads_its_one_cluster_and_qemu_agrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, data) = image(dir.path(), |_| {});
+        let mut img = open(&path).unwrap();
+        assert_eq!(img.virtual_size(), 1 << 20);
+        assert_eq!(img.next_data(0).unwrap(), Some((0, CLUSTER as u64)));
+        assert_eq!(img.next_data(CLUSTER as u64).unwrap(), None);
+        let mut buf = vec![0u8; CLUSTER];
+        assert_eq!(img.read_at(0, &mut buf).unwrap(), CLUSTER);
+        assert_eq!(buf, data);
+        buf.fill(1);
+        img.read_at(CLUSTER as u64 * 3, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "unallocated reads as zeros");
+        // qemu reads the same image the same way (when qemu-img is here).
+        let raw = dir.path().join("want.raw");
+        let mut want = data.clone();
+        want.resize(1 << 20, 0);
+        std::fs::write(&raw, &want).unwrap();
+        if let Ok(out) = std::process::Command::new("qemu-img")
+            .args(["compare", "-f", "qcow2", "-F", "raw"])
+            .arg(&path)
+            .arg(&raw)
+            .output()
+        {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_headers_and_tables_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = image(dir.path(), |b| b[0] = b'X');
+        assert!(err(&p).contains("no qcow2 magic"), "{}", err(&p));
+        let (p, _) = image(dir.path(), |b| b[4..8].copy_from_slice(&4u32.to_be_bytes()));
+        assert!(err(&p).contains("qcow2 version 4"), "{}", err(&p));
+        let (p, _) = image(dir.path(), |b| {
+            b[20..24].copy_from_slice(&30u32.to_be_bytes())
+        });
+        assert!(err(&p).contains("cluster_bits"), "{}", err(&p));
+        let (p, _) = image(dir.path(), |b| {
+            b[32..36].copy_from_slice(&2u32.to_be_bytes())
+        });
+        assert!(err(&p).contains("encrypted (LUKS)"), "{}", err(&p));
+        // A virtual size the L1 table cannot map.
+        let (p, _) = image(dir.path(), |b| {
+            b[24..32].copy_from_slice(&(1u64 << 40).to_be_bytes())
+        });
+        assert!(err(&p).contains("cannot map a virtual size"), "{}", err(&p));
+        // An L1 table beyond the end of the file.
+        let (p, _) = image(dir.path(), |b| {
+            b[40..48].copy_from_slice(&(64 * CLUSTER as u64).to_be_bytes())
+        });
+        assert!(err(&p).contains("past the end of the file"), "{}", err(&p));
+        let (p, _) = image(dir.path(), |b| b.truncate(50));
+        assert!(err(&p).contains("file is only 50 bytes"), "{}", err(&p));
+    }
+
+    #[test]
+    fn a_table_entry_pointing_outside_the_file_fails_the_read_not_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = image(dir.path(), |b| {
+            let at = 4 * CLUSTER;
+            b[at..at + 8].copy_from_slice(&((1000 * CLUSTER) as u64 | L2_COPIED).to_be_bytes());
+        });
+        let mut img = open(&p).unwrap();
+        let mut buf = vec![0u8; CLUSTER];
+        let e = match img.next_data(0).and_then(|_| img.read_at(0, &mut buf)) {
+            Err(e) => e.to_string(),
+            Ok(n) => panic!("read {n} bytes from outside the file"),
+        };
+        assert!(e.contains("t.qcow2"), "{e}");
+        // Reserved bits set in an L1 entry.
+        let (p, _) = image(dir.path(), |b| b[CLUSTER + 7] |= 1);
+        let mut img = open(&p).unwrap();
+        assert!(img.next_data(0).is_err());
+    }
+
+    #[test]
+    fn header_fields_parse_as_the_spec_places_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = image(dir.path(), |_| {});
+        let host = HostFile::open(&p, false).unwrap();
+        let h = parse_header(&host, &Blame::new(&p, ImageFormat::Qcow2)).unwrap();
+        assert_eq!((h.version, h.cluster_bits), (2, 16));
+        assert_eq!(
+            (h.virtual_size, h.l1_entries, h.l1_offset),
+            (1 << 20, 1, CLUSTER as u64)
+        );
+        assert_eq!((h.snapshot_count, h.crypt_method), (0, 0));
+        assert!(h.backing_file.is_none() && !h.extended_l2);
+    }
+}
