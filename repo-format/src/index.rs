@@ -539,7 +539,7 @@ mod tests {
     fn entry(n: u8, offset: u64) -> TocEntry {
         TocEntry {
             id: BlobId([n; 32]),
-            kind: if n % 2 == 0 {
+            kind: if n.is_multiple_of(2) {
                 BlobKind::Data
             } else {
                 BlobKind::ManifestNode

@@ -247,7 +247,8 @@ mod tests {
     #[test]
     fn validate_refuses_what_no_honest_writer_makes() {
         assert_eq!(snap().validate(), Ok(()));
-        let cases: Vec<(Box<dyn Fn(&mut Snapshot)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Snapshot)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|s| s.disks[1].label = "vda".into()), "vda"),
             (
                 Box::new(|s| s.disks[0].label = "../x".into()),

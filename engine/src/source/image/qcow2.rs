@@ -700,7 +700,6 @@ impl Layout for Qcow2Layout {
 mod tests {
     use super::*;
     use crate::source::image::{open_image, OpenOptions};
-    use crate::source::DiskSource;
 
     const CLUSTER: usize = 1 << 16;
 

@@ -164,7 +164,6 @@ impl Layout for VdiLayout {
 mod tests {
     use super::*;
     use crate::source::image::{open_image, OpenOptions};
-    use crate::source::DiskSource;
     use std::path::{Path, PathBuf};
 
     const MIB: usize = 1 << 20;

@@ -354,7 +354,6 @@ impl Layout for VhdxLayout {
 mod tests {
     use super::*;
     use crate::source::image::{open_image, OpenOptions};
-    use crate::source::DiskSource;
     use std::path::{Path, PathBuf};
 
     /// A VHDX made by qemu-img from a raw disk with two data runs, and that disk; `None`
