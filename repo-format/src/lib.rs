@@ -18,6 +18,7 @@
 //! ```
 
 pub mod blob;
+pub mod blob_reader;
 pub mod config;
 pub mod durable;
 pub mod error;
@@ -31,11 +32,12 @@ pub mod repo;
 pub mod snapshot;
 
 pub use blob::{BlobEncoder, BlobKind, Compression, EncodedBlob};
+pub use blob_reader::BlobReader;
 pub use config::{ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, FORMAT_VERSION};
 pub use error::{Error, Result};
 pub use ids::{BlobId, PackId, RepoId, SnapshotId};
 pub use index::{BlobLocation, Index, IndexTotals};
 pub use manifest::{Extent, ManifestBuilder, ManifestRoot, ManifestWalker, Node};
 pub use pack::{FinishedPack, PackWriter, TocEntry};
-pub use repo::{BlobReader, IndexRepair, Repository};
+pub use repo::{IndexRepair, Repository};
 pub use snapshot::{DiskStats, LostRange, Snapshot, SnapshotDisk, SnapshotMeta};

@@ -10,20 +10,17 @@
 //! REPO/locks/                      reserved for repository locks
 //! ```
 
-use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::blob::{BlobDecoder, BlobKind, BlobOrigin};
 use crate::config::RepoConfig;
 use crate::durable::{sync_dir, write_atomic};
 use crate::error::{Error, IoContext, Result};
-use crate::ids::{BlobId, PackId, SnapshotId};
-use crate::index::{BlobLocation, Index};
-use crate::manifest::Node;
-use crate::pack::{pack_path, read_payload, read_toc};
+use crate::ids::{PackId, SnapshotId};
+use crate::index::Index;
+use crate::pack::read_toc;
 use crate::snapshot::Snapshot;
 
 const CONFIG_FILE: &str = "config.json";
@@ -621,186 +618,6 @@ fn writable(path: &Path) -> bool {
     rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
 }
 
-/// Reads blobs through the index, keeping pack files open. One per thread.
-pub struct BlobReader<R: Borrow<Repository>> {
-    repo: R,
-    index: Index,
-    open_packs: HashMap<PackId, File>,
-    decoder: BlobDecoder,
-}
-
-/// Packs a reader keeps open at once.
-const OPEN_PACKS_MAX: usize = 64;
-
-impl<R: Borrow<Repository>> BlobReader<R> {
-    /// A reader over `repo`: a borrow (`&Repository`) for one command's work, or an
-    /// `Arc<Repository>` for readers that outlive the caller's frame (server threads).
-    pub fn new(repo: R) -> Result<Self> {
-        let index = repo.borrow().index()?;
-        Ok(BlobReader {
-            repo,
-            index,
-            open_packs: HashMap::new(),
-            decoder: BlobDecoder::new()?,
-        })
-    }
-
-    /// Where blob `id` is stored. A damaged index is recovered once and the lookup
-    /// retried (issue 12): it is a cache of the packs' TOCs, never the only copy.
-    pub fn locate(&mut self, id: &BlobId) -> Result<BlobLocation> {
-        match self.index.lookup(id) {
-            Ok(found) => found.ok_or(Error::MissingBlob(*id)),
-            Err(e) => {
-                // Damaged, or moved aside by another reader's recovery since this
-                // connection opened it (any error then): recover (or wait for the
-                // recovery under way), reconnect, retry once.
-                let live = crate::index::file_id(&self.repo.borrow().index_path());
-                let moved = self.index.file_id().is_some() && live != self.index.file_id();
-                if !(e.is_broken_index() || moved) {
-                    return Err(e);
-                }
-                self.repo.borrow().recover_index(&self.index, &e)?;
-                // A connection opened in the instant the file is swapped may still see
-                // the old one: reconnect a few times before giving up.
-                let mut last = e;
-                for _ in 0..3 {
-                    self.index = match self.repo.borrow().index() {
-                        Ok(i) => i,
-                        Err(e) => {
-                            last = e;
-                            std::thread::sleep(Duration::from_millis(20));
-                            continue;
-                        }
-                    };
-                    match self.index.lookup(id) {
-                        Ok(found) => return found.ok_or(Error::MissingBlob(*id)),
-                        Err(e) => last = e,
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(last)
-            }
-        }
-    }
-
-    fn pack_file(&mut self, pack: PackId) -> Result<&File> {
-        if !self.open_packs.contains_key(&pack) {
-            if self.open_packs.len() >= OPEN_PACKS_MAX {
-                self.open_packs.clear();
-            }
-            let path = pack_path(&self.repo.borrow().packs_dir(), &pack);
-            let f = File::open(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::MissingPack {
-                    pack,
-                    path: path.clone(),
-                },
-                _ => Error::io(&path, e),
-            })?;
-            self.open_packs.insert(pack, f);
-        }
-        Ok(&self.open_packs[&pack])
-    }
-
-    /// Tells the kernel a blob will be read soon (POSIX_FADV_WILLNEED), so it is fetched
-    /// in the background while other blobs are decoded. Restore calls this a few
-    /// megabytes ahead of its workers: cold pack reads are small and latency-bound.
-    pub fn prefetch(&mut self, loc: &BlobLocation) -> Result<()> {
-        use std::os::unix::io::AsRawFd;
-        let file = self.pack_file(loc.pack)?;
-        let len = crate::pack::BLOB_HEADER_LEN + loc.entry.stored_len as u64;
-        // SAFETY: posix_fadvise only reads its integer arguments; it is advice, so its
-        // result is ignored.
-        unsafe {
-            libc::posix_fadvise(
-                file.as_raw_fd(),
-                loc.entry.offset as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            );
-        }
-        Ok(())
-    }
-
-    /// Whether the pack's own TOC lists the blob exactly where `loc` (an index row)
-    /// says. False also when the pack is gone.
-    pub fn toc_agrees(&mut self, loc: &BlobLocation) -> Result<bool> {
-        let path = crate::pack::pack_path(&self.repo.borrow().packs_dir(), &loc.pack);
-        let file = match self.pack_file(loc.pack) {
-            Ok(f) => f,
-            Err(Error::MissingPack { .. }) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-        Ok(read_toc(file, len, &loc.pack.to_hex())
-            .map(|toc| toc.contains(&loc.entry))
-            .unwrap_or(true)) // a damaged TOC: the pack is damaged, not the index
-    }
-
-    /// Reads blob `loc.entry.id` where the index said; when it does not decode there
-    /// and the pack's TOC disagrees with the index row, the index (a cache of the TOCs)
-    /// is rebuilt and the blob read where the TOCs say (issue 12: wrong rows passed
-    /// verify and broke every restore). Real damage is still an error.
-    pub fn read_located(&mut self, loc: &BlobLocation) -> Result<Vec<u8>> {
-        match self.read_at(loc) {
-            Ok(data) => Ok(data),
-            Err(e) if e.is_corruption() && !self.toc_agrees(loc)? => {
-                let why = Error::Index {
-                    path: self.repo.borrow().index_path(),
-                    source: rusqlite::Error::InvalidParameterName(format!(
-                        "the row for blob {} disagrees with pack {}'s table of contents ({e})",
-                        loc.entry.id.short(),
-                        loc.pack.short()
-                    )),
-                };
-                self.repo.borrow().recover_index(&self.index, &why)?;
-                self.index = self.repo.borrow().index()?;
-                let again = self.locate(&loc.entry.id)?;
-                if again == *loc {
-                    return Err(e); // the TOCs say the same: nothing better to read
-                }
-                self.read_at(&again)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Reads, decompresses and verifies a blob at a known location.
-    pub fn read_at(&mut self, loc: &BlobLocation) -> Result<Vec<u8>> {
-        let file = self.pack_file(loc.pack)?;
-        let payload = read_payload(file, loc.pack, &loc.entry)?;
-        let origin = BlobOrigin {
-            pack: loc.pack,
-            offset: loc.entry.offset,
-        };
-        self.decoder.decode(
-            loc.entry.id,
-            loc.entry.compression,
-            loc.entry.raw_len,
-            &payload,
-            origin,
-        )
-    }
-
-    /// Reads, decompresses and verifies blob `id`.
-    pub fn read(&mut self, id: &BlobId) -> Result<Vec<u8>> {
-        let loc = self.locate(id)?;
-        self.read_located(&loc)
-    }
-
-    /// Reads and decodes a manifest node.
-    pub fn read_node(&mut self, id: &BlobId) -> Result<Node> {
-        let loc = self.locate(id)?;
-        if loc.entry.kind != BlobKind::ManifestNode {
-            return Err(Error::CorruptManifest {
-                node: *id,
-                reason: "blob is not a manifest node".into(),
-            });
-        }
-        let bytes = self.read_located(&loc)?;
-        Node::decode(*id, &bytes)
-    }
-}
-
 /// Errors that mean "this filesystem takes no new file", not "something is wrong".
 fn cannot_write(e: &std::io::Error) -> bool {
     matches!(
@@ -813,6 +630,8 @@ fn cannot_write(e: &std::io::Error) -> bool {
 mod tests {
     use super::*;
     use crate::blob::{BlobEncoder, BlobKind};
+    use crate::blob_reader::BlobReader;
+    use crate::ids::BlobId;
     use crate::pack::PackWriter;
 
     fn repo(dir: &Path) -> Repository {

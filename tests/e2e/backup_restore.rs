@@ -78,7 +78,7 @@ fn ext4_disks_changed_in_place_restore_identical_every_night() {
     // Every night restores byte-identical, sparse, and the metadata comes back too.
     for (i, (snap, vda_hash, vdb_hash)) in expected.iter().enumerate() {
         let out = dir.join(format!("restore{i}"));
-        ok(&["restore", "--repo", p(&repo), &snap[..12], p(&out)]);
+        restore(&repo, &snap[..12], &out);
         assert_eq!(
             &sha256(&out.join("vda.raw")),
             vda_hash,
@@ -104,7 +104,7 @@ fn ext4_disks_changed_in_place_restore_identical_every_night() {
     }
     // One disk by label, to a file.
     let one = dir.join("one.raw");
-    ok(&["restore", "--repo", p(&repo), "vm1@latest:vda", p(&one)]);
+    restore(&repo, "vm1@latest:vda", &one);
     assert_eq!(sha256(&one), expected[2].1);
 
     // The listing shows all three, with tags.
@@ -126,27 +126,8 @@ fn stdin_stream_and_file_give_the_same_chunks_whatever_the_threads() {
     let repo = new_repo(dir, &[]);
     let (disk, _) = make_disk(dir, "vda", "gpt", 7);
     let vda = format!("vda={}", p(&disk));
-    ok(&[
-        "backup",
-        "--repo",
-        p(&repo),
-        "--name",
-        "a",
-        "--workers",
-        "1",
-        &vda,
-    ]);
-    ok(&[
-        "backup",
-        "--repo",
-        p(&repo),
-        "--name",
-        "b",
-        "--workers",
-        "4",
-        "--no-direct",
-        &vda,
-    ]);
+    backup(&repo, "a", &["--workers", "1", &vda]);
+    backup(&repo, "b", &["--workers", "4", "--no-direct", &vda]);
     let piped = dedisk()
         .args([
             "backup",
@@ -183,7 +164,7 @@ fn stdin_stream_and_file_give_the_same_chunks_whatever_the_threads() {
         "same disk, same chunk list: {roots:?}"
     );
     let out = dir.join("out.raw");
-    ok(&["restore", "--repo", p(&repo), "c@latest", p(&out)]);
+    restore(&repo, "c@latest", &out);
     assert_eq!(sha256(&out), sha256(&disk));
 }
 
@@ -201,9 +182,9 @@ fn qemu_made_image_round_trips_and_qemu_agrees() {
          qemu-io -f raw -c 'write -P 0xab 1M 3M' -c 'write -P 0x00 8M 1M' -c 'write -P 0x11 99M 1M' -c 'write -z 40M 4M' '{i}' >/dev/null",
         i = img.display()
     ));
-    ok(&["backup", "--repo", p(&repo), "--name", "q", p(&img)]);
+    backup(&repo, "q", &[p(&img)]);
     let out = dir.join("restored.raw");
-    ok(&["restore", "--repo", p(&repo), "latest", p(&out)]);
+    restore(&repo, "latest", &out);
     sh(&format!(
         "qemu-img compare -q -f raw -F raw '{}' '{}'",
         img.display(),
@@ -223,7 +204,7 @@ fn a_missing_index_is_rebuilt_from_the_packs() {
     let dir = t.path();
     let repo = new_repo(dir, &[]);
     let img = random_image(dir, "d.raw", 3_000_000, 9 << 20);
-    ok(&["backup", "--repo", p(&repo), "--name", "x", p(&img)]);
+    backup(&repo, "x", &[p(&img)]);
     for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
         let _ = std::fs::remove_file(repo.join(f));
     }
@@ -237,7 +218,7 @@ fn a_missing_index_is_rebuilt_from_the_packs() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("rebuilt"));
     let restored = dir.join("r.raw");
-    ok(&["restore", "--repo", p(&repo), "latest", p(&restored)]);
+    restore(&repo, "latest", &restored);
     assert_eq!(sha256(&restored), sha256(&img));
     ok(&["repair", "--repo", p(&repo), "index"]);
     let again = ok_json(&["backup", "--repo", p(&repo), "--name", "x", p(&img)]);

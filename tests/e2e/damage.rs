@@ -64,7 +64,7 @@ fn a_truncated_pack_is_reported_not_restored_silently() {
     // holds the manifest nodes (whose loss would fail the restore as a whole).
     let repo = new_repo(dir, &["--pack-size", "1"]);
     let img = random_image(dir, "d.raw", 3_500_000, 4 << 20);
-    ok(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)]);
+    backup(&repo, "vm", &[p(&img)]);
     assert!(pack_files(&repo).len() >= 3);
     let pack = pack_files(&repo)
         .into_iter()
@@ -97,15 +97,7 @@ fn repair_snapshots_keeps_what_is_readable_and_records_what_was_lost() {
     let d = t.path();
     let repo = new_repo(d, &["--pack-size", "1"]);
     let disk = random_image(d, "disk.raw", 6 << 20, 8 << 20);
-    ok(&[
-        "--repo",
-        p(&repo),
-        "backup",
-        "-q",
-        "--name",
-        "vm",
-        &format!("vda={}", disk.display()),
-    ]);
+    backup(&repo, "vm", &[&format!("vda={}", disk.display())]);
     // Lose one pack, corrupt a byte of another: two of the first packs written, which
     // hold chunks only (the manifest nodes go into the last one).
     let mut packs = pack_files(&repo);

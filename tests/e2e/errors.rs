@@ -64,7 +64,7 @@ fn bad_input_is_a_clear_error() {
         "twice",
     );
 
-    ok(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)]);
+    backup(&repo, "vm", &[p(&img)]);
     fails(
         &[
             "restore",
@@ -113,7 +113,7 @@ fn a_block_device_smaller_than_the_disk_is_refused() {
     let dir = t.path();
     let repo = new_repo(dir, &[]);
     let img = random_image(dir, "d.raw", 3_000_000, 8 << 20);
-    ok(&["backup", "--repo", p(&repo), "--name", "vm", p(&img)]);
+    backup(&repo, "vm", &[p(&img)]);
 
     let small = dir.join("small.img");
     let big = dir.join("big.img");
@@ -173,7 +173,7 @@ fn a_full_disk_fails_the_backup_cleanly() {
     ok(&["init", "--pack-size", "1", p(&repo)]);
     let small = random_image(dir, "small.raw", 1_000_000, 2 << 20);
     let big = random_image(dir, "big.raw", 12_000_000, 12_000_000);
-    ok(&["backup", "--repo", p(&repo), "--name", "vm", p(&small)]);
+    backup(&repo, "vm", &[p(&small)]);
     let out = run(&["backup", "--repo", p(&repo), "--name", "vm", p(&big)]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let tmp_left = std::fs::read_dir(repo.join("tmp")).unwrap().count();

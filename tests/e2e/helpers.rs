@@ -41,11 +41,42 @@ pub fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An empty directory every dedisk under test starts in, so that nothing a test runs
+/// can write into the source tree (a stand-in's relative `filename=` once did).
+fn scratch_cwd() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("a scratch directory"))
+        .path()
+}
+
 /// The dedisk binary under test.
 pub fn dedisk() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dedisk"));
-    c.env_remove("DEDISK_REPO").env("RUST_LOG", "warn");
+    c.env_remove("DEDISK_REPO")
+        .env("RUST_LOG", "warn")
+        .current_dir(scratch_cwd());
     c
+}
+
+/// `dedisk --repo REPO backup -q --name NAME DISK...`, insisting on success; returns
+/// what it printed.
+pub fn backup(repo: &Path, name: &str, disks: &[&str]) -> String {
+    let mut args = vec!["--repo", p(repo), "backup", "-q", "--name", name];
+    args.extend_from_slice(disks);
+    ok(&args)
+}
+
+/// [`backup`] with `--json`: the new snapshot's short id.
+pub fn backup_id(repo: &Path, name: &str, disks: &[&str]) -> String {
+    let mut args = vec!["--repo", p(repo), "backup", "-q", "--name", name];
+    args.extend_from_slice(disks);
+    let v = ok_json(&args);
+    v["snapshot"].as_str().expect("a snapshot id")[..8].to_string()
+}
+
+/// `dedisk --repo REPO restore -q SNAPSHOT TARGET`, insisting on success.
+pub fn restore(repo: &Path, snapshot: &str, target: &Path) -> String {
+    ok(&["--repo", p(repo), "restore", "-q", snapshot, p(target)])
 }
 
 /// Runs dedisk with `args` and `bin` first on PATH (stand-ins or wrappers of the tools it

@@ -15,17 +15,16 @@ fn two_disk_repo(dir: &Path) -> (PathBuf, PathBuf) {
     let vdb = random_image(dir, "vdb.img", 100_000, 1 << 20);
     let xml = dir.join("domain.xml");
     std::fs::write(&xml, b"<domain/>").unwrap();
-    ok(&[
-        "backup",
-        "--repo",
-        p(&repo),
-        "--name",
+    backup(
+        &repo,
         "vm",
-        &format!("vda={}", p(&vda)),
-        &format!("vdb={}", p(&vdb)),
-        "--meta",
-        p(&xml),
-    ]);
+        &[
+            &format!("vda={}", p(&vda)),
+            &format!("vdb={}", p(&vdb)),
+            "--meta",
+            p(&xml),
+        ],
+    );
     (repo, vda)
 }
 
@@ -210,7 +209,7 @@ fn repositories_and_restores_are_private() {
     }
     assert!(seen > 8);
     let out = dir.join("restored");
-    ok(&["restore", "--repo", p(&repo), "latest", p(&out)]);
+    restore(&repo, "latest", &out);
     for f in ["vda.raw", "vdb.raw", "domain.xml"] {
         assert_eq!(
             std::fs::metadata(out.join(f)).unwrap().mode() & 0o777,
@@ -564,16 +563,7 @@ fn a_vmdk_descriptor_cannot_name_a_host_file_outside_its_folder() {
     );
     assert!(snapshot_files(&repo).is_empty());
     // Named explicitly, the image is the admin's own: followed.
-    ok(&[
-        "backup",
-        "--repo",
-        p(&repo),
-        "--name",
-        "vm",
-        "--format",
-        "vmdk",
-        p(&vmdk),
-    ]);
+    backup(&repo, "vm", &["--format", "vmdk", p(&vmdk)]);
 }
 
 /// Runs dedisk as the unprivileged user `nobody`.
@@ -734,14 +724,7 @@ fn many_nbd_clients_share_one_memory_bound() {
     let dir = t.path();
     let repo = new_repo(dir, &[]);
     let disk = random_image(dir, "big.img", 80 << 20, 96 << 20);
-    ok(&[
-        "backup",
-        "--repo",
-        p(&repo),
-        "--name",
-        "vm",
-        &format!("vda={}", p(&disk)),
-    ]);
+    backup(&repo, "vm", &[&format!("vda={}", p(&disk))]);
     let sock = dir.join("nbd.sock");
     let (mut server, _) = spawn_json(&[
         "--json",

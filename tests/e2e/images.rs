@@ -36,14 +36,7 @@ fn round_trip(
             want.display()
         ));
         let _ = std::fs::remove_file(&got);
-        ok(&[
-            "--repo",
-            p(repo),
-            "restore",
-            "-q",
-            &format!("latest:{label}"),
-            p(&got),
-        ]);
+        restore(&repo, &format!("latest:{label}"), &got);
         assert_eq!(
             sha256(&got),
             sha256(&want),
@@ -235,17 +228,7 @@ fn qcow2_zero_clusters_subclusters_chains_data_files_and_snapshots() {
     ));
     let top = path("vm/top.qcow2");
     refused_here(&repo, &top, "is outside");
-    ok(&[
-        "--repo",
-        p(&repo),
-        "backup",
-        "-q",
-        "--name",
-        "t",
-        "--format",
-        "qcow2",
-        p(&top),
-    ]);
+    backup(&repo, "t", &["--format", "qcow2", p(&top)]);
 
     // A qcow2 overlay on a raw base, with no backing format recorded (probed).
     sh(&format!(
@@ -332,7 +315,7 @@ fn sparse_two_tib_qcow2_reads_only_its_data() {
     assert_eq!(info["virtual_size"], 2u64 << 40);
     assert_eq!(info["allocated_bytes"], 10u64 << 20);
     assert_eq!(info["extents"].as_array().unwrap().len(), 3);
-    ok(&["--repo", p(&repo), "backup", "--name", "big", "-q", p(&big)]);
+    backup(&repo, "big", &[p(&big)]);
     let snap = &snapshot_files(&repo)[0];
     let disk = &snap["disks"][0];
     assert_eq!(disk["size_bytes"], 2u64 << 40);
@@ -383,7 +366,7 @@ fn third_party_fixtures_read_or_are_refused_as_expected() {
         let check_bytes = || {
             let got = d.join("restored.raw");
             let _ = std::fs::remove_file(&got);
-            ok(&["--repo", p(&repo), "restore", "-q", "latest:disk", p(&got)]);
+            restore(&repo, "latest:disk", &got);
             if size != "-" {
                 assert_eq!(
                     std::fs::metadata(&got).unwrap().len().to_string(),
@@ -640,16 +623,14 @@ fn restore_as_qcow2_passes_qemu_img_check_and_compare() {
         base_image(d).display(),
         src.display()
     ));
-    ok(&[
-        "--repo",
-        p(&repo),
-        "backup",
-        "--name",
+    backup(
+        &repo,
         "q",
-        "-q",
-        &format!("disk={}", disk.display()),
-        &format!("src={}", src.display()),
-    ]);
+        &[
+            &format!("disk={}", disk.display()),
+            &format!("src={}", src.display()),
+        ],
+    );
     let out = d.join("out");
     ok(&[
         "--repo",
@@ -736,7 +717,7 @@ fn a_dynamic_vhd_streams_from_a_pipe_block_by_block() {
         want.display()
     ));
     let got = d.join("got.raw");
-    ok(&["--repo", p(&repo), "restore", "-q", "s@latest:vda", p(&got)]);
+    restore(&repo, "s@latest:vda", &got);
     assert_eq!(sha256(&got), sha256(&want));
 
     // A later block of the disk stored first cannot be read in one pass: refused.

@@ -248,14 +248,7 @@ fn btrfs_provider_snapshots_the_subvolume_and_always_deletes_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got = d.join("got.raw");
-    ok(&[
-        "--repo",
-        p(&repo),
-        "restore",
-        "-q",
-        &format!("{vm}@latest:vda"),
-        p(&got),
-    ]);
+    restore(&repo, &format!("{vm}@latest:vda"), &got);
     assert_eq!(sha256(&got), want);
     assert!(!pwned.exists(), "the VM name reached a shell");
     let subvols = sh(&format!("btrfs subvolume list '{}'", mnt.display()));
@@ -314,7 +307,7 @@ fn run_with_stand_ins(bin: &Path, job: &Path) -> std::process::Output {
 fn restores_to(dir: &Path, repo: &Path, spec: &str, want: &Path) {
     let got = dir.join("got.raw");
     let _ = std::fs::remove_file(&got);
-    ok(&["--repo", p(repo), "restore", "-q", spec, p(&got)]);
+    restore(&repo, spec, &got);
     assert_eq!(sha256(&got), sha256(want), "{spec}");
 }
 
@@ -594,26 +587,12 @@ esac
     );
     // The VM's, VBDs', VDIs' and VIFs' parameters are kept as metadata.
     let got = d.join("vifs.txt");
-    ok(&[
-        "--repo",
-        p(&repo),
-        "restore",
-        "-q",
-        "xen1@latest:xenserver-vifs.txt",
-        p(&got),
-    ]);
+    restore(&repo, "xen1@latest:xenserver-vifs.txt", &got);
     assert!(std::fs::read_to_string(&got)
         .unwrap()
         .contains("MAC ( RO): 8e:1f:3a:22:45:0b"));
     let got = d.join("vm.txt");
-    ok(&[
-        "--repo",
-        p(&repo),
-        "restore",
-        "-q",
-        "xen1@latest:xenserver-vm.txt",
-        p(&got),
-    ]);
+    restore(&repo, "xen1@latest:xenserver-vm.txt", &got);
     assert!(std::fs::read_to_string(&got)
         .unwrap()
         .contains("VCPUs-max ( RW): 2"));

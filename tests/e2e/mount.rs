@@ -81,29 +81,15 @@ fn two_nights_of_an_ext4_disk_mount_side_by_side_and_partitions_loop_mount() {
     std::fs::copy(&part, &part1).unwrap();
     let xml = d.join("web01.xml");
     std::fs::write(&xml, "<domain><name>web01</name></domain>\n").unwrap();
-    ok(&[
-        "--repo",
-        p(&repo),
-        "backup",
-        "-q",
-        "--name",
+    backup(
+        &repo,
         "web01",
-        "--meta",
-        p(&xml),
-        &format!("vda={}", disk.display()),
-    ]);
+        &["--meta", p(&xml), &format!("vda={}", disk.display())],
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct directory names
     change_fs(d, &part, 2);
     write_partition(&disk, &part);
-    ok(&[
-        "--repo",
-        p(&repo),
-        "backup",
-        "-q",
-        "--name",
-        "web01",
-        &format!("vda={}", disk.display()),
-    ]);
+    backup(&repo, "web01", &[&format!("vda={}", disk.display())]);
 
     let mp = d.join("mnt");
     let mut m = Mounted::start(&repo, &mp);
@@ -212,15 +198,7 @@ fn two_nights_of_an_ext4_disk_mount_side_by_side_and_partitions_loop_mount() {
     }
 
     // A backup that lands while mounted shows up.
-    ok(&[
-        "--repo",
-        p(&repo),
-        "backup",
-        "-q",
-        "--name",
-        "db02",
-        &format!("vda={}", night1.display()),
-    ]);
+    backup(&repo, "db02", &[&format!("vda={}", night1.display())]);
     std::thread::sleep(std::time::Duration::from_millis(2200));
     assert!(mp.join("db02").join("latest").join("vda.raw").exists());
 

@@ -103,15 +103,7 @@ fn qemu_img_reads_the_export_byte_for_byte_and_sees_holes() {
     let d = dir.path();
     let repo = new_repo(d, &[]);
     let (disk, _) = make_disk(d, "vm", "gpt", 1);
-    ok(&[
-        "--repo",
-        p(&repo),
-        "backup",
-        "-q",
-        "--name",
-        "web01",
-        &format!("vda={}", disk.display()),
-    ]);
+    backup(&repo, "web01", &[&format!("vda={}", disk.display())]);
     let server = serve(&repo, &["--all"]);
     let url = |name: &str| format!("{}/{name}", server.url);
 
@@ -239,15 +231,7 @@ fn unix_socket_export_of_one_named_disk() {
     let d = dir.path();
     let repo = new_repo(d, &[]);
     let disk = random_image(d, "disk.raw", 3 << 20, 16 << 20);
-    ok(&[
-        "--repo",
-        p(&repo),
-        "backup",
-        "-q",
-        "--name",
-        "db",
-        &format!("sda={}", disk.display()),
-    ]);
+    backup(&repo, "db", &[&format!("sda={}", disk.display())]);
     let sock = d.join("nbd.sock");
     let (mut child, v) = spawn_json(&[
         "--repo",

@@ -22,21 +22,9 @@ fn pack_bytes(repo: &Path) -> u64 {
 }
 
 /// Backs up `disk` as VM `vm`; returns (snapshot short id, sha256 of the disk then).
-fn backup(repo: &Path, vm: &str, disk: &Path) -> (String, String) {
-    let v = ok_json(&[
-        "--repo",
-        p(repo),
-        "backup",
-        "--json",
-        "-q",
-        "--name",
-        vm,
-        &format!("vda={}", disk.display()),
-    ]);
-    (
-        v["snapshot"].as_str().unwrap()[..8].to_string(),
-        sha256(disk),
-    )
+fn backup_hashed(repo: &Path, vm: &str, disk: &Path) -> (String, String) {
+    let id = backup_id(repo, vm, &[&format!("vda={}", disk.display())]);
+    (id, sha256(disk))
 }
 
 /// Prunes everything unreferenced, then checks a dry run finds nothing more to do.
@@ -58,14 +46,7 @@ fn restores_identically(dir: &Path, repo: &Path, kept: &[(String, String)]) {
     for (id, hash) in kept {
         let out = dir.join(format!("check-{id}.raw"));
         let _ = std::fs::remove_file(&out);
-        ok(&[
-            "--repo",
-            p(repo),
-            "restore",
-            "-q",
-            &format!("{id}:vda"),
-            p(&out),
-        ]);
+        restore(&repo, &format!("{id}:vda"), &out);
         assert_eq!(&sha256(&out), hash, "snapshot {id}");
         std::fs::remove_file(&out).unwrap();
     }
@@ -77,10 +58,10 @@ fn forget_with_prune_reclaims_space_and_kept_snapshots_restore() {
     let d = dir.path();
     let repo = new_repo(d, &["--pack-size", "1"]);
     let disk = random_image(d, "disk.raw", 24 << 20, 32 << 20);
-    let mut snaps = vec![backup(&repo, "vm", &disk)];
+    let mut snaps = vec![backup_hashed(&repo, "vm", &disk)];
     for round in 0..3 {
         scribble(&disk, round * 6, 6);
-        snaps.push(backup(&repo, "vm", &disk));
+        snaps.push(backup_hashed(&repo, "vm", &disk));
     }
     let before = pack_bytes(&repo);
     let files_before = pack_files(&repo);
@@ -119,13 +100,13 @@ fn prune_killed_at_random_moments_with_a_backup_beside_loses_nothing() {
     let d = dir.path();
     let repo = new_repo(d, &["--pack-size", "1"]);
     let disk = random_image(d, "disk.raw", 40 << 20, 48 << 20);
-    let mut kept = vec![backup(&repo, "vm", &disk)];
+    let mut kept = vec![backup_hashed(&repo, "vm", &disk)];
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut killed = 0;
     for round in 0..10u64 {
         // Each night: change the disk, back it up, keep the last two, prune.
         scribble(&disk, (round * 13) % 28, 12);
-        kept.push(backup(&repo, "vm", &disk));
+        kept.push(backup_hashed(&repo, "vm", &disk));
         ok(&["--repo", p(&repo), "forget", "-q", "--keep-last", "2"]);
         kept.drain(..kept.len() - 2);
         seed ^= seed << 13;
@@ -208,7 +189,7 @@ fn locks_exclude_stale_ones_clear_foreign_ones_are_reported_and_unlock_removes()
 
     // A prune of a process that no longer runs on this host: cleared, the backup runs.
     let stale = write_lock(&repo, "stale", "exclusive", &host, 4_000_000);
-    ok(&["--repo", p(&repo), "backup", "-q", "--name", "vm", p(&disk)]);
+    backup(&repo, "vm", &[p(&disk)]);
     assert!(!stale.exists());
 
     // Another host's prune: reported, not touched; the backup gives up after --lock-wait.
@@ -233,7 +214,7 @@ fn locks_exclude_stale_ones_clear_foreign_ones_are_reported_and_unlock_removes()
     // A shared lock held elsewhere keeps prune out but lets other backups in.
     std::fs::remove_file(&foreign).unwrap();
     write_lock(&repo, "reader", "shared", "backup-host-2", 1234);
-    ok(&["--repo", p(&repo), "backup", "-q", "--name", "vm", p(&disk)]);
+    backup(&repo, "vm", &[p(&disk)]);
     fails(
         &["--repo", p(&repo), "--lock-wait", "0", "prune"],
         1,

@@ -62,7 +62,7 @@ fn a_source_that_shrinks_during_the_backup_is_never_a_snapshot() {
         if out.status.success() {
             let got = dir.join("got.raw");
             let _ = std::fs::remove_file(&got);
-            ok(&["restore", "--repo", p(&repo), "latest", p(&got)]);
+            restore(&repo, "latest", &got);
             let got = sha256(&got);
             assert!(
                 got == want || got == want_half,
@@ -131,7 +131,7 @@ fn a_malformed_index_is_set_aside_and_rebuilt() {
     let dir = t.path();
     let repo = new_repo(dir, &[]);
     let img = random_image(dir, "disk.img", 3 << 20, 8 << 20);
-    ok(&["backup", "--repo", p(&repo), "--name", "vm", "-q", p(&img)]);
+    backup(&repo, "vm", &[p(&img)]);
     let index = repo.join("index.sqlite");
     let pages = std::fs::metadata(&index).unwrap().len() / 4096;
     assert!(pages >= 2, "{pages} pages");
@@ -213,7 +213,7 @@ fn wrong_index_rows_are_found_by_verify_and_do_not_break_restores() {
     let dir = t.path();
     let repo = new_repo(dir, &["--pack-size", "1"]);
     let img = random_image(dir, "disk.img", 4 << 20, 8 << 20);
-    ok(&["backup", "--repo", p(&repo), "--name", "vm", "-q", p(&img)]);
+    backup(&repo, "vm", &[p(&img)]);
     let index = repo.join("index.sqlite");
     for (what, sql) in [
         ("offset", "UPDATE blobs SET offset = offset + 1 WHERE id = (SELECT id FROM blobs WHERE kind = 1 ORDER BY id LIMIT 1)"),
@@ -260,7 +260,7 @@ fn a_full_repository_filesystem_can_still_be_read() {
     let _guard = Unmount(fs.clone());
     let repo = new_repo(&fs, &[]);
     let img = random_image(dir, "disk.img", 3 << 20, 8 << 20);
-    ok(&["backup", "--repo", p(&repo), "--name", "vm", "-q", p(&img)]);
+    backup(&repo, "vm", &[p(&img)]);
     // Fill the filesystem to the last byte.
     let _ = std::process::Command::new("dd")
         .args([
@@ -332,15 +332,7 @@ fn missing_packs_are_judged_under_the_lock() {
     let repo = new_repo(dir, &[]);
     let old = random_image(dir, "old.img", 1 << 20, 2 << 20);
     let new = random_image(dir, "new.img", 1 << 20, 2 << 20);
-    ok(&[
-        "backup",
-        "--repo",
-        p(&repo),
-        "--name",
-        "gone",
-        "-q",
-        p(&old),
-    ]);
+    backup(&repo, "gone", &[p(&old)]);
     let dead = pack_files(&repo);
     // Forgotten (what `forget` does: its snapshot file goes).
     for e in std::fs::read_dir(repo.join("snapshots")).unwrap() {

@@ -8,26 +8,12 @@ use crate::helpers::*;
 fn two_nights(dir: &std::path::Path) -> std::path::PathBuf {
     let repo = new_repo(dir, &["--pack-size", "1"]);
     let img = random_image(dir, "d.raw", 3_000_000, 5 << 20);
-    ok(&[
-        "backup",
-        "--repo",
-        p(&repo),
-        "--name",
-        "vm",
-        &format!("sda={}", p(&img)),
-    ]);
+    backup(&repo, "vm", &[&format!("sda={}", p(&img))]);
     sh(&format!(
         "head -c 500000 /dev/urandom | dd of='{}' bs=1 seek=4200000 conv=notrunc status=none",
         img.display()
     ));
-    ok(&[
-        "backup",
-        "--repo",
-        p(&repo),
-        "--name",
-        "vm",
-        &format!("sda={}", p(&img)),
-    ]);
+    backup(&repo, "vm", &[&format!("sda={}", p(&img))]);
     repo
 }
 
@@ -120,7 +106,7 @@ fn forget_applies_the_policy_per_vm_and_dry_run_changes_nothing() {
     let repo = new_repo(dir, &[]);
     let img = random_image(dir, "d.raw", 100_000, 1 << 20);
     for vm in ["a", "a", "a", "b", "b"] {
-        ok(&["backup", "--repo", p(&repo), "--name", vm, p(&img)]);
+        backup(&repo, vm, &[p(&img)]);
     }
     let tagged = ok_json(&[
         "backup",
@@ -132,7 +118,7 @@ fn forget_applies_the_policy_per_vm_and_dry_run_changes_nothing() {
         "golden",
         p(&img),
     ]);
-    ok(&["backup", "--repo", p(&repo), "--name", "a", p(&img)]);
+    backup(&repo, "a", &[p(&img)]);
     fails(&["forget", "--repo", p(&repo)], 1, "no keep rule");
     fails(
         &["forget", "--repo", p(&repo), "--keep-within", "7x"],
@@ -173,6 +159,6 @@ fn forget_applies_the_policy_per_vm_and_dry_run_changes_nothing() {
     // What is left still verifies and restores.
     ok(&["verify", "--repo", p(&repo), "--read-data"]);
     let out = dir.join("b.raw");
-    ok(&["restore", "--repo", p(&repo), "b@latest", p(&out)]);
+    restore(&repo, "b@latest", &out);
     assert_eq!(sha256(&out), sha256(&img));
 }

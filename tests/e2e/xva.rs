@@ -110,14 +110,7 @@ fn xva_export_backs_up_from_a_file_and_a_pipe_with_every_vdi_and_ova_xml() {
     let check = |tag: &str| {
         for label in ["xvda", "xvdb"] {
             let got = d.join(format!("{label}.{tag}.got"));
-            ok(&[
-                "--repo",
-                p(&repo),
-                "restore",
-                "-q",
-                &format!("latest:{label}"),
-                p(&got),
-            ]);
+            restore(&repo, &format!("latest:{label}"), &got);
             assert_eq!(
                 sha256(&got),
                 sha256(&d.join(format!("{label}.want"))),
@@ -125,14 +118,7 @@ fn xva_export_backs_up_from_a_file_and_a_pipe_with_every_vdi_and_ova_xml() {
             );
         }
         let xml = d.join(format!("ova.{tag}.xml"));
-        ok(&[
-            "--repo",
-            p(&repo),
-            "restore",
-            "-q",
-            "latest:ova.xml",
-            p(&xml),
-        ]);
+        restore(&repo, "latest:ova.xml", &xml);
         assert_eq!(std::fs::read_to_string(&xml).unwrap(), ova_xml());
     };
     check("file");
