@@ -5,10 +5,14 @@
 //!
 //! | floor | modules | owns |
 //! |---|---|---|
-//! | 0 | [`cancel`], [`error`], [`io`], [`progress`] | stop flag, the error type, O_DIRECT buffers and device ioctls, progress reporting |
+//! | 0 | [`cancel`], [`io`], [`progress`] | stop flag, O_DIRECT buffers and device ioctls, progress reporting |
 //! | 1 | [`source`], [`chunk`] | disk sources (raw, images, streams, XVA) behind one [`source::open`]; content-defined cut points |
 //! | 2 | [`store`], [`backup`], [`read`], [`maintain`], [`locking`] | the write side (packs, index), the backup pipeline, the read path, verify/forget/prune/repair, waiting for locks |
 //! | 3 | [`restore`], [`access`], [`job`] | restore targets, NBD and FUSE, the job runner and snapshot providers |
+//!
+//! [`error`] stands beside the floors: the crate's one error type, made of each floor's
+//! own errors ([`source::SourceError`], [`job::provider::ProviderError`], the
+//! repository's), so every API returns the same matchable kind.
 //!
 //! Work that reads or writes a repository takes a lock guard by type
 //! ([`repo_format::lock::SharedLock`], [`repo_format::lock::ExclusiveLock`]), handed out
@@ -27,10 +31,11 @@
 //! # Ok(()) }
 //! ```
 
-// Floors, bottom up; a module imports only from its own floor or below (see the
-// crate README and ARCHITECTURE.md). Floor 0: shared support.
-pub mod cancel;
+// The crate-wide error type, built from each floor's own errors.
 pub mod error;
+// Floors, bottom up; a module imports only from its own floor or below (see the
+// table above). Floor 0: shared support.
+pub mod cancel;
 pub mod io;
 pub mod progress;
 // Floor 1: where bytes come from, and how they are cut.

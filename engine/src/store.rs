@@ -93,7 +93,7 @@ impl<'r> BlobStore<'r> {
     /// Makes the open pack durable and records it in the index.
     pub fn finish_pack(&mut self) -> Result<()> {
         if let Some(pack) = self.pack.take() {
-            let finished = pack.finish(&self.repo.packs_dir())?;
+            let finished = pack.finish(self.repo.backend())?;
             if self.repack {
                 self.index.add_pack_replacing(
                     &finished.id,

@@ -135,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
         nodes.push(b.id);
         pack.add(&b).unwrap();
     }
-    let finished = pack.finish(&repo.packs_dir()).unwrap();
+    let finished = pack.finish(repo.backend()).unwrap();
     repo.index()
         .unwrap()
         .add_pack(&finished.id, finished.len_bytes, &finished.entries)
@@ -166,7 +166,7 @@ fuzz_target!(|data: &[u8]| {
             .chain(s.meta.iter().map(|m| (m.name.clone(), m.manifest)));
         for (name, manifest) in items {
             let req = RestoreRequest {
-                snapshot: "fuzz",
+                snapshot: &repo_format::SnapshotId([0; 32]),
                 label: &name,
                 manifest: &manifest,
                 target: RestoreTo::InDir {

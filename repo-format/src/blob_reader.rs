@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::ids::{BlobId, PackId};
 use crate::index::{BlobLocation, Index};
 use crate::manifest::Node;
-use crate::pack::{pack_path, read_payload, read_toc};
+use crate::pack::{read_payload, read_toc};
 use crate::repo::Repository;
 
 /// Reads blobs through the index, keeping pack files open. One per thread.
@@ -84,7 +84,7 @@ impl<R: Borrow<Repository>> BlobReader<R> {
             if self.open_packs.len() >= OPEN_PACKS_MAX {
                 self.open_packs.clear();
             }
-            let path = pack_path(&self.repo.borrow().packs_dir(), &pack);
+            let path = self.repo.borrow().pack_file(&pack);
             let f = File::open(&path).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Error::MissingPack {
                     pack,
@@ -120,7 +120,7 @@ impl<R: Borrow<Repository>> BlobReader<R> {
     /// Whether the pack's own TOC lists the blob exactly where `loc` (an index row)
     /// says. False also when the pack is gone.
     pub fn toc_agrees(&mut self, loc: &BlobLocation) -> Result<bool> {
-        let path = crate::pack::pack_path(&self.repo.borrow().packs_dir(), &loc.pack);
+        let path = self.repo.borrow().pack_file(&loc.pack);
         let file = match self.pack_file(loc.pack) {
             Ok(f) => f,
             Err(Error::MissingPack { .. }) => return Ok(false),

@@ -17,6 +17,7 @@
 //! # let _ = &mut reader; Ok(()) }
 //! ```
 
+pub mod backend;
 pub mod blob;
 pub mod blob_reader;
 pub mod config;

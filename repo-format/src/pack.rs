@@ -100,12 +100,6 @@ fn encode_blob_header(blob: &EncodedBlob) -> [u8; BLOB_HEADER_LEN as usize] {
     h
 }
 
-/// Path of a pack inside the repository's `packs/` directory.
-pub fn pack_path(packs_dir: &Path, id: &PackId) -> PathBuf {
-    let hex = id.to_hex();
-    packs_dir.join(&hex[..2]).join(format!("{hex}.pack"))
-}
-
 /// Appends blobs to a new pack file under a temporary name; `finish` makes it durable
 /// and gives it its final, content-addressed name.
 pub struct PackWriter {
@@ -120,7 +114,6 @@ pub struct PackWriter {
 #[derive(Debug)]
 pub struct FinishedPack {
     pub id: PackId,
-    pub path: PathBuf,
     pub len_bytes: u64,
     pub entries: Vec<TocEntry>,
 }
@@ -179,7 +172,7 @@ impl PackWriter {
     }
 
     /// Writes the TOC and footer, fsyncs, and renames the pack into `packs_dir` under its id.
-    pub fn finish(mut self, packs_dir: &Path) -> Result<FinishedPack> {
+    pub fn finish(mut self, backend: &dyn crate::backend::Backend) -> Result<FinishedPack> {
         let toc_offset = self.len_bytes;
         let mut toc_bytes = Vec::with_capacity(self.toc.len() * TOC_ENTRY_LEN as usize);
         for e in &self.toc {
@@ -199,14 +192,13 @@ impl PackWriter {
         file.sync_all().at(&self.tmp_path)?;
         drop(file);
         let id = PackId(*self.hasher.finalize().as_bytes());
-        let path = pack_path(packs_dir, &id);
-        if let Some(dir) = path.parent() {
-            crate::durable::create_private_dir(dir)?;
-        }
-        crate::durable::rename_durable(&self.tmp_path, &path)?;
+        backend.put_file(
+            crate::backend::ObjectKind::Pack,
+            &id.to_hex(),
+            &self.tmp_path,
+        )?;
         Ok(FinishedPack {
             id,
-            path,
             len_bytes: self.len_bytes,
             entries: self.toc,
         })
@@ -323,7 +315,7 @@ mod tests {
         for b in blobs {
             w.add(&enc.encode(BlobKind::Data, b).unwrap()).unwrap();
         }
-        w.finish(dir).unwrap()
+        w.finish(&crate::backend::LocalDir::new(dir)).unwrap()
     }
 
     #[test]
@@ -331,11 +323,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize * 37]).collect();
         let p = write_pack(dir.path(), &blobs);
-        let f = File::open(&p.path).unwrap();
+        let path = crate::backend::LocalDir::new(dir.path())
+            .path(crate::backend::ObjectKind::Pack, &p.id.to_hex());
+        let f = File::open(&path).unwrap();
         let len = f.metadata().unwrap().len();
         assert_eq!(len, p.len_bytes);
         assert_eq!(
-            PackId(*blake3::hash(&std::fs::read(&p.path).unwrap()).as_bytes()),
+            PackId(*blake3::hash(&std::fs::read(&path).unwrap()).as_bytes()),
             p.id
         );
         let toc = read_toc(&f, len, "t").unwrap();
@@ -364,7 +358,11 @@ mod tests {
     fn truncated_or_damaged_toc_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let p = write_pack(dir.path(), &[vec![1; 5000], vec![2; 7000]]);
-        let bytes = std::fs::read(&p.path).unwrap();
+        let bytes = std::fs::read(
+            crate::backend::LocalDir::new(dir.path())
+                .path(crate::backend::ObjectKind::Pack, &p.id.to_hex()),
+        )
+        .unwrap();
         for cut in [0, 10, 16, 100, bytes.len() - 57, bytes.len() - 1] {
             let t = dir.path().join(format!("cut{cut}"));
             std::fs::write(&t, &bytes[..cut]).unwrap();

@@ -15,6 +15,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::backend::{Backend, LocalDir, ObjectKind};
 use crate::config::RepoConfig;
 use crate::durable::{sync_dir, write_atomic};
 use crate::error::{Error, IoContext, Result};
@@ -59,6 +60,8 @@ enum IndexMode {
 /// An open repository. Cheap to share across threads by reference; per-thread index
 /// connections come from [`Repository::index`].
 pub struct Repository {
+    /// Where the objects are (the one backend so far; see [`crate::backend`]).
+    local: LocalDir,
     root: PathBuf,
     config: RepoConfig,
     index_mode: IndexMode,
@@ -93,13 +96,19 @@ impl Repository {
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
-        Ok(Repository {
+        Ok(Repository::at(root, config))
+    }
+
+    /// The handle on the repository at `root` with `config`, before its index is opened.
+    fn at(root: &Path, config: RepoConfig) -> Repository {
+        Repository {
+            local: LocalDir::new(root),
             root: root.into(),
             config,
             index_mode: IndexMode::ReadWrite,
             recovery: Default::default(),
             index_repair: IndexRepair::default(),
-        })
+        }
     }
 
     /// Opens an existing repository, rebuilding or reconciling its index with the packs.
@@ -113,13 +122,7 @@ impl Repository {
             Err(e) => return Err(Error::io(config_path, e)),
         };
         let config = RepoConfig::parse(&config_path, &bytes)?;
-        let mut repo = Repository {
-            root: root.into(),
-            config,
-            index_mode: IndexMode::ReadWrite,
-            recovery: Default::default(),
-            index_repair: IndexRepair::default(),
-        };
+        let mut repo = Repository::at(root, config);
         if !writable(root) || (repo.index_path().exists() && !writable(&repo.index_path())) {
             // Listing, restoring, mounting and verifying need no write (issue 11).
             repo.open_read_only()?;
@@ -234,6 +237,17 @@ impl Repository {
     /// False when this process cannot write the repository: it is used read-only.
     pub fn is_writable(&self) -> bool {
         matches!(self.index_mode, IndexMode::ReadWrite)
+    }
+
+    /// The storage the repository's objects go to and come from.
+    pub fn backend(&self) -> &dyn Backend {
+        &self.local
+    }
+
+    /// The local file of pack `id` (readers keep pack files open; an object-store
+    /// backend will read through [`Backend::get_range`] instead).
+    pub fn pack_file(&self, id: &PackId) -> PathBuf {
+        self.local.path(ObjectKind::Pack, &id.to_hex())
     }
 
     pub fn root(&self) -> &Path {
@@ -432,26 +446,13 @@ impl Repository {
 
     /// Every pack file on disk, by id.
     pub fn list_packs(&self) -> Result<HashMap<PackId, PathBuf>> {
-        let dir = self.packs_dir();
         let mut out = HashMap::new();
-        for sub in fs::read_dir(&dir).at(&dir)? {
-            let sub = sub.at(&dir)?.path();
-            if !sub.is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(&sub).at(&sub)? {
-                let path = f.at(&sub)?.path();
-                let id = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_suffix(".pack"))
-                    .and_then(|h| h.parse::<PackId>().ok());
-                match id {
-                    Some(id) => {
-                        out.insert(id, path);
-                    }
-                    None => log::warn!("ignoring unexpected file {}", path.display()),
+        for (name, _) in self.local.list(ObjectKind::Pack)? {
+            match name.parse::<PackId>() {
+                Ok(id) => {
+                    out.insert(id, self.pack_file(&id));
                 }
+                Err(_) => log::warn!("ignoring unexpected pack name {name}"),
             }
         }
         Ok(out)
@@ -562,32 +563,20 @@ impl Repository {
     pub fn write_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
         snap.validate().map_err(Error::InvalidSnapshot)?;
         let (id, bytes) = snap.encode();
-        let path = self.snapshots_dir().join(format!("{}.json", id.to_hex()));
-        write_atomic(&path, &self.tmp_dir(), &bytes)?;
+        self.local
+            .put_bytes(ObjectKind::Snapshot, &id.to_hex(), &bytes)?;
         Ok(id)
     }
 
     /// Every snapshot, oldest first. A damaged snapshot file is reported, not skipped
     /// silently: it comes back as an `Err` in the list.
     pub fn list_snapshots(&self) -> Result<Vec<Result<(SnapshotId, Snapshot)>>> {
-        let dir = self.snapshots_dir();
         let mut out = Vec::new();
-        for e in fs::read_dir(&dir).at(&dir)? {
-            let path = e.at(&dir)?.path();
-            let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|h| h.parse::<SnapshotId>().ok())
-            else {
+        for (name, _) in self.local.list(ObjectKind::Snapshot)? {
+            let Ok(id) = name.parse::<SnapshotId>() else {
                 continue;
             };
-            out.push(
-                fs::read(&path)
-                    .at(&path)
-                    .and_then(|bytes| Snapshot::decode(&path, id, &bytes))
-                    .map(|s| (id, s)),
-            );
+            out.push(self.load_snapshot(&id).map(|s| (id, s)));
         }
         out.sort_by_key(|r| match r {
             Ok((id, s)) => (Some(s.time), Some(*id)),
@@ -599,15 +588,16 @@ impl Repository {
     /// Deletes a snapshot file (what `forget` does). The data it referenced stays until
     /// a prune finds it unreferenced.
     pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        let path = self.snapshots_dir().join(format!("{}.json", id.to_hex()));
+        let path = self.local.path(ObjectKind::Snapshot, &id.to_hex());
+        // Deleting what is not there is an error here: `forget` names a snapshot it saw.
         fs::remove_file(&path).at(&path)?;
         sync_dir(&self.snapshots_dir())
     }
 
     /// Loads one snapshot by its full id.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
-        let path = self.snapshots_dir().join(format!("{}.json", id.to_hex()));
-        let bytes = fs::read(&path).at(&path)?;
+        let path = self.local.path(ObjectKind::Snapshot, &id.to_hex());
+        let bytes = self.local.get(ObjectKind::Snapshot, &id.to_hex())?;
         Snapshot::decode(&path, *id, &bytes)
     }
 }
@@ -649,7 +639,7 @@ mod tests {
             ids.push(e.id);
             w.add(&e).unwrap();
         }
-        let done = w.finish(&repo.packs_dir()).unwrap();
+        let done = w.finish(repo.backend()).unwrap();
         if index {
             repo.index()
                 .unwrap()
@@ -685,7 +675,7 @@ mod tests {
         // a pack that vanished loses its rows, under a lock.
         let (stray, stray_ids) = pack(&r, &[b"three"], false);
         let (gone, _) = pack(&r, &[b"four"], true);
-        std::fs::remove_file(crate::pack::pack_path(&r.packs_dir(), &gone)).unwrap();
+        std::fs::remove_file(r.pack_file(&gone)).unwrap();
         let lock = r.lock_exclusive("test").unwrap();
         assert_eq!(
             (

@@ -33,8 +33,11 @@ fn one_blob_pack() -> (tempfile::TempDir, Vec<u8>, BlobId) {
         payload: raw,
     })
     .unwrap();
-    let done = w.finish(dir.path()).unwrap();
-    let bytes = std::fs::read(&done.path).unwrap();
+    let local = repo_format::backend::LocalDir::new(dir.path());
+    let done = w.finish(&local).unwrap();
+    let bytes =
+        std::fs::read(local.path(repo_format::backend::ObjectKind::Pack, &done.id.to_hex()))
+            .unwrap();
     (dir, bytes, id)
 }
 

@@ -578,7 +578,8 @@ pub enum Listener {
 /// Accepts clients until `cancel` is set, each on its own thread. Nothing a client
 /// does ends the server: accept errors (a full descriptor table, an aborted connection)
 /// are logged and retried with a growing pause, so VMs running from an overlay on an
-/// export keep their disk.
+/// export keep their disk. Once cancelled, every client's socket is shut down and its
+/// thread joined before this returns (and the exports, with their lock, are released).
 pub fn serve(
     exports: Arc<Exports>,
     listener: Listener,
@@ -593,25 +594,52 @@ pub fn serve(
     }
     let active = Arc::new(AtomicUsize::new(0));
     let mut backoff = Duration::from_millis(50);
+    // Each client's thread, with a way to shut its socket down from here.
+    let mut clients: Vec<(std::thread::JoinHandle<()>, Box<dyn Fn() + Send>)> = Vec::new();
     while cancel.check().is_ok() {
         let timeout = Some(limits.idle_timeout);
-        let accepted: std::io::Result<(Box<dyn ReadWrite>, String)> = match &listener {
+        type Accepted = (Box<dyn ReadWrite>, String, Box<dyn Fn() + Send>);
+        let accepted: std::io::Result<Accepted> = match &listener {
             Listener::Tcp(l) => l.accept().and_then(|(c, peer)| {
                 c.set_nonblocking(false)?;
                 c.set_nodelay(true)?;
                 c.set_read_timeout(timeout)?;
                 c.set_write_timeout(timeout)?;
-                Ok((Box::new(c) as Box<dyn ReadWrite>, peer.to_string()))
+                let handle = c.try_clone()?;
+                let stop = Box::new(move || {
+                    let _ = handle.shutdown(std::net::Shutdown::Both);
+                });
+                Ok((
+                    Box::new(c) as Box<dyn ReadWrite>,
+                    peer.to_string(),
+                    stop as _,
+                ))
             }),
             Listener::Unix(l) => l.accept().and_then(|(c, _)| {
                 c.set_nonblocking(false)?;
                 c.set_read_timeout(timeout)?;
                 c.set_write_timeout(timeout)?;
-                Ok((Box::new(c) as Box<dyn ReadWrite>, "unix socket".to_string()))
+                let handle = c.try_clone()?;
+                let stop = Box::new(move || {
+                    let _ = handle.shutdown(std::net::Shutdown::Both);
+                });
+                Ok((
+                    Box::new(c) as Box<dyn ReadWrite>,
+                    "unix socket".to_string(),
+                    stop as _,
+                ))
             }),
         };
+        // Threads of clients that left are joined as we go.
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut clients)
+            .into_iter()
+            .partition(|(t, _)| t.is_finished());
+        clients = running;
+        for (t, _) in done {
+            let _ = t.join();
+        }
         match accepted {
-            Ok((conn, peer)) => {
+            Ok((conn, peer, stop)) => {
                 backoff = Duration::from_millis(50);
                 if active.load(Ordering::SeqCst) >= limits.max_clients {
                     log::warn!(
@@ -623,7 +651,7 @@ pub fn serve(
                 }
                 active.fetch_add(1, Ordering::SeqCst);
                 let (exports, active) = (exports.clone(), active.clone());
-                std::thread::spawn(move || {
+                let thread = std::thread::spawn(move || {
                     log::info!("NBD client {peer} connected");
                     // Every reply is built whole and written with one call, so the
                     // socket needs no buffering.
@@ -644,6 +672,7 @@ pub fn serve(
                     }
                     active.fetch_sub(1, Ordering::SeqCst);
                 });
+                clients.push((thread, stop));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(100));
@@ -655,6 +684,13 @@ pub fn serve(
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+    for (_, stop) in &clients {
+        stop();
+    }
+    for (t, _) in clients {
+        // A client thread that panicked has nothing left to release.
+        let _ = t.join();
     }
     Ok(())
 }

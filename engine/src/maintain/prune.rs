@@ -174,8 +174,8 @@ pub fn prune(
     let mut repacked = Vec::new();
     for (pack, ids) in &repack {
         cancel.check()?;
-        let file = std::fs::File::open(repo_format::pack::pack_path(&repo.packs_dir(), pack))
-            .map_err(|source| repo_format::Error::Io {
+        let file =
+            std::fs::File::open(repo.pack_file(pack)).map_err(|source| repo_format::Error::Io {
                 path: repo.packs_dir(),
                 source,
             })?;
@@ -235,15 +235,8 @@ fn remove_pack(
 ) -> Result<()> {
     lock.still_held()?;
     index.remove_pack(pack)?;
-    let path = repo_format::pack::pack_path(&repo.packs_dir(), pack);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(repo_format::Error::Io { path, source }.into()),
-    }
-    if let Some(dir) = path.parent() {
-        repo_format::durable::sync_dir(dir)?;
-    }
+    repo.backend()
+        .delete(repo_format::backend::ObjectKind::Pack, &pack.to_hex())?;
     Ok(())
 }
 

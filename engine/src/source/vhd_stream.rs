@@ -7,7 +7,7 @@
 //! then the footer. The blocks must come in the order of the disk (XAPI writes them so);
 //! an export whose BAT puts a later block of the disk before an earlier one in the file
 //! cannot be read in one pass and is refused (export `format=raw`, or to a file).
-//! Sectors whose bitmap bit is clear read as zeros, as in [`super::vhd`].
+//! Sectors whose bitmap bit is clear read as zeros, as in [`super::image::vhd`].
 
 use std::io::Read;
 use std::path::Path;

@@ -683,3 +683,37 @@ pub mod bytes {
         u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
     }
 }
+
+/// Test helper: qemu reads the image at `path` (qemu's `format` name) as the raw bytes
+/// `want`. Without qemu-img it says so and checks nothing more.
+#[cfg(test)]
+pub(crate) fn assert_qemu_agrees(path: &Path, format: &str, want: &[u8]) {
+    let raw = path.with_extension("want.raw");
+    std::fs::write(&raw, want).unwrap();
+    match std::process::Command::new("qemu-img")
+        .args(["compare", "-f", format, "-F", "raw"])
+        .arg(path)
+        .arg(&raw)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "qemu-img compare: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("SKIPPED: qemu-img compare ({e})"),
+    }
+}
+
+/// Test helper: opens `path` as `format`, given (not probed).
+#[cfg(test)]
+pub(crate) fn open_as(path: &Path, format: ImageFormat) -> Result<Image, ImageError> {
+    open_image(
+        path,
+        &OpenOptions {
+            format: Some(format),
+            ..Default::default()
+        },
+    )
+}

@@ -163,7 +163,6 @@ impl Layout for VdiLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::image::{open_image, OpenOptions};
     use std::path::{Path, PathBuf};
 
     const MIB: usize = 1 << 20;
@@ -200,13 +199,7 @@ mod tests {
     }
 
     fn open(path: &Path) -> Result<Image, ImageError> {
-        open_image(
-            path,
-            &OpenOptions {
-                format: Some(ImageFormat::Vdi),
-                ..Default::default()
-            },
-        )
+        crate::source::image::open_as(path, ImageFormat::Vdi)
     }
 
     fn err(path: &Path) -> String {
@@ -231,24 +224,10 @@ mod tests {
         let mut buf = vec![0u8; MIB];
         img.read_at(MIB as u64, &mut buf).unwrap();
         assert_eq!(buf, data);
-        let raw = dir.path().join("want.raw");
         let mut want = vec![0u8; MIB];
         want.extend_from_slice(&data);
         want.resize(4 * MIB, 0);
-        std::fs::write(&raw, &want).unwrap();
-        if let Ok(out) = std::process::Command::new("qemu-img")
-            .args(["compare", "-f", "vdi", "-F", "raw"])
-            .arg(&path)
-            .arg(&raw)
-            .output()
-        {
-            assert!(
-                out.status.success(),
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        crate::source::image::assert_qemu_agrees(&path, "vdi", &want);
     }
 
     #[test]

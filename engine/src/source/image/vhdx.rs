@@ -353,7 +353,6 @@ impl Layout for VhdxLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::image::{open_image, OpenOptions};
     use std::path::{Path, PathBuf};
 
     /// A VHDX made by qemu-img from a raw disk with two data runs, and that disk; `None`
@@ -382,13 +381,7 @@ mod tests {
     }
 
     fn open(path: &Path) -> Result<Image, ImageError> {
-        open_image(
-            path,
-            &OpenOptions {
-                format: Some(ImageFormat::Vhdx),
-                ..Default::default()
-            },
-        )
+        crate::source::image::open_as(path, ImageFormat::Vhdx)
     }
 
     #[test]
