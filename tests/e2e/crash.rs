@@ -54,7 +54,7 @@ fn next_backup_reuses_and_restores(
         "chunks the stopped run made durable are reused: {stats}"
     );
     let out = dir.join("out.raw");
-    restore(&repo, "latest", &out);
+    restore(repo, "latest", &out);
     assert_eq!(sha256(&out), sha256(img));
 }
 

@@ -36,7 +36,7 @@ fn round_trip(
             want.display()
         ));
         let _ = std::fs::remove_file(&got);
-        restore(&repo, &format!("latest:{label}"), &got);
+        restore(repo, &format!("latest:{label}"), &got);
         assert_eq!(
             sha256(&got),
             sha256(&want),

@@ -307,7 +307,7 @@ fn run_with_stand_ins(bin: &Path, job: &Path) -> std::process::Output {
 fn restores_to(dir: &Path, repo: &Path, spec: &str, want: &Path) {
     let got = dir.join("got.raw");
     let _ = std::fs::remove_file(&got);
-    restore(&repo, spec, &got);
+    restore(repo, spec, &got);
     assert_eq!(sha256(&got), sha256(want), "{spec}");
 }
 

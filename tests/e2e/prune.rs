@@ -46,7 +46,7 @@ fn restores_identically(dir: &Path, repo: &Path, kept: &[(String, String)]) {
     for (id, hash) in kept {
         let out = dir.join(format!("check-{id}.raw"));
         let _ = std::fs::remove_file(&out);
-        restore(&repo, &format!("{id}:vda"), &out);
+        restore(repo, &format!("{id}:vda"), &out);
         assert_eq!(&sha256(&out), hash, "snapshot {id}");
         std::fs::remove_file(&out).unwrap();
     }

@@ -595,7 +595,8 @@ pub fn serve(
     let active = Arc::new(AtomicUsize::new(0));
     let mut backoff = Duration::from_millis(50);
     // Each client's thread, with a way to shut its socket down from here.
-    let mut clients: Vec<(std::thread::JoinHandle<()>, Box<dyn Fn() + Send>)> = Vec::new();
+    type Client = (std::thread::JoinHandle<()>, Box<dyn Fn() + Send>);
+    let mut clients: Vec<Client> = Vec::new();
     while cancel.check().is_ok() {
         let timeout = Some(limits.idle_timeout);
         type Accepted = (Box<dyn ReadWrite>, String, Box<dyn Fn() + Send>);
