@@ -1,19 +1,21 @@
 //! The write side of a repository: [`BlobStore`] takes encoded blobs, fills packs, makes
 //! them durable and indexes them. Backup, repair and prune's repack all write through it,
 //! so there is one place that knows the write order of FORMAT.md ("Write order"): a pack
-//! is durable in `packs/` before the index names it, and nothing names a pack that is not.
+//! is durable in the repository's backend before the index names it, and nothing names a
+//! pack that is not. Packs go to [`Repository::backend`]: the seam an object store plugs
+//! into.
 
 use std::collections::HashSet;
 
 use repo_format::blob::BlobKind;
-use repo_format::{BlobEncoder, BlobId, EncodedBlob, Index, Node, PackId, PackWriter, Repository};
-
 use repo_format::lock::{ExclusiveLock, SharedLock};
+use repo_format::{BlobEncoder, BlobId, EncodedBlob, Index, Node, PackId, PackWriter, Repository};
 
 use crate::error::Result;
 
-/// The writer side of the repository during one backup: the open pack, the ids it holds,
-/// and the index connection that records finished packs. Used from one thread.
+/// The writer side of the repository during one backup, repair or repack: the open pack,
+/// the ids it holds, and the index connection that records finished packs. Used from
+/// one thread; a store dropped with a pack open removes that pack's temporary file.
 pub struct BlobStore<'r> {
     repo: &'r Repository,
     index: Index,

@@ -22,12 +22,11 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use repo_format::blob::BlobKind;
+use repo_format::lock::SharedLock;
 use repo_format::{
     BlobEncoder, BlobId, DiskStats, EncodedBlob, Extent, ManifestBuilder, ManifestRoot, Node,
     Repository, Snapshot, SnapshotDisk, SnapshotId, SnapshotMeta,
 };
-
-use repo_format::lock::SharedLock;
 
 use crate::chunk::{Cut, Cutter};
 use crate::error::{Error, Result};
