@@ -599,37 +599,14 @@ pub fn serve(
     let mut clients: Vec<Client> = Vec::new();
     while cancel.check().is_ok() {
         let timeout = Some(limits.idle_timeout);
-        type Accepted = (Box<dyn ReadWrite>, String, Box<dyn Fn() + Send>);
         let accepted: std::io::Result<Accepted> = match &listener {
             Listener::Tcp(l) => l.accept().and_then(|(c, peer)| {
-                c.set_nonblocking(false)?;
                 c.set_nodelay(true)?;
-                c.set_read_timeout(timeout)?;
-                c.set_write_timeout(timeout)?;
-                let handle = c.try_clone()?;
-                let stop = Box::new(move || {
-                    let _ = handle.shutdown(std::net::Shutdown::Both);
-                });
-                Ok((
-                    Box::new(c) as Box<dyn ReadWrite>,
-                    peer.to_string(),
-                    stop as _,
-                ))
+                accepted_client(c, peer.to_string(), timeout)
             }),
-            Listener::Unix(l) => l.accept().and_then(|(c, _)| {
-                c.set_nonblocking(false)?;
-                c.set_read_timeout(timeout)?;
-                c.set_write_timeout(timeout)?;
-                let handle = c.try_clone()?;
-                let stop = Box::new(move || {
-                    let _ = handle.shutdown(std::net::Shutdown::Both);
-                });
-                Ok((
-                    Box::new(c) as Box<dyn ReadWrite>,
-                    "unix socket".to_string(),
-                    stop as _,
-                ))
-            }),
+            Listener::Unix(l) => l
+                .accept()
+                .and_then(|(c, _)| accepted_client(c, "unix socket".into(), timeout)),
         };
         // Threads of clients that left are joined as we go.
         let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut clients)
@@ -694,6 +671,48 @@ pub fn serve(
         let _ = t.join();
     }
     Ok(())
+}
+
+/// A client just accepted: its connection, who it is, and a way to shut it down.
+type Accepted = (Box<dyn ReadWrite>, String, Box<dyn Fn() + Send>);
+
+/// What the server needs of a TCP or Unix stream.
+trait Socket: ReadWrite + Sized + 'static {
+    fn prepare(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()>;
+    fn twin(&self) -> std::io::Result<Self>;
+    fn close(&self);
+}
+
+macro_rules! socket {
+    ($t:ty) => {
+        impl Socket for $t {
+            fn prepare(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+                self.set_nonblocking(false)?;
+                self.set_read_timeout(timeout)?;
+                self.set_write_timeout(timeout)
+            }
+            fn twin(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn close(&self) {
+                let _ = self.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    };
+}
+socket!(std::net::TcpStream);
+socket!(std::os::unix::net::UnixStream);
+
+/// Blocking reads and writes with the idle timeout, and a second handle that shuts the
+/// connection down when the server stops.
+fn accepted_client<S: Socket>(
+    c: S,
+    peer: String,
+    timeout: Option<std::time::Duration>,
+) -> std::io::Result<Accepted> {
+    c.prepare(timeout)?;
+    let handle = c.twin()?;
+    Ok((Box::new(c), peer, Box::new(move || handle.close())))
 }
 
 /// A connection: TCP or Unix.
