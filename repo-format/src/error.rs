@@ -72,6 +72,15 @@ pub enum Error {
     Compress(String),
     #[error("random source failed: {0}")]
     Random(String),
+    /// No key file opens with the password given.
+    #[error("{key}: wrong password (or the key file was changed)")]
+    WrongPassword { key: String },
+    /// A sealed object does not authenticate under the repository's key: damaged, forged,
+    /// or moved from another object's place.
+    #[error("{what}: does not authenticate (damaged, forged, or moved from elsewhere)")]
+    Unauthenticated { what: String },
+    #[error("{what}: {reason}")]
+    BadKey { what: String, reason: String },
 }
 
 impl Error {

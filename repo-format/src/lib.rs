@@ -21,6 +21,7 @@ pub mod backend;
 pub mod blob;
 pub mod blob_reader;
 pub mod config;
+pub mod crypto;
 pub mod durable;
 pub mod error;
 pub mod ids;
