@@ -45,7 +45,7 @@ use xenserver::XenServer;
 use zfs::Zfs;
 
 /// Problems with a VM's snapshot settings, found at load time.
-pub fn check_settings(method: &str, s: &Settings) -> Result<(), ProviderError> {
+pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
     match method {
         "none" => Ok(()),
         "command" if s.snapshot_create.is_none() => {
@@ -58,25 +58,24 @@ pub fn check_settings(method: &str, s: &Settings) -> Result<(), ProviderError> {
         "btrfs" => Ok(()),
         "lvm" => match &s.lvm_snapshot_size {
             Some(size) if lvm_size_bytes(size).is_none() => {
-                Err(format!("lvm_snapshot_size {size:?} is not a size like 10G").into())
+                Err(format!("lvm_snapshot_size {size:?} is not a size like 10G"))
             }
             _ => Ok(()),
         },
         "zfs" => Ok(()),
         "xenserver" => match s.xenserver_export_format.as_deref() {
             None | Some("raw" | "vhd") => Ok(()),
-            Some(f) => Err(format!("xenserver_export_format {f:?} is not raw or vhd").into()),
+            Some(f) => Err(format!("xenserver_export_format {f:?} is not raw or vhd")),
         },
         "libvirt" => match s.libvirt_quiesce.as_deref() {
             None | Some("auto" | "always" | "never") => Ok(()),
-            Some(q) => {
-                Err(format!("libvirt_quiesce {q:?} is not one of auto, always, never").into())
-            }
+            Some(q) => Err(format!(
+                "libvirt_quiesce {q:?} is not one of auto, always, never"
+            )),
         },
         other => Err(format!(
             "unknown snapshot method {other:?} (none, command, btrfs, lvm, zfs, xenserver, libvirt)"
-        )
-        .into()),
+        )),
     }
 }
 
