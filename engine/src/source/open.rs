@@ -174,19 +174,21 @@ fn open_stream(
 }
 
 fn open_image(path: &Path, opts: &SourceOptions) -> Result<Image, SourceError> {
-    let format = match opts.format {
-        Some(SourceFormat::Image(f)) => Some(f),
-        _ => None,
-    };
-    Ok(image::open_image(
-        path,
-        &image::OpenOptions {
-            direct: opts.direct,
-            // Left unset when probed: that confines the backing chain (see open_image).
-            format,
-            qcow2_snapshot: opts.qcow2_snapshot.clone(),
+    Ok(image::open_image(path, &image_options(opts))?)
+}
+
+/// The image reader's options for `opts`. The format is passed on only when the user
+/// gave it: left unset when probed, it confines the backing chain (see
+/// [`image::open_image`]).
+fn image_options(opts: &SourceOptions) -> image::OpenOptions {
+    image::OpenOptions {
+        direct: opts.direct,
+        format: match opts.format {
+            Some(SourceFormat::Image(f)) => Some(f),
+            _ => None,
         },
-    )?)
+        qcow2_snapshot: opts.qcow2_snapshot.clone(),
+    }
 }
 
 fn is_fifo(path: &Path) -> bool {
@@ -240,11 +242,7 @@ pub enum Inspected {
 pub fn inspect(path: &Path, opts: &SourceOptions) -> Result<Inspected, SourceError> {
     let format = match opts.format {
         Some(f) => f,
-        None => {
-            let file = std::fs::File::open(path).map_err(io(path))?;
-            let len = file.metadata().map_err(io(path))?.len();
-            detect::detect(&file, len).map_err(io(path))?
-        }
+        None => detect_file(path)?,
     };
     let spec = path.to_string_lossy();
     if format == SourceFormat::Xva {
@@ -268,16 +266,8 @@ pub fn inspect(path: &Path, opts: &SourceOptions) -> Result<Inspected, SourceErr
             disks,
         });
     }
-    let image_format = match format {
-        SourceFormat::Image(f) if opts.format.is_some() => Some(f),
-        _ => None,
-    };
     Ok(Inspected::Image(image::info::inspect(
         path,
-        &image::OpenOptions {
-            direct: opts.direct,
-            format: image_format,
-            qcow2_snapshot: opts.qcow2_snapshot.clone(),
-        },
+        &image_options(opts),
     )?))
 }

@@ -131,7 +131,8 @@ impl DiskSource for RawSource {
         let aligned = offset.is_multiple_of(DIRECT_ALIGN as u64)
             && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
             && buf.len().is_multiple_of(DIRECT_ALIGN);
-        let host = self.host.clone();
+        // Disjoint borrows of the fields: the host file to read, the bounce buffer to fill.
+        let (host, bounce) = (&self.host, &mut self.bounce);
         let io = |source| SourceError::Io {
             path: host.path().into(),
             source,
@@ -140,7 +141,7 @@ impl DiskSource for RawSource {
         match host.direct_file() {
             Some(direct) if !aligned => {
                 // Unaligned request under O_DIRECT: go through an aligned bounce buffer.
-                let bounce = self.bounce.get_or_insert_with(|| AlignedBuf::new(1 << 20));
+                let bounce = bounce.get_or_insert_with(|| AlignedBuf::new(1 << 20));
                 while done < want {
                     let at = offset + done as u64;
                     let base = at / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;

@@ -30,15 +30,6 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// The snapshot method that failed (empty until the runner says which).
-    pub fn provider(&self) -> &'static str {
-        match self {
-            ProviderError::Failed { provider, .. }
-            | ProviderError::NotRun { provider, .. }
-            | ProviderError::Problem { provider, .. } => provider,
-        }
-    }
-
     /// This error, said to come from the provider `name`.
     pub fn in_provider(mut self, name: &'static str) -> Self {
         match &mut self {
@@ -47,14 +38,6 @@ impl ProviderError {
             | ProviderError::Problem { provider, .. } => *provider = name,
         }
         self
-    }
-
-    /// The exit status of the failed tool, when one ran.
-    pub fn status(&self) -> Option<ExitStatus> {
-        match self {
-            ProviderError::Failed { status, .. } => Some(*status),
-            _ => None,
-        }
     }
 }
 
