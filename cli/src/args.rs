@@ -36,12 +36,21 @@ pub struct Global {
     /// prune waits for) before giving up.
     #[arg(long, global = true, default_value_t = 600, value_name = "SECONDS")]
     pub lock_wait: u64,
+    /// An encrypted repository's key file kept outside it (instead of REPO/keys/);
+    /// with `init`, where to write the new key.
+    #[arg(long, global = true, env = "DEDISK_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Create a new repository.
+    /// Create a new repository (encrypted unless --encryption none).
     Init(InitArgs),
+    /// Manage an encrypted repository's keys: list, add, remove, passwd, export, import.
+    Key {
+        #[command(subcommand)]
+        what: KeyWhat,
+    },
     /// Back up one VM's disks into a new snapshot.
     Backup(BackupArgs),
     /// List snapshots.
@@ -85,10 +94,84 @@ pub enum ChunkerArg {
     Fixed,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EncryptionArg {
+    /// Keyed BLAKE3 ids, AES-256-GCM sealing, Padmé padding (format version 2).
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+    /// No encryption: a plaintext repository (format version 1), on purpose.
+    None,
+}
+
+/// argon2id's cost for a new key file (defaults: RFC 9106's second option).
+#[derive(Args, Clone, Copy)]
+pub struct KdfArgs {
+    /// Memory argon2id uses, in MiB (8..=4096).
+    #[arg(long, default_value_t = 64, value_name = "MIB", value_parser = clap::value_parser!(u32).range(8..=4096))]
+    pub kdf_memory: u32,
+    /// argon2id passes (1..=64).
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub kdf_passes: u32,
+    /// argon2id lanes (1..=64).
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub kdf_lanes: u32,
+}
+
+#[derive(Subcommand)]
+pub enum KeyWhat {
+    /// List the key files in REPO/keys/.
+    List,
+    /// Add a key file with a new password (DEDISK_NEW_PASSWORD(_FILE), or a prompt).
+    Add {
+        /// Who or what the key is for (an admin, a host).
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Remove a key file (never the last one).
+    Remove {
+        /// The key's id, as `key list` shows it.
+        id: String,
+    },
+    /// Change the password of the key that opens the repository.
+    Passwd {
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Write the master key out for safekeeping: to FILE, or as a paper form on stdout.
+    Export {
+        /// A new file to write the key to (private, never overwritten).
+        #[arg(required_unless_present = "paper")]
+        file: Option<PathBuf>,
+        /// Print the key as a paper form (two lines of hex with check groups).
+        #[arg(long)]
+        paper: bool,
+    },
+    /// Add a key file from an exported master key (a file from `key export`, or the
+    /// paper form typed back in on stdin), when every password is lost.
+    Import {
+        /// The file `key export` wrote; `-` reads the paper form from stdin.
+        from: PathBuf,
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+}
+
 #[derive(Args)]
 pub struct InitArgs {
     /// Where to create the repository (or --repo).
     pub path: Option<PathBuf>,
+    /// Encryption of the new repository.
+    #[arg(long, value_enum, default_value = "aes-256-gcm")]
+    pub encryption: EncryptionArg,
+    /// The first key's label (default: this host's name).
+    #[arg(long)]
+    pub key_label: Option<String>,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
     /// Chunking algorithm (fixed for the repository's lifetime).
     #[arg(long, value_enum, default_value = "aligned-cdc")]
     pub chunker: ChunkerArg,
@@ -265,6 +348,10 @@ pub struct SnapshotsArgs {
     /// Only this VM's snapshots.
     #[arg(long)]
     pub name: Option<String>,
+    /// With --json: each snapshot's whole record as stored (an encrypted repository's
+    /// snapshot files cannot be read without the key).
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Args)]

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use repo_format::crypto::MasterKey;
 use repo_format::lock::{ExclusiveLock, SharedLock};
 use repo_format::Repository;
 
@@ -28,11 +29,97 @@ pub fn repo_path(g: &Global) -> Result<&Path> {
         .context("no repository given: pass --repo REPO or set DEDISK_REPO")
 }
 
+/// The master key this process unlocked, so that a command run again (after an index
+/// recovery) or a second open does not ask for the password twice.
+static UNLOCKED: std::sync::Mutex<Option<(std::path::PathBuf, MasterKey)>> =
+    std::sync::Mutex::new(None);
+
+/// Asks on the terminal, when there is one (never when stdin is a pipe or a file: a
+/// script gets the clear error instead of a hang).
+fn prompt(message: &str) -> engine::Result<engine::secret::Password> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(engine::Error::Password {
+            what: "password".into(),
+            reason: "none given: set DEDISK_PASSWORD, DEDISK_PASSWORD_FILE or DEDISK_PASSWORD_COMMAND, or run on a terminal".into(),
+        });
+    }
+    rpassword::prompt_password(message)
+        .map(|p| zeroize::Zeroizing::new(p.into_bytes()))
+        .map_err(|e| engine::Error::Password {
+            what: "terminal".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// How this command unlocks an encrypted repository: `--key-file`, the password
+/// variables, else a prompt.
+pub fn key_access(g: &Global) -> engine::secret::KeyAccess<'_> {
+    engine::secret::KeyAccess {
+        key_file: g.key_file.as_deref(),
+        password: engine::secret::PasswordFrom::from_env(),
+        prompt: Some(&prompt),
+    }
+}
+
+/// A new password (for `init`, `key add`, `key passwd`, `key import`):
+/// DEDISK_NEW_PASSWORD, DEDISK_NEW_PASSWORD_FILE, else asked twice on the terminal.
+/// `init` also takes the DEDISK_PASSWORD variables, which later commands read.
+pub fn new_password(also_current: bool) -> Result<engine::secret::Password> {
+    use engine::secret::PasswordFrom;
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    let from = var("DEDISK_NEW_PASSWORD")
+        .map(PasswordFrom::Text)
+        .or_else(|| var("DEDISK_NEW_PASSWORD_FILE").map(|f| PasswordFrom::File(f.into())))
+        .or_else(|| also_current.then(PasswordFrom::from_env).flatten());
+    if let Some(from) = from {
+        return Ok(from.read()?);
+    }
+    let first = prompt("new password: ")?;
+    let again = prompt("the same password again: ")?;
+    if first != again {
+        anyhow::bail!("the two passwords differ; nothing was changed");
+    }
+    Ok(first)
+}
+
+/// The master key of the encrypted repository at `path` (asking at most once per
+/// process), with the key file that opened it.
+pub fn unlock(
+    g: &Global,
+    path: &Path,
+    config: &repo_format::RepoConfig,
+) -> Result<(MasterKey, Option<repo_format::keys::Opener>)> {
+    let mut cached = UNLOCKED.lock().expect("no panic holds it");
+    if let Some((p, key)) = cached.as_ref() {
+        if p == path {
+            return Ok((key.clone(), None));
+        }
+    }
+    let (key, opener) = engine::secret::unlock(path, config, &key_access(g))
+        .with_context(|| format!("opening repository {}", path.display()))?;
+    *cached = Some((path.into(), key.clone()));
+    Ok((key, Some(opener)))
+}
+
+/// Opens the repository at `path` with its key if it is encrypted, without turning
+/// repairs into warnings.
+pub fn open_quietly(g: &Global, path: &Path) -> Result<Repository> {
+    let config = Repository::read_config(path)
+        .with_context(|| format!("opening repository {}", path.display()))?;
+    let repo = if config.is_encrypted() {
+        let (key, _) = unlock(g, path, &config)?;
+        Repository::open_with_key(path, key)
+    } else {
+        Repository::open(path)
+    };
+    repo.with_context(|| format!("opening repository {}", path.display()))
+}
+
 /// Opens the repository, turning what opening had to repair into warnings.
 pub fn open_repo(g: &Global, out: &mut Outcome) -> Result<Repository> {
     let path = repo_path(g)?;
-    let repo =
-        Repository::open(path).with_context(|| format!("opening repository {}", path.display()))?;
+    let repo = open_quietly(g, path)?;
     let r = repo.index_repair;
     if r.rebuilt {
         out.warnings.push(format!(

@@ -61,6 +61,7 @@ fn run(cli: &Cli) -> anyhow::Result<context::Outcome> {
     let g = &cli.global;
     match &cli.command {
         Command::Init(a) => cmd::init::init(g, a),
+        Command::Key { what } => cmd::key::key(g, what),
         Command::Backup(a) => cmd::backup::backup_cmd(g, a),
         Command::Snapshots(a) => cmd::listing::snapshots(g, a),
         Command::Restore(a) => cmd::restore::restore(g, a),
@@ -96,7 +97,7 @@ fn recover_index(g: &args::Global, why: &repo_format::Error) -> anyhow::Result<(
         .repo
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("no repository"))?;
-    let repo = repo_format::Repository::open(path)?;
+    let repo = context::open_quietly(g, path)?;
     let index = repo.index()?;
     repo.recover_index(&index, why)?;
     Ok(())

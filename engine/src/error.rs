@@ -71,6 +71,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    /// A password could not be had from where it was to come from.
+    #[error("{what}: {reason}")]
+    Password { what: String, reason: String },
     /// A snapshot provider (LVM, libvirt, xe...) failed to make, check or release a view.
     #[error("snapshot: {0}")]
     Provider(#[from] crate::job::provider::ProviderError),

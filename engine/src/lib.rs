@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 0 | [`cancel`], [`io`], [`progress`] | stop flag, O_DIRECT buffers and device ioctls, progress reporting |
 //! | 1 | [`source`], [`chunk`] | disk sources (raw, images, streams, XVA) behind one [`source::open`]; content-defined cut points |
-//! | 2 | [`store`], [`backup`], [`read`], [`maintain`], [`locking`] | the write side (packs, index), the backup pipeline, the read path, verify/forget/prune/repair, waiting for locks |
+//! | 2 | [`secret`], [`store`], [`backup`], [`read`], [`maintain`], [`locking`] | passwords and opening a repository with its key, the write side (packs, index), the backup pipeline, the read path, verify/forget/prune/repair, waiting for locks |
 //! | 3 | [`restore`], [`access`], [`job`] | restore targets, NBD and FUSE, the job runner and snapshot providers |
 //!
 //! [`error`] stands beside the floors: the crate's one error type, made of each floor's
@@ -46,6 +46,7 @@ pub mod backup;
 pub mod locking;
 pub mod maintain;
 pub mod read;
+pub mod secret;
 pub mod store;
 // Floor 3: what users run on top.
 pub mod access;

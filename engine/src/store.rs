@@ -19,15 +19,23 @@ use crate::error::Result;
 pub struct BlobStore<'r> {
     repo: &'r Repository,
     index: Index,
-    pack: Option<PackWriter>,
-    in_pack: HashSet<BlobId>,
+    /// The open packs: one in a plaintext repository; [`SPREAD`] in an encrypted one,
+    /// each new blob going to one of them at random (FORMAT.md, section 10.4), with the
+    /// ids each holds.
+    packs: Vec<(PackWriter, HashSet<BlobId>)>,
     node_encoder: BlobEncoder,
     /// Copying live blobs out of packs being repacked: the index already names them (in
     /// the old pack), so they are stored anyway, and the new pack's rows replace theirs.
     repack: bool,
     /// Every pack finished so far, with its length.
     written: Vec<(PackId, u64)>,
+    /// Picks the pack of the next blob (xorshift64*, seeded from the OS).
+    rng: u64,
 }
+
+/// Packs an encrypted repository's writer keeps open at once, so that which blobs
+/// share a pack, and in what order, says little about where they were in the disk.
+pub const SPREAD: usize = 3;
 
 impl<'r> BlobStore<'r> {
     /// A store writing under `lock` (a shared lock is enough to add data; an exclusive
@@ -36,11 +44,15 @@ impl<'r> BlobStore<'r> {
         Ok(BlobStore {
             repo,
             index: repo.index()?,
-            pack: None,
-            in_pack: HashSet::new(),
-            node_encoder: BlobEncoder::new(repo.config().compression.level)?,
+            packs: Vec::new(),
+            node_encoder: repo.blob_encoder()?,
             repack: false,
             written: Vec::new(),
+            rng: u64::from_le_bytes(
+                repo_format::ids::random_bytes()?[..8]
+                    .try_into()
+                    .expect("8 bytes"),
+            ) | 1,
         })
     }
 
@@ -60,20 +72,39 @@ impl<'r> BlobStore<'r> {
     /// this store has it). Returns the bytes it took in the pack (header included) when
     /// it was stored.
     pub fn put(&mut self, blob: &EncodedBlob) -> Result<Option<u64>> {
-        if self.in_pack.contains(&blob.id) || (!self.repack && self.index.contains(&blob.id)?) {
+        if self.holds(&blob.id) || (!self.repack && self.index.contains(&blob.id)?) {
             return Ok(None);
         }
-        if self.pack.is_none() {
-            self.pack = Some(PackWriter::create(&self.repo.tmp_dir())?);
+        let spread = if self.repo.is_encrypted() { SPREAD } else { 1 };
+        let slot = if spread == 1 {
+            0
+        } else {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            (self.rng % spread as u64) as usize
+        };
+        while self.packs.len() <= slot {
+            self.packs.push((
+                PackWriter::create(&self.repo.tmp_dir(), self.repo.codec())?,
+                HashSet::new(),
+            ));
         }
-        let pack = self.pack.as_mut().expect("created above");
+        let (pack, ids) = &mut self.packs[slot];
         pack.add(blob)?;
-        self.in_pack.insert(blob.id);
-        let stored = blob.payload.len() as u64 + repo_format::pack::BLOB_HEADER_LEN;
+        ids.insert(blob.id);
+        let stored =
+            blob.payload.len() as u64 + repo_format::pack::blob_overhead(self.repo.codec());
         if pack.len_bytes() >= self.repo.config().pack_target_bytes {
-            self.finish_pack()?;
+            let (pack, _) = self.packs.swap_remove(slot);
+            self.finish_one(pack)?;
         }
         Ok(Some(stored))
+    }
+
+    /// Whether an open pack of this store holds blob `id`.
+    fn holds(&self, id: &BlobId) -> bool {
+        self.packs.iter().any(|(_, ids)| ids.contains(id))
     }
 
     /// Encodes and stores a manifest node; returns its id. Most nodes of a nightly
@@ -81,8 +112,8 @@ impl<'r> BlobStore<'r> {
     /// before anything is compressed.
     pub fn put_node(&mut self, node: &Node) -> Result<BlobId> {
         let bytes = node.encode();
-        let id = BlobId::of(&bytes);
-        if self.in_pack.contains(&id) || self.index.contains(&id)? {
+        let id = self.repo.blob_id(&bytes);
+        if self.holds(&id) || self.index.contains(&id)? {
             return Ok(id);
         }
         let blob = self
@@ -92,23 +123,24 @@ impl<'r> BlobStore<'r> {
         Ok(id)
     }
 
-    /// Makes the open pack durable and records it in the index.
+    /// Makes the open packs durable and records them in the index.
     pub fn finish_pack(&mut self) -> Result<()> {
-        if let Some(pack) = self.pack.take() {
-            let finished = pack.finish(self.repo.backend())?;
-            if self.repack {
-                self.index.add_pack_replacing(
-                    &finished.id,
-                    finished.len_bytes,
-                    &finished.entries,
-                )?;
-            } else {
-                self.index
-                    .add_pack(&finished.id, finished.len_bytes, &finished.entries)?;
-            }
-            self.written.push((finished.id, finished.len_bytes));
-            self.in_pack.clear();
+        while let Some((pack, _)) = self.packs.pop() {
+            self.finish_one(pack)?;
         }
+        Ok(())
+    }
+
+    fn finish_one(&mut self, pack: PackWriter) -> Result<()> {
+        let finished = pack.finish(self.repo.backend())?;
+        if self.repack {
+            self.index
+                .add_pack_replacing(&finished.id, finished.len_bytes, &finished.entries)?;
+        } else {
+            self.index
+                .add_pack(&finished.id, finished.len_bytes, &finished.entries)?;
+        }
+        self.written.push((finished.id, finished.len_bytes));
         Ok(())
     }
 }
@@ -116,7 +148,7 @@ impl<'r> BlobStore<'r> {
 impl Drop for BlobStore<'_> {
     fn drop(&mut self) {
         // A backup that fails leaves no temporary pack behind.
-        if let Some(pack) = self.pack.take() {
+        for (pack, _) in self.packs.drain(..) {
             pack.abandon();
         }
     }

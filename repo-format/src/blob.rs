@@ -1,6 +1,12 @@
 //! Blobs: the unit of storage. A blob is either a data chunk of a disk or a manifest
-//! node; it is addressed by the BLAKE3-256 of its uncompressed bytes and stored
-//! zstd-compressed unless compression does not shrink it.
+//! node; it is addressed by the BLAKE3-256 of its uncompressed bytes (keyed BLAKE3 in an
+//! encrypted repository) and stored zstd-compressed unless compression does not shrink
+//! it; in an encrypted repository the stored bytes are then padded and sealed
+//! (FORMAT.md, sections 3 and 10).
+
+use std::sync::Arc;
+
+use crate::crypto::{RepoKeys, SealedKind};
 
 use crate::error::{Error, Result};
 use crate::ids::BlobId;
@@ -21,6 +27,14 @@ pub enum BlobKind {
 }
 
 impl BlobKind {
+    /// The kind its sealed bytes are bound to.
+    pub fn sealed_kind(self) -> SealedKind {
+        match self {
+            BlobKind::Data => SealedKind::DataBlob,
+            BlobKind::ManifestNode => SealedKind::NodeBlob,
+        }
+    }
+
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(BlobKind::Data),
@@ -55,19 +69,61 @@ pub struct EncodedBlob {
     pub kind: BlobKind,
     pub compression: Compression,
     pub raw_len: u32,
+    /// The bytes stored: compressed or not, then sealed in an encrypted repository.
     pub payload: Vec<u8>,
 }
 
-/// Compresses blobs, reusing one zstd context. One per worker thread; not `Sync`.
+/// How a repository names and protects blobs: plain BLAKE3 and stored as they are
+/// (format version 1), or keyed ids and sealed payloads (version 2).
+#[derive(Clone, Debug, Default)]
+pub struct BlobCodec {
+    keys: Option<Arc<RepoKeys>>,
+}
+
+impl BlobCodec {
+    /// The codec of a plaintext (version 1) repository.
+    pub fn plain() -> Self {
+        BlobCodec { keys: None }
+    }
+
+    /// The codec of an encrypted repository with these keys.
+    pub fn sealed(keys: Arc<RepoKeys>) -> Self {
+        BlobCodec { keys: Some(keys) }
+    }
+
+    pub fn keys(&self) -> Option<&Arc<RepoKeys>> {
+        self.keys.as_ref()
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// The id of a blob holding `bytes`.
+    pub fn id_of(&self, bytes: &[u8]) -> BlobId {
+        match &self.keys {
+            Some(k) => k.blob_id(bytes),
+            None => BlobId::of(bytes),
+        }
+    }
+}
+
+/// Compresses (and seals) blobs, reusing one zstd context. One per worker thread; not `Sync`.
 pub struct BlobEncoder {
     compressor: zstd::bulk::Compressor<'static>,
+    codec: BlobCodec,
 }
 
 impl BlobEncoder {
-    pub fn new(level: i32) -> Result<Self> {
+    pub fn new(level: i32, codec: BlobCodec) -> Result<Self> {
         let compressor =
             zstd::bulk::Compressor::new(level).map_err(|e| Error::Compress(e.to_string()))?;
-        Ok(BlobEncoder { compressor })
+        Ok(BlobEncoder { compressor, codec })
+    }
+
+    /// The id a blob of `raw` bytes gets in this repository.
+    pub fn id_of(&self, raw: &[u8]) -> BlobId {
+        self.codec.id_of(raw)
     }
 
     /// Encodes `raw` whose id the caller already computed (hashing is done once, upstream).
@@ -89,10 +145,18 @@ impl BlobEncoder {
             .map_err(|e| Error::Compress(e.to_string()))?;
         // Incompressible data (media, archives, encrypted volumes) is stored as it is, so
         // restore does not pay for a decompression that gains nothing.
-        let (compression, payload) = if compressed.len() < raw.len() {
-            (Compression::Zstd, compressed)
-        } else {
-            (Compression::None, raw.to_vec())
+        let (compression, payload) = match (&self.codec.keys, compressed.len() < raw.len()) {
+            (None, true) => (Compression::Zstd, compressed),
+            (None, false) => (Compression::None, raw.to_vec()),
+            (Some(k), true) => (
+                Compression::Zstd,
+                k.sealer()
+                    .seal_padded(kind.sealed_kind(), &id.0, &compressed)?,
+            ),
+            (Some(k), false) => (
+                Compression::None,
+                k.sealer().seal_padded(kind.sealed_kind(), &id.0, raw)?,
+            ),
         };
         Ok(EncodedBlob {
             id,
@@ -105,7 +169,7 @@ impl BlobEncoder {
 
     /// Hashes and encodes `raw`.
     pub fn encode(&mut self, kind: BlobKind, raw: &[u8]) -> Result<EncodedBlob> {
-        self.encode_with_id(BlobId::of(raw), kind, raw)
+        self.encode_with_id(self.codec.id_of(raw), kind, raw)
     }
 }
 
@@ -120,27 +184,54 @@ pub struct BlobOrigin {
 /// blob cost 5 % of a restore's CPU). One per thread; not `Sync`.
 pub struct BlobDecoder {
     decompressor: zstd::bulk::Decompressor<'static>,
+    codec: BlobCodec,
 }
 
 impl BlobDecoder {
-    pub fn new() -> Result<Self> {
+    pub fn new(codec: BlobCodec) -> Result<Self> {
         Ok(Self {
             decompressor: zstd::bulk::Decompressor::new()
                 .map_err(|e| Error::Compress(e.to_string()))?,
+            codec,
         })
     }
 
-    /// Like [`decode_blob`], with this decoder's context.
+    /// Opens (in an encrypted repository), decompresses and checks a blob of `kind`
+    /// against its id.
     pub fn decode(
         &mut self,
         id: BlobId,
+        kind: BlobKind,
         compression: Compression,
         raw_len: u32,
         payload: &[u8],
         origin: BlobOrigin,
     ) -> Result<Vec<u8>> {
+        let opened;
+        let payload = match &self.codec.keys {
+            None => payload,
+            Some(k) => {
+                opened = k
+                    .sealer()
+                    .open_padded(kind.sealed_kind(), &id.0, payload, "blob")
+                    .map_err(|_| Error::CorruptBlob {
+                        blob: id,
+                        pack: origin.pack,
+                        offset: origin.offset,
+                        reason: format!(
+                            "does not authenticate as a {} blob with this id (damaged, forged or moved)",
+                            match kind {
+                                BlobKind::Data => "data",
+                                BlobKind::ManifestNode => "manifest node",
+                            }
+                        ),
+                    })?;
+                &opened
+            }
+        };
         decode_with(
             Some(&mut self.decompressor),
+            &self.codec,
             id,
             compression,
             raw_len,
@@ -160,11 +251,20 @@ pub fn decode_blob(
     payload: &[u8],
     origin: BlobOrigin,
 ) -> Result<Vec<u8>> {
-    decode_with(None, id, compression, raw_len, payload, origin)
+    decode_with(
+        None,
+        &BlobCodec::plain(),
+        id,
+        compression,
+        raw_len,
+        payload,
+        origin,
+    )
 }
 
 fn decode_with(
     decompressor: Option<&mut zstd::bulk::Decompressor<'static>>,
+    codec: &BlobCodec,
     id: BlobId,
     compression: Compression,
     raw_len: u32,
@@ -196,7 +296,7 @@ fn decode_with(
             raw.len()
         )));
     }
-    let actual = BlobId::of(&raw);
+    let actual = codec.id_of(&raw);
     if actual != id {
         return Err(corrupt(format!(
             "content hashes to {}, not to its id",
@@ -218,7 +318,7 @@ mod tests {
 
     #[test]
     fn compressible_and_incompressible_round_trip() {
-        let mut enc = BlobEncoder::new(3).unwrap();
+        let mut enc = BlobEncoder::new(3, BlobCodec::plain()).unwrap();
         let text = b"abcabcabc".repeat(1000);
         let b = enc.encode(BlobKind::Data, &text).unwrap();
         assert_eq!(b.compression, Compression::Zstd);
@@ -239,7 +339,7 @@ mod tests {
 
     #[test]
     fn flipped_byte_is_detected() {
-        let mut enc = BlobEncoder::new(3).unwrap();
+        let mut enc = BlobEncoder::new(3, BlobCodec::plain()).unwrap();
         let b = enc.encode(BlobKind::Data, &b"x".repeat(500)).unwrap();
         let mut payload = b.payload.clone();
         let last = payload.len() - 1;
@@ -249,7 +349,7 @@ mod tests {
 
     #[test]
     fn lying_raw_len_does_not_allocate_unbounded() {
-        let mut enc = BlobEncoder::new(3).unwrap();
+        let mut enc = BlobEncoder::new(3, BlobCodec::plain()).unwrap();
         let b = enc.encode(BlobKind::Data, &vec![7u8; 100_000]).unwrap();
         assert!(decode_blob(b.id, b.compression, 10, &b.payload, ORIGIN).is_err());
         assert!(decode_blob(b.id, b.compression, u32::MAX, &b.payload, ORIGIN).is_err());

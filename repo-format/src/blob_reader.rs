@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::ids::{BlobId, PackId};
 use crate::index::{BlobLocation, Index};
 use crate::manifest::Node;
+use crate::pack::blob_overhead;
 use crate::pack::{read_payload, read_toc};
 use crate::repo::Repository;
 
@@ -23,6 +24,7 @@ pub struct BlobReader<R: Borrow<Repository>> {
     index: Index,
     open_packs: HashMap<PackId, File>,
     decoder: BlobDecoder,
+    codec: crate::blob::BlobCodec,
 }
 
 /// Packs a reader keeps open at once.
@@ -33,11 +35,14 @@ impl<R: Borrow<Repository>> BlobReader<R> {
     /// `Arc<Repository>` for readers that outlive the caller's frame (server threads).
     pub fn new(repo: R) -> Result<Self> {
         let index = repo.borrow().index()?;
+        let decoder = repo.borrow().blob_decoder()?;
+        let codec = repo.borrow().codec().clone();
         Ok(BlobReader {
             repo,
             index,
             open_packs: HashMap::new(),
-            decoder: BlobDecoder::new()?,
+            decoder,
+            codec,
         })
     }
 
@@ -102,8 +107,8 @@ impl<R: Borrow<Repository>> BlobReader<R> {
     /// megabytes ahead of its workers: cold pack reads are small and latency-bound.
     pub fn prefetch(&mut self, loc: &BlobLocation) -> Result<()> {
         use std::os::unix::io::AsRawFd;
+        let len = blob_overhead(&self.codec) + loc.entry.stored_len as u64;
         let file = self.pack_file(loc.pack)?;
-        let len = crate::pack::BLOB_HEADER_LEN + loc.entry.stored_len as u64;
         // SAFETY: posix_fadvise only reads its integer arguments; it is advice, so its
         // result is ignored.
         unsafe {
@@ -121,13 +126,14 @@ impl<R: Borrow<Repository>> BlobReader<R> {
     /// says. False also when the pack is gone.
     pub fn toc_agrees(&mut self, loc: &BlobLocation) -> Result<bool> {
         let path = self.repo.borrow().pack_file(&loc.pack);
+        let codec = self.codec.clone();
         let file = match self.pack_file(loc.pack) {
             Ok(f) => f,
             Err(Error::MissingPack { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-        Ok(read_toc(file, len, &loc.pack.to_hex())
+        Ok(read_toc(file, len, &loc.pack.to_hex(), &codec)
             .map(|toc| toc.contains(&loc.entry))
             .unwrap_or(true)) // a damaged TOC: the pack is damaged, not the index
     }
@@ -162,14 +168,16 @@ impl<R: Borrow<Repository>> BlobReader<R> {
 
     /// Reads, decompresses and verifies a blob at a known location.
     pub fn read_at(&mut self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let codec = self.codec.clone();
         let file = self.pack_file(loc.pack)?;
-        let payload = read_payload(file, loc.pack, &loc.entry)?;
+        let payload = read_payload(file, loc.pack, &loc.entry, &codec)?;
         let origin = BlobOrigin {
             pack: loc.pack,
             offset: loc.entry.offset,
         };
         self.decoder.decode(
             loc.entry.id,
+            loc.entry.kind,
             loc.entry.compression,
             loc.entry.raw_len,
             &payload,

@@ -1,5 +1,7 @@
 //! `config.json`: the repository's identity and the parameters that decide what
-//! deduplicates against what. Written once at `init`, never changed afterwards.
+//! deduplicates against what. Written once at `init`, never changed afterwards. In an
+//! encrypted repository (version 2) it stays readable, so a reader knows what to ask
+//! for, and carries a MAC under the master key, checked once the key is unlocked.
 
 use std::path::Path;
 
@@ -8,8 +10,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::ids::RepoId;
 
-/// The repository format version this crate writes and reads.
+/// The format version of unencrypted repositories (`init --encryption none`).
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of encrypted repositories, the default for new ones.
+pub const FORMAT_VERSION_SEALED: u32 = 2;
+
+/// How an encrypted repository's objects are sealed (FORMAT.md, section 10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EncryptionScheme {
+    /// Keyed BLAKE3 ids, AES-256-GCM under a key per object, Padmé padding.
+    #[serde(rename = "blake3-aes256gcm")]
+    Blake3Aes256Gcm,
+}
 
 /// How disks are cut into chunks. Part of the repository's identity: two backups only
 /// deduplicate against each other when they were cut with the same parameters.
@@ -139,6 +151,12 @@ pub struct RepoConfig {
     pub compression: CompressionParams,
     /// Packs are closed once they reach this size.
     pub pack_target_bytes: u64,
+    /// Version 2 only: how objects are sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionScheme>,
+    /// Version 2 only: hex MAC of [`RepoConfig::mac_input`] under the master key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl RepoConfig {
@@ -155,7 +173,57 @@ impl RepoConfig {
             chunker,
             compression,
             pack_target_bytes,
+            encryption: None,
+            mac: None,
         })
+    }
+
+    /// Whether this is an encrypted (version 2) repository.
+    pub fn is_encrypted(&self) -> bool {
+        self.format_version == FORMAT_VERSION_SEALED
+    }
+
+    /// Makes this a version 2 config sealed under `master`: the chunker's public seed is
+    /// unused there (the cut decision is keyed by a secret derived from the key).
+    pub fn seal(&mut self, master: &crate::crypto::MasterKey) {
+        self.format_version = FORMAT_VERSION_SEALED;
+        self.encryption = Some(EncryptionScheme::Blake3Aes256Gcm);
+        self.chunker.seed = 0;
+        self.mac = None;
+        self.mac = Some(hex::encode(master.config_mac(&self.mac_input())));
+    }
+
+    /// The bytes the MAC covers: the config's compact JSON without `mac`, fields in the
+    /// order of FORMAT.md's table.
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        c.mac = None;
+        serde_json::to_vec(&c).expect("config serializes")
+    }
+
+    /// Checks the MAC of a version 2 config under `master` (a changed chunker or
+    /// compression setting, or a config of another repository, fails).
+    pub fn check_mac(&self, path: &Path, master: &crate::crypto::MasterKey) -> Result<()> {
+        let want = hex::encode(master.config_mac(&self.mac_input()));
+        match &self.mac {
+            // Compared without an early exit (no timing hint of how much matched).
+            Some(mac)
+                if mac.len() == want.len()
+                    && mac
+                        .bytes()
+                        .zip(want.bytes())
+                        .fold(0, |d, (a, b)| d | (a ^ b))
+                        == 0 =>
+            {
+                Ok(())
+            }
+            _ => Err(Error::Unauthenticated {
+                what: format!(
+                    "{} (its MAC does not match: a setting was changed)",
+                    path.display()
+                ),
+            }),
+        }
     }
 
     /// Parses and checks a config file's bytes.
@@ -169,11 +237,11 @@ impl RepoConfig {
             path: path.into(),
             reason: e.to_string(),
         })?;
-        if v.format_version != FORMAT_VERSION {
+        if v.format_version != FORMAT_VERSION && v.format_version != FORMAT_VERSION_SEALED {
             return Err(Error::UnsupportedVersion {
                 path: path.into(),
                 found: v.format_version,
-                supported: FORMAT_VERSION,
+                supported: FORMAT_VERSION_SEALED,
             });
         }
         let cfg: RepoConfig = serde_json::from_slice(bytes).map_err(|e| Error::BadConfig {
@@ -190,6 +258,19 @@ impl RepoConfig {
     /// Checks every parameter against the limits of the format.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.chunker.validate()?;
+        match (self.format_version, self.encryption, &self.mac) {
+            (FORMAT_VERSION, None, None) => {}
+            (FORMAT_VERSION, ..) => {
+                return Err("a version 1 config has no encryption or mac field".into())
+            }
+            (FORMAT_VERSION_SEALED, Some(_), Some(mac)) if mac.len() == 64 => {}
+            (FORMAT_VERSION_SEALED, ..) => {
+                return Err(
+                    "a version 2 config needs its encryption scheme and a 64-hex mac".into(),
+                )
+            }
+            (v, ..) => return Err(format!("format version {v}")),
+        }
         if !(1..=19).contains(&self.compression.level) {
             return Err(format!(
                 "zstd level {} outside 1..=19",

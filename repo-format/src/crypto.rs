@@ -1,15 +1,14 @@
 //! Keys and sealing for encrypted repositories (format version 2, issue 14).
 //!
-//! This module is the cryptographic core, built and tested on its own; the repository
-//! does not use it yet (version 1 stays the only format written until version 2 is
-//! specified in FORMAT.md and wired through packs, snapshots and the config).
+//! FORMAT.md, section 10, is the normative text; this module holds the primitives, and
+//! [`RepoKeys`] is what an open encrypted repository carries.
 //!
 //! - A random 32-byte [`MasterKey`] per repository. Every other key is derived from it
 //!   with BLAKE3's key derivation, one context string per purpose, so no key serves two
 //!   purposes: keyed chunk ids, the AEAD key, the chunker's secret, the config MAC.
 //! - The master key is stored only wrapped, in [`KeyFile`]s: argon2id turns a password
-//!   (and a random salt) into a wrapping key, and XChaCha20-Poly1305 seals the master key
-//!   with associated data binding the repository id and the argon2 parameters, so neither
+//!   (and a random salt) into a wrapping key, and the sealing below (AES-256-GCM under a
+//!   key derived from a random salt) seals the master key with associated data binding the repository id and the argon2 parameters, so neither
 //!   a file moved to another repository nor lowered parameters go unnoticed.
 //! - [`Sealer`] seals each object with AES-256-GCM under a key of its own: a random
 //!   24-byte salt per object, and the object key a keyed BLAKE3 of that salt (the
@@ -103,6 +102,69 @@ impl MasterKey {
     }
 }
 
+/// The keys of an open encrypted repository, derived once from its master key. Shared
+/// by every thread of a command (`Arc`).
+pub struct RepoKeys {
+    master: MasterKey,
+    id_key: Zeroizing<[u8; KEY_LEN]>,
+    sealer: Sealer,
+    chunker_secret: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl std::fmt::Debug for RepoKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RepoKeys(..)")
+    }
+}
+
+impl RepoKeys {
+    pub fn new(master: MasterKey) -> Self {
+        RepoKeys {
+            id_key: master.chunk_id_key(),
+            sealer: master.sealer(),
+            chunker_secret: master.chunker_secret(),
+            master,
+        }
+    }
+
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// The id of a blob with these bytes: keyed BLAKE3, so ids tell nothing about
+    /// content to whoever lacks the key.
+    pub fn blob_id(&self, bytes: &[u8]) -> crate::ids::BlobId {
+        crate::ids::BlobId(*blake3::keyed_hash(&self.id_key, bytes).as_bytes())
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// The chunker's secret (FORMAT.md, section 7.2).
+    pub fn chunker_secret(&self) -> &[u8; KEY_LEN] {
+        &self.chunker_secret
+    }
+}
+
+/// `plaintext` framed for sealing: its length (u32), the bytes, then zeros up to the
+/// Padmé length of the whole, so sealed sizes say little about content sizes.
+pub fn pad(plaintext: &[u8]) -> Vec<u8> {
+    let framed = 4 + plaintext.len() as u64;
+    let mut out = Vec::with_capacity(padme(framed) as usize + SALT_LEN + TAG_LEN);
+    out.extend_from_slice(&(plaintext.len() as u32).to_le_bytes());
+    out.extend_from_slice(plaintext);
+    out.resize(padme(framed) as usize, 0);
+    out
+}
+
+/// The bytes [`pad`] framed, or `None` when the frame is inconsistent.
+pub fn unpad(framed: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_le_bytes(framed.get(..4)?.try_into().ok()?) as usize;
+    let body = framed.get(4..4 + len)?;
+    framed[4 + len..].iter().all(|&b| b == 0).then_some(body)
+}
+
 /// What a sealed object is; part of its associated data, so one kind cannot pass for
 /// another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +242,50 @@ fn open_with(key: &[u8; KEY_LEN], ad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Sealer {
+    /// `salt || sealed(pad(plaintext)) || tag`, bound to `kind` and `id`, built in one
+    /// buffer (one copy of the plaintext): how blobs, TOCs and snapshots are sealed.
+    pub fn seal_padded(&self, kind: SealedKind, id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let salt: [u8; SALT_LEN] = random()?;
+        let framed = padme(4 + plaintext.len() as u64) as usize;
+        let mut out = Vec::with_capacity(SALT_LEN + framed + TAG_LEN);
+        out.extend_from_slice(&salt);
+        out.extend_from_slice(&(plaintext.len() as u32).to_le_bytes());
+        out.extend_from_slice(plaintext);
+        out.resize(SALT_LEN + framed, 0);
+        let tag = object_key(&self.key, &salt)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(associated(kind, id)),
+                &mut out[SALT_LEN..],
+            )
+            .map_err(|_| Error::BadKey {
+                what: "sealing".into(),
+                reason: "message too long for AES-GCM".into(),
+            })?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// The plaintext of what [`Sealer::seal_padded`] made as `kind` and `id`.
+    pub fn open_padded(
+        &self,
+        kind: SealedKind,
+        id: &[u8],
+        sealed: &[u8],
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let framed = self.open(kind, id, sealed, what)?;
+        let body = unpad(&framed).ok_or_else(|| Error::Unauthenticated {
+            what: format!("{what} (inconsistent padding)"),
+        })?;
+        // Usually most of the frame: cheaper to shift in place than to copy anew.
+        let len = body.len();
+        let mut framed = framed;
+        framed.copy_within(4..4 + len, 0);
+        framed.truncate(len);
+        Ok(framed)
+    }
+
     /// `salt || ciphertext || tag` of `plaintext`, bound to `kind` and `id`.
     pub fn seal(&self, kind: SealedKind, id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         seal_with(&self.key, &associated(kind, id), plaintext)
@@ -284,16 +390,18 @@ pub struct KeyFile {
     pub created: jiff::Timestamp,
 }
 
-fn wrap_ad(repo_id: &[u8], params: &KdfParams) -> Vec<u8> {
-    let mut ad = b"dedisk2 key".to_vec();
-    ad.extend_from_slice(repo_id);
-    for v in [params.m_kib, params.t, params.p] {
-        ad.extend_from_slice(&v.to_le_bytes());
-    }
-    ad
-}
-
 impl KeyFile {
+    /// The associated data the wrapped key is sealed with: the repository id and every
+    /// other field of the file, so no byte of a key file can change unnoticed.
+    fn wrap_ad(&self, repo_id: &[u8]) -> Vec<u8> {
+        let mut fields = self.clone();
+        fields.wrapped = String::new();
+        let mut ad = b"dedisk2 key".to_vec();
+        ad.extend_from_slice(repo_id);
+        ad.extend_from_slice(&serde_json::to_vec(&fields).expect("key file serializes"));
+        ad
+    }
+
     /// Wraps `master` under `password` for the repository `repo_id`.
     pub fn wrap(
         master: &MasterKey,
@@ -306,18 +414,51 @@ impl KeyFile {
             what: "new key".into(),
             reason,
         })?;
+        crate::names::check_label(label).map_err(|reason| Error::BadKey {
+            what: "new key's label".into(),
+            reason,
+        })?;
         let salt: [u8; 32] = random()?;
         let wk = params.wrapping_key(password, &salt)?;
-        let wrapped = seal_with(&wk, &wrap_ad(repo_id, &params), master.expose())?;
-        Ok(KeyFile {
+        let mut kf = KeyFile {
             version: KEY_FILE_VERSION,
             kdf: "argon2id".into(),
             params,
             salt: hex::encode(salt),
-            wrapped: hex::encode(wrapped),
+            wrapped: String::new(),
             label: label.into(),
-            created: jiff::Timestamp::now(),
-        })
+            // Whole seconds: the file's text is canonical (see `parse`).
+            created: jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+                .expect("now is a valid timestamp"),
+        };
+        kf.wrapped = hex::encode(seal_with(&wk, &kf.wrap_ad(repo_id), master.expose())?);
+        Ok(kf)
+    }
+
+    /// The file's bytes: pretty JSON and a newline, the only form [`KeyFile::parse`]
+    /// accepts.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = serde_json::to_vec_pretty(self).expect("key file serializes");
+        b.push(b'\n');
+        b
+    }
+
+    /// Parses a key file, which must be exactly in the form [`KeyFile::to_bytes`]
+    /// writes: with the wrapped key's associated data covering every field, any changed
+    /// byte is then refused, here or when the key is unwrapped.
+    pub fn parse(bytes: &[u8], what: &str) -> Result<KeyFile> {
+        let bad = |reason: String| Error::BadKey {
+            what: what.into(),
+            reason,
+        };
+        let kf: KeyFile =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a key file: {e}")))?;
+        if kf.to_bytes() != bytes {
+            return Err(bad(
+                "not in canonical form (changed by hand or damaged)".into()
+            ));
+        }
+        Ok(kf)
     }
 
     /// The master key, if `password` opens this key file for repository `repo_id`;
@@ -336,12 +477,16 @@ impl KeyFile {
         self.params.check().map_err(bad)?;
         let salt = hex::decode(&self.salt).map_err(|e| bad(format!("salt: {e}")))?;
         let wrapped = hex::decode(&self.wrapped).map_err(|e| bad(format!("wrapped key: {e}")))?;
+        // Lower-case hex only: one spelling per value, so no byte can change unnoticed.
+        if hex::encode(&salt) != self.salt || hex::encode(&wrapped) != self.wrapped {
+            return Err(bad("salt or wrapped key not in lower-case hex".into()));
+        }
         if salt.len() != 32 || wrapped.len() != SALT_LEN + KEY_LEN + TAG_LEN {
             return Err(bad("salt or wrapped key of the wrong length".into()));
         }
         let wk = self.params.wrapping_key(password, &salt)?;
         let key = Zeroizing::new(
-            open_with(&wk, &wrap_ad(repo_id, &self.params), &wrapped)
+            open_with(&wk, &self.wrap_ad(repo_id), &wrapped)
                 .ok_or_else(|| Error::WrongPassword { key: what.into() })?,
         );
         let bytes: [u8; KEY_LEN] = key
@@ -350,6 +495,68 @@ impl KeyFile {
             .map_err(|_| bad("unwrapped key of the wrong length".into()))?;
         Ok(MasterKey(bytes))
     }
+}
+
+/// The master key as people can write it down and type back in: 64 hex digits in
+/// groups of four, eight groups a line, each line ending in a check group (the first
+/// two bytes of BLAKE3 of the line's digits), so a mistyped line is named.
+pub fn paper_key(master: &MasterKey) -> String {
+    let hexkey = Zeroizing::new(hex::encode(master.expose()));
+    let mut out = String::new();
+    for (n, line) in hexkey.as_bytes().chunks(32).enumerate() {
+        let digits = std::str::from_utf8(line).expect("hex is ASCII");
+        let check = &blake3::hash(digits.as_bytes()).to_hex()[..4];
+        let groups: Vec<&str> = (0..8).map(|i| &digits[i * 4..i * 4 + 4]).collect();
+        out.push_str(&format!("{}: {} {}\n", n + 1, groups.join(" "), check));
+    }
+    out
+}
+
+/// The master key from what [`paper_key`] printed, typed back in (case, spaces and
+/// dashes do not matter; line numbers and check groups are checked).
+pub fn parse_paper_key(text: &str) -> Result<MasterKey> {
+    let bad = |reason: String| Error::BadKey {
+        what: "paper key".into(),
+        reason,
+    };
+    let mut digits = Zeroizing::new(String::new());
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.len() != 2 {
+        return Err(bad(format!("{} lines, expected 2", lines.len())));
+    }
+    for (n, line) in lines.iter().enumerate() {
+        let (num, rest) = line
+            .split_once(':')
+            .ok_or_else(|| bad(format!("line {}: no \"{}:\" in front", n + 1, n + 1)))?;
+        if num.trim() != (n + 1).to_string() {
+            return Err(bad(format!("line {} is numbered {num:?}", n + 1)));
+        }
+        let clean: String = rest
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if clean.len() != 36 || !clean.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!("line {}: expected 36 hex digits", n + 1)));
+        }
+        let (key, check) = clean.split_at(32);
+        if &blake3::hash(key.as_bytes()).to_hex()[..4] != check {
+            return Err(bad(format!(
+                "line {}: check group does not match (a typo?)",
+                n + 1
+            )));
+        }
+        digits.push_str(key);
+    }
+    let mut bytes = [0u8; KEY_LEN];
+    hex::decode_to_slice(digits.as_bytes(), &mut bytes).map_err(|e| bad(e.to_string()))?;
+    let key = MasterKey(bytes);
+    bytes.zeroize();
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -369,8 +576,22 @@ mod tests {
     fn a_key_file_opens_with_its_password_and_repository_only() {
         let master = MasterKey::generate().unwrap();
         let kf = KeyFile::wrap(&master, b"correct horse", quick(), b"repo-1", "admin").unwrap();
-        let json = serde_json::to_string(&kf).unwrap();
-        let kf: KeyFile = serde_json::from_str(&json).unwrap();
+        let bytes = kf.to_bytes();
+        let kf = KeyFile::parse(&bytes, "k").unwrap();
+        // Every byte counts: a flip is refused by the parser or by the unwrap.
+        for i in (0..bytes.len()).step_by(7) {
+            let mut t = bytes.clone();
+            t[i] ^= 0x20;
+            let opened = KeyFile::parse(&t, "k")
+                .and_then(|k| k.unwrap_key(b"correct horse", b"repo-1", "k"));
+            assert!(
+                opened.is_err(),
+                "byte {i} ({:?} -> {:?}) flipped went unnoticed: {}",
+                bytes[i] as char,
+                t[i] as char,
+                String::from_utf8_lossy(&t)
+            );
+        }
         assert_eq!(
             kf.unwrap_key(b"correct horse", b"repo-1", "k")
                 .unwrap()
@@ -452,6 +673,38 @@ mod tests {
         assert_ne!(*MasterKey::from_bytes([2; 32]).chunk_id_key(), keys[0]);
         assert_ne!(m.config_mac(b"a"), m.config_mac(b"b"));
         assert_eq!(format!("{m:?}"), "MasterKey(..)");
+    }
+
+    #[test]
+    fn a_paper_key_types_back_in_and_names_a_typo() {
+        let m = MasterKey::generate().unwrap();
+        let paper = paper_key(&m);
+        assert_eq!(paper.lines().count(), 2);
+        let back = parse_paper_key(&paper.to_uppercase().replace(' ', "-")).unwrap();
+        assert_eq!(back.expose(), m.expose());
+        let digit = paper.find(": ").unwrap() + 3;
+        let mut typo = paper.clone().into_bytes();
+        typo[digit] = if typo[digit] == b'0' { b'1' } else { b'0' };
+        let e = parse_paper_key(std::str::from_utf8(&typo).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn padded_seals_round_trip_and_hide_the_exact_length() {
+        let s = MasterKey::generate().unwrap().sealer();
+        for len in [0usize, 1, 300, 5000, 70_000] {
+            let plain = vec![9u8; len];
+            let sealed = s.seal_padded(SealedKind::PackToc, b"id", &plain).unwrap();
+            assert_eq!(
+                sealed.len() as u64,
+                padme(4 + len as u64) + (SALT_LEN + TAG_LEN) as u64
+            );
+            assert_eq!(
+                s.open_padded(SealedKind::PackToc, b"id", &sealed, "t")
+                    .unwrap(),
+                plain
+            );
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub fn write_atomic(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
         crate::lock::writer_tag(),
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
     ));
-    {
+    let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -53,7 +53,12 @@ pub fn write_atomic(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
             .open(&tmp)
             .at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
+        f.sync_all().at(&tmp)
+    })();
+    if let Err(e) = written {
+        // A full filesystem takes the name but not the bytes: leave no torn file.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     rename_durable(&tmp, path)
 }

@@ -21,7 +21,7 @@ pub enum Error {
     NotARepository { path: PathBuf },
     #[error("{path} already exists and is not empty; refusing to create a repository there")]
     AlreadyExists { path: PathBuf },
-    #[error("{path}: repository format version {found} is not supported (this dedisk reads version {supported})")]
+    #[error("{path}: repository format version {found} is not supported (this dedisk reads versions 1 to {supported})")]
     UnsupportedVersion {
         path: PathBuf,
         found: u32,
@@ -81,6 +81,12 @@ pub enum Error {
     Unauthenticated { what: String },
     #[error("{what}: {reason}")]
     BadKey { what: String, reason: String },
+    /// An encrypted repository opened without its key.
+    #[error("{path} is encrypted: a password is needed (DEDISK_PASSWORD, DEDISK_PASSWORD_FILE, DEDISK_PASSWORD_COMMAND or a terminal)")]
+    KeyNeeded { path: PathBuf },
+    /// No key file to try.
+    #[error("{path}: no key file (the repository's keys/ is empty; pass the one kept elsewhere with --key-file)")]
+    NoKeyFile { path: PathBuf },
 }
 
 impl Error {

@@ -20,12 +20,15 @@
 pub mod backend;
 pub mod blob;
 pub mod blob_reader;
+pub mod cache;
 pub mod config;
 pub mod crypto;
 pub mod durable;
 pub mod error;
+pub mod history;
 pub mod ids;
 pub mod index;
+pub mod keys;
 pub mod lock;
 pub mod manifest;
 pub mod names;
@@ -33,9 +36,12 @@ pub mod pack;
 pub mod repo;
 pub mod snapshot;
 
-pub use blob::{BlobEncoder, BlobKind, Compression, EncodedBlob};
+pub use blob::{BlobCodec, BlobEncoder, BlobKind, Compression, EncodedBlob};
 pub use blob_reader::BlobReader;
-pub use config::{ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, FORMAT_VERSION};
+pub use config::{
+    ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, FORMAT_VERSION,
+    FORMAT_VERSION_SEALED,
+};
 pub use error::{Error, Result};
 pub use ids::{BlobId, PackId, RepoId, SnapshotId};
 pub use index::{BlobLocation, Index, IndexTotals};

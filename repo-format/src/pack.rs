@@ -10,6 +10,15 @@
 //! Footer      56 bytes   toc_offset u64 | entry_count u32 | reserved u32 |
 //!                        BLAKE3(TOC) [32] | "DDSKEND1"
 //! ```
+//!
+//! Version 2 (encrypted repositories) has no clear blob headers and a sealed TOC:
+//!
+//! ```text
+//! PackHeader  16 bytes   "DDSKPACK" | version u8 = 2 | 7 reserved zero bytes
+//! Blob*                  sealed payload (stored_len bytes), nothing in between
+//! TOC                    sealed: entry_count u32 | reserved u32 | TocEntry* | padding
+//! Footer      24 bytes   toc_offset u64 | sealed_toc_len u32 | reserved u32 | "DDSKEND2"
+//! ```
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -17,17 +26,32 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::blob::{BlobKind, Compression, EncodedBlob, MAX_BLOB_BYTES};
+use crate::blob::{BlobCodec, BlobKind, Compression, EncodedBlob, MAX_BLOB_BYTES};
+use crate::crypto::{RepoKeys, SealedKind};
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{BlobId, PackId};
 
 pub const PACK_MAGIC: &[u8; 8] = b"DDSKPACK";
 pub const PACK_END_MAGIC: &[u8; 8] = b"DDSKEND1";
+pub const PACK_END_MAGIC_SEALED: &[u8; 8] = b"DDSKEND2";
 pub const PACK_VERSION: u8 = 1;
+/// The pack version of encrypted repositories.
+pub const PACK_VERSION_SEALED: u8 = 2;
 pub const PACK_HEADER_LEN: u64 = 16;
 pub const BLOB_HEADER_LEN: u64 = 48;
 pub const TOC_ENTRY_LEN: u64 = 56;
 pub const FOOTER_LEN: u64 = 56;
+pub const FOOTER_LEN_SEALED: u64 = 24;
+
+/// Bytes a pack spends on a blob beyond its payload: the clear header of version 1,
+/// nothing in version 2.
+pub fn blob_overhead(codec: &BlobCodec) -> u64 {
+    if codec.is_sealed() {
+        0
+    } else {
+        BLOB_HEADER_LEN
+    }
+}
 /// A pack may hold at most this many blobs; bounds the TOC a reader allocates.
 pub const MAX_PACK_ENTRIES: u32 = 1 << 20;
 
@@ -44,9 +68,10 @@ pub struct TocEntry {
 }
 
 impl TocEntry {
-    /// Offset of the payload (after the 48-byte blob header).
-    pub fn payload_offset(&self) -> u64 {
-        self.offset + BLOB_HEADER_LEN
+    /// Offset of the payload: after the 48-byte blob header in version 1; `offset`
+    /// itself in version 2, which has no blob headers.
+    pub fn payload_offset(&self, codec: &BlobCodec) -> u64 {
+        self.offset + blob_overhead(codec)
     }
 
     fn encode(&self) -> [u8; TOC_ENTRY_LEN as usize] {
@@ -104,6 +129,7 @@ fn encode_blob_header(blob: &EncodedBlob) -> [u8; BLOB_HEADER_LEN as usize] {
 /// and gives it its final, content-addressed name.
 pub struct PackWriter {
     tmp_path: PathBuf,
+    keys: Option<std::sync::Arc<RepoKeys>>,
     out: BufWriter<File>,
     hasher: blake3::Hasher,
     len_bytes: u64,
@@ -119,8 +145,9 @@ pub struct FinishedPack {
 }
 
 impl PackWriter {
-    /// Starts a pack at a fresh temporary path inside `tmp_dir`.
-    pub fn create(tmp_dir: &Path) -> Result<Self> {
+    /// Starts a pack at a fresh temporary path inside `tmp_dir`, of the version `codec`
+    /// writes (1 plain, 2 sealed).
+    pub fn create(tmp_dir: &Path, codec: &BlobCodec) -> Result<Self> {
         let name = hex::encode(&crate::ids::random_bytes()?[..12]);
         let tmp_path = tmp_dir.join(format!("{}pack-{name}.tmp", crate::lock::writer_tag()));
         let file = OpenOptions::new()
@@ -131,6 +158,7 @@ impl PackWriter {
             .at(&tmp_path)?;
         let mut w = PackWriter {
             tmp_path,
+            keys: codec.keys().cloned(),
             out: BufWriter::with_capacity(1 << 20, file),
             hasher: blake3::Hasher::new(),
             len_bytes: 0,
@@ -138,7 +166,11 @@ impl PackWriter {
         };
         let mut header = [0u8; PACK_HEADER_LEN as usize];
         header[..8].copy_from_slice(PACK_MAGIC);
-        header[8] = PACK_VERSION;
+        header[8] = if w.keys.is_some() {
+            PACK_VERSION_SEALED
+        } else {
+            PACK_VERSION
+        };
         w.write(&header)?;
         Ok(w)
     }
@@ -160,7 +192,9 @@ impl PackWriter {
             raw_len: blob.raw_len,
             offset: self.len_bytes,
         };
-        self.write(&encode_blob_header(blob))?;
+        if self.keys.is_none() {
+            self.write(&encode_blob_header(blob))?;
+        }
         self.write(&blob.payload)?;
         self.toc.push(entry);
         Ok(entry)
@@ -174,17 +208,36 @@ impl PackWriter {
     /// Writes the TOC and footer, fsyncs, and renames the pack into `packs_dir` under its id.
     pub fn finish(mut self, backend: &dyn crate::backend::Backend) -> Result<FinishedPack> {
         let toc_offset = self.len_bytes;
-        let mut toc_bytes = Vec::with_capacity(self.toc.len() * TOC_ENTRY_LEN as usize);
-        for e in &self.toc {
-            toc_bytes.extend_from_slice(&e.encode());
+        let mut toc_bytes = Vec::with_capacity(8 + self.toc.len() * TOC_ENTRY_LEN as usize);
+        if let Some(keys) = self.keys.clone() {
+            toc_bytes.extend_from_slice(&(self.toc.len() as u32).to_le_bytes());
+            toc_bytes.extend_from_slice(&[0; 4]);
+            for e in &self.toc {
+                toc_bytes.extend_from_slice(&e.encode());
+            }
+            let sealed = keys.sealer().seal_padded(
+                SealedKind::PackToc,
+                &sealed_toc_ad(toc_offset),
+                &toc_bytes,
+            )?;
+            let mut footer = [0u8; FOOTER_LEN_SEALED as usize];
+            footer[..8].copy_from_slice(&toc_offset.to_le_bytes());
+            footer[8..12].copy_from_slice(&(sealed.len() as u32).to_le_bytes());
+            footer[16..24].copy_from_slice(PACK_END_MAGIC_SEALED);
+            self.write(&sealed)?;
+            self.write(&footer)?;
+        } else {
+            for e in &self.toc {
+                toc_bytes.extend_from_slice(&e.encode());
+            }
+            let mut footer = [0u8; FOOTER_LEN as usize];
+            footer[..8].copy_from_slice(&toc_offset.to_le_bytes());
+            footer[8..12].copy_from_slice(&(self.toc.len() as u32).to_le_bytes());
+            footer[16..48].copy_from_slice(blake3::hash(&toc_bytes).as_bytes());
+            footer[48..56].copy_from_slice(PACK_END_MAGIC);
+            self.write(&toc_bytes)?;
+            self.write(&footer)?;
         }
-        let mut footer = [0u8; FOOTER_LEN as usize];
-        footer[..8].copy_from_slice(&toc_offset.to_le_bytes());
-        footer[8..12].copy_from_slice(&(self.toc.len() as u32).to_le_bytes());
-        footer[16..48].copy_from_slice(blake3::hash(&toc_bytes).as_bytes());
-        footer[48..56].copy_from_slice(PACK_END_MAGIC);
-        self.write(&toc_bytes)?;
-        self.write(&footer)?;
         let file = self
             .out
             .into_inner()
@@ -212,14 +265,35 @@ impl PackWriter {
     }
 }
 
-/// Reads a pack's table of contents, checking footer magic, bounds and the TOC hash.
-pub fn read_toc(file: &File, len_bytes: u64, name: &str) -> Result<Vec<TocEntry>> {
+/// The id a sealed TOC is bound to: the pack header of version 2 and where the TOC
+/// starts, so a TOC cannot be moved to another place in a pack.
+fn sealed_toc_ad(toc_offset: u64) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(17);
+    ad.extend_from_slice(PACK_MAGIC);
+    ad.push(PACK_VERSION_SEALED);
+    ad.extend_from_slice(&toc_offset.to_le_bytes());
+    ad
+}
+
+/// Reads a pack's table of contents, checking footer magic, bounds and the TOC hash
+/// (version 1) or opening the sealed TOC (version 2, when `codec` is sealed). A pack of
+/// the other version than the repository's is refused.
+pub fn read_toc(
+    file: &File,
+    len_bytes: u64,
+    name: &str,
+    codec: &BlobCodec,
+) -> Result<Vec<TocEntry>> {
     let bad = |offset: u64, reason: String| Error::CorruptPack {
         pack: name.to_string(),
         offset,
         reason,
     };
-    if len_bytes < PACK_HEADER_LEN + FOOTER_LEN {
+    let (want_version, footer_len) = match codec.keys() {
+        Some(_) => (PACK_VERSION_SEALED, FOOTER_LEN_SEALED),
+        None => (PACK_VERSION, FOOTER_LEN),
+    };
+    if len_bytes < PACK_HEADER_LEN + footer_len {
         return Err(bad(
             0,
             format!("file of {len_bytes} bytes is too short to be a pack"),
@@ -231,46 +305,113 @@ pub fn read_toc(file: &File, len_bytes: u64, name: &str) -> Result<Vec<TocEntry>
     if &header[..8] != PACK_MAGIC {
         return Err(bad(0, "not a dedisk pack (bad magic)".into()));
     }
-    if header[8] != PACK_VERSION {
-        return Err(bad(8, format!("unsupported pack version {}", header[8])));
+    if header[8] != want_version {
+        return Err(bad(
+            8,
+            match (header[8], codec.is_sealed()) {
+                (PACK_VERSION, true) => {
+                    "an unencrypted pack (version 1) in an encrypted repository".into()
+                }
+                (PACK_VERSION_SEALED, false) => {
+                    "an encrypted pack (version 2) in an unencrypted repository".into()
+                }
+                (v, _) => format!("unsupported pack version {v}"),
+            },
+        ));
     }
-    let footer_at = len_bytes - FOOTER_LEN;
-    let mut footer = [0u8; FOOTER_LEN as usize];
+    let footer_at = len_bytes - footer_len;
+    let mut footer = vec![0u8; footer_len as usize];
     file.read_exact_at(&mut footer, footer_at)
         .map_err(|e| bad(footer_at, format!("reading footer: {e}")))?;
-    if &footer[48..56] != PACK_END_MAGIC {
+    let magic = if codec.is_sealed() {
+        PACK_END_MAGIC_SEALED
+    } else {
+        PACK_END_MAGIC
+    };
+    if &footer[footer.len() - 8..] != magic {
         return Err(bad(
             footer_at,
             "footer magic missing (truncated pack?)".into(),
         ));
     }
     let toc_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
-    let count = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes"));
-    if count > MAX_PACK_ENTRIES {
-        return Err(bad(footer_at, format!("TOC claims {count} entries")));
-    }
-    let toc_len = count as u64 * TOC_ENTRY_LEN;
+    let count_or_len = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes"));
+    let toc_len = match codec.keys() {
+        Some(_) => count_or_len as u64,
+        None => {
+            if count_or_len > MAX_PACK_ENTRIES {
+                return Err(bad(footer_at, format!("TOC claims {count_or_len} entries")));
+            }
+            count_or_len as u64 * TOC_ENTRY_LEN
+        }
+    };
     if toc_offset.checked_add(toc_len) != Some(footer_at) || toc_offset < PACK_HEADER_LEN {
         return Err(bad(
             footer_at,
-            "TOC offset and entry count do not fit the file".into(),
+            "TOC offset and length do not fit the file".into(),
+        ));
+    }
+    if toc_len > 8 + MAX_PACK_ENTRIES as u64 * TOC_ENTRY_LEN * 9 / 8 + 64 {
+        return Err(bad(
+            footer_at,
+            format!("TOC of {toc_len} bytes is larger than any pack holds"),
         ));
     }
     let mut toc = vec![0u8; toc_len as usize];
     file.read_exact_at(&mut toc, toc_offset)
         .map_err(|e| bad(toc_offset, format!("reading TOC: {e}")))?;
-    if blake3::hash(&toc).as_bytes() != &footer[16..48] {
-        return Err(bad(toc_offset, "TOC checksum mismatch".into()));
-    }
-    let mut entries = Vec::with_capacity(count as usize);
-    for (i, raw) in toc.chunks_exact(TOC_ENTRY_LEN as usize).enumerate() {
+    let entries_at;
+    let toc = match codec.keys() {
+        Some(keys) => {
+            let plain = keys
+                .sealer()
+                .open_padded(SealedKind::PackToc, &sealed_toc_ad(toc_offset), &toc, "TOC")
+                .map_err(|_| {
+                    bad(
+                        toc_offset,
+                        "sealed TOC does not authenticate (damaged, forged or from another place)"
+                            .into(),
+                    )
+                })?;
+            let count = u32::from_le_bytes(
+                plain
+                    .get(..4)
+                    .ok_or_else(|| bad(toc_offset, "empty TOC".into()))?
+                    .try_into()
+                    .expect("4 bytes"),
+            );
+            if count > MAX_PACK_ENTRIES || plain.len() as u64 != 8 + count as u64 * TOC_ENTRY_LEN {
+                return Err(bad(
+                    toc_offset,
+                    format!(
+                        "sealed TOC of {} bytes does not hold {count} entries",
+                        plain.len()
+                    ),
+                ));
+            }
+            entries_at = 8;
+            plain
+        }
+        None => {
+            if blake3::hash(&toc).as_bytes() != &footer[16..48] {
+                return Err(bad(toc_offset, "TOC checksum mismatch".into()));
+            }
+            entries_at = 0;
+            toc
+        }
+    };
+    let mut entries = Vec::with_capacity((toc.len() - entries_at) / TOC_ENTRY_LEN as usize);
+    for (i, raw) in toc[entries_at..]
+        .chunks_exact(TOC_ENTRY_LEN as usize)
+        .enumerate()
+    {
         let at = toc_offset + i as u64 * TOC_ENTRY_LEN;
         let e = TocEntry::decode(raw, name, at)?;
-        let end = e.payload_offset().checked_add(e.stored_len as u64);
+        let end = e.payload_offset(codec).checked_add(e.stored_len as u64);
         if e.offset < PACK_HEADER_LEN || end.is_none_or(|end| end > toc_offset) {
             return Err(bad(at, format!("entry {i} points outside the blob area")));
         }
-        if e.raw_len as usize > MAX_BLOB_BYTES || e.stored_len as usize > MAX_BLOB_BYTES + 1024 {
+        if e.raw_len as usize > MAX_BLOB_BYTES || e.stored_len as usize > MAX_STORED_BYTES {
             return Err(bad(at, format!("entry {i} claims an oversized blob")));
         }
         entries.push(e);
@@ -278,18 +419,28 @@ pub fn read_toc(file: &File, len_bytes: u64, name: &str) -> Result<Vec<TocEntry>
     Ok(entries)
 }
 
-/// Reads a blob's payload and checks its header against what the index or TOC said.
-pub fn read_payload(file: &File, pack: PackId, entry: &TocEntry) -> Result<Vec<u8>> {
+/// Largest stored payload: the largest blob, Padmé-padded (at most 12 %) and sealed.
+pub const MAX_STORED_BYTES: usize = MAX_BLOB_BYTES + MAX_BLOB_BYTES / 8 + 1024;
+
+/// Reads a blob's stored payload; in version 1 also checks its header names the blob
+/// the index or TOC said (version 2 has no header: the payload's seal binds its id).
+pub fn read_payload(
+    file: &File,
+    pack: PackId,
+    entry: &TocEntry,
+    codec: &BlobCodec,
+) -> Result<Vec<u8>> {
     let corrupt = |reason: String| Error::CorruptBlob {
         blob: entry.id,
         pack,
         offset: entry.offset,
         reason,
     };
-    if entry.stored_len as usize > MAX_BLOB_BYTES + 1024 {
+    if entry.stored_len as usize > MAX_STORED_BYTES {
         return Err(corrupt("stored length exceeds the format limit".into()));
     }
-    let mut buf = vec![0u8; BLOB_HEADER_LEN as usize + entry.stored_len as usize];
+    let header = blob_overhead(codec) as usize;
+    let mut buf = vec![0u8; header + entry.stored_len as usize];
     file.read_exact_at(&mut buf, entry.offset).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             corrupt("pack ends before the blob (truncated pack)".into())
@@ -297,10 +448,12 @@ pub fn read_payload(file: &File, pack: PackId, entry: &TocEntry) -> Result<Vec<u
             corrupt(format!("read failed: {e}"))
         }
     })?;
-    if buf[..32] != entry.id.0 {
-        return Err(corrupt("blob header names a different id".into()));
+    if header > 0 {
+        if buf[..32] != entry.id.0 {
+            return Err(corrupt("blob header names a different id".into()));
+        }
+        buf.drain(..header);
     }
-    buf.drain(..BLOB_HEADER_LEN as usize);
     Ok(buf)
 }
 
@@ -310,8 +463,8 @@ mod tests {
     use crate::blob::{decode_blob, BlobEncoder, BlobOrigin};
 
     fn write_pack(dir: &Path, blobs: &[Vec<u8>]) -> FinishedPack {
-        let mut enc = BlobEncoder::new(3).unwrap();
-        let mut w = PackWriter::create(dir).unwrap();
+        let mut enc = BlobEncoder::new(3, BlobCodec::plain()).unwrap();
+        let mut w = PackWriter::create(dir, &BlobCodec::plain()).unwrap();
         for b in blobs {
             w.add(&enc.encode(BlobKind::Data, b).unwrap()).unwrap();
         }
@@ -332,10 +485,10 @@ mod tests {
             PackId(*blake3::hash(&std::fs::read(&path).unwrap()).as_bytes()),
             p.id
         );
-        let toc = read_toc(&f, len, "t").unwrap();
+        let toc = read_toc(&f, len, "t", &BlobCodec::plain()).unwrap();
         assert_eq!(toc, p.entries);
         for (e, raw) in toc.iter().zip(&blobs) {
-            let payload = read_payload(&f, p.id, e).unwrap();
+            let payload = read_payload(&f, p.id, e, &BlobCodec::plain()).unwrap();
             let origin = BlobOrigin {
                 pack: p.id,
                 offset: e.offset,
@@ -367,14 +520,23 @@ mod tests {
             let t = dir.path().join(format!("cut{cut}"));
             std::fs::write(&t, &bytes[..cut]).unwrap();
             let f = File::open(&t).unwrap();
-            assert!(read_toc(&f, cut as u64, "cut").is_err(), "cut at {cut}");
+            assert!(
+                read_toc(&f, cut as u64, "cut", &BlobCodec::plain()).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut flipped = bytes.clone();
         let toc_at = bytes.len() - 56 - 2 * 56 + 3;
         flipped[toc_at] ^= 0x40;
         let t = dir.path().join("flip");
         std::fs::write(&t, &flipped).unwrap();
-        let err = read_toc(&File::open(&t).unwrap(), flipped.len() as u64, "flip").unwrap_err();
+        let err = read_toc(
+            &File::open(&t).unwrap(),
+            flipped.len() as u64,
+            "flip",
+            &BlobCodec::plain(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
     }
 }

@@ -7,16 +7,25 @@
 //! REPO/snapshots/<64 hex>.json     immutable, content-addressed
 //! REPO/index.sqlite (+ -wal, -shm) cache, rebuildable from packs
 //! REPO/tmp/                        packs and files being written
-//! REPO/locks/                      reserved for repository locks
+//! REPO/locks/                      repository locks
+//! REPO/keys/                       key files (encrypted repositories)
 //! ```
+//!
+//! An encrypted repository keeps its index in this host's cache instead
+//! ([`crate::cache`]): in the repository it would tell whoever holds it every blob's
+//! size and kind.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use crate::backend::{Backend, LocalDir, ObjectKind};
+use crate::blob::{BlobCodec, BlobDecoder, BlobEncoder};
 use crate::config::RepoConfig;
+use crate::crypto::{KeyFile, MasterKey, RepoKeys, SealedKind};
 use crate::durable::{sync_dir, write_atomic};
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{PackId, SnapshotId};
@@ -64,6 +73,10 @@ pub struct Repository {
     local: LocalDir,
     root: PathBuf,
     config: RepoConfig,
+    /// Plain, or the keys of an encrypted repository.
+    codec: BlobCodec,
+    /// Where `index.sqlite` lives: the repository, or this host's cache (encrypted).
+    index_dir: PathBuf,
     index_mode: IndexMode,
     /// Serialises [`Repository::recover_index`] within the process, and holds the
     /// in-memory index a read-only repository falls back to when its file is damaged.
@@ -73,8 +86,31 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Creates a new repository at `root`, which must not exist or be an empty directory.
+    /// Creates a new unencrypted (version 1) repository at `root`, which must not exist
+    /// or be an empty directory.
     pub fn init(root: &Path, config: RepoConfig) -> Result<Repository> {
+        Repository::create(root, config, None)
+    }
+
+    /// Creates a new encrypted (version 2) repository under `master`, whose first key
+    /// file `key` goes into `keys/`, or to `external` (a path outside the repository)
+    /// when given.
+    pub fn init_encrypted(
+        root: &Path,
+        mut config: RepoConfig,
+        master: MasterKey,
+        key: &KeyFile,
+        external: Option<&Path>,
+    ) -> Result<Repository> {
+        config.seal(&master);
+        Repository::create(root, config, Some((master, key, external)))
+    }
+
+    fn create(
+        root: &Path,
+        config: RepoConfig,
+        key: Option<(MasterKey, &KeyFile, Option<&Path>)>,
+    ) -> Result<Repository> {
         config.validate().map_err(|reason| Error::BadConfig {
             path: root.join(CONFIG_FILE),
             reason,
@@ -89,30 +125,58 @@ impl Repository {
         for dir in ["", "packs", "snapshots", "tmp", "locks"] {
             crate::durable::create_private_dir(&root.join(dir))?;
         }
-        Index::open(&root.join(INDEX_FILE))?;
+        let master = match key {
+            Some((master, key, external)) => {
+                match external {
+                    Some(path) => crate::keys::write_external(path, key)?,
+                    None => {
+                        crate::keys::add(root, key)?;
+                    }
+                }
+                Some(master)
+            }
+            None => None,
+        };
+        let repo = Repository::at(root, config, master);
+        crate::durable::create_private_dir(&repo.index_dir)?;
+        // A stale index of an earlier repository with this id cannot exist (ids are
+        // random); a leftover file from a failed init of this one is replaced.
+        let _ = fs::remove_file(repo.index_path());
+        Index::open(&repo.index_path())?;
         // Config last: a directory without it is not (yet) a repository.
-        let bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
+        let mut bytes = serde_json::to_vec_pretty(&repo.config).expect("config serializes");
+        bytes.push(b'\n');
         write_atomic(&root.join(CONFIG_FILE), &root.join("tmp"), &bytes)?;
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
-        Ok(Repository::at(root, config))
+        Ok(repo)
     }
 
     /// The handle on the repository at `root` with `config`, before its index is opened.
-    fn at(root: &Path, config: RepoConfig) -> Repository {
+    fn at(root: &Path, config: RepoConfig, master: Option<MasterKey>) -> Repository {
+        let (codec, index_dir) = match master {
+            Some(m) => (
+                BlobCodec::sealed(Arc::new(RepoKeys::new(m))),
+                crate::cache::dir_for(&config.repo_id),
+            ),
+            None => (BlobCodec::plain(), root.into()),
+        };
         Repository {
             local: LocalDir::new(root),
             root: root.into(),
             config,
+            codec,
+            index_dir,
             index_mode: IndexMode::ReadWrite,
             recovery: Default::default(),
             index_repair: IndexRepair::default(),
         }
     }
 
-    /// Opens an existing repository, rebuilding or reconciling its index with the packs.
-    pub fn open(root: &Path) -> Result<Repository> {
+    /// Reads and checks `config.json` of the repository at `root` (the MAC of an
+    /// encrypted one is checked when it is opened with its key).
+    pub fn read_config(root: &Path) -> Result<RepoConfig> {
         let config_path = root.join(CONFIG_FILE);
         let bytes = match fs::read(&config_path) {
             Ok(b) => b,
@@ -122,7 +186,57 @@ impl Repository {
             Err(e) => return Err(Error::io(config_path, e)),
         };
         let config = RepoConfig::parse(&config_path, &bytes)?;
-        let mut repo = Repository::at(root, config);
+        if config.is_encrypted() {
+            // Canonical form only, so that no byte of it can change unnoticed (the MAC
+            // covers the values, this the spelling).
+            let mut canonical = serde_json::to_vec_pretty(&config).expect("config serializes");
+            canonical.push(b'\n');
+            if canonical != bytes {
+                return Err(Error::BadConfig {
+                    path: config_path,
+                    reason: "not in canonical form (changed by hand or damaged)".into(),
+                });
+            }
+        }
+        Ok(config)
+    }
+
+    /// Opens an existing unencrypted repository, rebuilding or reconciling its index
+    /// with the packs. An encrypted one is [`Error::KeyNeeded`]: see
+    /// [`Repository::open_with_key`].
+    pub fn open(root: &Path) -> Result<Repository> {
+        let config = Repository::read_config(root)?;
+        if config.is_encrypted() {
+            return Err(Error::KeyNeeded { path: root.into() });
+        }
+        Repository::open_config(root, config, None)
+    }
+
+    /// Opens a repository with `master` (from [`crate::keys::unlock`]); an unencrypted
+    /// repository ignores it.
+    pub fn open_with_key(root: &Path, master: MasterKey) -> Result<Repository> {
+        let config = Repository::read_config(root)?;
+        if !config.is_encrypted() {
+            return Repository::open_config(root, config, None);
+        }
+        config.check_mac(&root.join(CONFIG_FILE), &master)?;
+        Repository::open_config(root, config, Some(master))
+    }
+
+    fn open_config(
+        root: &Path,
+        config: RepoConfig,
+        master: Option<MasterKey>,
+    ) -> Result<Repository> {
+        let mut repo = Repository::at(root, config, master);
+        if repo.codec.is_sealed() && writable(root) {
+            crate::durable::create_private_dir(&repo.index_dir)?;
+            if !repo.index_path().exists() {
+                // A host's first look at this repository (or a cache cleared): routine,
+                // no warning; the reconciliation below fills it from the packs' TOCs.
+                Index::open(&repo.index_path())?;
+            }
+        }
         if !writable(root) || (repo.index_path().exists() && !writable(&repo.index_path())) {
             // Listing, restoring, mounting and verifying need no write (issue 11).
             repo.open_read_only()?;
@@ -185,7 +299,7 @@ impl Repository {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
-        let aside = self.root.join(format!(
+        let aside = self.index_dir.join(format!(
             "index-broken-{}.{:09}.sqlite",
             now.as_secs(),
             now.subsec_nanos()
@@ -237,6 +351,31 @@ impl Repository {
     /// False when this process cannot write the repository: it is used read-only.
     pub fn is_writable(&self) -> bool {
         matches!(self.index_mode, IndexMode::ReadWrite)
+    }
+
+    /// How this repository names, seals and opens blobs.
+    pub fn codec(&self) -> &BlobCodec {
+        &self.codec
+    }
+
+    /// Whether the repository is encrypted (format version 2).
+    pub fn is_encrypted(&self) -> bool {
+        self.codec.is_sealed()
+    }
+
+    /// An encoder of new blobs at the repository's compression level.
+    pub fn blob_encoder(&self) -> Result<BlobEncoder> {
+        BlobEncoder::new(self.config.compression.level, self.codec.clone())
+    }
+
+    /// A decoder of stored blobs.
+    pub fn blob_decoder(&self) -> Result<BlobDecoder> {
+        BlobDecoder::new(self.codec.clone())
+    }
+
+    /// The id of a blob holding `bytes` in this repository.
+    pub fn blob_id(&self, bytes: &[u8]) -> crate::ids::BlobId {
+        self.codec.id_of(bytes)
     }
 
     /// The storage the repository's objects go to and come from.
@@ -348,7 +487,12 @@ impl Repository {
     }
 
     pub fn index_path(&self) -> PathBuf {
-        self.root.join(INDEX_FILE)
+        self.index_dir.join(INDEX_FILE)
+    }
+
+    /// This host's cache folder for the repository (FORMAT.md, section 10.5).
+    pub fn cache_dir(&self) -> PathBuf {
+        crate::cache::dir_for(&self.config.repo_id)
     }
 
     /// Called by a reader whose index connection `broken` met a damaged index (one
@@ -468,7 +612,7 @@ impl Repository {
             Err(e) => return Err(Error::io(path, e)),
         };
         let len = file.metadata().at(path)?.len();
-        match read_toc(&file, len, &id.to_hex()) {
+        match read_toc(&file, len, &id.to_hex(), &self.codec) {
             Ok(entries) => {
                 idx.add_pack(id, len, &entries)?;
                 Ok(true)
@@ -521,8 +665,10 @@ impl Repository {
 
     /// Rebuilds the index from the packs alone, into a new file that replaces the old one.
     pub fn rebuild_index(&self) -> Result<IndexRepair> {
+        // Beside the live index (the repository's tmp/ may be another filesystem than
+        // the cache an encrypted repository's index lives in).
         let tmp = self
-            .tmp_dir()
+            .index_dir
             .join(format!("{}index-rebuild.sqlite", crate::lock::writer_tag()));
         for suffix in ["", "-wal", "-shm"] {
             let _ = fs::remove_file(format!("{}{suffix}", tmp.display()));
@@ -562,7 +708,16 @@ impl Repository {
     /// A snapshot that [`Snapshot::validate`] refuses is never written.
     pub fn write_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
         snap.validate().map_err(Error::InvalidSnapshot)?;
-        let (id, bytes) = snap.encode();
+        let (id, bytes) = match self.codec.keys() {
+            None => snap.encode(),
+            Some(keys) => {
+                let (_, json) = snap.encode();
+                let sealed = keys
+                    .sealer()
+                    .seal_padded(SealedKind::Snapshot, &[], &json)?;
+                (SnapshotId(*blake3::hash(&sealed).as_bytes()), sealed)
+            }
+        };
         self.local
             .put_bytes(ObjectKind::Snapshot, &id.to_hex(), &bytes)?;
         Ok(id)
@@ -598,7 +753,25 @@ impl Repository {
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let path = self.local.path(ObjectKind::Snapshot, &id.to_hex());
         let bytes = self.local.get(ObjectKind::Snapshot, &id.to_hex())?;
-        Snapshot::decode(&path, *id, &bytes)
+        match self.codec.keys() {
+            None => Snapshot::decode(&path, *id, &bytes),
+            Some(keys) => {
+                let bad = |reason: &str| Error::CorruptSnapshot {
+                    path: path.clone(),
+                    reason: reason.into(),
+                };
+                if blake3::hash(&bytes).as_bytes() != &id.0 {
+                    return Err(bad("content does not match the file name's hash"));
+                }
+                let json = keys
+                    .sealer()
+                    .open_padded(SealedKind::Snapshot, &[], &bytes, "snapshot")
+                    .map_err(|_| {
+                        bad("does not authenticate under this repository's key (damaged or forged)")
+                    })?;
+                Snapshot::decode(&path, Snapshot::id_of_json(&json), &json)
+            }
+        }
     }
 }
 
@@ -619,7 +792,7 @@ fn cannot_write(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::{BlobEncoder, BlobKind};
+    use crate::blob::BlobKind;
     use crate::blob_reader::BlobReader;
     use crate::ids::BlobId;
     use crate::pack::PackWriter;
@@ -631,8 +804,8 @@ mod tests {
 
     /// Writes one pack of `blobs` into the repository, indexed unless `index` is false.
     fn pack(repo: &Repository, blobs: &[&[u8]], index: bool) -> (PackId, Vec<BlobId>) {
-        let mut enc = BlobEncoder::new(3).unwrap();
-        let mut w = PackWriter::create(&repo.tmp_dir()).unwrap();
+        let mut enc = repo.blob_encoder().unwrap();
+        let mut w = PackWriter::create(&repo.tmp_dir(), repo.codec()).unwrap();
         let mut ids = Vec::new();
         for b in blobs {
             let e = enc.encode(BlobKind::Data, b).unwrap();
@@ -744,6 +917,7 @@ mod tests {
             }],
             meta: vec![],
             program_version: "t".into(),
+            previous: None,
         };
         let late = r.write_snapshot(&mk("2026-11-23T00:00:00Z")).unwrap();
         let early = r.write_snapshot(&mk("2026-11-22T00:00:00Z")).unwrap();

@@ -104,6 +104,10 @@ pub struct Snapshot {
     pub meta: Vec<SnapshotMeta>,
     /// The dedisk version that wrote it.
     pub program_version: String,
+    /// The newest snapshot of the same VM in the repository when this one was written
+    /// (absent for a VM's first): a chain in which a deleted snapshot leaves a gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<SnapshotId>,
 }
 
 impl Snapshot {
@@ -113,6 +117,11 @@ impl Snapshot {
         let mut bytes = serde_json::to_vec_pretty(self).expect("snapshot serializes");
         bytes.push(b'\n');
         (SnapshotId(*blake3::hash(&bytes).as_bytes()), bytes)
+    }
+
+    /// The id a plaintext snapshot file of these bytes has (BLAKE3).
+    pub fn id_of_json(bytes: &[u8]) -> SnapshotId {
+        SnapshotId(*blake3::hash(bytes).as_bytes())
     }
 
     /// Parses a snapshot file, checking that its content matches its name.
@@ -241,6 +250,7 @@ mod tests {
             disks: vec![disk("vda"), disk("vdb")],
             meta: vec![],
             program_version: "0.1.0".into(),
+            previous: None,
         }
     }
 

@@ -6,7 +6,7 @@
 use std::fs::File;
 
 use proptest::prelude::*;
-use repo_format::blob::{BlobKind, Compression};
+use repo_format::blob::{BlobCodec, BlobKind, Compression};
 use repo_format::manifest::{ChildRef, Extent, Node};
 use repo_format::pack::{read_toc, PackWriter, BLOB_HEADER_LEN, TOC_ENTRY_LEN};
 use repo_format::{BlobId, EncodedBlob, ManifestRoot, Snapshot, SnapshotDisk, SnapshotId};
@@ -24,7 +24,7 @@ fn one_blob_pack() -> (tempfile::TempDir, Vec<u8>, BlobId) {
     let dir = tempfile::tempdir().unwrap();
     let raw = b"hello".to_vec();
     let id = BlobId::of(&raw);
-    let mut w = PackWriter::create(dir.path()).unwrap();
+    let mut w = PackWriter::create(dir.path(), &BlobCodec::plain()).unwrap();
     w.add(&EncodedBlob {
         id,
         kind: BlobKind::Data,
@@ -79,7 +79,13 @@ fn pack_bytes_follow_format_section_4() {
     assert_eq!(hex::encode(&b), PACK_GOLDEN.trim());
     let path = _dir.path().join("golden.pack");
     std::fs::write(&path, &b).unwrap();
-    let toc = read_toc(&File::open(&path).unwrap(), b.len() as u64, "golden").unwrap();
+    let toc = read_toc(
+        &File::open(&path).unwrap(),
+        b.len() as u64,
+        "golden",
+        &BlobCodec::plain(),
+    )
+    .unwrap();
     assert_eq!(toc.len(), 1);
     assert_eq!(toc[0].offset, 16);
 }
@@ -148,6 +154,7 @@ fn snapshot_fixture() -> Snapshot {
         }],
         meta: vec![],
         program_version: "0.1.0".into(),
+        previous: None,
     }
 }
 

@@ -27,9 +27,12 @@ pub fn is_root() -> bool {
 
 /// Runs a shell command, panicking with its output if it fails.
 pub fn sh(cmd: &str) -> String {
+    // The dedisk a pipeline runs gets what [`dedisk`] gives it.
     let out = Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .env("DEDISK_PASSWORD", PASSWORD)
+        .env("DEDISK_CACHE_DIR", cache_dir())
         .output()
         .expect("sh runs");
     assert!(
@@ -49,13 +52,28 @@ fn scratch_cwd() -> &'static Path {
         .path()
 }
 
-/// The dedisk binary under test.
+/// The password every test repository is made with (encrypted unless a test says
+/// `--encryption none`).
+pub const PASSWORD: &str = "test password";
+
+/// The dedisk binary under test: run in a scratch directory, with [`PASSWORD`] and a
+/// cache of its own (encrypted repositories keep their index there).
 pub fn dedisk() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dedisk"));
     c.env_remove("DEDISK_REPO")
+        .env_remove("DEDISK_PASSWORD_FILE")
+        .env_remove("DEDISK_PASSWORD_COMMAND")
+        .env_remove("DEDISK_KEY_FILE")
+        .env("DEDISK_PASSWORD", PASSWORD)
+        .env("DEDISK_CACHE_DIR", scratch_cwd().join("cache"))
         .env("RUST_LOG", "warn")
         .current_dir(scratch_cwd());
     c
+}
+
+/// The cache directory [`dedisk`] runs with.
+pub fn cache_dir() -> PathBuf {
+    scratch_cwd().join("cache")
 }
 
 /// `dedisk --repo REPO backup -q --name NAME DISK...`, insisting on success; returns
@@ -208,8 +226,44 @@ pub fn have_image_tools() -> bool {
     have("mkfs.ext4") && have("sfdisk") && have("debugfs") && have("sha256sum")
 }
 
-/// Reads the snapshot files of a repository (for checks below the CLI).
+/// The index file of `repo`: in the repository (version 1), or in the cache of the
+/// dedisk under test (an encrypted repository's index never lives beside its data).
+pub fn index_file(repo: &Path) -> PathBuf {
+    if !is_encrypted(repo) {
+        return repo.join("index.sqlite");
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("config.json")).unwrap()).unwrap();
+    cache_dir()
+        .join(config["repo_id"].as_str().unwrap())
+        .join("index.sqlite")
+}
+
+/// Whether the repository at `repo` is encrypted (format version 2).
+pub fn is_encrypted(repo: &Path) -> bool {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("config.json")).unwrap()).unwrap();
+    config["format_version"] == 2
+}
+
+/// The snapshot records of a repository (for checks below the CLI): its files, or for
+/// an encrypted repository what `snapshots --json --full` decrypts of them.
 pub fn snapshot_files(repo: &Path) -> Vec<serde_json::Value> {
+    if is_encrypted(repo) {
+        let out = run(&["--json", "--repo", p(repo), "snapshots", "--full"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let list = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["type"] == "snapshots")
+            .unwrap_or_else(|| panic!("no snapshot list: {text}"));
+        return list["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["record"].clone())
+            .collect();
+    }
     let mut out = vec![];
     for e in std::fs::read_dir(repo.join("snapshots")).unwrap() {
         let p = e.unwrap().path();
@@ -236,9 +290,14 @@ pub fn p(path: &Path) -> &str {
 }
 
 /// `dedisk init` a repository at DIR/repo (with extra init flags) and return its path.
+/// Encrypted (with the cheapest argon2id the format allows, so that the hundreds of
+/// commands the tests run stay quick) unless the flags say `--encryption none`.
 pub fn new_repo(dir: &Path, init_flags: &[&str]) -> PathBuf {
     let repo = dir.join("repo");
     let mut args = vec!["init"];
+    if !init_flags.contains(&"none") {
+        args.extend_from_slice(&["--kdf-memory", "8", "--kdf-passes", "1", "--kdf-lanes", "1"]);
+    }
     args.extend_from_slice(init_flags);
     args.push(p(&repo));
     ok(&args);

@@ -9,8 +9,10 @@ use crate::helpers::*;
 
 /// A repository with one snapshot of VM `vm` holding disks `vda`, `vdb` and a metadata
 /// file `domain.xml`; returns (repo, vda image).
+/// Unencrypted, so that tests can forge its snapshot files the way a hostile writer of
+/// a plaintext repository (or one holding the key) could.
 fn two_disk_repo(dir: &Path) -> (PathBuf, PathBuf) {
-    let repo = new_repo(dir, &[]);
+    let repo = new_repo(dir, &["--encryption", "none"]);
     let vda = random_image(dir, "vda.img", 300_000, 1 << 20);
     let vdb = random_image(dir, "vdb.img", 100_000, 1 << 20);
     let xml = dir.join("domain.xml");

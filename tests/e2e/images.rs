@@ -690,6 +690,8 @@ fn a_dynamic_vhd_streams_from_a_pipe_block_by_block() {
     // `cat |`: a real pipe, as `xe vdi-export format=vhd` writes into.
     let piped = |image: &Path, name: &str| {
         std::process::Command::new("sh")
+            .env("DEDISK_PASSWORD", PASSWORD)
+            .env("DEDISK_CACHE_DIR", cache_dir())
             .arg("-c")
             .arg(format!(
                 "cat '{}' | '{}' --repo '{}' backup --json --name {name} --format vhd vda=-",

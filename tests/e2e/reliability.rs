@@ -132,7 +132,7 @@ fn a_malformed_index_is_set_aside_and_rebuilt() {
     let repo = new_repo(dir, &[]);
     let img = random_image(dir, "disk.img", 3 << 20, 8 << 20);
     backup(&repo, "vm", &[p(&img)]);
-    let index = repo.join("index.sqlite");
+    let index = index_file(&repo);
     let pages = std::fs::metadata(&index).unwrap().len() / 4096;
     assert!(pages >= 2, "{pages} pages");
     for page in 0..pages.min(4) {
@@ -193,7 +193,7 @@ fn a_malformed_index_is_set_aside_and_rebuilt() {
             "{first} after page {page}: {err}"
         );
     }
-    let aside: Vec<_> = std::fs::read_dir(&repo)
+    let aside: Vec<_> = std::fs::read_dir(index.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("index-broken-"))
@@ -214,7 +214,7 @@ fn wrong_index_rows_are_found_by_verify_and_do_not_break_restores() {
     let repo = new_repo(dir, &["--pack-size", "1"]);
     let img = random_image(dir, "disk.img", 4 << 20, 8 << 20);
     backup(&repo, "vm", &[p(&img)]);
-    let index = repo.join("index.sqlite");
+    let index = index_file(&repo);
     for (what, sql) in [
         ("offset", "UPDATE blobs SET offset = offset + 1 WHERE id = (SELECT id FROM blobs WHERE kind = 1 ORDER BY id LIMIT 1)"),
         ("length", "UPDATE blobs SET stored_len = stored_len + 7 WHERE id = (SELECT id FROM blobs WHERE kind = 1 ORDER BY id LIMIT 1)"),
@@ -272,7 +272,7 @@ fn a_full_repository_filesystem_can_still_be_read() {
         .status();
     for (what, index_there) in [("with its index", true), ("without an index file", false)] {
         if !index_there {
-            std::fs::remove_file(repo.join("index.sqlite")).unwrap();
+            std::fs::remove_file(index_file(&repo)).unwrap();
             // Its space goes to the filler too.
             let _ = std::process::Command::new("dd")
                 .args([
@@ -304,11 +304,11 @@ fn a_full_repository_filesystem_can_still_be_read() {
             "{what}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(
-            std::fs::read_dir(repo.join("tmp")).unwrap().count(),
-            0,
-            "{what}: tmp/ is empty"
-        );
+        let left: Vec<_> = std::fs::read_dir(repo.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{what}: tmp/ holds {left:?}");
     }
     // A backup is refused with one clear line, not started without a lock.
     let err = fails(
@@ -374,7 +374,7 @@ fn missing_packs_are_judged_under_the_lock() {
     // The prune finishes: rows gone, lock released.
     sh(&format!(
         "python3 -c \"import sqlite3; c = sqlite3.connect('{}'); c.execute('DELETE FROM blobs'); c.execute('DELETE FROM packs'); c.commit()\"",
-        p(&repo.join("index.sqlite"))
+        p(&index_file(&repo))
     ));
     std::fs::remove_file(&lock).unwrap();
     let out = backup.wait_with_output().unwrap();

@@ -1,10 +1,11 @@
 //! `dedisk init`: a new repository.
 
 use anyhow::{bail, Context, Result};
+use repo_format::crypto::{KdfParams, KeyFile, MasterKey};
 use repo_format::{ChunkerAlgorithm, ChunkerParams, CompressionParams, RepoConfig, Repository};
 use serde_json::json;
 
-use crate::args::{ChunkerArg, Global, InitArgs};
+use crate::args::{ChunkerArg, EncryptionArg, Global, InitArgs, KdfArgs};
 use crate::context::Outcome;
 use crate::output;
 
@@ -44,14 +45,50 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
         ..CompressionParams::default()
     };
     let config = RepoConfig::new(chunker, compression, a.pack_size << 20)?;
-    let repo = Repository::init(path, config)
-        .with_context(|| format!("creating repository {}", path.display()))?;
+    let repo = match a.encryption {
+        EncryptionArg::None => {
+            if g.key_file.is_some() {
+                bail!("--key-file is for encrypted repositories; drop it or --encryption none");
+            }
+            Repository::init(path, config)
+        }
+        EncryptionArg::Aes256Gcm => {
+            // Checked before the password is asked for: nothing to type in vain.
+            if let Some(kf) = &g.key_file {
+                if kf.exists() || kf.is_symlink() {
+                    bail!(
+                        "key file {} already exists; refusing to overwrite it",
+                        kf.display()
+                    );
+                }
+            }
+            let password = crate::context::new_password(true)?;
+            let master = MasterKey::generate()?;
+            let label = key_label(a.key_label.as_deref());
+            let key = KeyFile::wrap(
+                &master,
+                &password,
+                kdf_params(&a.kdf),
+                &config.repo_id.0,
+                &label,
+            )?;
+            Repository::init_encrypted(path, config, master, &key, g.key_file.as_deref())
+        }
+    }
+    .with_context(|| format!("creating repository {}", path.display()))?;
     let c = repo.config();
     if g.json {
-        output::json(&json!({"type": "init", "repo": path, "config": c}));
+        output::json(
+            &json!({"type": "init", "repo": path, "config": c, "encrypted": repo.is_encrypted()}),
+        );
     } else {
         output::line(format!(
-            "created repository {} (id {}, chunker {} {}/{}/{} KiB, zstd level {})",
+            "created {} repository {} (id {}, chunker {} {}/{}/{} KiB, zstd level {})",
+            if repo.is_encrypted() {
+                "encrypted"
+            } else {
+                "UNENCRYPTED"
+            },
             path.display(),
             c.repo_id.short(),
             c.chunker.algorithm,
@@ -62,4 +99,20 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
         ));
     }
     Ok(Outcome::default())
+}
+
+/// argon2id parameters from the command line.
+pub fn kdf_params(a: &KdfArgs) -> KdfParams {
+    KdfParams {
+        m_kib: a.kdf_memory * 1024,
+        t: a.kdf_passes,
+        p: a.kdf_lanes,
+    }
+}
+
+/// A key's label: the one given, else this host's name.
+pub fn key_label(given: Option<&str>) -> String {
+    given
+        .map(String::from)
+        .unwrap_or_else(repo_format::lock::hostname)
 }

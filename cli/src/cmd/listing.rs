@@ -22,12 +22,16 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
         let list: Vec<_> = rows
             .iter()
             .map(|(id, s)| {
-                json!({
+                let mut v = json!({
                     "id": id, "time": s.time, "name": s.name, "hostname": s.hostname, "tags": s.tags,
                     "size_bytes": s.size_bytes(),
                     "disks": s.disks.iter().map(|d| json!({"label": d.label, "size_bytes": d.size_bytes, "new_stored_bytes": d.stats.new_stored_bytes})).collect::<Vec<_>>(),
                     "meta": s.meta.iter().map(|m| &m.name).collect::<Vec<_>>(),
-                })
+                });
+                if a.full {
+                    v["record"] = serde_json::to_value(s).unwrap_or_default();
+                }
+                v
             })
             .collect();
         output::json(&json!({"type": "snapshots", "version": 1, "snapshots": list}));
@@ -91,8 +95,17 @@ pub fn stats(g: &Global) -> Result<Outcome> {
             "unique_bytes": t.data_raw_bytes, "stored_bytes": t.pack_bytes, "chunks": t.data_blobs,
             "manifest_nodes": t.node_blobs, "packs": t.packs, "index_bytes": index_bytes,
             "dedup_ratio": dedup, "compression_ratio": compression,
+            "format_version": repo.config().format_version, "encrypted": repo.is_encrypted(),
         }));
     } else {
+        output::line(format!(
+            "encryption:         {}",
+            if repo.is_encrypted() {
+                "keyed BLAKE3 ids, AES-256-GCM, Padmé padding (format version 2)"
+            } else {
+                "none: this repository is UNENCRYPTED (format version 1)"
+            }
+        ));
         output::line(format!("snapshots:          {snapshots}"));
         output::line(format!(
             "logical size:       {} (virtual disk sizes)",

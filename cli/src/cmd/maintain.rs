@@ -67,6 +67,7 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
             }
         ));
     }
+    out.warnings.extend(report.warnings.iter().cloned());
     if report.problem_count > 0 {
         bail!(
             "the repository is damaged: {} problem(s), listed above",
@@ -141,7 +142,7 @@ pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
         RepairWhat::Index => {
             let path = repo_path(g)?;
             // Opening may itself rebuild a broken index; rebuild explicitly either way.
-            let repo = Repository::open(path)
+            let repo = crate::context::open_quietly(g, path)
                 .with_context(|| format!("opening repository {}", path.display()))?;
             // The rebuild replaces every row: what the reconciliation drops says nothing.
             let _lock = lock_exclusive(g, &repo, "repair index", &mut Outcome::default())?;

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod init;
 pub mod inspect;
 pub mod job;
+pub mod key;
 pub mod listing;
 pub mod maintain;
 pub mod restore;

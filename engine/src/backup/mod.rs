@@ -24,8 +24,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use repo_format::blob::BlobKind;
 use repo_format::lock::SharedLock;
 use repo_format::{
-    BlobEncoder, BlobId, DiskStats, EncodedBlob, Extent, ManifestBuilder, ManifestRoot, Node,
-    Repository, Snapshot, SnapshotDisk, SnapshotId, SnapshotMeta,
+    DiskStats, EncodedBlob, Extent, ManifestBuilder, ManifestRoot, Node, Repository, Snapshot,
+    SnapshotDisk, SnapshotId, SnapshotMeta,
 };
 
 use crate::chunk::{Cut, Cutter};
@@ -138,10 +138,12 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
-    if !repo.is_writable() {
+    if !repo.is_writable() || !lock.is_on_disk() {
         // Opened for reading only (read-only filesystem or permissions, a full disk, an
-        // index that could not be opened for writing): no lock was taken, so writing
-        // beside a prune could lose data.
+        // index that could not be opened for writing), or no lock file could be
+        // written (a full disk: an encrypted repository's index is in the host's cache,
+        // so it opens writable): no lock was taken, so writing beside a prune could
+        // lose data.
         return Err(Error::Usage(format!(
             "repository {} cannot be written by this process now (read-only, full, or its index could not be opened for writing; see the warnings above)",
             repo.root().display()
@@ -229,9 +231,23 @@ pub fn backup(
         disks: snap_disks,
         meta: snap_meta,
         program_version: env!("CARGO_PKG_VERSION").into(),
+        previous: newest_of(repo, &opts.name)?,
     };
     let id = repo.write_snapshot(&snapshot)?;
+    repo_format::history::History::update(repo, |h| h.saw(&snapshot.name, id, snapshot.time));
     Ok(BackupOutcome { id, snapshot })
+}
+
+/// The newest readable snapshot of VM `name`, which a new one names as its predecessor
+/// (FORMAT.md, section 10.6).
+fn newest_of(repo: &Repository, name: &str) -> Result<Option<repo_format::SnapshotId>> {
+    Ok(repo
+        .list_snapshots()?
+        .into_iter()
+        .flatten()
+        .filter(|(_, s)| s.name == name)
+        .max_by_key(|(id, s)| (s.time, *id))
+        .map(|(id, _)| id))
 }
 
 fn read_meta(path: &std::path::Path) -> Result<Vec<u8>> {
@@ -283,7 +299,7 @@ pub fn back_up_one(
     let started = Instant::now();
     let cancel = &opts.cancel;
     let params = repo.config().chunker;
-    let level = repo.config().compression.level;
+    let secret = repo.codec().keys().map(|k| *k.chunker_secret());
     // A job file's `workers` reaches here unchecked: bound it like the CLI flag.
     let workers = opts.workers.clamp(1, crate::MAX_WORKERS);
     let (piece_tx, piece_rx) = bounded::<Piece>(2);
@@ -303,11 +319,12 @@ pub fn back_up_one(
             source.check_unchanged()?;
             Ok(read)
         });
-        let cutter = s.spawn(move || cut_stage(Cutter::new(params), piece_rx, pool_tx, work_tx));
+        let cutter =
+            s.spawn(move || cut_stage(Cutter::keyed(params, secret), piece_rx, pool_tx, work_tx));
         let hashers: Vec<_> = (0..workers)
             .map(|_| {
                 let (rx, tx) = (work_rx.clone(), done_tx.clone());
-                s.spawn(move || hash_stage(repo, level, rx, tx))
+                s.spawn(move || hash_stage(repo, rx, tx))
             })
             .collect();
         drop((work_rx, done_tx));
@@ -520,9 +537,9 @@ fn cut_stage(
 }
 
 /// Hashes chunks and compresses the ones the repository does not have yet.
-fn hash_stage(repo: &Repository, level: i32, rx: Receiver<Work>, tx: Sender<Done>) -> Result<()> {
+fn hash_stage(repo: &Repository, rx: Receiver<Work>, tx: Sender<Done>) -> Result<()> {
     let index = repo.index()?;
-    let mut encoder = BlobEncoder::new(level)?;
+    let mut encoder = repo.blob_encoder()?;
     for Work { seq, cut } in rx {
         let done = match cut {
             Cut::Hole { len, .. } => Done {
@@ -531,7 +548,7 @@ fn hash_stage(repo: &Repository, level: i32, rx: Receiver<Work>, tx: Sender<Done
                 new: None,
             },
             Cut::Chunk { data, .. } => {
-                let id = BlobId::of(&data);
+                let id = encoder.id_of(&data);
                 let extent = Extent::Chunk {
                     id,
                     len: data.len() as u32,

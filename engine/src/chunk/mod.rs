@@ -45,6 +45,8 @@ pub struct CutPoints {
     /// aligned-cdc: a block boundary is a cut candidate when `hash & mask == 0`.
     aligned_mask: u64,
     fastcdc: Option<FastCdcTables>,
+    /// The key of the cut decision in an encrypted repository.
+    secret: Option<[u8; 32]>,
 }
 
 #[derive(Clone)]
@@ -58,6 +60,14 @@ struct FastCdcTables {
 impl CutPoints {
     /// Panics if `params` do not validate; configs are validated when a repository opens.
     pub fn new(params: ChunkerParams) -> Self {
+        CutPoints::keyed(params, None)
+    }
+
+    /// Cut points whose decisions are keyed by `secret` (an encrypted repository's
+    /// chunker secret, FORMAT.md section 7.2): without it nobody can tell where a known
+    /// file's chunks would end, which is what fingerprints content from chunk sizes
+    /// (ePrint 2025/558, 2025/532). `None` is the published, unkeyed chunker.
+    pub fn keyed(params: ChunkerParams, secret: Option<[u8; 32]>) -> Self {
         assert!(
             params.validate().is_ok(),
             "unvalidated chunker params {params:?}"
@@ -69,7 +79,26 @@ impl CutPoints {
         let fastcdc = (params.algorithm == ChunkerAlgorithm::Fastcdc).then(|| {
             // Normalization level 1, as the fastcdc crate's default constructor uses.
             let bits = fastcdc::v2020::logarithm2(params.avg_bytes);
-            let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(params.seed);
+            let (gear, gear_ls) = match &secret {
+                None => fastcdc::v2020::get_gear_with_seed(params.seed),
+                Some(key) => {
+                    // A secret gear table: 256 words of keyed BLAKE3 output.
+                    let mut xof = blake3::Hasher::new_keyed(key)
+                        .update(b"dedisk fastcdc gear")
+                        .finalize_xof();
+                    let mut gear = Box::new([0u64; 256]);
+                    let mut word = [0u8; 8];
+                    for g in gear.iter_mut() {
+                        xof.fill(&mut word);
+                        *g = u64::from_le_bytes(word);
+                    }
+                    let mut gear_ls = Box::new([0u64; 256]);
+                    for (l, g) in gear_ls.iter_mut().zip(gear.iter()) {
+                        *l = g << 1;
+                    }
+                    (gear, gear_ls)
+                }
+            };
             FastCdcTables {
                 mask_s: fastcdc::v2020::MASKS[(bits + 1) as usize],
                 mask_l: fastcdc::v2020::MASKS[(bits - 1) as usize],
@@ -81,6 +110,7 @@ impl CutPoints {
             params,
             aligned_mask,
             fastcdc,
+            secret,
         }
     }
 
@@ -143,6 +173,16 @@ impl CutPoints {
     /// heads: the same file gives the same cuts wherever its blocks sit. A window of zeros
     /// is never a candidate (it says nothing about the content).
     fn aligned_candidate(&self, window: &[u8]) -> bool {
+        if let Some(key) = &self.secret {
+            // Keyed: the decision is a PRF of the window (one BLAKE3 block per 4 KiB of
+            // disk, still tens of GiB/s).
+            if window.iter().all(|&b| b == 0) {
+                return false;
+            }
+            let h = blake3::keyed_hash(key, window);
+            let h = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+            return h & self.aligned_mask == 0;
+        }
         let mut h = self.params.seed ^ 0x2545_f491_4f6c_dd1d;
         let mut any = 0u64;
         for w in window.chunks_exact(8) {
@@ -176,10 +216,15 @@ pub struct Cutter {
 
 impl Cutter {
     pub fn new(params: ChunkerParams) -> Self {
+        Cutter::keyed(params, None)
+    }
+
+    /// A cutter whose cut decisions are keyed (see [`CutPoints::keyed`]).
+    pub fn keyed(params: ChunkerParams, secret: Option<[u8; 32]>) -> Self {
         Cutter {
             align: params.align_bytes as u64,
             zero_run_min: params.zero_run_min_bytes as u64,
-            points: CutPoints::new(params),
+            points: CutPoints::keyed(params, secret),
             pos: 0,
             zero_run: 0,
             zero_run_at: 0,

@@ -3,6 +3,9 @@
 //!
 //! ```toml
 //! repository = "/srv/backup/repo"
+//! password_file = "/etc/dedisk/repo.pass"  # or password_command = "...", for an
+//!                                          # encrypted repository (else DEDISK_PASSWORD*)
+//! key_file = "/etc/dedisk/repo.key"        # a key kept outside the repository
 //! prune_on = ["Sun"]                      # weekdays to prune after the job
 //! notify = "mail -s dedisk root"          # gets the summary on stdin
 //!
@@ -170,6 +173,9 @@ struct Select {
 #[serde(deny_unknown_fields)]
 struct JobToml {
     repository: PathBuf,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+    key_file: Option<PathBuf>,
     status_log: Option<PathBuf>,
     report: Option<PathBuf>,
     notify: Option<String>,
@@ -199,6 +205,10 @@ pub struct VmPlan {
 pub struct Job {
     pub path: PathBuf,
     pub repository: PathBuf,
+    /// Where an encrypted repository's password comes from (`None`: the
+    /// DEDISK_PASSWORD variables); read once, at the start.
+    pub password: Option<crate::secret::PasswordFrom>,
+    pub key_file: Option<PathBuf>,
     pub status_log: PathBuf,
     pub report: PathBuf,
     pub notify: Option<String>,
@@ -380,9 +390,22 @@ impl Job {
                 )));
             }
         }
+        let password = match (raw.password_file, raw.password_command) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Usage(format!(
+                    "{}: password_file and password_command exclude each other",
+                    path.display()
+                )))
+            }
+            (Some(f), None) => Some(crate::secret::PasswordFrom::File(dir.join(f))),
+            (None, Some(c)) => Some(crate::secret::PasswordFrom::Command(c)),
+            (None, None) => None,
+        };
         Ok(Job {
             path: path.into(),
             repository: dir.join(raw.repository),
+            password,
+            key_file: raw.key_file.map(|k| dir.join(k)),
             status_log: raw
                 .status_log
                 .map_or_else(|| dir.join(format!("{stem}.status.log")), |p| dir.join(p)),

@@ -109,11 +109,25 @@ pub struct JobReport {
     pub errors: Vec<String>,
 }
 
+/// The job's repository, unlocked once with the job's password source (or the
+/// DEDISK_PASSWORD variables); nobody is asked: a job runs unattended.
+fn open_repository(job: &Job) -> Result<Repository> {
+    let access = crate::secret::KeyAccess {
+        key_file: job.key_file.as_deref(),
+        password: job
+            .password
+            .clone()
+            .or_else(crate::secret::PasswordFrom::from_env),
+        prompt: None,
+    };
+    crate::secret::open_repository(&job.repository, &access)
+}
+
 /// `--preview`: the resolved plan, and every problem found without changing anything.
 pub fn preview(job: &Job) -> (Vec<String>, Vec<String>) {
     let mut plan = Vec::new();
     let mut problems = Vec::new();
-    match Repository::open(&job.repository) {
+    match open_repository(job) {
         Ok(repo) => {
             let probe = repo
                 .tmp_dir()
@@ -407,7 +421,7 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
             .is_ok(),
         None => true,
     };
-    let opened = Repository::open(&job.repository);
+    let opened = open_repository(job);
     let repository_opened = opened.is_ok();
     match opened {
         Ok(repo) if pre_ok => {

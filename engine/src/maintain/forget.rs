@@ -193,6 +193,10 @@ pub fn forget(
     }
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {
+            // Recorded first: a gap this host made is not an attack (FORMAT.md 10.6).
+            repo_format::history::History::update(repo, |h| {
+                h.forgotten.insert(d.id);
+            });
             repo.remove_snapshot(&d.id)?;
         }
     }
@@ -222,6 +226,7 @@ mod tests {
             disks: vec![],
             meta: vec![],
             program_version: "t".into(),
+            previous: None,
         };
         let id = SnapshotId(*blake3::hash(format!("{name}{local}").as_bytes()).as_bytes());
         (id, s)

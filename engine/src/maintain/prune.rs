@@ -127,7 +127,7 @@ pub fn prune(
         let dead_bytes: u64 = blobs
             .iter()
             .filter(|(id, _)| !live.contains(id))
-            .map(|(_, n)| n + repo_format::pack::BLOB_HEADER_LEN)
+            .map(|(_, n)| n + repo_format::pack::blob_overhead(repo.codec()))
             .sum();
         if alive.is_empty() {
             delete.push(*pack);
@@ -152,7 +152,7 @@ pub fn prune(
                 let sizes: HashMap<&BlobId, u64> =
                     by_pack[p].iter().map(|(id, n)| (id, *n)).collect();
                 ids.iter()
-                    .map(move |id| sizes[id] + repo_format::pack::BLOB_HEADER_LEN)
+                    .map(move |id| sizes[id] + repo_format::pack::blob_overhead(repo.codec()))
                     .collect::<Vec<_>>()
             })
             .sum();
@@ -183,7 +183,7 @@ pub fn prune(
         let mut blobs = Vec::new();
         for id in ids {
             let loc = reader.locate(id)?;
-            let payload = repo_format::pack::read_payload(&file, *pack, &loc.entry)?;
+            let payload = repo_format::pack::read_payload(&file, *pack, &loc.entry, repo.codec())?;
             // Never copy damage into a new pack: check the blob decodes to its id.
             if let Err(e) = reader.read_at(&loc) {
                 log::warn!("not repacking pack {}: {e}", pack.short());

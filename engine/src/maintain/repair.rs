@@ -181,6 +181,10 @@ pub fn repair_snapshots(
             store.finish_pack()?;
             let new = repo.write_snapshot(&snap)?;
             if new != id {
+                repo_format::history::History::update(repo, |h| {
+                    h.forgotten.insert(id);
+                    h.saw(&snap.name, new, snap.time);
+                });
                 repo.remove_snapshot(&id)?;
             }
             Some(new)

@@ -125,6 +125,9 @@ pub struct VerifyReport {
     /// The first [`PROBLEMS_LISTED`] of them (a repository damaged everywhere, or forged
     /// to be, must not fill memory with its list: issue 11 saw 367 MB after 30 s).
     pub problems: Vec<Problem>,
+    /// Things to look at that are not damage: a snapshot whose predecessor is gone,
+    /// which another host's `forget` explains as well as a deletion does.
+    pub warnings: Vec<String>,
 }
 
 /// Problems a report lists in full; the rest are only counted.
@@ -164,7 +167,7 @@ pub fn verify(
         });
     }
 
-    check_index_against_tocs(&index, &on_disk, &indexed, &mut report)?;
+    check_index_against_tocs(repo, &index, &on_disk, &indexed, &mut report)?;
 
     let bad_blobs = if opts.read_data {
         let mut packs: Vec<_> = on_disk
@@ -172,7 +175,7 @@ pub fn verify(
             .filter(|(id, _)| indexed.contains(id) && opts.subset.includes(id))
             .collect();
         packs.sort();
-        read_packs(&packs, opts.workers, &mut report)?
+        read_packs(repo, &packs, opts.workers, &mut report)?
     } else {
         HashSet::new()
     };
@@ -195,6 +198,7 @@ pub fn verify(
             }),
         }
     }
+    check_history(repo, opts, &mut report)?;
     let mut nodes = BlobReader::new(repo)?;
     for (id, snap) in &snapshots {
         report.snapshots += 1;
@@ -219,10 +223,78 @@ pub fn verify(
     Ok(report)
 }
 
+/// Rollback and deletion (FORMAT.md, section 10.6): the newest snapshot of each VM
+/// this host saw must still be there unless this host forgot it (a problem: someone who
+/// can write the repository deleted or rolled it back); a snapshot whose predecessor is
+/// gone is a warning (another host's `forget` makes the same gap). Afterwards what is
+/// there now is recorded as seen.
+fn check_history(repo: &Repository, opts: &VerifyOptions, report: &mut VerifyReport) -> Result<()> {
+    use repo_format::history::History;
+    let present: std::collections::HashMap<repo_format::SnapshotId, repo_format::Snapshot> =
+        repo.list_snapshots()?.into_iter().flatten().collect();
+    let history = History::load(repo);
+    let problems_before = report.problem_count;
+    let wanted = |vm: &str| opts.name.as_ref().is_none_or(|n| n == vm);
+    for (vm, seen) in history.newest.iter().filter(|(vm, _)| wanted(vm)) {
+        if present.contains_key(&seen.id) || history.forgotten.contains(&seen.id) {
+            continue;
+        }
+        let newest_now = present
+            .iter()
+            .filter(|(_, s)| &s.name == vm)
+            .map(|(_, s)| s.time)
+            .max();
+        report.add(Problem {
+            snapshot: Some(seen.id.short()),
+            disk: None,
+            range: None,
+            what: format!(
+                "VM {}: this host saw snapshot {} of {} and did not forget it, but it is gone ({}): deleted or rolled back by someone who can write the repository",
+                repo_format::names::escape(vm),
+                seen.id.short(),
+                seen.time,
+                match newest_now {
+                    Some(t) if t < seen.time => format!("the newest left is older, of {t}"),
+                    Some(t) => format!("the newest left is of {t}"),
+                    None => "no snapshot of it is left".into(),
+                }
+            ),
+        });
+    }
+    for (id, snap) in present.iter().filter(|(_, s)| wanted(&s.name)) {
+        if let Some(prev) = snap.previous {
+            if !present.contains_key(&prev) && !history.forgotten.contains(&prev) {
+                report.warnings.push(format!(
+                    "snapshot {} of VM {}: its predecessor {} is gone (forgotten on another host, or deleted)",
+                    id.short(),
+                    repo_format::names::escape(&snap.name),
+                    prev.short()
+                ));
+            }
+        }
+    }
+    report.warnings.sort();
+    // A rollback found is not accepted as the new normal: it is reported every time.
+    if report.problem_count == problems_before {
+        History::update(repo, |h| {
+            for (id, s) in &present {
+                h.saw(&s.name, *id, s.time);
+            }
+            // Only forgotten snapshots that still explain a gap, or a VM's newest seen,
+            // are worth keeping: the record stays small over years of nights.
+            let newest: HashSet<_> = h.newest.values().map(|s| s.id).collect();
+            h.forgotten
+                .retain(|f| newest.contains(f) || present.values().any(|s| s.previous == Some(*f)));
+        });
+    }
+    Ok(())
+}
+
 /// The index is a cache of the packs' TOCs (issue 12: rows with a wrong offset, length
 /// or pack passed verify and broke every restore): every row must be an entry of the
 /// TOC of the pack it names, and every pack it names must be on disk.
 fn check_index_against_tocs(
+    repo: &Repository,
     index: &repo_format::Index,
     on_disk: &std::collections::HashMap<repo_format::PackId, std::path::PathBuf>,
     indexed: &HashSet<repo_format::PackId>,
@@ -250,7 +322,12 @@ fn check_index_against_tocs(
     for (pack, path) in packs {
         let toc = std::fs::File::open(path).and_then(|f| {
             let len = f.metadata()?.len();
-            Ok(repo_format::pack::read_toc(&f, len, &pack.to_hex()))
+            Ok(repo_format::pack::read_toc(
+                &f,
+                len,
+                &pack.to_hex(),
+                repo.codec(),
+            ))
         });
         // An unreadable pack is reported by the pack checks; here only rows are judged.
         let Ok(Ok(toc)) = toc else { continue };
@@ -338,6 +415,7 @@ fn check_manifest(
 
 /// Reads the given packs on `workers` threads; returns the ids of blobs that failed.
 fn read_packs(
+    repo: &Repository,
     packs: &[(PackId, std::path::PathBuf)],
     workers: usize,
     report: &mut VerifyReport,
@@ -351,7 +429,7 @@ fn read_packs(
                 let Some((pack, path)) = next.lock().expect("no panics hold it").next() else {
                     return;
                 };
-                let (bad, problems, blobs, bytes) = check_pack(pack, path);
+                let (bad, problems, blobs, bytes) = check_pack(repo, pack, path);
                 let mut f = found.lock().expect("no panics hold it");
                 f.0.extend(bad);
                 // Counted in full, listed up to the cap.
@@ -376,7 +454,11 @@ fn read_packs(
 }
 
 /// Checks one pack: its name against its content, then every blob.
-fn check_pack(pack: &PackId, path: &std::path::Path) -> (Vec<BlobId>, Vec<Problem>, u64, u64) {
+fn check_pack(
+    repo: &Repository,
+    pack: &PackId,
+    path: &std::path::Path,
+) -> (Vec<BlobId>, Vec<Problem>, u64, u64) {
     let problem = |what: String| Problem {
         snapshot: None,
         disk: None,
@@ -419,14 +501,14 @@ fn check_pack(pack: &PackId, path: &std::path::Path) -> (Vec<BlobId>, Vec<Proble
             pack.short()
         )));
     }
-    let entries = match read_toc(&file, len, &pack.to_hex()) {
+    let entries = match read_toc(&file, len, &pack.to_hex(), repo.codec()) {
         Ok(e) => e,
         Err(e) => {
             problems.push(problem(e.to_string()));
             return (bad, problems, 0, len);
         }
     };
-    let mut decoder = match repo_format::blob::BlobDecoder::new() {
+    let mut decoder = match repo.blob_decoder() {
         Ok(d) => d,
         Err(e) => return (bad, vec![problem(e.to_string())], 0, len),
     };
@@ -435,8 +517,8 @@ fn check_pack(pack: &PackId, path: &std::path::Path) -> (Vec<BlobId>, Vec<Proble
             pack: *pack,
             offset: e.offset,
         };
-        let ok = read_payload(&file, *pack, e)
-            .and_then(|p| decoder.decode(e.id, e.compression, e.raw_len, &p, origin));
+        let ok = read_payload(&file, *pack, e, repo.codec())
+            .and_then(|p| decoder.decode(e.id, e.kind, e.compression, e.raw_len, &p, origin));
         if let Err(err) = ok {
             problems.push(problem(err.to_string()));
             bad.push(e.id);

@@ -1,0 +1,181 @@
+//! The key files of an encrypted repository (FORMAT.md, section 10.2): `keys/<16 hex>.json`,
+//! each the master key wrapped by one password, or one file kept outside the repository
+//! (`--key-file`) for repositories on storage that should not even hold the wrapped key.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::crypto::{KeyFile, MasterKey};
+use crate::durable::{sync_dir, write_atomic, PRIVATE_FILE_MODE};
+use crate::error::{Error, IoContext, Result};
+
+/// The folder of key files in a repository.
+pub fn keys_dir(root: &Path) -> PathBuf {
+    root.join("keys")
+}
+
+/// One key file found in `keys/`.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    /// The 16 hex digits of its name.
+    pub id: String,
+    pub path: PathBuf,
+    pub file: KeyFile,
+}
+
+fn is_key_name(name: &str) -> Option<&str> {
+    let id = name.strip_suffix(".json")?;
+    (id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(id)
+}
+
+/// Every key file in `keys/`, by name; an unreadable one comes back as an error in the
+/// list (it never hides the others).
+pub fn list(root: &Path) -> Result<Vec<Result<StoredKey>>> {
+    let dir = keys_dir(root);
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .collect();
+    names.sort();
+    for name in names {
+        let Some(id) = is_key_name(&name) else {
+            continue;
+        };
+        let path = dir.join(&name);
+        out.push(read(&path).map(|file| StoredKey {
+            id: id.into(),
+            path,
+            file,
+        }));
+    }
+    Ok(out)
+}
+
+/// Reads and parses one key file (in `keys/` or anywhere), refusing to follow a
+/// symlink or to read more than a key file can hold.
+pub fn read(path: &Path) -> Result<KeyFile> {
+    use std::io::Read;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)?;
+    let mut bytes = Vec::new();
+    f.take(64 * 1024).read_to_end(&mut bytes).at(path)?;
+    KeyFile::parse(&bytes, &path.display().to_string())
+}
+
+/// Adds a key file to `keys/` durably; returns its id.
+pub fn add(root: &Path, key: &KeyFile) -> Result<String> {
+    let dir = keys_dir(root);
+    crate::durable::create_private_dir(&dir)?;
+    let id = hex::encode(&crate::ids::random_bytes()?[..8]);
+    write_atomic(
+        &dir.join(format!("{id}.json")),
+        &root.join("tmp"),
+        &key.to_bytes(),
+    )?;
+    Ok(id)
+}
+
+/// Writes a key file outside the repository: a new private file (never an existing
+/// one, never through a symlink), fsync'd.
+pub fn write_external(path: &Path, key: &KeyFile) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)?;
+    f.write_all(&key.to_bytes()).at(path)?;
+    f.sync_all().at(path)?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Removes key `id` from `keys/`, refusing to remove the last one that opens (a
+/// repository without a key is lost) unless `external` says a key file outside the
+/// repository opened it.
+pub fn remove(root: &Path, id: &str, external: bool) -> Result<()> {
+    let keys = list(root)?;
+    let readable = keys.iter().filter(|k| k.is_ok()).count();
+    let target = keys
+        .iter()
+        .flatten()
+        .find(|k| k.id == id)
+        .ok_or_else(|| Error::BadKey {
+            what: format!("key {id}"),
+            reason: "no such key in keys/ (`dedisk key list` shows them)".into(),
+        })?;
+    if readable <= 1 && !external {
+        return Err(Error::BadKey {
+            what: format!("key {id}"),
+            reason: "it is the repository's last key: refusing to remove it (add another first)"
+                .into(),
+        });
+    }
+    std::fs::remove_file(&target.path).at(&target.path)?;
+    sync_dir(&keys_dir(root))
+}
+
+/// Which key file opened the repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opener {
+    /// `keys/<id>.json`.
+    Stored(String),
+    /// A key file outside the repository.
+    External(PathBuf),
+}
+
+/// The master key: from `external` if given, else from the first key file in `keys/`
+/// that `password` opens (each try costs one argon2id run). A wrong password is
+/// [`Error::WrongPassword`]; no key file at all is [`Error::NoKeyFile`].
+pub fn unlock(
+    root: &Path,
+    external: Option<&Path>,
+    password: &[u8],
+    repo_id: &[u8],
+) -> Result<(MasterKey, Opener)> {
+    if let Some(path) = external {
+        let kf = read(path)?;
+        let key = kf.unwrap_key(password, repo_id, &path.display().to_string())?;
+        return Ok((key, Opener::External(path.into())));
+    }
+    let mut damaged = Vec::new();
+    let mut tried = 0;
+    for k in list(root)? {
+        match k {
+            Ok(k) => {
+                tried += 1;
+                match k
+                    .file
+                    .unwrap_key(password, repo_id, &k.path.display().to_string())
+                {
+                    Ok(key) => return Ok((key, Opener::Stored(k.id))),
+                    Err(Error::WrongPassword { .. }) => {}
+                    Err(e) => damaged.push(e.to_string()),
+                }
+            }
+            Err(e) => damaged.push(e.to_string()),
+        }
+    }
+    if tried == 0 && damaged.is_empty() {
+        return Err(Error::NoKeyFile { path: root.into() });
+    }
+    let mut what = format!("{} ({tried} key file(s) tried)", keys_dir(root).display());
+    if !damaged.is_empty() {
+        what.push_str(&format!("; unusable: {}", damaged.join("; ")));
+    }
+    Err(Error::WrongPassword { key: what })
+}
