@@ -8,6 +8,8 @@
 #   - data chunks, index size, and wall time of the seven backups.
 # Needs root (loop-mounts day1's root partition read-only to build the relayout image).
 set -euo pipefail
+# Repositories are encrypted by default (format version 2): the password of these runs.
+export DEDISK_PASSWORD=${DEDISK_PASSWORD:-bench-password}
 W=${1:-/var/tmp/vmwork}
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${DEDISK:-$HERE/../target/release/dedisk}

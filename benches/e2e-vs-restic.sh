@@ -15,7 +15,7 @@ W=${1:-/var/tmp/vmwork}
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${DEDISK:-$HERE/../target/release/dedisk}
 B=${OUT:-$W/bench}
-export RESTIC_PASSWORD=bench-password
+export RESTIC_PASSWORD=bench-password DEDISK_PASSWORD=bench-password DEDISK_CACHE_DIR="$B/cache"
 [ -x "$BIN" ] || (cd "$HERE/.." && cargo build --release -q)
 command -v restic >/dev/null || { echo "needs restic (apt-get install restic)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time)" >&2; exit 1; }

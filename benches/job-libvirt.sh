@@ -11,6 +11,8 @@
 # and the same again as a second (incremental) night. Prints seconds and the ratio
 # libvirt / plain. Needs root, libvirtd running, qemu-img, /dev/kvm (else TCG).
 set -euo pipefail
+# Repositories are encrypted by default (format version 2): the password of these runs.
+export DEDISK_PASSWORD=${DEDISK_PASSWORD:-bench-password}
 RAW=${1:-/var/tmp/vmwork/day1.raw}
 HERE=$(cd "$(dirname "$0")" && pwd)
 W=${OUT:-$(dirname "$RAW")/job-libvirt}

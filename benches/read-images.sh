@@ -9,6 +9,8 @@
 #   backup `dedisk backup` into a fresh repository (read + chunk + hash + compress).
 # Prints seconds and format/raw ratios. Needs root (drop_caches) and qemu-img.
 set -euo pipefail
+# Repositories are encrypted by default (format version 2): the password of these runs.
+export DEDISK_PASSWORD=${DEDISK_PASSWORD:-bench-password}
 RAW=${1:-/var/tmp/vmwork/day1.raw}
 HERE=$(cd "$(dirname "$0")" && pwd)
 W=${OUT:-$(dirname "$RAW")/read-images}

@@ -10,6 +10,8 @@
 # with 64 scattered 1 MiB extents and measures cold first-byte latency of random 4 KiB
 # reads through the reader (`random_read`). Needs root, qemu-img, fuse3.
 set -euo pipefail
+# Repositories are encrypted by default (format version 2): the password of these runs.
+export DEDISK_PASSWORD=${DEDISK_PASSWORD:-bench-password}
 RAW=${1:-/var/tmp/vmwork/day1.raw}
 HERE=$(cd "$(dirname "$0")" && pwd)
 W=${OUT:-$(dirname "$RAW")/read-paths}

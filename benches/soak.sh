@@ -17,13 +17,17 @@
 # Needs: a built target/release/dedisk, python3. Prints a summary line per step and the
 # totals at the end (kills, damages, restores checked, failures: always 0 or it stops).
 set -euo pipefail
+# Repositories are encrypted by default (format version 2): the password of these runs.
+export DEDISK_PASSWORD=${DEDISK_PASSWORD:-bench-password}
 SECONDS_WANTED=${1:-3600}
 W=${2:-/var/tmp/dedisk-soak}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/dedisk}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 rm -rf "$W"; mkdir -p "$W/restore"
 REPO=$W/repo DISK=$W/disk.img
-"$BIN" init -q "$REPO" --pack-size 4 >/dev/null
+# Unencrypted: the soak overwrites pages of REPO/index.sqlite (an encrypted
+# repository keeps its index in the host cache instead).
+"$BIN" init -q --encryption none "$REPO" --pack-size 4 >/dev/null
 truncate -s 256M "$DISK"
 for i in $(seq 0 15); do head -c 4M /dev/urandom | dd of="$DISK" bs=1M seek=$((i * 16)) conv=notrunc status=none; done
 

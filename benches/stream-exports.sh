@@ -11,6 +11,8 @@
 # and prints seconds, bytes through the pipe and the speed-up over raw. Checks both
 # snapshots restore to the same bytes. Needs root (drop_caches) and qemu-img.
 set -euo pipefail
+# Repositories are encrypted by default (format version 2): the password of these runs.
+export DEDISK_PASSWORD=${DEDISK_PASSWORD:-bench-password}
 RAW=${1:-/var/tmp/vmwork/day1.raw}
 HERE=$(cd "$(dirname "$0")" && pwd)
 W=${OUT:-$(dirname "$RAW")/stream-exports}

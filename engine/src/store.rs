@@ -22,7 +22,7 @@ pub struct BlobStore<'r> {
     /// The open packs: one in a plaintext repository; [`SPREAD`] in an encrypted one,
     /// each new blob going to one of them at random (FORMAT.md, section 10.4), with the
     /// ids each holds.
-    packs: Vec<(PackWriter, HashSet<BlobId>)>,
+    packs: Vec<Option<(PackWriter, HashSet<BlobId>)>>,
     node_encoder: BlobEncoder,
     /// Copying live blobs out of packs being repacked: the index already names them (in
     /// the old pack), so they are stored anyway, and the new pack's rows replace theirs.
@@ -84,19 +84,20 @@ impl<'r> BlobStore<'r> {
             self.rng ^= self.rng << 17;
             (self.rng % spread as u64) as usize
         };
-        while self.packs.len() <= slot {
-            self.packs.push((
-                PackWriter::create(&self.repo.tmp_dir(), self.repo.codec())?,
-                HashSet::new(),
-            ));
+        if self.packs.len() < spread {
+            self.packs.resize_with(spread, || None);
         }
-        let (pack, ids) = &mut self.packs[slot];
+        if self.packs[slot].is_none() {
+            let pack = PackWriter::create(&self.repo.tmp_dir(), self.repo.codec())?;
+            self.packs[slot] = Some((pack, HashSet::new()));
+        }
+        let (pack, ids) = self.packs[slot].as_mut().expect("created above");
         pack.add(blob)?;
         ids.insert(blob.id);
         let stored =
             blob.payload.len() as u64 + repo_format::pack::blob_overhead(self.repo.codec());
         if pack.len_bytes() >= self.repo.config().pack_target_bytes {
-            let (pack, _) = self.packs.swap_remove(slot);
+            let (pack, _) = self.packs[slot].take().expect("open");
             self.finish_one(pack)?;
         }
         Ok(Some(stored))
@@ -104,7 +105,7 @@ impl<'r> BlobStore<'r> {
 
     /// Whether an open pack of this store holds blob `id`.
     fn holds(&self, id: &BlobId) -> bool {
-        self.packs.iter().any(|(_, ids)| ids.contains(id))
+        self.packs.iter().flatten().any(|(_, ids)| ids.contains(id))
     }
 
     /// Encodes and stores a manifest node; returns its id. Most nodes of a nightly
@@ -125,8 +126,10 @@ impl<'r> BlobStore<'r> {
 
     /// Makes the open packs durable and records them in the index.
     pub fn finish_pack(&mut self) -> Result<()> {
-        while let Some((pack, _)) = self.packs.pop() {
-            self.finish_one(pack)?;
+        for slot in 0..self.packs.len() {
+            if let Some((pack, _)) = self.packs[slot].take() {
+                self.finish_one(pack)?;
+            }
         }
         Ok(())
     }
@@ -148,7 +151,7 @@ impl<'r> BlobStore<'r> {
 impl Drop for BlobStore<'_> {
     fn drop(&mut self) {
         // A backup that fails leaves no temporary pack behind.
-        for (pack, _) in self.packs.drain(..) {
+        for (pack, _) in self.packs.drain(..).flatten() {
             pack.abandon();
         }
     }

@@ -118,8 +118,8 @@ fuzz_target!(|data: &[u8]| {
     .unwrap();
     let repo = Repository::init(&root, config).unwrap();
     let lock = repo.lock_shared("fuzz").unwrap();
-    let mut enc = BlobEncoder::new(1).unwrap();
-    let mut pack = PackWriter::create(&repo.tmp_dir()).unwrap();
+    let mut enc = BlobEncoder::new(1, repo_format::BlobCodec::plain()).unwrap();
+    let mut pack = PackWriter::create(&repo.tmp_dir(), repo.codec()).unwrap();
     let mut chunks = Vec::new();
     for _ in 0..inp.u8() % 6 {
         let n = inp.u16() as usize % 20_000;

@@ -197,48 +197,59 @@ impl BlobDecoder {
     }
 
     /// Opens (in an encrypted repository), decompresses and checks a blob of `kind`
-    /// against its id.
+    /// against its id. Takes the stored bytes by value: they are opened in place, and an
+    /// uncompressed blob's bytes become the result without a copy.
+    #[allow(clippy::too_many_arguments)]
     pub fn decode(
         &mut self,
         id: BlobId,
         kind: BlobKind,
         compression: Compression,
         raw_len: u32,
-        payload: &[u8],
+        mut payload: Vec<u8>,
         origin: BlobOrigin,
     ) -> Result<Vec<u8>> {
-        let opened;
-        let payload = match &self.codec.keys {
-            None => payload,
-            Some(k) => {
-                opened = k
-                    .sealer()
-                    .open_padded(kind.sealed_kind(), &id.0, payload, "blob")
-                    .map_err(|_| Error::CorruptBlob {
-                        blob: id,
-                        pack: origin.pack,
-                        offset: origin.offset,
-                        reason: format!(
-                            "does not authenticate as a {} blob with this id (damaged, forged or moved)",
-                            match kind {
-                                BlobKind::Data => "data",
-                                BlobKind::ManifestNode => "manifest node",
-                            }
-                        ),
-                    })?;
-                &opened
+        let plain = match &self.codec.keys {
+            None => 0..payload.len(),
+            Some(k) => k
+                .sealer()
+                .open_padded_in_place(kind.sealed_kind(), &id.0, &mut payload, "blob")
+                .map_err(|_| Error::CorruptBlob {
+                    blob: id,
+                    pack: origin.pack,
+                    offset: origin.offset,
+                    reason: format!(
+                        "does not authenticate as a {} blob with this id (damaged, forged or moved)",
+                        match kind {
+                            BlobKind::Data => "data",
+                            BlobKind::ManifestNode => "manifest node",
+                        }
+                    ),
+                })?,
+        };
+        let stored = match compression {
+            Compression::None => {
+                payload.copy_within(plain.clone(), 0);
+                payload.truncate(plain.len());
+                Stored::Raw(payload)
             }
+            Compression::Zstd => Stored::Compressed(&payload[plain]),
         };
         decode_with(
             Some(&mut self.decompressor),
             &self.codec,
             id,
-            compression,
             raw_len,
-            payload,
+            stored,
             origin,
         )
     }
+}
+
+/// A blob's bytes as stored, once opened: the raw bytes, or a zstd frame.
+enum Stored<'a> {
+    Raw(Vec<u8>),
+    Compressed(&'a [u8]),
 }
 
 /// Decompresses `payload` and checks that it hashes to `id`.
@@ -251,24 +262,19 @@ pub fn decode_blob(
     payload: &[u8],
     origin: BlobOrigin,
 ) -> Result<Vec<u8>> {
-    decode_with(
-        None,
-        &BlobCodec::plain(),
-        id,
-        compression,
-        raw_len,
-        payload,
-        origin,
-    )
+    let stored = match compression {
+        Compression::None => Stored::Raw(payload.to_vec()),
+        Compression::Zstd => Stored::Compressed(payload),
+    };
+    decode_with(None, &BlobCodec::plain(), id, raw_len, stored, origin)
 }
 
 fn decode_with(
     decompressor: Option<&mut zstd::bulk::Decompressor<'static>>,
     codec: &BlobCodec,
     id: BlobId,
-    compression: Compression,
     raw_len: u32,
-    payload: &[u8],
+    stored: Stored<'_>,
     origin: BlobOrigin,
 ) -> Result<Vec<u8>> {
     let corrupt = |reason: String| Error::CorruptBlob {
@@ -282,9 +288,9 @@ fn decode_with(
             "raw length {raw_len} exceeds the format limit"
         )));
     }
-    let raw = match compression {
-        Compression::None => payload.to_vec(),
-        Compression::Zstd => match decompressor {
+    let raw = match stored {
+        Stored::Raw(bytes) => bytes,
+        Stored::Compressed(payload) => match decompressor {
             Some(d) => d.decompress(payload, raw_len as usize),
             None => zstd::bulk::decompress(payload, raw_len as usize),
         }

@@ -180,7 +180,7 @@ impl<R: Borrow<Repository>> BlobReader<R> {
             loc.entry.kind,
             loc.entry.compression,
             loc.entry.raw_len,
-            &payload,
+            payload,
             origin,
         )
     }

@@ -193,12 +193,18 @@ impl RepoConfig {
         self.mac = Some(hex::encode(master.config_mac(&self.mac_input())));
     }
 
-    /// The bytes the MAC covers: the config's compact JSON without `mac`, fields in the
-    /// order of FORMAT.md's table.
+    /// The bytes the MAC covers: the config without `mac` as compact JSON with every
+    /// object's keys in byte order (FORMAT.md, section 10.3), so that any reader can
+    /// recompute it from the file.
     pub fn mac_input(&self) -> Vec<u8> {
         let mut c = self.clone();
         c.mac = None;
-        serde_json::to_vec(&c).expect("config serializes")
+        let mut out = Vec::new();
+        canonical_json(
+            &serde_json::to_value(&c).expect("config serializes"),
+            &mut out,
+        );
+        out
     }
 
     /// Checks the MAC of a version 2 config under `master` (a changed chunker or
@@ -281,6 +287,37 @@ impl RepoConfig {
             return Err("pack_target_bytes must lie in 1MiB..=1GiB".into());
         }
         Ok(())
+    }
+}
+
+/// Compact JSON of `v` with object keys sorted by their bytes.
+fn canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&serde_json::to_vec(k).expect("a string serializes"));
+                out.push(b':');
+                canonical_json(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(&serde_json::to_vec(scalar).expect("a value serializes")),
     }
 }
 

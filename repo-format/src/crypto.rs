@@ -203,23 +203,30 @@ fn object_key(key: &[u8; KEY_LEN], salt: &[u8]) -> LessSafeKey {
 
 /// `salt || ciphertext || tag` of `plaintext` under a fresh key derived from `key`.
 fn seal_with(key: &[u8; KEY_LEN], ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(SALT_LEN + plaintext.len() + TAG_LEN);
+    buf.extend_from_slice(&[0; SALT_LEN]);
+    buf.extend_from_slice(plaintext);
+    seal_in_place(key, ad, buf)
+}
+
+/// Seals `buf[SALT_LEN..]` in place (one buffer: no copy of the plaintext beyond the
+/// one that filled it) under the key of a fresh salt written into `buf[..SALT_LEN]`,
+/// and appends the tag.
+fn seal_in_place(key: &[u8; KEY_LEN], ad: &[u8], mut buf: Vec<u8>) -> Result<Vec<u8>> {
     let salt: [u8; SALT_LEN] = random()?;
-    // One buffer, sealed in place: no copy of the plaintext beyond the first.
-    let mut out = Vec::with_capacity(SALT_LEN + plaintext.len() + TAG_LEN);
-    out.extend_from_slice(&salt);
-    out.extend_from_slice(plaintext);
+    buf[..SALT_LEN].copy_from_slice(&salt);
     let tag = object_key(key, &salt)
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key([0; 12]),
             Aad::from(ad),
-            &mut out[SALT_LEN..],
+            &mut buf[SALT_LEN..],
         )
         .map_err(|_| Error::BadKey {
             what: "sealing".into(),
             reason: "message too long for AES-GCM".into(),
         })?;
-    out.extend_from_slice(tag.as_ref());
-    Ok(out)
+    buf.extend_from_slice(tag.as_ref());
+    Ok(buf)
 }
 
 /// The plaintext of what [`seal_with`] made with `key` and `ad`, or `None`.
@@ -245,25 +252,43 @@ impl Sealer {
     /// `salt || sealed(pad(plaintext)) || tag`, bound to `kind` and `id`, built in one
     /// buffer (one copy of the plaintext): how blobs, TOCs and snapshots are sealed.
     pub fn seal_padded(&self, kind: SealedKind, id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let salt: [u8; SALT_LEN] = random()?;
         let framed = padme(4 + plaintext.len() as u64) as usize;
         let mut out = Vec::with_capacity(SALT_LEN + framed + TAG_LEN);
-        out.extend_from_slice(&salt);
+        out.extend_from_slice(&[0; SALT_LEN]);
         out.extend_from_slice(&(plaintext.len() as u32).to_le_bytes());
         out.extend_from_slice(plaintext);
         out.resize(SALT_LEN + framed, 0);
-        let tag = object_key(&self.key, &salt)
-            .seal_in_place_separate_tag(
+        seal_in_place(&self.key, &associated(kind, id), out)
+    }
+
+    /// Opens what [`Sealer::seal_padded`] made as `kind` and `id` in place (no copy: a
+    /// restore opens every chunk it reads) and returns where in `sealed` the plaintext
+    /// now lies.
+    pub fn open_padded_in_place(
+        &self,
+        kind: SealedKind,
+        id: &[u8],
+        sealed: &mut [u8],
+        what: &str,
+    ) -> Result<std::ops::Range<usize>> {
+        let fail = |why: &str| Error::Unauthenticated {
+            what: format!("{what}{why}"),
+        };
+        if sealed.len() < SALT_LEN + TAG_LEN {
+            return Err(fail(""));
+        }
+        let (salt, body) = sealed.split_at_mut(SALT_LEN);
+        let framed = object_key(&self.key, salt)
+            .open_in_place(
                 Nonce::assume_unique_for_key([0; 12]),
                 Aad::from(associated(kind, id)),
-                &mut out[SALT_LEN..],
+                body,
             )
-            .map_err(|_| Error::BadKey {
-                what: "sealing".into(),
-                reason: "message too long for AES-GCM".into(),
-            })?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+            .map_err(|_| fail(""))?;
+        let len = unpad(framed)
+            .ok_or_else(|| fail(" (inconsistent padding)"))?
+            .len();
+        Ok(SALT_LEN + 4..SALT_LEN + 4 + len)
     }
 
     /// The plaintext of what [`Sealer::seal_padded`] made as `kind` and `id`.
@@ -274,16 +299,11 @@ impl Sealer {
         sealed: &[u8],
         what: &str,
     ) -> Result<Vec<u8>> {
-        let framed = self.open(kind, id, sealed, what)?;
-        let body = unpad(&framed).ok_or_else(|| Error::Unauthenticated {
-            what: format!("{what} (inconsistent padding)"),
-        })?;
-        // Usually most of the frame: cheaper to shift in place than to copy anew.
-        let len = body.len();
-        let mut framed = framed;
-        framed.copy_within(4..4 + len, 0);
-        framed.truncate(len);
-        Ok(framed)
+        let mut buf = sealed.to_vec();
+        let at = self.open_padded_in_place(kind, id, &mut buf, what)?;
+        buf.copy_within(at.clone(), 0);
+        buf.truncate(at.len());
+        Ok(buf)
     }
 
     /// `salt || ciphertext || tag` of `plaintext`, bound to `kind` and `id`.

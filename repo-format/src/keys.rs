@@ -153,11 +153,11 @@ pub fn unlock(
         return Ok((key, Opener::External(path.into())));
     }
     let mut damaged = Vec::new();
-    let mut tried = 0;
+    let mut tried = Vec::new();
     for k in list(root)? {
         match k {
             Ok(k) => {
-                tried += 1;
+                tried.push(k.path.clone());
                 match k
                     .file
                     .unwrap_key(password, repo_id, &k.path.display().to_string())
@@ -170,10 +170,17 @@ pub fn unlock(
             Err(e) => damaged.push(e.to_string()),
         }
     }
-    if tried == 0 && damaged.is_empty() {
+    if tried.is_empty() && damaged.is_empty() {
         return Err(Error::NoKeyFile { path: root.into() });
     }
-    let mut what = format!("{} ({tried} key file(s) tried)", keys_dir(root).display());
+    let mut what = match tried.as_slice() {
+        [one] => one.display().to_string(),
+        _ => format!(
+            "{} ({} key files tried)",
+            keys_dir(root).display(),
+            tried.len()
+        ),
+    };
     if !damaged.is_empty() {
         what.push_str(&format!("; unusable: {}", damaged.join("; ")));
     }

@@ -823,6 +823,61 @@ mod tests {
     }
 
     #[test]
+    fn an_encrypted_repository_opens_only_with_its_key_and_seals_what_it_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let master = MasterKey::generate().unwrap();
+        let config = RepoConfig::new(Default::default(), Default::default(), 1 << 20).unwrap();
+        let params = crate::crypto::KdfParams {
+            m_kib: 8 * 1024,
+            t: 1,
+            p: 1,
+        };
+        let key = KeyFile::wrap(&master, b"pw", params, &config.repo_id.0, "admin").unwrap();
+        std::env::set_var("DEDISK_CACHE_DIR", dir.path().join("cache"));
+        let r = Repository::init_encrypted(&root, config, master.clone(), &key, None).unwrap();
+        assert!(r.is_encrypted());
+        assert!(
+            !r.index_path().starts_with(&root),
+            "the index is not beside the data"
+        );
+        let (pack_id, ids) = pack(&r, &[b"guest secret one", b"guest secret two"], true);
+        assert_ne!(ids[0], BlobId::of(b"guest secret one"), "ids are keyed");
+        let bytes = std::fs::read(r.pack_file(&pack_id)).unwrap();
+        assert_eq!(bytes[8], crate::pack::PACK_VERSION_SEALED);
+        assert!(!bytes.windows(12).any(|w| w == b"guest secret"));
+        drop(r);
+        assert!(matches!(
+            Repository::open(&root),
+            Err(Error::KeyNeeded { .. })
+        ));
+        let other = MasterKey::generate().unwrap();
+        assert!(matches!(
+            Repository::open_with_key(&root, other),
+            Err(Error::Unauthenticated { .. })
+        ));
+        let (unlocked, _) = crate::keys::unlock(
+            &root,
+            None,
+            b"pw",
+            &Repository::read_config(&root).unwrap().repo_id.0,
+        )
+        .unwrap();
+        let r = Repository::open_with_key(&root, unlocked).unwrap();
+        let mut reader = BlobReader::new(&r).unwrap();
+        assert_eq!(reader.read(&ids[1]).unwrap(), b"guest secret two");
+        // A plaintext pack slipped into an encrypted repository is not read.
+        let plain_dir = dir.path().join("plain");
+        let plain = repo(&plain_dir);
+        let (plain_pack, _) = pack(&plain, &[b"forged"], false);
+        let forged = r.pack_file(&plain_pack);
+        std::fs::create_dir_all(forged.parent().unwrap()).unwrap();
+        std::fs::copy(plain.pack_file(&plain_pack), &forged).unwrap();
+        let lock = r.lock_shared("test").unwrap();
+        assert_eq!(lock.reconciled().packs_added, 0, "not indexed");
+    }
+
+    #[test]
     fn init_and_open_refuse_what_is_not_a_fresh_or_existing_repository() {
         let dir = tempfile::tempdir().unwrap();
         let r = repo(dir.path());

@@ -268,3 +268,110 @@ proptest! {
         prop_assert_eq!(Snapshot::decode("p".as_ref(), id, &bytes).unwrap(), s);
     }
 }
+
+#[test]
+fn sealed_packs_configs_and_key_files_follow_format_section_10() {
+    use repo_format::crypto::{KdfParams, KeyFile, MasterKey, RepoKeys, SealedKind};
+    use std::sync::Arc;
+    let master = MasterKey::from_bytes([7; 32]);
+    let keys = Arc::new(RepoKeys::new(master.clone()));
+    // Keyed ids: BLAKE3 keyed with the derived chunk-id key.
+    let id_key = blake3::derive_key("dedisk repository v2 chunk id", &[7; 32]);
+    assert_eq!(
+        keys.blob_id(b"hello").0,
+        *blake3::keyed_hash(&id_key, b"hello").as_bytes()
+    );
+    let codec = BlobCodec::sealed(keys.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut enc = repo_format::BlobEncoder::new(3, codec.clone()).unwrap();
+    let blob = enc.encode(BlobKind::Data, b"hello").unwrap();
+    // Sealed payload: salt 24 | AES-256-GCM(len u32 | bytes | zero padding) | tag 16.
+    assert_eq!(blob.payload.len(), 24 + 4 + 5 + 16);
+    let mut w = PackWriter::create(dir.path(), &codec).unwrap();
+    w.add(&blob).unwrap();
+    let local = repo_format::backend::LocalDir::new(dir.path());
+    let done = w.finish(&local).unwrap();
+    let path = local.path(repo_format::backend::ObjectKind::Pack, &done.id.to_hex());
+    let b = std::fs::read(&path).unwrap();
+    assert_eq!(&b[0..8], b"DDSKPACK");
+    assert_eq!(b[8], 2, "pack version 2");
+    assert_eq!(&b[9..16], &[0; 7]);
+    // No clear blob header: the sealed payload starts at 16.
+    assert_eq!(&b[16..16 + blob.payload.len()], blob.payload.as_slice());
+    // Footer: toc_offset u64 | sealed TOC length u32 | reserved u32 | "DDSKEND2".
+    let f = &b[b.len() - 24..];
+    let toc_offset = le64(f, 0);
+    assert_eq!(toc_offset, 16 + blob.payload.len() as u64);
+    assert_eq!(le32(f, 8) as u64, b.len() as u64 - 24 - toc_offset);
+    assert_eq!(le32(f, 12), 0);
+    assert_eq!(&f[16..24], b"DDSKEND2");
+    // The sealed TOC opens as count | reserved | 56-byte entries, bound to its place.
+    let mut ad = b"DDSKPACK".to_vec();
+    ad.push(2);
+    ad.extend_from_slice(&toc_offset.to_le_bytes());
+    let toc = keys
+        .sealer()
+        .open_padded(
+            SealedKind::PackToc,
+            &ad,
+            &b[toc_offset as usize..b.len() - 24],
+            "t",
+        )
+        .unwrap();
+    assert_eq!(le32(&toc, 0), 1);
+    assert_eq!(toc.len(), 8 + TOC_ENTRY_LEN as usize);
+    assert_eq!(&toc[8..40], blob.id.0.as_slice());
+    assert_eq!(le64(&toc, 8 + 44), 16, "offset: the payload itself");
+    let entries = read_toc(&File::open(&path).unwrap(), b.len() as u64, "p", &codec).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert!(read_toc(
+        &File::open(&path).unwrap(),
+        b.len() as u64,
+        "p",
+        &BlobCodec::plain()
+    )
+    .is_err());
+
+    // config.json of version 2: the version-1 fields, `encryption` and `mac`.
+    let mut config =
+        repo_format::RepoConfig::new(Default::default(), Default::default(), 64 << 20).unwrap();
+    config.repo_id = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+        .parse()
+        .unwrap();
+    config.created = "2026-11-22T07:22:41Z".parse().unwrap();
+    config.seal(&master);
+    let json = serde_json::to_string_pretty(&config).unwrap();
+    assert_eq!(json, include_str!("golden/config-v2.json").trim_end());
+    config.check_mac("c".as_ref(), &master).unwrap();
+    // The MAC: keyed BLAKE3 (derived key) of the compact JSON without `mac`.
+    let mac_key = blake3::derive_key("dedisk repository v2 config mac", &[7; 32]);
+    let mut without: serde_json::Value = serde_json::from_str(&json).unwrap();
+    without.as_object_mut().unwrap().remove("mac");
+    let input = serde_json::to_vec(&without).unwrap();
+    assert_eq!(
+        config.mac.as_deref().unwrap(),
+        blake3::keyed_hash(&mac_key, &input).to_hex().as_str()
+    );
+    let mut changed = config.clone();
+    changed.compression.level = 19;
+    assert!(changed.check_mac("c".as_ref(), &master).is_err());
+
+    // Key files: every field but `wrapped` is associated data of the wrapped key.
+    let quick = KdfParams {
+        m_kib: 8192,
+        t: 1,
+        p: 1,
+    };
+    let kf = KeyFile::wrap(&master, b"pw", quick, &config.repo_id.0, "admin").unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&kf.to_bytes()).unwrap();
+    let fields: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let mut want = vec![
+        "version", "kdf", "params", "salt", "wrapped", "label", "created",
+    ];
+    want.sort();
+    let mut fields = fields;
+    fields.sort();
+    assert_eq!(fields, want);
+    assert_eq!(v["kdf"], "argon2id");
+    assert_eq!(v["wrapped"].as_str().unwrap().len(), 2 * (24 + 32 + 16));
+}

@@ -7,6 +7,7 @@
 mod backup_restore;
 mod crash;
 mod damage;
+mod encryption;
 mod errors;
 mod helpers;
 mod hostile;

@@ -73,15 +73,7 @@ pub fn key(g: &Global, what: &KeyWhat) -> Result<Outcome> {
         }
         KeyWhat::Add { label, kdf } => {
             let (master, _) = unlock(g, path, &config)?;
-            let password = new_password(false)?;
-            let kf = KeyFile::wrap(
-                &master,
-                &password,
-                kdf_params(kdf),
-                &repo_id,
-                &key_label(label.as_deref()),
-            )?;
-            let id = keys::add(path, &kf)?;
+            let id = add_key(path, &master, &repo_id, label.as_deref(), kdf)?;
             report(g, "key-add", &id, format!("added key {id}"));
             Ok(Outcome::default())
         }
@@ -173,15 +165,7 @@ pub fn key(g: &Global, what: &KeyWhat) -> Result<Outcome> {
             config
                 .check_mac(&path.join("config.json"), &master)
                 .context("the imported key is not this repository's")?;
-            let password = new_password(false)?;
-            let kf = KeyFile::wrap(
-                &master,
-                &password,
-                kdf_params(kdf),
-                &repo_id,
-                &key_label(label.as_deref()),
-            )?;
-            let id = keys::add(path, &kf)?;
+            let id = add_key(path, &master, &repo_id, label.as_deref(), kdf)?;
             report(
                 g,
                 "key-import",
@@ -191,6 +175,26 @@ pub fn key(g: &Global, what: &KeyWhat) -> Result<Outcome> {
             Ok(Outcome::default())
         }
     }
+}
+
+/// Wraps `master` under a new password (asked for, or DEDISK_NEW_PASSWORD) into a new
+/// key file in `keys/`; returns its id.
+fn add_key(
+    path: &std::path::Path,
+    master: &MasterKey,
+    repo_id: &[u8],
+    label: Option<&str>,
+    kdf: &crate::args::KdfArgs,
+) -> Result<String> {
+    let password = new_password(false)?;
+    let kf = KeyFile::wrap(
+        master,
+        &password,
+        kdf_params(kdf),
+        repo_id,
+        &key_label(label),
+    )?;
+    Ok(keys::add(path, &kf)?)
 }
 
 fn report(g: &Global, kind: &str, id: &str, text: String) {
@@ -225,10 +229,11 @@ fn read_exported(from: &std::path::Path, config: &repo_format::RepoConfig) -> Re
             .take(64 * 1024)
             .read_to_string(&mut text)
             .context("reading the paper key from stdin")?;
-        // The heading line `key export --paper` prints is allowed back in.
+        // Only the numbered lines count: the heading `key export --paper` prints (and
+        // anything else around them) may be pasted back in too.
         let body: String = text
             .lines()
-            .filter(|l| !l.starts_with("dedisk master key"))
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
             .map(|l| format!("{l}\n"))
             .collect();
         return Ok(parse_paper_key(&body)?);

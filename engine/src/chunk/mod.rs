@@ -494,6 +494,54 @@ mod tests {
     }
 
     #[test]
+    fn keyed_cuts_depend_on_the_secret_and_keep_every_rule() {
+        let data = disk(11, 6 << 20);
+        for alg in [ChunkerAlgorithm::AlignedCdc, ChunkerAlgorithm::Fastcdc] {
+            let p = ChunkerParams {
+                algorithm: alg,
+                ..ChunkerParams::default()
+            };
+            let cuts_with = |secret: Option<[u8; 32]>| {
+                let mut c = Cutter::keyed(p, secret);
+                let mut cuts = vec![];
+                let mut out = |cut: Cut| {
+                    if let Cut::Chunk { offset, data } = cut {
+                        cuts.push((offset, data.len() as u64));
+                    }
+                };
+                for part in data.chunks(123_457) {
+                    c.feed(part, &mut out);
+                }
+                c.finish(&mut out);
+                cuts
+            };
+            let a = cuts_with(Some([1; 32]));
+            assert_eq!(a, cuts_with(Some([1; 32])), "{alg}: same secret, same cuts");
+            assert_ne!(a, cuts_with(Some([2; 32])), "{alg}: the secret decides");
+            assert_ne!(
+                a,
+                cuts_with(None),
+                "{alg}: keyed is not the published chunker"
+            );
+            let mean = a.iter().map(|c| c.1).sum::<u64>() / a.len() as u64;
+            assert!(
+                (p.avg_bytes as u64 / 2..p.avg_bytes as u64 * 2).contains(&mean),
+                "{alg}: mean chunk {mean}"
+            );
+            for (offset, len) in &a {
+                assert!(*len <= p.max_bytes as u64);
+                if alg == ChunkerAlgorithm::AlignedCdc {
+                    assert_eq!(
+                        offset % p.align_bytes as u64,
+                        0,
+                        "aligned cuts stay aligned"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn chunks_tile_the_disk_for_every_algorithm() {
         let data = disk(7, 3 << 20 | 1234);
         for alg in [

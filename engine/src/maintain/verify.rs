@@ -518,7 +518,7 @@ fn check_pack(
             offset: e.offset,
         };
         let ok = read_payload(&file, *pack, e, repo.codec())
-            .and_then(|p| decoder.decode(e.id, e.kind, e.compression, e.raw_len, &p, origin));
+            .and_then(|p| decoder.decode(e.id, e.kind, e.compression, e.raw_len, p, origin));
         if let Err(err) = ok {
             problems.push(problem(err.to_string()));
             bad.push(e.id);
