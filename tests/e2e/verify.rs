@@ -73,9 +73,11 @@ fn flipped_bytes_and_lost_packs_are_named_by_snapshot_disk_and_range() {
         .write(true)
         .open(target)
         .unwrap();
+    // The middle of the largest pack: inside a chunk, however the writer spread them.
+    let at = f.metadata().unwrap().len() / 2;
     let mut b = [0u8];
-    f.read_exact_at(&mut b, 300_000).unwrap();
-    f.write_all_at(&[b[0] ^ 1], 300_000).unwrap();
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 1], at).unwrap();
     drop(f);
 
     // Structure alone does not read chunk data: the flip is invisible to it.

@@ -22,8 +22,13 @@ fn main() {
         eprintln!("usage: random_read REPO SNAPSHOT[:LABEL] [COUNT]");
         std::process::exit(2);
     }
+    // An encrypted repository is unlocked with DEDISK_PASSWORD(_FILE/_COMMAND).
+    let access = engine::secret::KeyAccess {
+        password: engine::secret::PasswordFrom::from_env(),
+        ..Default::default()
+    };
     let repo = std::sync::Arc::new(
-        repo_format::Repository::open(args[0].as_ref()).expect("open repository"),
+        engine::secret::open_repository(args[0].as_ref(), &access).expect("open repository"),
     );
     let (spec, label) = engine::job::select::split_label(&args[1]);
     let (_, snap) = engine::job::select::resolve_snapshot(&repo, spec).expect("snapshot");
