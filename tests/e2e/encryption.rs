@@ -154,13 +154,19 @@ fn no_file_of_an_encrypted_repository_holds_guest_data() {
             marked_disk(dir, &format!("guest{night}.raw"), marker, 2000 + night * 7)
         };
         for repo in [&plain, &sealed] {
-            backup(repo, "guest-vm-name", &[&format!("vda={}", p(&disk))]);
+            backup(
+                repo,
+                "guest-vm-name",
+                &[&format!("guest-disk-label={}", p(&disk))],
+            );
         }
     }
     // The check can fail: the unencrypted repository holds the marker and the VM name.
     assert!(!files_holding(&plain, marker).is_empty());
     assert!(!files_holding(&plain, b"guest-vm-name").is_empty());
-    for needle in [&marker[..], b"guest-vm-name", b"vda"] {
+    assert!(!files_holding(&plain, b"guest-disk-label").is_empty());
+    // Needles long enough not to turn up by chance in megabytes of ciphertext.
+    for needle in [&marker[..], b"guest-vm-name", b"guest-disk-label"] {
         let found = files_holding(&sealed, needle);
         assert!(
             found.is_empty(),
