@@ -504,6 +504,28 @@ fn a_job_reads_its_password_once_from_its_password_file() {
     assert_eq!(out.status.code(), Some(1));
     let report = std::fs::read_to_string(d.join("job.report.json")).unwrap();
     assert!(report.contains("wrong password"), "{report}");
+    // password_command: run without a shell, its first line is the password.
+    std::fs::write(d.join("right"), format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(
+        &job,
+        format!(
+            "repository = \"repo\"\npassword_command = \"cat '{}'\"\n[[vm]]\nname = \"web01\"\ndisks = {{ vda = \"{}\" }}\n",
+            d.join("right").display(),
+            img.display()
+        ),
+    )
+    .unwrap();
+    let out = dedisk()
+        .env_remove("DEDISK_PASSWORD")
+        .args(["run", p(&job)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(snapshot_files(&repo).len(), 2);
 }
 
 #[test]

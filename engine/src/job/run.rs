@@ -110,10 +110,14 @@ pub struct JobReport {
 }
 
 /// The job's repository, unlocked once with the job's password source (or the
-/// DEDISK_PASSWORD variables); nobody is asked: a job runs unattended.
+/// DEDISK_PASSWORD variables) and key file (or DEDISK_KEY_FILE); nobody is asked: a job
+/// runs unattended.
 fn open_repository(job: &Job) -> Result<Repository> {
+    let from_env = std::env::var_os("DEDISK_KEY_FILE")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
     let access = crate::secret::KeyAccess {
-        key_file: job.key_file.as_deref(),
+        key_file: job.key_file.as_deref().or(from_env.as_deref()),
         password: job
             .password
             .clone()
