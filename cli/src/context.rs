@@ -107,13 +107,13 @@ pub fn unlock(
 pub fn open_quietly(g: &Global, path: &Path) -> Result<Repository> {
     let config = Repository::read_config(path)
         .with_context(|| format!("opening repository {}", path.display()))?;
-    let repo = if config.is_encrypted() {
-        let (key, _) = unlock(g, path, &config)?;
-        Repository::open_with_key(path, key)
+    let master = if config.is_encrypted() {
+        Some(unlock(g, path, &config)?.0)
     } else {
-        Repository::open(path)
+        None
     };
-    repo.with_context(|| format!("opening repository {}", path.display()))
+    Repository::open_as(path, config, master)
+        .with_context(|| format!("opening repository {}", path.display()))
 }
 
 /// Opens the repository, turning what opening had to repair into warnings.

@@ -127,11 +127,12 @@ impl KeyAccess<'_> {
 /// the master key a password unlocks (argon2id runs once per key file tried).
 pub fn open_repository(root: &Path, access: &KeyAccess<'_>) -> Result<Repository> {
     let config = Repository::read_config(root)?;
-    if !config.is_encrypted() {
-        return Ok(Repository::open(root)?);
-    }
-    let (master, _) = unlock(root, &config, access)?;
-    Ok(Repository::open_with_key(root, master)?)
+    let master = if config.is_encrypted() {
+        Some(unlock(root, &config, access)?.0)
+    } else {
+        None
+    };
+    Ok(Repository::open_as(root, config, master)?)
 }
 
 /// The master key of the encrypted repository at `root` and the key file that opened it.

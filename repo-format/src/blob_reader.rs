@@ -22,13 +22,38 @@ use crate::repo::Repository;
 pub struct BlobReader<R: Borrow<Repository>> {
     repo: R,
     index: Index,
-    open_packs: HashMap<PackId, File>,
+    open_packs: OpenPacks,
     decoder: BlobDecoder,
     codec: crate::blob::BlobCodec,
 }
 
 /// Packs a reader keeps open at once.
 const OPEN_PACKS_MAX: usize = 64;
+
+/// The pack files a reader keeps open (its own field, so that a file can be borrowed
+/// beside the reader's codec).
+#[derive(Default)]
+struct OpenPacks(HashMap<PackId, File>);
+
+impl OpenPacks {
+    fn get(&mut self, repo: &Repository, pack: PackId) -> Result<&File> {
+        if !self.0.contains_key(&pack) {
+            if self.0.len() >= OPEN_PACKS_MAX {
+                self.0.clear();
+            }
+            let path = repo.pack_file(&pack);
+            let f = File::open(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::MissingPack {
+                    pack,
+                    path: path.clone(),
+                },
+                _ => Error::io(&path, e),
+            })?;
+            self.0.insert(pack, f);
+        }
+        Ok(&self.0[&pack])
+    }
+}
 
 impl<R: Borrow<Repository>> BlobReader<R> {
     /// A reader over `repo`: a borrow (`&Repository`) for one command's work, or an
@@ -40,7 +65,7 @@ impl<R: Borrow<Repository>> BlobReader<R> {
         Ok(BlobReader {
             repo,
             index,
-            open_packs: HashMap::new(),
+            open_packs: OpenPacks::default(),
             decoder,
             codec,
         })
@@ -84,31 +109,13 @@ impl<R: Borrow<Repository>> BlobReader<R> {
         }
     }
 
-    fn pack_file(&mut self, pack: PackId) -> Result<&File> {
-        if !self.open_packs.contains_key(&pack) {
-            if self.open_packs.len() >= OPEN_PACKS_MAX {
-                self.open_packs.clear();
-            }
-            let path = self.repo.borrow().pack_file(&pack);
-            let f = File::open(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::MissingPack {
-                    pack,
-                    path: path.clone(),
-                },
-                _ => Error::io(&path, e),
-            })?;
-            self.open_packs.insert(pack, f);
-        }
-        Ok(&self.open_packs[&pack])
-    }
-
     /// Tells the kernel a blob will be read soon (POSIX_FADV_WILLNEED), so it is fetched
     /// in the background while other blobs are decoded. Restore calls this a few
     /// megabytes ahead of its workers: cold pack reads are small and latency-bound.
     pub fn prefetch(&mut self, loc: &BlobLocation) -> Result<()> {
         use std::os::unix::io::AsRawFd;
         let len = blob_overhead(&self.codec) + loc.entry.stored_len as u64;
-        let file = self.pack_file(loc.pack)?;
+        let file = self.open_packs.get(self.repo.borrow(), loc.pack)?;
         // SAFETY: posix_fadvise only reads its integer arguments; it is advice, so its
         // result is ignored.
         unsafe {
@@ -126,14 +133,13 @@ impl<R: Borrow<Repository>> BlobReader<R> {
     /// says. False also when the pack is gone.
     pub fn toc_agrees(&mut self, loc: &BlobLocation) -> Result<bool> {
         let path = self.repo.borrow().pack_file(&loc.pack);
-        let codec = self.codec.clone();
-        let file = match self.pack_file(loc.pack) {
+        let file = match self.open_packs.get(self.repo.borrow(), loc.pack) {
             Ok(f) => f,
             Err(Error::MissingPack { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-        Ok(read_toc(file, len, &loc.pack.to_hex(), &codec)
+        Ok(read_toc(file, len, &loc.pack.to_hex(), &self.codec)
             .map(|toc| toc.contains(&loc.entry))
             .unwrap_or(true)) // a damaged TOC: the pack is damaged, not the index
     }
@@ -168,9 +174,8 @@ impl<R: Borrow<Repository>> BlobReader<R> {
 
     /// Reads, decompresses and verifies a blob at a known location.
     pub fn read_at(&mut self, loc: &BlobLocation) -> Result<Vec<u8>> {
-        let codec = self.codec.clone();
-        let file = self.pack_file(loc.pack)?;
-        let payload = read_payload(file, loc.pack, &loc.entry, &codec)?;
+        let file = self.open_packs.get(self.repo.borrow(), loc.pack)?;
+        let payload = read_payload(file, loc.pack, &loc.entry, &self.codec)?;
         let origin = BlobOrigin {
             pack: loc.pack,
             offset: loc.entry.offset,

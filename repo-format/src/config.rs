@@ -189,7 +189,6 @@ impl RepoConfig {
         self.format_version = FORMAT_VERSION_SEALED;
         self.encryption = Some(EncryptionScheme::Blake3Aes256Gcm);
         self.chunker.seed = 0;
-        self.mac = None;
         self.mac = Some(hex::encode(master.config_mac(&self.mac_input())));
     }
 

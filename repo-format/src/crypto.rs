@@ -147,19 +147,9 @@ impl RepoKeys {
     }
 }
 
-/// `plaintext` framed for sealing: its length (u32), the bytes, then zeros up to the
-/// Padmé length of the whole, so sealed sizes say little about content sizes.
-pub fn pad(plaintext: &[u8]) -> Vec<u8> {
-    let framed = 4 + plaintext.len() as u64;
-    let mut out = Vec::with_capacity(padme(framed) as usize + SALT_LEN + TAG_LEN);
-    out.extend_from_slice(&(plaintext.len() as u32).to_le_bytes());
-    out.extend_from_slice(plaintext);
-    out.resize(padme(framed) as usize, 0);
-    out
-}
-
-/// The bytes [`pad`] framed, or `None` when the frame is inconsistent.
-pub fn unpad(framed: &[u8]) -> Option<&[u8]> {
+/// The bytes of a frame [`Sealer::seal_padded`] made (its length (u32), the bytes,
+/// then zeros up to the Padmé length of the whole), or `None` when it is inconsistent.
+fn unpad(framed: &[u8]) -> Option<&[u8]> {
     let len = u32::from_le_bytes(framed.get(..4)?.try_into().ok()?) as usize;
     let body = framed.get(4..4 + len)?;
     framed[4 + len..].iter().all(|&b| b == 0).then_some(body)
@@ -249,7 +239,9 @@ fn open_with(key: &[u8; KEY_LEN], ad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Sealer {
-    /// `salt || sealed(pad(plaintext)) || tag`, bound to `kind` and `id`, built in one
+    /// `salt || sealed(frame) || tag`, bound to `kind` and `id`: the frame is the
+    /// plaintext's length (u32), the bytes, then zeros up to the Padmé length of the
+    /// whole, so sealed sizes say little about content sizes. Built in one
     /// buffer (one copy of the plaintext): how blobs, TOCs and snapshots are sealed.
     pub fn seal_padded(&self, kind: SealedKind, id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let framed = padme(4 + plaintext.len() as u64) as usize;

@@ -205,20 +205,27 @@ impl Repository {
     /// with the packs. An encrypted one is [`Error::KeyNeeded`]: see
     /// [`Repository::open_with_key`].
     pub fn open(root: &Path) -> Result<Repository> {
-        let config = Repository::read_config(root)?;
-        if config.is_encrypted() {
-            return Err(Error::KeyNeeded { path: root.into() });
-        }
-        Repository::open_config(root, config, None)
+        Repository::open_as(root, Repository::read_config(root)?, None)
     }
 
     /// Opens a repository with `master` (from [`crate::keys::unlock`]); an unencrypted
     /// repository ignores it.
     pub fn open_with_key(root: &Path, master: MasterKey) -> Result<Repository> {
-        let config = Repository::read_config(root)?;
+        Repository::open_as(root, Repository::read_config(root)?, Some(master))
+    }
+
+    /// Opens the repository at `root` whose config a caller already read with
+    /// [`Repository::read_config`] (to learn whether it needs a key), with `master` if it
+    /// is encrypted ([`Error::KeyNeeded`] without one); an unencrypted one ignores it.
+    pub fn open_as(
+        root: &Path,
+        config: RepoConfig,
+        master: Option<MasterKey>,
+    ) -> Result<Repository> {
         if !config.is_encrypted() {
             return Repository::open_config(root, config, None);
         }
+        let master = master.ok_or_else(|| Error::KeyNeeded { path: root.into() })?;
         config.check_mac(&root.join(CONFIG_FILE), &master)?;
         Repository::open_config(root, config, Some(master))
     }
@@ -756,20 +763,17 @@ impl Repository {
         match self.codec.keys() {
             None => Snapshot::decode(&path, *id, &bytes),
             Some(keys) => {
-                let bad = |reason: &str| Error::CorruptSnapshot {
-                    path: path.clone(),
-                    reason: reason.into(),
-                };
-                if blake3::hash(&bytes).as_bytes() != &id.0 {
-                    return Err(bad("content does not match the file name's hash"));
-                }
+                Snapshot::check_name(&path, *id, &bytes)?;
                 let json = keys
                     .sealer()
                     .open_padded(SealedKind::Snapshot, &[], &bytes, "snapshot")
-                    .map_err(|_| {
-                        bad("does not authenticate under this repository's key (damaged or forged)")
+                    .map_err(|_| Error::CorruptSnapshot {
+                        path: path.clone(),
+                        reason:
+                            "does not authenticate under this repository's key (damaged or forged)"
+                                .into(),
                     })?;
-                Snapshot::decode(&path, Snapshot::id_of_json(&json), &json)
+                Snapshot::parse(&path, &json)
             }
         }
     }

@@ -119,20 +119,30 @@ impl Snapshot {
         (SnapshotId(*blake3::hash(&bytes).as_bytes()), bytes)
     }
 
-    /// The id a plaintext snapshot file of these bytes has (BLAKE3).
-    pub fn id_of_json(bytes: &[u8]) -> SnapshotId {
-        SnapshotId(*blake3::hash(bytes).as_bytes())
-    }
-
     /// Parses a snapshot file, checking that its content matches its name.
     pub fn decode(path: &Path, id: SnapshotId, bytes: &[u8]) -> Result<Snapshot> {
+        Snapshot::check_name(path, id, bytes)?;
+        Snapshot::parse(path, bytes)
+    }
+
+    /// Checks that a snapshot file's bytes (sealed or not) hash to its name.
+    pub fn check_name(path: &Path, id: SnapshotId, bytes: &[u8]) -> Result<()> {
+        if blake3::hash(bytes).as_bytes() != &id.0 {
+            return Err(Error::CorruptSnapshot {
+                path: path.into(),
+                reason: "content does not match the file name's hash".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Parses and checks snapshot JSON (of a file whose name was checked, or the
+    /// plaintext of a sealed one).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
         let bad = |reason: String| Error::CorruptSnapshot {
             path: path.into(),
             reason,
         };
-        if blake3::hash(bytes).as_bytes() != &id.0 {
-            return Err(bad("content does not match the file name's hash".into()));
-        }
         let snap: Snapshot = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         if snap.snapshot_version != SNAPSHOT_VERSION
             && snap.snapshot_version != SNAPSHOT_VERSION_REPAIRED

@@ -171,14 +171,20 @@ fn snapshot_file_follows_format_section_6() {
     assert!(Snapshot::decode("x".as_ref(), SnapshotId([0; 32]), &bytes).is_err());
 }
 
-#[test]
-fn config_and_lock_files_keep_their_field_names() {
+/// The default config with the repository id and time of the goldens.
+fn golden_config() -> repo_format::RepoConfig {
     let mut config =
         repo_format::RepoConfig::new(Default::default(), Default::default(), 64 << 20).unwrap();
     config.repo_id = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
         .parse()
         .unwrap();
     config.created = "2026-11-22T07:22:41Z".parse().unwrap();
+    config
+}
+
+#[test]
+fn config_and_lock_files_keep_their_field_names() {
+    let config = golden_config();
     let json = serde_json::to_string_pretty(&config).unwrap();
     assert_eq!(json, include_str!("golden/config.json").trim_end());
     let back = repo_format::RepoConfig::parse("config.json".as_ref(), json.as_bytes()).unwrap();
@@ -333,12 +339,7 @@ fn sealed_packs_configs_and_key_files_follow_format_section_10() {
     .is_err());
 
     // config.json of version 2: the version-1 fields, `encryption` and `mac`.
-    let mut config =
-        repo_format::RepoConfig::new(Default::default(), Default::default(), 64 << 20).unwrap();
-    config.repo_id = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-        .parse()
-        .unwrap();
-    config.created = "2026-11-22T07:22:41Z".parse().unwrap();
+    let mut config = golden_config();
     config.seal(&master);
     let json = serde_json::to_string_pretty(&config).unwrap();
     assert_eq!(json, include_str!("golden/config-v2.json").trim_end());

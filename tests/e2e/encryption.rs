@@ -473,21 +473,25 @@ fn a_job_reads_its_password_once_from_its_password_file() {
     let d = t.path();
     let repo = new_repo(d, &[]);
     let img = random_image(d, "web.raw", 1 << 20, 2 << 20);
-    std::fs::write(d.join("pass"), format!("{PASSWORD}\n")).unwrap();
     let job = d.join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "repository = \"repo\"\npassword_file = \"pass\"\n[[vm]]\nname = \"web01\"\ndisks = {{ vda = \"{}\" }}\n",
-            img.display()
-        ),
-    )
-    .unwrap();
-    let out = dedisk()
-        .env_remove("DEDISK_PASSWORD")
-        .args(["run", p(&job)])
-        .output()
+    // A job file whose password comes from `password_line`, run with no DEDISK_PASSWORD.
+    let run_job = |password_line: &str| {
+        std::fs::write(
+            &job,
+            format!(
+                "repository = \"repo\"\n{password_line}\n[[vm]]\nname = \"web01\"\ndisks = {{ vda = \"{}\" }}\n",
+                img.display()
+            ),
+        )
         .unwrap();
+        dedisk()
+            .env_remove("DEDISK_PASSWORD")
+            .args(["run", p(&job)])
+            .output()
+            .unwrap()
+    };
+    std::fs::write(d.join("pass"), format!("{PASSWORD}\n")).unwrap();
+    let out = run_job("password_file = \"pass\"");
     assert!(
         out.status.success(),
         "{}",
@@ -496,30 +500,16 @@ fn a_job_reads_its_password_once_from_its_password_file() {
     assert_eq!(snapshot_files(&repo).len(), 1);
     // A wrong one: the job fails as a whole, naming the password.
     std::fs::write(d.join("pass"), "wrong\n").unwrap();
-    let out = dedisk()
-        .env_remove("DEDISK_PASSWORD")
-        .args(["run", p(&job)])
-        .output()
-        .unwrap();
+    let out = run_job("password_file = \"pass\"");
     assert_eq!(out.status.code(), Some(1));
     let report = std::fs::read_to_string(d.join("job.report.json")).unwrap();
     assert!(report.contains("wrong password"), "{report}");
     // password_command: run without a shell, its first line is the password.
     std::fs::write(d.join("right"), format!("{PASSWORD}\n")).unwrap();
-    std::fs::write(
-        &job,
-        format!(
-            "repository = \"repo\"\npassword_command = \"cat '{}'\"\n[[vm]]\nname = \"web01\"\ndisks = {{ vda = \"{}\" }}\n",
-            d.join("right").display(),
-            img.display()
-        ),
-    )
-    .unwrap();
-    let out = dedisk()
-        .env_remove("DEDISK_PASSWORD")
-        .args(["run", p(&job)])
-        .output()
-        .unwrap();
+    let out = run_job(&format!(
+        "password_command = \"cat '{}'\"",
+        d.join("right").display()
+    ));
     assert!(
         out.status.success(),
         "{}",

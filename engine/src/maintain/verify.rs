@@ -180,15 +180,12 @@ pub fn verify(
         HashSet::new()
     };
 
-    let mut snapshots = Vec::new();
+    // Every readable snapshot (the history checks look at all of them), read once.
+    let mut present = std::collections::HashMap::new();
     for r in repo.list_snapshots()? {
         match r {
             Ok((id, s)) => {
-                let wanted = opts.name.as_ref().is_none_or(|n| *n == s.name)
-                    && opts.snapshot.is_none_or(|want| want == id);
-                if wanted {
-                    snapshots.push((id, s));
-                }
+                present.insert(id, s);
             }
             Err(e) => report.add(Problem {
                 snapshot: None,
@@ -198,9 +195,18 @@ pub fn verify(
             }),
         }
     }
-    check_history(repo, opts, &mut report)?;
+    check_history(repo, &present, opts, &mut report);
+    let mut snapshots: Vec<_> = present
+        .iter()
+        .filter(|(id, s)| {
+            opts.name.as_ref().is_none_or(|n| *n == s.name)
+                && opts.snapshot.is_none_or(|want| want == **id)
+        })
+        .collect();
+    // Oldest first, as listed.
+    snapshots.sort_by_key(|(id, s)| (s.time, **id));
     let mut nodes = BlobReader::new(repo)?;
-    for (id, snap) in &snapshots {
+    for (id, snap) in snapshots {
         report.snapshots += 1;
         let disks = snap
             .disks
@@ -228,10 +234,13 @@ pub fn verify(
 /// can write the repository deleted or rolled it back); a snapshot whose predecessor is
 /// gone is a warning (another host's `forget` makes the same gap). Afterwards what is
 /// there now is recorded as seen.
-fn check_history(repo: &Repository, opts: &VerifyOptions, report: &mut VerifyReport) -> Result<()> {
+fn check_history(
+    repo: &Repository,
+    present: &std::collections::HashMap<repo_format::SnapshotId, repo_format::Snapshot>,
+    opts: &VerifyOptions,
+    report: &mut VerifyReport,
+) {
     use repo_format::history::History;
-    let present: std::collections::HashMap<repo_format::SnapshotId, repo_format::Snapshot> =
-        repo.list_snapshots()?.into_iter().flatten().collect();
     let history = History::load(repo);
     let problems_before = report.problem_count;
     let wanted = |vm: &str| opts.name.as_ref().is_none_or(|n| n == vm);
@@ -277,7 +286,7 @@ fn check_history(repo: &Repository, opts: &VerifyOptions, report: &mut VerifyRep
     // A rollback found is not accepted as the new normal: it is reported every time.
     if report.problem_count == problems_before {
         History::update(repo, |h| {
-            for (id, s) in &present {
+            for (id, s) in present {
                 h.saw(&s.name, *id, s.time);
             }
             // Only forgotten snapshots that still explain a gap, or a VM's newest seen,
@@ -287,7 +296,6 @@ fn check_history(repo: &Repository, opts: &VerifyOptions, report: &mut VerifyRep
                 .retain(|f| newest.contains(f) || present.values().any(|s| s.previous == Some(*f)));
         });
     }
-    Ok(())
 }
 
 /// The index is a cache of the packs' TOCs (issue 12: rows with a wrong offset, length
