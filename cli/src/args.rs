@@ -20,9 +20,14 @@ pub struct Cli {
 
 #[derive(Args)]
 pub struct Global {
-    /// Repository directory.
+    /// The repository: a directory, or `s3://BUCKET/PREFIX` (credentials, region and
+    /// endpoint from AWS_* variables or ~/.aws, as for the AWS CLI).
     #[arg(long, global = true, env = "DEDISK_REPO", value_name = "REPO")]
-    pub repo: Option<PathBuf>,
+    pub repo: Option<String>,
+    /// This host's cache (the index of an encrypted or S3 repository, temporary packs);
+    /// default $XDG_CACHE_HOME/dedisk. Also DEDISK_CACHE_DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Print machine-readable JSON on stdout (no progress bar).
     #[arg(long, global = true)]
     pub json: bool,
@@ -162,8 +167,8 @@ pub enum KeyWhat {
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// Where to create the repository (or --repo).
-    pub path: Option<PathBuf>,
+    /// Where to create the repository: a directory or s3://BUCKET/PREFIX (or --repo).
+    pub path: Option<String>,
     /// Encryption of the new repository.
     #[arg(long, value_enum, default_value = "aes-256-gcm")]
     pub encryption: EncryptionArg,

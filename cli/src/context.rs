@@ -2,13 +2,14 @@
 //! repository and taking its locks. Commands import from here; this module imports from
 //! no command.
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use repo_format::backend::Backend;
 use repo_format::crypto::MasterKey;
 use repo_format::lock::{ExclusiveLock, SharedLock};
-use repo_format::Repository;
+use repo_format::{Location, Repository};
 
 use crate::args::Global;
 
@@ -23,16 +24,28 @@ pub struct Outcome {
 pub static CANCEL: std::sync::LazyLock<engine::cancel::Cancel> =
     std::sync::LazyLock::new(engine::cancel::Cancel::new);
 
-pub fn repo_path(g: &Global) -> Result<&Path> {
-    g.repo
+/// Where `--repo` (or DEDISK_REPO) says the repository is: a directory or
+/// `s3://BUCKET/PREFIX`.
+pub fn repo_location(g: &Global) -> Result<Location> {
+    let text = g
+        .repo
         .as_deref()
-        .context("no repository given: pass --repo REPO or set DEDISK_REPO")
+        .context("no repository given: pass --repo REPO or set DEDISK_REPO")?;
+    Ok(Location::parse(text)?)
+}
+
+/// The repository's location and a connection to it (for S3, checked with one request).
+pub fn connect(g: &Global) -> Result<(Location, Arc<dyn Backend>)> {
+    let at = repo_location(g)?;
+    let store = at
+        .connect()
+        .with_context(|| format!("opening repository {at}"))?;
+    Ok((at, store))
 }
 
 /// The master key this process unlocked, so that a command run again (after an index
 /// recovery) or a second open does not ask for the password twice.
-static UNLOCKED: std::sync::Mutex<Option<(std::path::PathBuf, MasterKey)>> =
-    std::sync::Mutex::new(None);
+static UNLOCKED: std::sync::Mutex<Option<(String, MasterKey)>> = std::sync::Mutex::new(None);
 
 /// Asks on the terminal, when there is one (never when stdin is a pipe or a file: a
 /// script gets the clear error instead of a hang).
@@ -83,43 +96,43 @@ pub fn new_password(also_current: bool) -> Result<engine::secret::Password> {
     Ok(first)
 }
 
-/// The master key of the encrypted repository at `path` (asking at most once per
+/// The master key of the encrypted repository in `store` (asking at most once per
 /// process), with the key file that opened it.
 pub fn unlock(
     g: &Global,
-    path: &Path,
+    store: &Arc<dyn Backend>,
     config: &repo_format::RepoConfig,
 ) -> Result<(MasterKey, Option<repo_format::keys::Opener>)> {
+    let here = store.describe();
     let mut cached = UNLOCKED.lock().expect("no panic holds it");
     if let Some((p, key)) = cached.as_ref() {
-        if p == path {
+        if *p == here {
             return Ok((key.clone(), None));
         }
     }
-    let (key, opener) = engine::secret::unlock(path, config, &key_access(g))
-        .with_context(|| format!("opening repository {}", path.display()))?;
-    *cached = Some((path.into(), key.clone()));
+    let (key, opener) = engine::secret::unlock(&**store, config, &key_access(g))
+        .with_context(|| format!("opening repository {here}"))?;
+    *cached = Some((here, key.clone()));
     Ok((key, Some(opener)))
 }
 
-/// Opens the repository at `path` with its key if it is encrypted, without turning
-/// repairs into warnings.
-pub fn open_quietly(g: &Global, path: &Path) -> Result<Repository> {
-    let config = Repository::read_config(path)
-        .with_context(|| format!("opening repository {}", path.display()))?;
+/// Opens the repository `--repo` names with its key if it is encrypted, without
+/// turning repairs into warnings.
+pub fn open_quietly(g: &Global) -> Result<Repository> {
+    let (at, store) = connect(g)?;
+    let config =
+        Repository::read_config(&*store).with_context(|| format!("opening repository {at}"))?;
     let master = if config.is_encrypted() {
-        Some(unlock(g, path, &config)?.0)
+        Some(unlock(g, &store, &config)?.0)
     } else {
         None
     };
-    Repository::open_as(path, config, master)
-        .with_context(|| format!("opening repository {}", path.display()))
+    Repository::open_as(store, config, master).with_context(|| format!("opening repository {at}"))
 }
 
 /// Opens the repository, turning what opening had to repair into warnings.
 pub fn open_repo(g: &Global, out: &mut Outcome) -> Result<Repository> {
-    let path = repo_path(g)?;
-    let repo = open_quietly(g, path)?;
+    let repo = open_quietly(g)?;
     let r = repo.index_repair;
     if r.rebuilt {
         out.warnings.push(format!(

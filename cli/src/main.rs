@@ -93,11 +93,7 @@ fn broken_index(e: &anyhow::Error) -> Option<&repo_format::Error> {
 
 /// Sets the damaged index of `--repo` aside and rebuilds it from the packs.
 fn recover_index(g: &args::Global, why: &repo_format::Error) -> anyhow::Result<()> {
-    let path = g
-        .repo
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("no repository"))?;
-    let repo = context::open_quietly(g, path)?;
+    let repo = context::open_quietly(g)?;
     let index = repo.index()?;
     repo.recover_index(&index, why)?;
     Ok(())
@@ -117,6 +113,11 @@ fn main() {
         .init();
 
     handle_signals();
+    if let Some(dir) = &cli.global.cache_dir {
+        // Read wherever a repository's cache folder is found (repo_format::cache), before
+        // any thread starts.
+        std::env::set_var("DEDISK_CACHE_DIR", dir);
+    }
     let g = &cli.global;
     let mut result = run(&cli);
     // A damaged index met where no reader recovers it in place (verify's and prune's

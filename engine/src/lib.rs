@@ -21,7 +21,7 @@
 //! ```no_run
 //! use engine::backup::{backup, inputs_of, BackupOptions};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let repo = repo_format::Repository::open("/srv/backup/repo".as_ref())?;
+//! let repo = repo_format::Repository::open(std::path::Path::new("/srv/backup/repo"))?;
 //! let lock = repo.lock_shared("backup")?;
 //! let opened = engine::source::open("/var/lib/libvirt/images/vm1.qcow2", Some("vda"), &Default::default())?;
 //! let (disks, meta) = inputs_of(opened);

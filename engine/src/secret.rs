@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use repo_format::Repository;
+use repo_format::backend::Backend;
+use repo_format::{Location, Repository};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -110,12 +111,12 @@ pub struct KeyAccess<'a> {
 
 impl KeyAccess<'_> {
     /// The password: from its source, else by prompting, else an error naming the ways.
-    pub fn password(&self, repo: &Path) -> Result<Password> {
+    pub fn password(&self, repo: &str) -> Result<Password> {
         if let Some(src) = &self.password {
             return src.read();
         }
         match self.prompt {
-            Some(ask) => ask(&format!("password for {}: ", repo.display())),
+            Some(ask) => ask(&format!("password for {repo}: ")),
             None => Err(Error::Repo(repo_format::Error::KeyNeeded {
                 path: repo.into(),
             })),
@@ -123,21 +124,23 @@ impl KeyAccess<'_> {
     }
 }
 
-/// Opens the repository at `root`: an unencrypted one as it is, an encrypted one with
+/// Opens the repository at `at`: an unencrypted one as it is, an encrypted one with
 /// the master key a password unlocks (argon2id runs once per key file tried).
-pub fn open_repository(root: &Path, access: &KeyAccess<'_>) -> Result<Repository> {
-    let config = Repository::read_config(root)?;
+pub fn open_repository(at: &Location, access: &KeyAccess<'_>) -> Result<Repository> {
+    let store = at.connect()?;
+    let config = Repository::read_config(&*store)?;
     let master = if config.is_encrypted() {
-        Some(unlock(root, &config, access)?.0)
+        Some(unlock(&*store, &config, access)?.0)
     } else {
         None
     };
-    Ok(Repository::open_as(root, config, master)?)
+    Ok(Repository::open_as(store, config, master)?)
 }
 
-/// The master key of the encrypted repository at `root` and the key file that opened it.
+/// The master key of the encrypted repository in `store` and the key file that opened
+/// it.
 pub fn unlock(
-    root: &Path,
+    store: &dyn Backend,
     config: &repo_format::RepoConfig,
     access: &KeyAccess<'_>,
 ) -> Result<(repo_format::crypto::MasterKey, repo_format::keys::Opener)> {
@@ -149,12 +152,15 @@ pub fn unlock(
                 reason: "not found".into(),
             });
         }
-    } else if repo_format::keys::list(root)?.is_empty() {
-        return Err(repo_format::Error::NoKeyFile { path: root.into() }.into());
+    } else if repo_format::keys::list(store)?.is_empty() {
+        return Err(repo_format::Error::NoKeyFile {
+            path: store.describe().into(),
+        }
+        .into());
     }
-    let password = access.password(root)?;
+    let password = access.password(&store.describe())?;
     Ok(repo_format::keys::unlock(
-        root,
+        store,
         access.key_file,
         &password,
         &config.repo_id.0,

@@ -6,7 +6,6 @@
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::time::Duration;
 
 use crate::blob::{BlobDecoder, BlobKind, BlobOrigin};
@@ -15,8 +14,8 @@ use crate::ids::{BlobId, PackId};
 use crate::index::{BlobLocation, Index};
 use crate::manifest::Node;
 use crate::pack::blob_overhead;
-use crate::pack::{read_payload, read_toc};
-use crate::repo::Repository;
+use crate::pack::read_payload;
+use crate::repo::{PackHandle, Repository};
 
 /// Reads blobs through the index, keeping pack files open. One per thread.
 pub struct BlobReader<R: Borrow<Repository>> {
@@ -30,26 +29,19 @@ pub struct BlobReader<R: Borrow<Repository>> {
 /// Packs a reader keeps open at once.
 const OPEN_PACKS_MAX: usize = 64;
 
-/// The pack files a reader keeps open (its own field, so that a file can be borrowed
-/// beside the reader's codec).
+/// The packs a reader keeps open (its own field, so that a pack can be borrowed beside
+/// the reader's codec): files locally, object handles on an object store.
 #[derive(Default)]
-struct OpenPacks(HashMap<PackId, File>);
+struct OpenPacks(HashMap<PackId, PackHandle>);
 
 impl OpenPacks {
-    fn get(&mut self, repo: &Repository, pack: PackId) -> Result<&File> {
+    fn get(&mut self, repo: &Repository, pack: PackId) -> Result<&PackHandle> {
         if !self.0.contains_key(&pack) {
             if self.0.len() >= OPEN_PACKS_MAX {
                 self.0.clear();
             }
-            let path = repo.pack_file(&pack);
-            let f = File::open(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::MissingPack {
-                    pack,
-                    path: path.clone(),
-                },
-                _ => Error::io(&path, e),
-            })?;
-            self.0.insert(pack, f);
+            let handle = repo.pack_reader(&pack)?;
+            self.0.insert(pack, handle);
         }
         Ok(&self.0[&pack])
     }
@@ -115,7 +107,9 @@ impl<R: Borrow<Repository>> BlobReader<R> {
     pub fn prefetch(&mut self, loc: &BlobLocation) -> Result<()> {
         use std::os::unix::io::AsRawFd;
         let len = blob_overhead(&self.codec) + loc.entry.stored_len as u64;
-        let file = self.open_packs.get(self.repo.borrow(), loc.pack)?;
+        let PackHandle::File(file) = self.open_packs.get(self.repo.borrow(), loc.pack)? else {
+            return Ok(()); // an object store: readers run requests in parallel instead
+        };
         // SAFETY: posix_fadvise only reads its integer arguments; it is advice, so its
         // result is ignored.
         unsafe {
@@ -132,16 +126,10 @@ impl<R: Borrow<Repository>> BlobReader<R> {
     /// Whether the pack's own TOC lists the blob exactly where `loc` (an index row)
     /// says. False also when the pack is gone.
     pub fn toc_agrees(&mut self, loc: &BlobLocation) -> Result<bool> {
-        let path = self.repo.borrow().pack_file(&loc.pack);
-        let file = match self.open_packs.get(self.repo.borrow(), loc.pack) {
-            Ok(f) => f,
-            Err(Error::MissingPack { .. }) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-        Ok(read_toc(file, len, &loc.pack.to_hex(), &self.codec)
-            .map(|toc| toc.contains(&loc.entry))
-            .unwrap_or(true)) // a damaged TOC: the pack is damaged, not the index
+        Ok(match self.repo.borrow().read_pack_toc(&loc.pack, None)? {
+            None => false,
+            Some(toc) => toc.map(|toc| toc.contains(&loc.entry)).unwrap_or(true), // a damaged TOC: the pack is damaged, not the index
+        })
     }
 
     /// Reads blob `loc.entry.id` where the index said; when it does not decode there

@@ -87,6 +87,13 @@ pub enum Error {
     /// No key file to try.
     #[error("{path}: no key file (the repository's keys/ is empty; pass the one kept elsewhere with --key-file)")]
     NoKeyFile { path: PathBuf },
+    /// An object store refused or failed a request (after its retries): the object or
+    /// bucket, and the store's answer in one line.
+    #[error("{object}: {reason}")]
+    Store { object: String, reason: String },
+    /// `--repo` (or DEDISK_REPO) is neither a path nor a valid `s3://BUCKET/PREFIX`.
+    #[error("repository location {text:?}: {reason}")]
+    BadLocation { text: String, reason: String },
 }
 
 impl Error {

@@ -7,54 +7,47 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::backend::{Backend, ObjectKind};
 use crate::crypto::{KeyFile, MasterKey};
-use crate::durable::{sync_dir, write_atomic, PRIVATE_FILE_MODE};
+use crate::durable::{sync_dir, PRIVATE_FILE_MODE};
 use crate::error::{Error, IoContext, Result};
-
-/// The folder of key files in a repository.
-pub fn keys_dir(root: &Path) -> PathBuf {
-    root.join("keys")
-}
 
 /// One key file found in `keys/`.
 #[derive(Clone, Debug)]
 pub struct StoredKey {
     /// The 16 hex digits of its name.
     pub id: String,
+    /// Where it is, for messages.
     pub path: PathBuf,
     pub file: KeyFile,
 }
 
-fn is_key_name(name: &str) -> Option<&str> {
-    let id = name.strip_suffix(".json")?;
-    (id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(id)
-}
+/// The most a key file can hold; anything larger is not one.
+const MAX_KEY_FILE: usize = 64 * 1024;
 
 /// Every key file in `keys/`, by name; an unreadable one comes back as an error in the
 /// list (it never hides the others).
-pub fn list(root: &Path) -> Result<Vec<Result<StoredKey>>> {
-    let dir = keys_dir(root);
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().map(String::from))
+pub fn list(backend: &dyn Backend) -> Result<Vec<Result<StoredKey>>> {
+    let mut names: Vec<String> = backend
+        .list(ObjectKind::Key)?
+        .into_iter()
+        .filter(|m| m.name.len() == 16)
+        .map(|m| m.name)
         .collect();
     names.sort();
-    for name in names {
-        let Some(id) = is_key_name(&name) else {
-            continue;
-        };
-        let path = dir.join(&name);
-        out.push(read(&path).map(|file| StoredKey {
-            id: id.into(),
-            path,
-            file,
-        }));
+    let mut out = Vec::new();
+    for id in names {
+        let path = backend.object_name(ObjectKind::Key, &id);
+        let parsed = backend.get(ObjectKind::Key, &id).and_then(|bytes| {
+            if bytes.len() > MAX_KEY_FILE {
+                return Err(Error::BadKey {
+                    what: path.display().to_string(),
+                    reason: "larger than a key file can be".into(),
+                });
+            }
+            KeyFile::parse(&bytes, &path.display().to_string())
+        });
+        out.push(parsed.map(|file| StoredKey { id, path, file }));
     }
     Ok(out)
 }
@@ -69,20 +62,16 @@ pub fn read(path: &Path) -> Result<KeyFile> {
         .open(path)
         .at(path)?;
     let mut bytes = Vec::new();
-    f.take(64 * 1024).read_to_end(&mut bytes).at(path)?;
+    f.take(MAX_KEY_FILE as u64)
+        .read_to_end(&mut bytes)
+        .at(path)?;
     KeyFile::parse(&bytes, &path.display().to_string())
 }
 
 /// Adds a key file to `keys/` durably; returns its id.
-pub fn add(root: &Path, key: &KeyFile) -> Result<String> {
-    let dir = keys_dir(root);
-    crate::durable::create_private_dir(&dir)?;
+pub fn add(backend: &dyn Backend, key: &KeyFile) -> Result<String> {
     let id = hex::encode(&crate::ids::random_bytes()?[..8]);
-    write_atomic(
-        &dir.join(format!("{id}.json")),
-        &root.join("tmp"),
-        &key.to_bytes(),
-    )?;
+    backend.put_bytes(ObjectKind::Key, &id, &key.to_bytes())?;
     Ok(id)
 }
 
@@ -107,8 +96,8 @@ pub fn write_external(path: &Path, key: &KeyFile) -> Result<()> {
 /// Removes key `id` from `keys/`, refusing to remove the last one that opens (a
 /// repository without a key is lost) unless `external` says a key file outside the
 /// repository opened it.
-pub fn remove(root: &Path, id: &str, external: bool) -> Result<()> {
-    let keys = list(root)?;
+pub fn remove(backend: &dyn Backend, id: &str, external: bool) -> Result<()> {
+    let keys = list(backend)?;
     let readable = keys.iter().filter(|k| k.is_ok()).count();
     let target = keys
         .iter()
@@ -125,8 +114,7 @@ pub fn remove(root: &Path, id: &str, external: bool) -> Result<()> {
                 .into(),
         });
     }
-    std::fs::remove_file(&target.path).at(&target.path)?;
-    sync_dir(&keys_dir(root))
+    backend.delete(ObjectKind::Key, &target.id)
 }
 
 /// Which key file opened the repository.
@@ -142,7 +130,7 @@ pub enum Opener {
 /// that `password` opens (each try costs one argon2id run). A wrong password is
 /// [`Error::WrongPassword`]; no key file at all is [`Error::NoKeyFile`].
 pub fn unlock(
-    root: &Path,
+    backend: &dyn Backend,
     external: Option<&Path>,
     password: &[u8],
     repo_id: &[u8],
@@ -154,7 +142,7 @@ pub fn unlock(
     }
     let mut damaged = Vec::new();
     let mut tried = Vec::new();
-    for k in list(root)? {
+    for k in list(backend)? {
         match k {
             Ok(k) => {
                 tried.push(k.path.clone());
@@ -171,13 +159,15 @@ pub fn unlock(
         }
     }
     if tried.is_empty() && damaged.is_empty() {
-        return Err(Error::NoKeyFile { path: root.into() });
+        return Err(Error::NoKeyFile {
+            path: backend.describe().into(),
+        });
     }
     let mut what = match tried.as_slice() {
         [one] => one.display().to_string(),
         _ => format!(
-            "{} ({} key files tried)",
-            keys_dir(root).display(),
+            "{}/keys ({} key files tried)",
+            backend.describe(),
             tried.len()
         ),
     };

@@ -36,6 +36,7 @@ pub mod pack;
 pub mod repo;
 pub mod snapshot;
 
+pub use backend::Location;
 pub use blob::{BlobCodec, BlobEncoder, BlobKind, Compression, EncodedBlob};
 pub use blob_reader::BlobReader;
 pub use config::{
@@ -47,5 +48,5 @@ pub use ids::{BlobId, PackId, RepoId, SnapshotId};
 pub use index::{BlobLocation, Index, IndexTotals};
 pub use manifest::{Extent, ManifestBuilder, ManifestRoot, ManifestWalker, Node};
 pub use pack::{FinishedPack, PackWriter, TocEntry};
-pub use repo::{IndexRepair, Repository};
+pub use repo::{IndexRepair, PackHandle, Repository};
 pub use snapshot::{DiskStats, LostRange, Snapshot, SnapshotDisk, SnapshotMeta};

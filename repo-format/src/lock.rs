@@ -19,11 +19,13 @@
 //! alive) is stale and removed by whoever finds it; locks from other hosts are only
 //! reported, and `dedisk unlock` removes them on request.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, ObjectKind};
 use crate::error::{Error, Result};
 
 /// What a lock allows others to do.
@@ -74,30 +76,40 @@ impl std::fmt::Display for LockInfo {
 }
 
 /// A lock this process holds; refreshed while held, removed when dropped.
-#[derive(Debug)]
 pub struct RepoLock {
-    /// None for the "lock" of a read-only repository, which cannot hold a file.
-    path: Option<PathBuf>,
-    /// What we wrote: the file must still hold exactly this for the lock to be ours.
+    /// Where it is, and its object name; None for the "lock" of a read-only
+    /// repository, which cannot hold one.
+    held: Option<(Arc<dyn Backend>, String)>,
+    /// What we wrote: the object must still hold exactly this for the lock to be ours.
     bytes: Vec<u8>,
     /// Dropping it stops the refresher thread.
     stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for RepoLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoLock")
+            .field("name", &self.held.as_ref().map(|(_, n)| n))
+            .finish_non_exhaustive()
+    }
+}
+
 impl RepoLock {
-    /// Fails unless the lock file is still the one this holder wrote: someone ran
-    /// `dedisk unlock --force`, or the file was damaged. Prune calls it before deleting
+    /// Fails unless the lock object is still the one this holder wrote: someone ran
+    /// `dedisk unlock --force`, or the object was damaged. Prune calls it before deleting
     /// each pack, since another command may now believe the repository is free.
     pub fn still_held(&self) -> Result<()> {
-        let Some(path) = &self.path else {
+        let Some((backend, name)) = &self.held else {
             return Err(Error::LockLost {
                 path: PathBuf::from("(no lock: read-only repository)"),
             });
         };
-        match std::fs::read(path) {
-            Ok(b) if b == self.bytes => Ok(()),
-            _ => Err(Error::LockLost { path: path.clone() }),
+        match backend.try_get(ObjectKind::Lock, name) {
+            Ok(Some(b)) if b == self.bytes => Ok(()),
+            _ => Err(Error::LockLost {
+                path: backend.object_name(ObjectKind::Lock, name),
+            }),
         }
     }
 
@@ -106,7 +118,7 @@ impl RepoLock {
     /// so that shows as an error, never as wrong data.
     pub fn read_only() -> RepoLock {
         RepoLock {
-            path: None,
+            held: None,
             bytes: Vec::new(),
             stop: None,
             refresher: None,
@@ -120,8 +132,10 @@ impl Drop for RepoLock {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
-        if let Some(path) = &self.path {
-            let _ = std::fs::remove_file(path);
+        if let Some((backend, name)) = &self.held {
+            if let Err(e) = backend.delete(ObjectKind::Lock, name) {
+                log::warn!("removing this process's lock: {e}");
+            }
         }
     }
 }
@@ -156,9 +170,9 @@ impl SharedLock {
         &self.reconciled
     }
 
-    /// False for the stand-in a read-only repository gets: no file on disk.
+    /// False for the stand-in a read-only repository gets: no lock object.
     pub fn is_on_disk(&self) -> bool {
-        self.lock.path.is_some()
+        self.lock.held.is_some()
     }
 
     /// See [`RepoLock::still_held`].
@@ -182,21 +196,31 @@ impl std::ops::Deref for ExclusiveLock {
     }
 }
 
-/// Touches `path` every [`REFRESH_EVERY`] until `stop` is dropped.
-fn refresh(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
+/// Rewrites the lock object every [`REFRESH_EVERY`] until `stop` is dropped, so that
+/// its write time says its holder is alive.
+fn refresh(
+    backend: Arc<dyn Backend>,
+    name: String,
+    bytes: Vec<u8>,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH_EVERY) {
-        let touched = std::fs::File::options()
-            .append(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        if let Err(e) = touched {
-            log::warn!("refreshing lock {}: {e}", path.display());
+        if let Err(e) = backend.put_bytes(ObjectKind::Lock, &name, &bytes) {
+            log::warn!("refreshing this process's lock: {e}");
         }
     }
 }
 
-/// This host's name, as recorded in lock files.
+/// This host's name, as recorded in lock files and snapshots: DEDISK_HOSTNAME when set
+/// (hosts whose system names collide across a fleet writing one repository, or
+/// containers), else the system's host name.
 pub fn hostname() -> String {
+    if let Some(name) = std::env::var("DEDISK_HOSTNAME")
+        .ok()
+        .filter(|n| !n.is_empty() && n.len() <= 255 && !n.chars().any(char::is_control))
+    {
+        return name;
+    }
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -293,62 +317,56 @@ pub fn stale_reason(info: &LockInfo, modified_age: Option<Duration>) -> Option<S
     }
 }
 
-fn age_of(path: &Path) -> Option<Duration> {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
+/// One lock object as listed: its name, what it says (or why it cannot be read), and
+/// how long ago it was last written.
+pub struct ListedLock {
+    pub name: String,
+    /// Where it is, for messages.
+    pub path: PathBuf,
+    pub info: std::result::Result<LockInfo, String>,
+    pub age: Option<Duration>,
 }
 
-/// Every lock file: (path, content or the reason it cannot be read).
-pub fn list(locks_dir: &Path) -> Result<Vec<(PathBuf, std::result::Result<LockInfo, String>)>> {
+/// Every lock object.
+pub fn list(backend: &dyn Backend) -> Result<Vec<ListedLock>> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(locks_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(source) => {
-            return Err(Error::Io {
-                path: locks_dir.into(),
-                source,
-            })
-        }
-    };
-    for e in entries {
-        let path = e
-            .map_err(|source| Error::Io {
-                path: locks_dir.into(),
-                source,
-            })?
-            .path();
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let info = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<LockInfo>(&b).map_err(|e| e.to_string()));
-        out.push((path, info));
+    for meta in backend.list(ObjectKind::Lock)? {
+        let info = match backend.try_get(ObjectKind::Lock, &meta.name) {
+            Ok(Some(b)) => serde_json::from_slice::<LockInfo>(&b).map_err(|e| e.to_string()),
+            // Released since it was listed.
+            Ok(None) => continue,
+            Err(e) => Err(e.to_string()),
+        };
+        out.push(ListedLock {
+            path: backend.object_name(ObjectKind::Lock, &meta.name),
+            age: meta.modified.and_then(|t| t.elapsed().ok()),
+            name: meta.name,
+            info,
+        });
     }
     Ok(out)
 }
 
-/// Whether `info` (read from `path`) is stale: see the module doc.
-pub fn is_stale(path: &Path, info: &LockInfo) -> bool {
-    stale_reason(info, age_of(path)).is_some()
+impl ListedLock {
+    /// Why it is stale (see the module doc), or None.
+    pub fn stale_reason(&self) -> Option<String> {
+        match &self.info {
+            Ok(i) => stale_reason(i, self.age).map(|w| format!("{i}: {w}")),
+            Err(e) => self
+                .age
+                .filter(|a| *a > STALE_LOCK_AGE)
+                .map(|_| format!("unreadable lock file {} ({e})", self.path.display())),
+        }
+    }
 }
 
-/// Removes stale locks, and unreadable lock files untouched for [`STALE_LOCK_AGE`];
+/// Removes stale locks, and unreadable lock objects untouched for [`STALE_LOCK_AGE`];
 /// returns what was removed and why.
-pub fn clear_stale(locks_dir: &Path) -> Result<Vec<String>> {
+pub fn clear_stale(backend: &dyn Backend) -> Result<Vec<String>> {
     let mut removed = Vec::new();
-    for (path, info) in list(locks_dir)? {
-        let why = match &info {
-            Ok(i) => stale_reason(i, age_of(&path)).map(|w| format!("{i}: {w}")),
-            Err(e) => age_of(&path)
-                .filter(|a| *a > STALE_LOCK_AGE)
-                .map(|_| format!("unreadable lock file {} ({e})", path.display())),
-        };
-        if let Some(why) = why {
-            if std::fs::remove_file(&path).is_ok() {
+    for lock in list(backend)? {
+        if let Some(why) = lock.stale_reason() {
+            if backend.delete(ObjectKind::Lock, &lock.name).is_ok() {
                 removed.push(why);
             }
         }
@@ -358,14 +376,13 @@ pub fn clear_stale(locks_dir: &Path) -> Result<Vec<String>> {
 
 /// Takes a lock of `kind` for `command`, or fails with [`Error::Locked`] naming the
 /// holder in the way. Stale locks are cleared first.
-pub fn acquire(
-    locks_dir: &Path,
-    tmp_dir: &Path,
-    kind: LockKind,
-    command: &str,
-) -> Result<RepoLock> {
-    crate::durable::create_private_dir(locks_dir)?;
-    for gone in clear_stale(locks_dir)? {
+///
+/// No conditional write is needed (Garage ignores `If-None-Match`): every holder writes
+/// an object of its own, under a random name, and only then lists the others. Of two
+/// holders racing, each lists the other's object (the store lists what was written
+/// before the listing began), so both back off; neither proceeds unseen.
+pub fn acquire(backend: Arc<dyn Backend>, kind: LockKind, command: &str) -> Result<RepoLock> {
+    for gone in clear_stale(&*backend)? {
         log::info!("removed a stale lock: {gone}");
     }
     let pid = std::process::id();
@@ -377,42 +394,42 @@ pub fn acquire(
         command: command.into(),
         pid_start: process_start(pid),
     };
-    let name = format!("{}.json", hex::encode(crate::ids::random_bytes()?));
-    let path = locks_dir.join(name);
+    let name = hex::encode(crate::ids::random_bytes()?);
     let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
-    crate::durable::write_atomic(&path, tmp_dir, &bytes)?;
+    backend.put_bytes(ObjectKind::Lock, &name, &bytes)?;
     let mut lock = RepoLock {
-        path: Some(path),
-        bytes,
+        held: Some((backend.clone(), name.clone())),
+        bytes: bytes.clone(),
         stop: None,
         refresher: None,
     };
-    for (other, theirs) in list(locks_dir)? {
-        if lock.path.as_ref() == Some(&other) {
+    for other in list(&*backend)? {
+        if other.name == name {
             continue;
         }
-        match &theirs {
+        match &other.info {
             Ok(t) if kind == LockKind::Exclusive || t.kind == LockKind::Exclusive => {
                 return Err(Error::Locked {
                     holder: t.to_string(),
                 }); // dropping `lock` removes ours
             }
             Ok(_) => {}
-            // Lock files are written whole (temporary file and rename), so an unreadable
-            // one is damage or a plant, never one being written: say so now, not after a
-            // wait (`clear_stale` drops it once untouched for STALE_LOCK_AGE).
+            // Lock objects are written whole, so an unreadable one is damage or a
+            // plant, never one being written: say so now, not after a wait
+            // (`clear_stale` drops it once untouched for STALE_LOCK_AGE).
             Err(e) => {
                 return Err(Error::BadLock {
-                    path: other.clone(),
+                    path: other.path.clone(),
                     reason: e.clone(),
                 })
             }
         }
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    let refresh_path = lock.path.clone().expect("set above");
     lock.stop = Some(tx);
-    lock.refresher = Some(std::thread::spawn(move || refresh(refresh_path, rx)));
+    lock.refresher = Some(std::thread::spawn(move || {
+        refresh(backend, name, bytes, rx)
+    }));
     Ok(lock)
 }
 
@@ -423,11 +440,11 @@ mod tests {
     #[test]
     fn a_lock_removed_or_replaced_by_someone_else_is_no_longer_held() {
         let dir = tempfile::tempdir().unwrap();
-        let (locks, tmp) = (dir.path().join("locks"), dir.path().join("tmp"));
-        std::fs::create_dir_all(&tmp).unwrap();
-        let lock = acquire(&locks, &tmp, LockKind::Exclusive, "prune").unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(crate::backend::LocalDir::new(dir.path()));
+        let lock = acquire(backend.clone(), LockKind::Exclusive, "prune").unwrap();
         lock.still_held().unwrap();
-        let (path, _) = list(&locks).unwrap().pop().unwrap();
+        let path = list(&*backend).unwrap().pop().unwrap().path;
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(lock.still_held(), Err(Error::LockLost { .. })));
         // Someone else's lock at the same name is not ours either.

@@ -20,9 +20,9 @@
 //! Footer      24 bytes   toc_offset u64 | sealed_toc_len u32 | reserved u32 | "DDSKEND2"
 //! ```
 
+use crate::backend::ReadAt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -279,7 +279,7 @@ fn sealed_toc_ad(toc_offset: u64) -> Vec<u8> {
 /// (version 1) or opening the sealed TOC (version 2, when `codec` is sealed). A pack of
 /// the other version than the repository's is refused.
 pub fn read_toc(
-    file: &File,
+    file: &dyn ReadAt,
     len_bytes: u64,
     name: &str,
     codec: &BlobCodec,
@@ -425,7 +425,7 @@ pub const MAX_STORED_BYTES: usize = MAX_BLOB_BYTES + MAX_BLOB_BYTES / 8 + 1024;
 /// Reads a blob's stored payload; in version 1 also checks its header names the blob
 /// the index or TOC said (version 2 has no header: the payload's seal binds its id).
 pub fn read_payload(
-    file: &File,
+    file: &dyn ReadAt,
     pack: PackId,
     entry: &TocEntry,
     codec: &BlobCodec,

@@ -1,5 +1,6 @@
-//! A repository on a local filesystem: its directory layout, opening (with index
-//! reconciliation), reading blobs and snapshots, and writing snapshots durably.
+//! A repository, in a local directory or under an S3 prefix ([`crate::backend`]): its
+//! layout, opening (with index reconciliation), reading blobs and snapshots, and
+//! writing snapshots durably.
 //!
 //! ```text
 //! REPO/config.json                 immutable after init
@@ -13,7 +14,9 @@
 //!
 //! An encrypted repository keeps its index in this host's cache instead
 //! ([`crate::cache`]): in the repository it would tell whoever holds it every blob's
-//! size and kind.
+//! size and kind. So does every repository on an object store (SQLite needs a local
+//! file), together with its temporary files: each host has an index of its own, rebuilt
+//! from the packs' TOCs alone.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -22,21 +25,97 @@ use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, LocalDir, ObjectKind};
+use crate::backend::{Backend, Location, ObjectKind, ReadAt, RemoteObject};
 use crate::blob::{BlobCodec, BlobDecoder, BlobEncoder};
 use crate::config::RepoConfig;
 use crate::crypto::{KeyFile, MasterKey, RepoKeys, SealedKind};
-use crate::durable::{sync_dir, write_atomic};
+use crate::durable::sync_dir;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{PackId, SnapshotId};
 use crate::index::Index;
-use crate::pack::read_toc;
+use crate::pack::{read_toc, TocEntry};
 use crate::snapshot::Snapshot;
 
-const CONFIG_FILE: &str = "config.json";
 const INDEX_FILE: &str = "index.sqlite";
 /// A temporary file untouched for this long belongs to a process that died.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+
+/// A pack being read: its open file in a local repository, or its object, read with
+/// ranged GETs, on an object store.
+pub enum PackHandle {
+    File(File),
+    Remote {
+        backend: Arc<dyn Backend>,
+        name: String,
+    },
+}
+
+impl ReadAt for PackHandle {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            PackHandle::File(f) => f.read_exact_at(buf, offset),
+            PackHandle::Remote { backend, name } => RemoteObject {
+                backend: &**backend,
+                kind: ObjectKind::Pack,
+                name,
+            }
+            .read_exact_at(buf, offset),
+        }
+    }
+}
+
+/// A remote pack's header and tail (footer and, for all but huge packs, its whole TOC),
+/// fetched with two ranged GETs so that reading a TOC costs two requests, not three;
+/// reads outside them go to the store.
+struct PackEnds<'a> {
+    store: &'a dyn Backend,
+    name: String,
+    head: Vec<u8>,
+    tail_at: u64,
+    tail: Vec<u8>,
+}
+
+/// How much of a pack's end is fetched with its footer: the TOC of a pack of up to
+/// about 4,600 blobs.
+const PACK_TAIL_FETCH: u64 = 256 * 1024;
+
+impl<'a> PackEnds<'a> {
+    fn fetch(store: &'a dyn Backend, id: &PackId, len: u64) -> Result<PackEnds<'a>> {
+        let name = id.to_hex();
+        let head_len = len.min(crate::pack::PACK_HEADER_LEN);
+        let head = store.get_range(ObjectKind::Pack, &name, 0, head_len)?;
+        let tail_at = len.saturating_sub(PACK_TAIL_FETCH).max(head_len);
+        let tail = store.get_range(ObjectKind::Pack, &name, tail_at, len - tail_at)?;
+        Ok(PackEnds {
+            store,
+            name,
+            head,
+            tail_at,
+            tail,
+        })
+    }
+}
+
+impl ReadAt for PackEnds<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset + buf.len() as u64;
+        if end <= self.head.len() as u64 {
+            buf.copy_from_slice(&self.head[offset as usize..end as usize]);
+            return Ok(());
+        }
+        if offset >= self.tail_at && end <= self.tail_at + self.tail.len() as u64 {
+            let from = (offset - self.tail_at) as usize;
+            buf.copy_from_slice(&self.tail[from..from + buf.len()]);
+            return Ok(());
+        }
+        RemoteObject {
+            backend: self.store,
+            kind: ObjectKind::Pack,
+            name: &self.name,
+        }
+        .read_exact_at(buf, offset)
+    }
+}
 
 /// What opening the repository had to do to the index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,9 +148,11 @@ enum IndexMode {
 /// An open repository. Cheap to share across threads by reference; per-thread index
 /// connections come from [`Repository::index`].
 pub struct Repository {
-    /// Where the objects are (the one backend so far; see [`crate::backend`]).
-    local: LocalDir,
-    root: PathBuf,
+    /// Where the objects are (see [`crate::backend`]).
+    store: Arc<dyn Backend>,
+    /// Where this process writes packs before they are stored: the repository's
+    /// `tmp/`, or for an object store this host's cache.
+    work_dir: PathBuf,
     config: RepoConfig,
     /// Plain, or the keys of an encrypted repository.
     codec: BlobCodec,
@@ -86,59 +167,74 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Creates a new unencrypted (version 1) repository at `root`, which must not exist
-    /// or be an empty directory.
-    pub fn init(root: &Path, config: RepoConfig) -> Result<Repository> {
-        Repository::create(root, config, None)
+    /// Creates a new unencrypted (version 1) repository at `at`, which must not exist
+    /// or be an empty directory (an empty prefix, on an object store).
+    pub fn init(at: impl Into<Location>, config: RepoConfig) -> Result<Repository> {
+        Repository::create(at.into().connect()?, config, None)
     }
 
     /// Creates a new encrypted (version 2) repository under `master`, whose first key
     /// file `key` goes into `keys/`, or to `external` (a path outside the repository)
     /// when given.
     pub fn init_encrypted(
-        root: &Path,
+        at: impl Into<Location>,
         mut config: RepoConfig,
         master: MasterKey,
         key: &KeyFile,
         external: Option<&Path>,
     ) -> Result<Repository> {
         config.seal(&master);
-        Repository::create(root, config, Some((master, key, external)))
+        Repository::create(at.into().connect()?, config, Some((master, key, external)))
     }
 
     fn create(
-        root: &Path,
+        store: Arc<dyn Backend>,
         config: RepoConfig,
         key: Option<(MasterKey, &KeyFile, Option<&Path>)>,
     ) -> Result<Repository> {
         config.validate().map_err(|reason| Error::BadConfig {
-            path: root.join(CONFIG_FILE),
+            path: store.object_name(ObjectKind::Config, ""),
             reason,
         })?;
-        if root.exists() {
-            let mut entries = fs::read_dir(root).at(root)?;
-            if entries.next().is_some() {
-                return Err(Error::AlreadyExists { path: root.into() });
+        let here = PathBuf::from(store.describe());
+        match store.local_root() {
+            Some(root) => {
+                if root.exists() {
+                    let mut entries = fs::read_dir(root).at(root)?;
+                    if entries.next().is_some() {
+                        return Err(Error::AlreadyExists { path: here });
+                    }
+                }
+                // Private: the repository holds every guest's data (issue 11).
+                for dir in ["", "packs", "snapshots", "tmp", "locks"] {
+                    crate::durable::create_private_dir(&root.join(dir))?;
+                }
             }
-        }
-        // Private: the repository holds every guest's data (issue 11).
-        for dir in ["", "packs", "snapshots", "tmp", "locks"] {
-            crate::durable::create_private_dir(&root.join(dir))?;
+            None => {
+                let used = !store.list(ObjectKind::Config)?.is_empty()
+                    || !store.list(ObjectKind::Snapshot)?.is_empty()
+                    || !store.list(ObjectKind::Pack)?.is_empty()
+                    || !store.list(ObjectKind::Key)?.is_empty();
+                if used {
+                    return Err(Error::AlreadyExists { path: here });
+                }
+            }
         }
         let master = match key {
             Some((master, key, external)) => {
                 match external {
                     Some(path) => crate::keys::write_external(path, key)?,
                     None => {
-                        crate::keys::add(root, key)?;
+                        crate::keys::add(&*store, key)?;
                     }
                 }
                 Some(master)
             }
             None => None,
         };
-        let repo = Repository::at(root, config, master);
+        let repo = Repository::at(store, config, master);
         crate::durable::create_private_dir(&repo.index_dir)?;
+        crate::durable::create_private_dir(&repo.work_dir)?;
         // A stale index of an earlier repository with this id cannot exist (ids are
         // random); a leftover file from a failed init of this one is replaced.
         let _ = fs::remove_file(repo.index_path());
@@ -146,25 +242,33 @@ impl Repository {
         // Config last: a directory without it is not (yet) a repository.
         let mut bytes = serde_json::to_vec_pretty(&repo.config).expect("config serializes");
         bytes.push(b'\n');
-        write_atomic(&root.join(CONFIG_FILE), &root.join("tmp"), &bytes)?;
-        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        repo.store.put_bytes(ObjectKind::Config, "", &bytes)?;
+        if let Some(parent) = repo
+            .store
+            .local_root()
+            .and_then(|r| r.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             sync_dir(parent)?;
         }
         Ok(repo)
     }
 
-    /// The handle on the repository at `root` with `config`, before its index is opened.
-    fn at(root: &Path, config: RepoConfig, master: Option<MasterKey>) -> Repository {
-        let (codec, index_dir) = match master {
-            Some(m) => (
-                BlobCodec::sealed(Arc::new(RepoKeys::new(m))),
-                crate::cache::dir_for(&config.repo_id),
-            ),
-            None => (BlobCodec::plain(), root.into()),
+    /// The handle on the repository in `store` with `config`, before its index is opened.
+    fn at(store: Arc<dyn Backend>, config: RepoConfig, master: Option<MasterKey>) -> Repository {
+        let cache = crate::cache::dir_for(&config.repo_id);
+        let codec = match master {
+            Some(m) => BlobCodec::sealed(Arc::new(RepoKeys::new(m))),
+            None => BlobCodec::plain(),
+        };
+        let (index_dir, work_dir) = match store.local_root() {
+            Some(root) if !codec.is_sealed() => (root.to_path_buf(), root.join("tmp")),
+            Some(root) => (cache, root.join("tmp")),
+            None => (cache.clone(), cache.join("tmp")),
         };
         Repository {
-            local: LocalDir::new(root),
-            root: root.into(),
+            store,
+            work_dir,
             config,
             codec,
             index_dir,
@@ -174,16 +278,14 @@ impl Repository {
         }
     }
 
-    /// Reads and checks `config.json` of the repository at `root` (the MAC of an
+    /// Reads and checks `config.json` of the repository in `store` (the MAC of an
     /// encrypted one is checked when it is opened with its key).
-    pub fn read_config(root: &Path) -> Result<RepoConfig> {
-        let config_path = root.join(CONFIG_FILE);
-        let bytes = match fs::read(&config_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotARepository { path: root.into() })
-            }
-            Err(e) => return Err(Error::io(config_path, e)),
+    pub fn read_config(store: &dyn Backend) -> Result<RepoConfig> {
+        let config_path = store.object_name(ObjectKind::Config, "");
+        let Some(bytes) = store.try_get(ObjectKind::Config, "")? else {
+            return Err(Error::NotARepository {
+                path: store.describe().into(),
+            });
         };
         let config = RepoConfig::parse(&config_path, &bytes)?;
         if config.is_encrypted() {
@@ -204,39 +306,47 @@ impl Repository {
     /// Opens an existing unencrypted repository, rebuilding or reconciling its index
     /// with the packs. An encrypted one is [`Error::KeyNeeded`]: see
     /// [`Repository::open_with_key`].
-    pub fn open(root: &Path) -> Result<Repository> {
-        Repository::open_as(root, Repository::read_config(root)?, None)
+    pub fn open(at: impl Into<Location>) -> Result<Repository> {
+        let store = at.into().connect()?;
+        let config = Repository::read_config(&*store)?;
+        Repository::open_as(store, config, None)
     }
 
     /// Opens a repository with `master` (from [`crate::keys::unlock`]); an unencrypted
     /// repository ignores it.
-    pub fn open_with_key(root: &Path, master: MasterKey) -> Result<Repository> {
-        Repository::open_as(root, Repository::read_config(root)?, Some(master))
+    pub fn open_with_key(at: impl Into<Location>, master: MasterKey) -> Result<Repository> {
+        let store = at.into().connect()?;
+        let config = Repository::read_config(&*store)?;
+        Repository::open_as(store, config, Some(master))
     }
 
-    /// Opens the repository at `root` whose config a caller already read with
+    /// Opens the repository in `store` whose config a caller already read with
     /// [`Repository::read_config`] (to learn whether it needs a key), with `master` if it
     /// is encrypted ([`Error::KeyNeeded`] without one); an unencrypted one ignores it.
     pub fn open_as(
-        root: &Path,
+        store: Arc<dyn Backend>,
         config: RepoConfig,
         master: Option<MasterKey>,
     ) -> Result<Repository> {
         if !config.is_encrypted() {
-            return Repository::open_config(root, config, None);
+            return Repository::open_config(store, config, None);
         }
-        let master = master.ok_or_else(|| Error::KeyNeeded { path: root.into() })?;
-        config.check_mac(&root.join(CONFIG_FILE), &master)?;
-        Repository::open_config(root, config, Some(master))
+        let master = master.ok_or_else(|| Error::KeyNeeded {
+            path: store.describe().into(),
+        })?;
+        config.check_mac(&store.object_name(ObjectKind::Config, ""), &master)?;
+        Repository::open_config(store, config, Some(master))
     }
 
     fn open_config(
-        root: &Path,
+        store: Arc<dyn Backend>,
         config: RepoConfig,
         master: Option<MasterKey>,
     ) -> Result<Repository> {
-        let mut repo = Repository::at(root, config, master);
-        if repo.codec.is_sealed() && writable(root) {
+        let mut repo = Repository::at(store, config, master);
+        let local = repo.store.local_root().map(Path::to_path_buf);
+        let writable = repo.store.writable();
+        if local.is_none() || (repo.codec.is_sealed() && writable) {
             crate::durable::create_private_dir(&repo.index_dir)?;
             if !repo.index_path().exists() {
                 // A host's first look at this repository (or a cache cleared): routine,
@@ -244,17 +354,20 @@ impl Repository {
                 Index::open(&repo.index_path())?;
             }
         }
-        if !writable(root) || (repo.index_path().exists() && !writable(&repo.index_path())) {
+        if !writable || (repo.index_path().exists() && !self::writable(&repo.index_path())) {
             // Listing, restoring, mounting and verifying need no write (issue 11).
             repo.open_read_only()?;
             return Ok(repo);
         }
-        for dir in ["packs", "snapshots", "tmp", "locks"] {
-            let path = root.join(dir);
-            if !path.is_dir() {
-                crate::durable::create_private_dir(&path)?;
+        if let Some(root) = &local {
+            for dir in ["packs", "snapshots", "tmp", "locks"] {
+                let path = root.join(dir);
+                if !path.is_dir() {
+                    crate::durable::create_private_dir(&path)?;
+                }
             }
         }
+        crate::durable::create_private_dir(&repo.work_dir)?;
         repo.clean_stale_tmp();
         // Without a lock a prune may be deleting packs right now: only add what is new.
         let opened = repo
@@ -342,8 +455,8 @@ impl Repository {
         }
         let name = format!("dedisk-{}", hex::encode(&crate::ids::random_bytes()?[..8]));
         let mut keeper = Index::open_memory(&name)?;
-        for (id, path) in self.list_packs()? {
-            if self.index_pack(&mut keeper, &id, &path)? {
+        for (id, len) in self.list_packs()? {
+            if self.index_pack(&mut keeper, &id, len)? {
                 self.index_repair.packs_added += 1;
             }
         }
@@ -387,37 +500,57 @@ impl Repository {
 
     /// The storage the repository's objects go to and come from.
     pub fn backend(&self) -> &dyn Backend {
-        &self.local
+        &*self.store
     }
 
-    /// The local file of pack `id` (readers keep pack files open; an object-store
-    /// backend will read through [`Backend::get_range`] instead).
+    /// The same, shared (for threads that outlive a borrow: lock refreshers).
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.store.clone()
+    }
+
+    /// Where pack `id` is: its file in a local repository (readers keep pack files
+    /// open), the object's URL on an object store (for messages; reads go through
+    /// [`Repository::pack_reader`]).
     pub fn pack_file(&self, id: &PackId) -> PathBuf {
-        self.local.path(ObjectKind::Pack, &id.to_hex())
+        self.store.object_name(ObjectKind::Pack, &id.to_hex())
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// A reader of pack `id`'s bytes: the open file locally, ranged GETs on an object
+    /// store. A missing pack is [`Error::MissingPack`].
+    pub fn pack_reader(&self, id: &PackId) -> Result<PackHandle> {
+        let name = id.to_hex();
+        match self.store.local_path(ObjectKind::Pack, &name) {
+            Some(path) => match File::open(&path) {
+                Ok(f) => Ok(PackHandle::File(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(Error::MissingPack { pack: *id, path })
+                }
+                Err(e) => Err(Error::io(&path, e)),
+            },
+            None => Ok(PackHandle::Remote {
+                backend: self.store.clone(),
+                name,
+            }),
+        }
+    }
+
+    /// The directory of a local repository; None on an object store.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.store.local_root()
+    }
+
+    /// Where the repository is, for messages.
+    pub fn describe(&self) -> String {
+        self.store.describe()
     }
 
     pub fn config(&self) -> &RepoConfig {
         &self.config
     }
 
-    pub fn packs_dir(&self) -> PathBuf {
-        self.root.join("packs")
-    }
-
+    /// Where this process writes packs and files before storing them.
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-
-    pub fn snapshots_dir(&self) -> PathBuf {
-        self.root.join("snapshots")
-    }
-
-    pub fn locks_dir(&self) -> PathBuf {
-        self.root.join("locks")
+        self.work_dir.clone()
     }
 
     /// Takes a lock file of `kind` (see [`crate::lock`]), one attempt; released when the
@@ -428,7 +561,7 @@ impl Repository {
         kind: crate::lock::LockKind,
         command: &str,
     ) -> Result<crate::lock::RepoLock> {
-        crate::lock::acquire(&self.locks_dir(), &self.tmp_dir(), kind, command)
+        crate::lock::acquire(self.store.clone(), kind, command)
     }
 
     /// A shared lock for `command` (one attempt: [`Error::Locked`] names a conflicting
@@ -471,7 +604,7 @@ impl Repository {
         use crate::lock::{ExclusiveLock, LockKind};
         if !self.is_writable() {
             return Err(Error::io(
-                &self.root,
+                self.store.describe(),
                 std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem),
             ));
         }
@@ -533,8 +666,8 @@ impl Repository {
             log::warn!("{why}; reading the packs' tables into memory instead");
             let name = format!("dedisk-{}", hex::encode(&crate::ids::random_bytes()?[..8]));
             let mut idx = Index::open_memory(&name)?;
-            for (id, path) in self.list_packs()? {
-                self.index_pack(&mut idx, &id, &path)?;
+            for (id, len) in self.list_packs()? {
+                self.index_pack(&mut idx, &id, len)?;
             }
             *fallback = Some((name, idx));
         }
@@ -595,31 +728,30 @@ impl Repository {
         }
     }
 
-    /// Every pack file on disk, by id.
-    pub fn list_packs(&self) -> Result<HashMap<PackId, PathBuf>> {
+    /// Every pack in the repository, with its length in bytes.
+    pub fn list_packs(&self) -> Result<HashMap<PackId, u64>> {
         let mut out = HashMap::new();
-        for (name, _) in self.local.list(ObjectKind::Pack)? {
-            match name.parse::<PackId>() {
+        for meta in self.store.list(ObjectKind::Pack)? {
+            match meta.name.parse::<PackId>() {
                 Ok(id) => {
-                    out.insert(id, self.pack_file(&id));
+                    out.insert(id, meta.len);
                 }
-                Err(_) => log::warn!("ignoring unexpected pack name {name}"),
+                Err(_) => log::warn!("ignoring unexpected pack name {}", meta.name),
             }
         }
         Ok(out)
     }
 
-    /// Reads one pack's TOC and adds it to the index. A damaged pack is skipped with a
-    /// warning, so one bad pack never keeps the rest of the repository from opening.
-    fn index_pack(&self, idx: &mut Index, id: &PackId, path: &Path) -> Result<bool> {
-        let file = match File::open(path) {
-            Ok(f) => f,
-            // Deleted since it was listed (a prune running beside an unlocked open).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io(path, e)),
+    /// Reads one pack's TOC (only its header, footer and TOC: a few ranged reads on an
+    /// object store, never the whole pack) and adds it to the index. A damaged pack is
+    /// skipped with a warning, so one bad pack never keeps the rest of the repository
+    /// from opening.
+    fn index_pack(&self, idx: &mut Index, id: &PackId, listed_len: u64) -> Result<bool> {
+        let Some(toc) = self.read_pack_toc(id, Some(listed_len))? else {
+            return Ok(false); // deleted since it was listed
         };
-        let len = file.metadata().at(path)?.len();
-        match read_toc(&file, len, &id.to_hex(), &self.codec) {
+        let len = listed_len;
+        match toc {
             Ok(entries) => {
                 idx.add_pack(id, len, &entries)?;
                 Ok(true)
@@ -627,6 +759,50 @@ impl Repository {
             Err(e) => {
                 log::warn!("not indexing damaged pack: {e}");
                 Ok(false)
+            }
+        }
+    }
+
+    /// Pack `id`'s table of contents, read from its header, footer and TOC only (two
+    /// ranged GETs on an object store, never the whole pack); None when the pack is
+    /// gone. `len` is its length where a listing said it (else it is asked for). The
+    /// outer error is the store's (or the filesystem's), the inner one the pack's: a
+    /// damaged pack.
+    pub fn read_pack_toc(
+        &self,
+        id: &PackId,
+        len: Option<u64>,
+    ) -> Result<Option<Result<Vec<TocEntry>>>> {
+        let reader = match self.pack_reader(id) {
+            Ok(r) => r,
+            Err(Error::MissingPack { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match &reader {
+            PackHandle::File(f) => {
+                let len = f.metadata().at(&self.pack_file(id))?.len();
+                Ok(Some(read_toc(f, len, &id.to_hex(), &self.codec)))
+            }
+            PackHandle::Remote { .. } => {
+                let len = match len {
+                    Some(l) => l,
+                    None => match self.store.size(ObjectKind::Pack, &id.to_hex())? {
+                        Some(l) => l,
+                        None => return Ok(None),
+                    },
+                };
+                // Failures of the store, not the pack, are errors: a pack skipped as
+                // "damaged" for a dropped connection would look lost.
+                let ends = match PackEnds::fetch(&*self.store, id, len) {
+                    Ok(ends) => ends,
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok(Some(read_toc(&ends, len, &id.to_hex(), &self.codec)))
             }
         }
     }
@@ -648,8 +824,8 @@ impl Repository {
         let on_disk = self.list_packs()?;
         let known = idx.pack_ids()?;
         let mut r = IndexRepair::default();
-        for (id, path) in &on_disk {
-            if !known.contains(id) && self.index_pack(idx, id, path)? {
+        for (id, len) in &on_disk {
+            if !known.contains(id) && self.index_pack(idx, id, *len)? {
                 r.packs_added += 1;
             }
         }
@@ -686,8 +862,8 @@ impl Repository {
         };
         let built = (|| -> Result<()> {
             let mut idx = Index::open(&tmp)?;
-            for (id, path) in self.list_packs()? {
-                if self.index_pack(&mut idx, &id, &path)? {
+            for (id, len) in self.list_packs()? {
+                if self.index_pack(&mut idx, &id, len)? {
                     r.packs_added += 1;
                 }
             }
@@ -725,7 +901,7 @@ impl Repository {
                 (SnapshotId(*blake3::hash(&sealed).as_bytes()), sealed)
             }
         };
-        self.local
+        self.store
             .put_bytes(ObjectKind::Snapshot, &id.to_hex(), &bytes)?;
         Ok(id)
     }
@@ -734,8 +910,8 @@ impl Repository {
     /// silently: it comes back as an `Err` in the list.
     pub fn list_snapshots(&self) -> Result<Vec<Result<(SnapshotId, Snapshot)>>> {
         let mut out = Vec::new();
-        for (name, _) in self.local.list(ObjectKind::Snapshot)? {
-            let Ok(id) = name.parse::<SnapshotId>() else {
+        for meta in self.store.list(ObjectKind::Snapshot)? {
+            let Ok(id) = meta.name.parse::<SnapshotId>() else {
                 continue;
             };
             out.push(self.load_snapshot(&id).map(|s| (id, s)));
@@ -750,16 +926,21 @@ impl Repository {
     /// Deletes a snapshot file (what `forget` does). The data it referenced stays until
     /// a prune finds it unreferenced.
     pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        let path = self.local.path(ObjectKind::Snapshot, &id.to_hex());
+        let name = id.to_hex();
         // Deleting what is not there is an error here: `forget` names a snapshot it saw.
-        fs::remove_file(&path).at(&path)?;
-        sync_dir(&self.snapshots_dir())
+        if self.store.try_get(ObjectKind::Snapshot, &name)?.is_none() {
+            return Err(Error::io(
+                self.store.object_name(ObjectKind::Snapshot, &name),
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        }
+        self.store.delete(ObjectKind::Snapshot, &name)
     }
 
     /// Loads one snapshot by its full id.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
-        let path = self.local.path(ObjectKind::Snapshot, &id.to_hex());
-        let bytes = self.local.get(ObjectKind::Snapshot, &id.to_hex())?;
+        let path = self.store.object_name(ObjectKind::Snapshot, &id.to_hex());
+        let bytes = self.store.get(ObjectKind::Snapshot, &id.to_hex())?;
         match self.codec.keys() {
             None => Snapshot::decode(&path, *id, &bytes),
             Some(keys) => {
@@ -860,11 +1041,12 @@ mod tests {
             Repository::open_with_key(&root, other),
             Err(Error::Unauthenticated { .. })
         ));
+        let local = crate::backend::LocalDir::new(&root);
         let (unlocked, _) = crate::keys::unlock(
-            &root,
+            &local,
             None,
             b"pw",
-            &Repository::read_config(&root).unwrap().repo_id.0,
+            &Repository::read_config(&local).unwrap().repo_id.0,
         )
         .unwrap();
         let r = Repository::open_with_key(&root, unlocked).unwrap();
@@ -886,14 +1068,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = repo(dir.path());
         assert!(matches!(
-            Repository::init(r.root(), r.config().clone()),
+            Repository::init(r.local_root().unwrap(), r.config().clone()),
             Err(Error::AlreadyExists { .. })
         ));
         assert!(matches!(
             Repository::open(dir.path()),
             Err(Error::NotARepository { .. })
         ));
-        let again = Repository::open(r.root()).unwrap();
+        let again = Repository::open(r.local_root().unwrap()).unwrap();
         assert_eq!(again.config().repo_id, r.config().repo_id);
         assert!(again.is_writable());
     }
@@ -922,7 +1104,7 @@ mod tests {
         assert_eq!(reader.locate(&stray_ids[0]).unwrap().pack, stray);
         // The index thrown away and rebuilt: the same answers.
         std::fs::remove_file(r.index_path()).unwrap();
-        let reopened = Repository::open(r.root()).unwrap();
+        let reopened = Repository::open(r.local_root().unwrap()).unwrap();
         assert!(reopened.index_repair.rebuilt);
         let mut reader = BlobReader::new(&reopened).unwrap();
         assert_eq!(reader.read(&ids[0]).unwrap(), b"one");
@@ -946,8 +1128,8 @@ mod tests {
         // An exclusive guard is a shared one too (deref), and notices its file going.
         let shared: &crate::lock::SharedLock = &x;
         assert!(shared.still_held().is_ok());
-        for (path, _) in crate::lock::list(&r.locks_dir()).unwrap() {
-            std::fs::remove_file(path).unwrap();
+        for lock in crate::lock::list(r.backend()).unwrap() {
+            std::fs::remove_file(lock.path).unwrap();
         }
         assert!(matches!(x.still_held(), Err(Error::LockLost { .. })));
     }
@@ -988,7 +1170,11 @@ mod tests {
             .collect();
         assert_eq!(list, [early, late]);
         // A damaged file is listed as an error and never hides the others.
-        let path = r.snapshots_dir().join(format!("{}.json", early.to_hex()));
+        let path = r
+            .local_root()
+            .unwrap()
+            .join("snapshots")
+            .join(format!("{}.json", early.to_hex()));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[10] ^= 1;
         std::fs::write(&path, bytes).unwrap();

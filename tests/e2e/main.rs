@@ -18,5 +18,6 @@ mod mount;
 mod nbd;
 mod prune;
 mod reliability;
+mod s3;
 mod verify;
 mod xva;

@@ -28,7 +28,11 @@ fn main() {
         ..Default::default()
     };
     let repo = std::sync::Arc::new(
-        engine::secret::open_repository(args[0].as_ref(), &access).expect("open repository"),
+        engine::secret::open_repository(
+            &repo_format::Location::parse(&args[0]).expect("repository location"),
+            &access,
+        )
+        .expect("open repository"),
     );
     let (spec, label) = engine::job::select::split_label(&args[1]);
     let (_, snap) = engine::job::select::resolve_snapshot(&repo, spec).expect("snapshot");

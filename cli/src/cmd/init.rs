@@ -15,6 +15,7 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
         .as_deref()
         .or(g.repo.as_deref())
         .context("where? give `dedisk init REPO` or --repo")?;
+    let path = repo_format::Location::parse(path)?;
     let algorithm = match a.chunker {
         ChunkerArg::AlignedCdc => ChunkerAlgorithm::AlignedCdc,
         ChunkerArg::Fastcdc => ChunkerAlgorithm::Fastcdc,
@@ -50,7 +51,7 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
             if g.key_file.is_some() {
                 bail!("--key-file is for encrypted repositories; drop it or --encryption none");
             }
-            Repository::init(path, config)
+            Repository::init(path.clone(), config)
         }
         EncryptionArg::Aes256Gcm => {
             // Checked before the password is asked for: nothing to type in vain.
@@ -72,14 +73,14 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
                 &config.repo_id.0,
                 &label,
             )?;
-            Repository::init_encrypted(path, config, master, &key, g.key_file.as_deref())
+            Repository::init_encrypted(path.clone(), config, master, &key, g.key_file.as_deref())
         }
     }
-    .with_context(|| format!("creating repository {}", path.display()))?;
+    .with_context(|| format!("creating repository {path}"))?;
     let c = repo.config();
     if g.json {
         output::json(
-            &json!({"type": "init", "repo": path, "config": c, "encrypted": repo.is_encrypted()}),
+            &json!({"type": "init", "repo": path.to_string(), "config": c, "encrypted": repo.is_encrypted()}),
         );
     } else {
         output::line(format!(
@@ -89,7 +90,7 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
             } else {
                 "UNENCRYPTED"
             },
-            path.display(),
+            path,
             c.repo_id.short(),
             c.chunker.algorithm,
             c.chunker.min_bytes / 1024,

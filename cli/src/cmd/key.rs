@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::args::{Global, KeyWhat};
 use crate::cmd::init::{kdf_params, key_label};
-use crate::context::{new_password, repo_path, unlock, Outcome};
+use crate::context::{connect, new_password, unlock, Outcome};
 use crate::output;
 
 /// What `key export FILE` writes: the master key and the repository it belongs to.
@@ -23,20 +23,17 @@ struct ExportedKey {
 }
 
 pub fn key(g: &Global, what: &KeyWhat) -> Result<Outcome> {
-    let path = repo_path(g)?;
-    let config = Repository::read_config(path)
-        .with_context(|| format!("opening repository {}", path.display()))?;
+    let (path, store) = connect(g)?;
+    let config =
+        Repository::read_config(&*store).with_context(|| format!("opening repository {path}"))?;
     if !config.is_encrypted() {
-        bail!(
-            "{} is not encrypted (format version 1): it has no keys",
-            path.display()
-        );
+        bail!("{path} is not encrypted (format version 1): it has no keys");
     }
     let repo_id = config.repo_id.0;
     match what {
         KeyWhat::List => {
             let mut out = Outcome::default();
-            let list = keys::list(path)?;
+            let list = keys::list(&*store)?;
             let mut rows = Vec::new();
             for k in list {
                 match k {
@@ -72,25 +69,25 @@ pub fn key(g: &Global, what: &KeyWhat) -> Result<Outcome> {
             Ok(out)
         }
         KeyWhat::Add { label, kdf } => {
-            let (master, _) = unlock(g, path, &config)?;
-            let id = add_key(path, &master, &repo_id, label.as_deref(), kdf)?;
+            let (master, _) = unlock(g, &store, &config)?;
+            let id = add_key(&*store, &master, &repo_id, label.as_deref(), kdf)?;
             report(g, "key-add", &id, format!("added key {id}"));
             Ok(Outcome::default())
         }
         KeyWhat::Remove { id } => {
             // Only someone who can open the repository may take a key away.
-            let (_, opener) = unlock(g, path, &config)?;
+            let (_, opener) = unlock(g, &store, &config)?;
             let external = matches!(opener, Some(Opener::External(_)));
-            keys::remove(path, id, external)?;
+            keys::remove(&*store, id, external)?;
             report(g, "key-remove", id, format!("removed key {id}"));
             Ok(Outcome::default())
         }
         KeyWhat::Passwd { kdf } => {
-            let (master, opener) = unlock(g, path, &config)?;
+            let (master, opener) = unlock(g, &store, &config)?;
             let password = new_password(false)?;
             match opener {
                 Some(Opener::Stored(old)) => {
-                    let label = keys::list(path)?
+                    let label = keys::list(&*store)?
                         .into_iter()
                         .flatten()
                         .find(|k| k.id == old)
@@ -103,8 +100,8 @@ pub fn key(g: &Global, what: &KeyWhat) -> Result<Outcome> {
                         &key_label(label.as_deref()),
                     )?;
                     // The new key is durable before the old one goes.
-                    let id = keys::add(path, &kf)?;
-                    keys::remove(path, &old, true)?;
+                    let id = keys::add(&*store, &kf)?;
+                    keys::remove(&*store, &old, true)?;
                     report(
                         g,
                         "key-passwd",
@@ -135,7 +132,7 @@ pub fn key(g: &Global, what: &KeyWhat) -> Result<Outcome> {
             Ok(Outcome::default())
         }
         KeyWhat::Export { file, paper } => {
-            let (master, _) = unlock(g, path, &config)?;
+            let (master, _) = unlock(g, &store, &config)?;
             if *paper {
                 output::line(format!(
                     "dedisk master key of repository {}\n{}",
@@ -163,9 +160,12 @@ pub fn key(g: &Global, what: &KeyWhat) -> Result<Outcome> {
             let master = read_exported(from, &config)?;
             // The right key for this repository opens its config's MAC.
             config
-                .check_mac(&path.join("config.json"), &master)
+                .check_mac(
+                    &store.object_name(repo_format::backend::ObjectKind::Config, ""),
+                    &master,
+                )
                 .context("the imported key is not this repository's")?;
-            let id = add_key(path, &master, &repo_id, label.as_deref(), kdf)?;
+            let id = add_key(&*store, &master, &repo_id, label.as_deref(), kdf)?;
             report(
                 g,
                 "key-import",
@@ -180,7 +180,7 @@ pub fn key(g: &Global, what: &KeyWhat) -> Result<Outcome> {
 /// Wraps `master` under a new password (asked for, or DEDISK_NEW_PASSWORD) into a new
 /// key file in `keys/`; returns its id.
 fn add_key(
-    path: &std::path::Path,
+    store: &dyn repo_format::backend::Backend,
     master: &MasterKey,
     repo_id: &[u8],
     label: Option<&str>,
@@ -194,7 +194,7 @@ fn add_key(
         repo_id,
         &key_label(label),
     )?;
-    Ok(keys::add(path, &kf)?)
+    Ok(keys::add(store, &kf)?)
 }
 
 fn report(g: &Global, kind: &str, id: &str, text: String) {

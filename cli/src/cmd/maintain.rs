@@ -8,7 +8,7 @@ use serde_json::json;
 use engine::job::select::resolve_snapshot;
 
 use crate::args::{ForgetArgs, Global, PruneArgs, RepairWhat, VerifyArgs};
-use crate::context::{lock_exclusive, lock_shared, open_repo, repo_path, Outcome, CANCEL};
+use crate::context::{lock_exclusive, lock_shared, open_repo, Outcome, CANCEL};
 use crate::output::{self, bytes};
 
 pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
@@ -140,10 +140,8 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
 pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
     match what {
         RepairWhat::Index => {
-            let path = repo_path(g)?;
             // Opening may itself rebuild a broken index; rebuild explicitly either way.
-            let repo = crate::context::open_quietly(g, path)
-                .with_context(|| format!("opening repository {}", path.display()))?;
+            let repo = crate::context::open_quietly(g)?;
             // The rebuild replaces every row: what the reconciliation drops says nothing.
             let _lock = lock_exclusive(g, &repo, "repair index", &mut Outcome::default())?;
             let r = repo.rebuild_index().context("rebuilding the index")?;
@@ -265,12 +263,9 @@ pub fn unlock(g: &Global, force: bool) -> Result<Outcome> {
     let me = repo_format::lock::hostname();
     let mut removed = Vec::new();
     let mut kept = Vec::new();
-    for (path, info) in repo_format::lock::list(&repo.locks_dir())? {
-        let age = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok());
-        let (what, remove) = match &info {
+    for lock in repo_format::lock::list(repo.backend())? {
+        let (path, age) = (&lock.path, lock.age);
+        let (what, remove) = match &lock.info {
             Ok(i) => match repo_format::lock::stale_reason(i, age) {
                 Some(why) => (format!("{i} ({why})"), true),
                 None if i.hostname != me && force => {
@@ -301,7 +296,9 @@ pub fn unlock(g: &Global, force: bool) -> Result<Outcome> {
             ),
         };
         if remove {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            repo.backend()
+                .delete(repo_format::backend::ObjectKind::Lock, &lock.name)
+                .with_context(|| format!("removing {}", path.display()))?;
             removed.push(what);
         } else {
             kept.push(what);

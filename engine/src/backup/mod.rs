@@ -146,7 +146,7 @@ pub fn backup(
         // lose data.
         return Err(Error::Usage(format!(
             "repository {} cannot be written by this process now (read-only, full, or its index could not be opened for writing; see the warnings above)",
-            repo.root().display()
+            repo.describe()
         )));
     }
     if opts.name.trim().is_empty() {

@@ -172,7 +172,8 @@ struct Select {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobToml {
-    repository: PathBuf,
+    /// A path (relative to the job file) or `s3://BUCKET/PREFIX`.
+    repository: String,
     password_file: Option<PathBuf>,
     password_command: Option<String>,
     key_file: Option<PathBuf>,
@@ -204,7 +205,7 @@ pub struct VmPlan {
 #[derive(Clone, Debug)]
 pub struct Job {
     pub path: PathBuf,
-    pub repository: PathBuf,
+    pub repository: repo_format::Location,
     /// Where an encrypted repository's password comes from (`None`: the
     /// DEDISK_PASSWORD variables); read once, at the start.
     pub password: Option<crate::secret::PasswordFrom>,
@@ -403,7 +404,12 @@ impl Job {
         };
         Ok(Job {
             path: path.into(),
-            repository: dir.join(raw.repository),
+            repository: match repo_format::Location::parse(&raw.repository)
+                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
+            {
+                repo_format::Location::Local(p) => repo_format::Location::Local(dir.join(p)),
+                s3 => s3,
+            },
             password,
             key_file: raw.key_file.map(|k| dir.join(k)),
             status_log: raw

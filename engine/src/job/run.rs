@@ -142,19 +142,23 @@ pub fn preview(job: &Job) -> (Vec<String>, Vec<String>) {
                 }
                 Err(e) => problems.push(format!(
                     "repository {} is not writable: {e}",
-                    job.repository.display()
+                    job.repository
                 )),
             }
         }
-        Err(e) => problems.push(format!("repository {}: {e}", job.repository.display())),
+        Err(e) => problems.push(format!("repository {}: {e}", job.repository)),
     }
-    plan.push(match provider::free_bytes(&job.repository) {
-        Ok(free) => format!(
+    let free = match &job.repository {
+        repo_format::Location::Local(p) => provider::free_bytes(p).ok(),
+        repo_format::Location::S3 { .. } => None,
+    };
+    plan.push(match free {
+        Some(free) => format!(
             "repository {} ({:.1} GiB free)",
-            job.repository.display(),
+            job.repository,
             free as f64 / (1u64 << 30) as f64
         ),
-        Err(_) => format!("repository {}", job.repository.display()),
+        None => format!("repository {}", job.repository),
     });
     for hook in [&job.pre_hook, &job.post_hook, &job.notify]
         .into_iter()
@@ -453,7 +457,7 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
         Ok(_) => {}
         Err(e) => report
             .errors
-            .push(format!("repository {}: {e}", job.repository.display())),
+            .push(format!("repository {}: {e}", job.repository)),
     }
     let failed = report
         .vms

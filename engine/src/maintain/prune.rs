@@ -174,11 +174,7 @@ pub fn prune(
     let mut repacked = Vec::new();
     for (pack, ids) in &repack {
         cancel.check()?;
-        let file =
-            std::fs::File::open(repo.pack_file(pack)).map_err(|source| repo_format::Error::Io {
-                path: repo.packs_dir(),
-                source,
-            })?;
+        let file = repo.pack_reader(pack)?;
         let mut ok = true;
         let mut blobs = Vec::new();
         for id in ids {
@@ -284,8 +280,8 @@ mod tests {
         assert!(packs >= 1, "{packs} packs");
 
         let lock = repo.lock_exclusive("prune").unwrap();
-        for (path, _) in repo_format::lock::list(&repo.locks_dir()).unwrap() {
-            std::fs::remove_file(path).unwrap();
+        for lock in repo_format::lock::list(repo.backend()).unwrap() {
+            std::fs::remove_file(lock.path).unwrap();
         }
         let opts = PruneOptions {
             max_unused_pct: 10.0,

@@ -304,7 +304,7 @@ fn check_history(
 fn check_index_against_tocs(
     repo: &Repository,
     index: &repo_format::Index,
-    on_disk: &std::collections::HashMap<repo_format::PackId, std::path::PathBuf>,
+    on_disk: &std::collections::HashMap<repo_format::PackId, u64>,
     indexed: &HashSet<repo_format::PackId>,
     report: &mut VerifyReport,
 ) -> Result<()> {
@@ -327,18 +327,10 @@ fn check_index_against_tocs(
         .filter(|(id, _)| indexed.contains(id))
         .collect();
     packs.sort();
-    for (pack, path) in packs {
-        let toc = std::fs::File::open(path).and_then(|f| {
-            let len = f.metadata()?.len();
-            Ok(repo_format::pack::read_toc(
-                &f,
-                len,
-                &pack.to_hex(),
-                repo.codec(),
-            ))
-        });
+    for (pack, len) in packs {
+        let toc = repo.read_pack_toc(pack, Some(*len));
         // An unreadable pack is reported by the pack checks; here only rows are judged.
-        let Ok(Ok(toc)) = toc else { continue };
+        let Ok(Some(Ok(toc))) = toc else { continue };
         let toc: HashSet<repo_format::TocEntry> = toc.into_iter().collect();
         for row in index.rows_of_pack(pack)? {
             if !toc.contains(&row) {
@@ -424,7 +416,7 @@ fn check_manifest(
 /// Reads the given packs on `workers` threads; returns the ids of blobs that failed.
 fn read_packs(
     repo: &Repository,
-    packs: &[(PackId, std::path::PathBuf)],
+    packs: &[(PackId, u64)],
     workers: usize,
     report: &mut VerifyReport,
 ) -> Result<HashSet<BlobId>> {
@@ -434,10 +426,10 @@ fn read_packs(
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
             s.spawn(|| loop {
-                let Some((pack, path)) = next.lock().expect("no panics hold it").next() else {
+                let Some((pack, _)) = next.lock().expect("no panics hold it").next() else {
                     return;
                 };
-                let (bad, problems, blobs, bytes) = check_pack(repo, pack, path);
+                let (bad, problems, blobs, bytes) = check_pack(repo, pack);
                 let mut f = found.lock().expect("no panics hold it");
                 f.0.extend(bad);
                 // Counted in full, listed up to the cap.
@@ -461,12 +453,10 @@ fn read_packs(
     Ok(bad)
 }
 
-/// Checks one pack: its name against its content, then every blob.
-fn check_pack(
-    repo: &Repository,
-    pack: &PackId,
-    path: &std::path::Path,
-) -> (Vec<BlobId>, Vec<Problem>, u64, u64) {
+/// Checks one pack: its name against its content, then every blob. A local pack is
+/// read in one sequential pass (the blob reads then hit the page cache); a pack on an
+/// object store with one GET into memory.
+fn check_pack(repo: &Repository, pack: &PackId) -> (Vec<BlobId>, Vec<Problem>, u64, u64) {
     let problem = |what: String| Problem {
         snapshot: None,
         disk: None,
@@ -475,41 +465,67 @@ fn check_pack(
     };
     let mut problems = Vec::new();
     let mut bad = Vec::new();
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) => {
-            return (
-                bad,
-                vec![problem(format!("pack {}: {e}", pack.short()))],
-                0,
-                0,
-            )
-        }
-    };
-    // One sequential pass for the whole-file hash; the blob reads below hit the page cache.
+    let name = pack.to_hex();
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                len += n as u64;
+    let file: Box<dyn repo_format::backend::ReadAt> = match repo
+        .backend()
+        .local_path(repo_format::backend::ObjectKind::Pack, &name)
+    {
+        Some(path) => {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    return (
+                        bad,
+                        vec![problem(format!("pack {}: {e}", pack.short()))],
+                        0,
+                        0,
+                    )
+                }
+            };
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        len += n as u64;
+                    }
+                    Err(e) => {
+                        problems.push(problem(format!("pack {}: read failed: {e}", pack.short())));
+                        break;
+                    }
+                }
+            }
+            Box::new(file)
+        }
+        None => match repo
+            .backend()
+            .get(repo_format::backend::ObjectKind::Pack, &name)
+        {
+            Ok(bytes) => {
+                hasher.update(&bytes);
+                len = bytes.len() as u64;
+                Box::new(bytes)
             }
             Err(e) => {
-                problems.push(problem(format!("pack {}: read failed: {e}", pack.short())));
-                break;
+                return (
+                    bad,
+                    vec![problem(format!("pack {}: {e}", pack.short()))],
+                    0,
+                    0,
+                )
             }
-        }
-    }
+        },
+    };
     if hasher.finalize().as_bytes() != &pack.0 {
         problems.push(problem(format!(
             "pack {}: content does not match its name (damaged)",
             pack.short()
         )));
     }
-    let entries = match read_toc(&file, len, &pack.to_hex(), repo.codec()) {
+    let entries = match read_toc(&*file, len, &pack.to_hex(), repo.codec()) {
         Ok(e) => e,
         Err(e) => {
             problems.push(problem(e.to_string()));
@@ -525,7 +541,7 @@ fn check_pack(
             pack: *pack,
             offset: e.offset,
         };
-        let ok = read_payload(&file, *pack, e, repo.codec())
+        let ok = read_payload(&*file, *pack, e, repo.codec())
             .and_then(|p| decoder.decode(e.id, e.kind, e.compression, e.raw_len, p, origin));
         if let Err(err) = ok {
             problems.push(problem(err.to_string()));
