@@ -750,10 +750,9 @@ impl Repository {
         let Some(toc) = self.read_pack_toc(id, Some(listed_len))? else {
             return Ok(false); // deleted since it was listed
         };
-        let len = listed_len;
         match toc {
             Ok(entries) => {
-                idx.add_pack(id, len, &entries)?;
+                idx.add_pack(id, listed_len, &entries)?;
                 Ok(true)
             }
             Err(e) => {
@@ -928,7 +927,7 @@ impl Repository {
     pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
         let name = id.to_hex();
         // Deleting what is not there is an error here: `forget` names a snapshot it saw.
-        if self.store.try_get(ObjectKind::Snapshot, &name)?.is_none() {
+        if self.store.size(ObjectKind::Snapshot, &name)?.is_none() {
             return Err(Error::io(
                 self.store.object_name(ObjectKind::Snapshot, &name),
                 std::io::ErrorKind::NotFound.into(),
