@@ -78,6 +78,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Delete unreferenced data: packs nothing uses, and repack mostly-unused ones.
     Prune(PruneArgs),
+    /// Copy snapshots into another repository, sending only the chunks it lacks.
+    Copy(CopyArgs),
     /// Remove the locks of processes that are provably gone (others are listed).
     Unlock {
         /// Also remove other hosts' locks and unreadable lock files (never a live
@@ -272,6 +274,26 @@ pub struct RunArgs {
 }
 
 #[derive(Args)]
+pub struct CopyArgs {
+    /// The target repository (a directory or s3://BUCKET/PREFIX). Its password comes
+    /// from DEDISK_TO_PASSWORD, DEDISK_TO_PASSWORD_FILE or DEDISK_TO_PASSWORD_COMMAND,
+    /// else a prompt.
+    #[arg(long, value_name = "REPO")]
+    pub to: String,
+    /// The target's key file, when it is kept outside the target (DEDISK_TO_KEY_FILE).
+    #[arg(long, value_name = "FILE", env = "DEDISK_TO_KEY_FILE")]
+    pub to_key_file: Option<PathBuf>,
+    /// Only this VM's snapshots (repeat for several VMs).
+    #[arg(long)]
+    pub name: Vec<String>,
+    /// Show what would be copied and sent, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Snapshots to copy (ids or unique prefixes); every one (of --name) when none.
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Args)]
 pub struct PruneArgs {
     /// Repack a pack when more than this percentage of it is unreferenced.
     #[arg(long, default_value_t = 10.0, value_name = "PCT", value_parser = parse_pct)]
@@ -279,6 +301,28 @@ pub struct PruneArgs {
     /// Show what would be deleted and repacked, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// How long the store may take to list an object after it was written (for stores
+    /// whose listings lag; AWS S3, Garage, MinIO, Ceph and directories need 0). Prune
+    /// waits up to three times this long (FORMAT.md, section 15).
+    #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = parse_lag)]
+    pub listing_lag: std::time::Duration,
+}
+
+fn parse_lag(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?} is not a duration like 30s, 5m or 1h")),
+    };
+    if secs > 24 * 3600 {
+        return Err(format!("{s:?} is longer than a day"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn parse_pct(s: &str) -> Result<f64, String> {

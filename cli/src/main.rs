@@ -72,6 +72,7 @@ fn run(cli: &Cli) -> anyhow::Result<context::Outcome> {
         Command::ServeNbd(a) => cmd::access::serve_nbd(g, a),
         Command::Mount(a) => cmd::access::mount(g, a),
         Command::Prune(a) => cmd::maintain::prune(g, a),
+        Command::Copy(a) => cmd::maintain::copy(g, a),
         Command::Run(a) => cmd::job::run(g, a),
         Command::Unlock { force } => cmd::maintain::unlock(g, *force),
         Command::Repair { what } => cmd::maintain::repair(g, what),

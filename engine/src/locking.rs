@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use repo_format::lock::{ExclusiveLock, SharedLock};
+use repo_format::lock::{ExclusiveLock, PruneLock, SharedLock};
 use repo_format::Repository;
 
 use crate::cancel::Cancel;
@@ -29,6 +29,17 @@ pub fn exclusive(
     cancel: &Cancel,
 ) -> Result<ExclusiveLock> {
     waiting(wait, cancel, || repo.lock_exclusive(command))
+}
+
+/// A prune's lock for `command`, waiting up to `wait` for another prune or an
+/// exclusive holder (backups never hold it up).
+pub fn prune(
+    repo: &Repository,
+    command: &str,
+    wait: Duration,
+    cancel: &Cancel,
+) -> Result<PruneLock> {
+    waiting(wait, cancel, || repo.lock_prune(command))
 }
 
 fn waiting<L>(

@@ -33,14 +33,24 @@ impl PasswordFrom {
     /// `DEDISK_PASSWORD`, `DEDISK_PASSWORD_FILE` or `DEDISK_PASSWORD_COMMAND`, in that
     /// order of preference (restic's and borg's conventions); `None` when none is set.
     pub fn from_env() -> Option<PasswordFrom> {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-        if let Some(p) = var("DEDISK_PASSWORD") {
+        PasswordFrom::from_env_prefixed("DEDISK_")
+    }
+
+    /// The same variables under another prefix: `DEDISK_TO_PASSWORD` and the others
+    /// for the target of `dedisk copy`.
+    pub fn from_env_prefixed(prefix: &str) -> Option<PasswordFrom> {
+        let var = |n: &str| {
+            std::env::var(format!("{prefix}{n}"))
+                .ok()
+                .filter(|v| !v.is_empty())
+        };
+        if let Some(p) = var("PASSWORD") {
             return Some(PasswordFrom::Text(p));
         }
-        if let Some(f) = var("DEDISK_PASSWORD_FILE") {
+        if let Some(f) = var("PASSWORD_FILE") {
             return Some(PasswordFrom::File(f.into()));
         }
-        var("DEDISK_PASSWORD_COMMAND").map(PasswordFrom::Command)
+        var("PASSWORD_COMMAND").map(PasswordFrom::Command)
     }
 
     /// Reads the password.

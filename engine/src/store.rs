@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use repo_format::blob::BlobKind;
-use repo_format::lock::{ExclusiveLock, SharedLock};
+use repo_format::lock::{PruneLock, SharedLock};
 use repo_format::{BlobEncoder, BlobId, EncodedBlob, Index, Node, PackId, PackWriter, Repository};
 
 use crate::error::Result;
@@ -25,7 +25,7 @@ pub struct BlobStore<'r> {
     packs: Vec<Option<(PackWriter, HashSet<BlobId>)>>,
     node_encoder: BlobEncoder,
     /// Copying live blobs out of packs being repacked: the index already names them (in
-    /// the old pack), so they are stored anyway, and the new pack's rows replace theirs.
+    /// the old pack), so they are stored anyway, beside the rows of the old pack.
     repack: bool,
     /// Every pack finished so far, with its length.
     written: Vec<(PackId, u64)>,
@@ -56,8 +56,8 @@ impl<'r> BlobStore<'r> {
         })
     }
 
-    /// A store for prune's repack, under its exclusive lock: see [`BlobStore::put`].
-    pub fn for_repack(repo: &'r Repository, lock: &ExclusiveLock) -> Result<Self> {
+    /// A store for prune's repack, under its lock: see [`BlobStore::put`].
+    pub fn for_repack(repo: &'r Repository, lock: &PruneLock) -> Result<Self> {
         let mut store = BlobStore::new(repo, lock)?;
         store.repack = true;
         Ok(store)
@@ -72,7 +72,7 @@ impl<'r> BlobStore<'r> {
     /// this store has it). Returns the bytes it took in the pack (header included) when
     /// it was stored.
     pub fn put(&mut self, blob: &EncodedBlob) -> Result<Option<u64>> {
-        if self.holds(&blob.id) || (!self.repack && self.index.contains(&blob.id)?) {
+        if self.holds(&blob.id) || (!self.repack && self.index.has_usable(&blob.id)?) {
             return Ok(None);
         }
         let spread = if self.repo.is_encrypted() { SPREAD } else { 1 };
@@ -114,7 +114,7 @@ impl<'r> BlobStore<'r> {
     pub fn put_node(&mut self, node: &Node) -> Result<BlobId> {
         let bytes = node.encode();
         let id = self.repo.blob_id(&bytes);
-        if self.holds(&id) || self.index.contains(&id)? {
+        if self.holds(&id) || self.index.has_usable(&id)? {
             return Ok(id);
         }
         let blob = self
@@ -136,13 +136,8 @@ impl<'r> BlobStore<'r> {
 
     fn finish_one(&mut self, pack: PackWriter) -> Result<()> {
         let finished = pack.finish(self.repo.backend())?;
-        if self.repack {
-            self.index
-                .add_pack_replacing(&finished.id, finished.len_bytes, &finished.entries)?;
-        } else {
-            self.index
-                .add_pack(&finished.id, finished.len_bytes, &finished.entries)?;
-        }
+        self.index
+            .add_pack(&finished.id, finished.len_bytes, &finished.entries)?;
         self.written.push((finished.id, finished.len_bytes));
         Ok(())
     }

@@ -50,6 +50,8 @@ pub enum Error {
     BadLock { path: PathBuf, reason: String },
     #[error("this process's lock {path} was removed or changed by someone else (`dedisk unlock --force`?); stopped before deleting anything more")]
     LockLost { path: PathBuf },
+    #[error("this process's lock {path} was last refreshed {minutes} minutes ago (the store was slow or unreachable); stopped before committing, since a prune elsewhere may soon take it for stale")]
+    LockNotFresh { path: PathBuf, minutes: u64 },
     #[error("pack {pack} is referenced by the index but missing on disk ({path})")]
     MissingPack { pack: PackId, path: PathBuf },
     #[error("manifest node {node}: {reason}")]

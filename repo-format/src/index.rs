@@ -17,23 +17,27 @@ use crate::ids::{BlobId, PackId};
 use crate::pack::TocEntry;
 
 /// Schema version kept in `PRAGMA user_version`; an index of another version is rebuilt.
-pub const INDEX_SCHEMA_VERSION: i64 = 1;
+/// Version 2 (issue 15) keeps every location of a blob (duplicates from hosts racing,
+/// copies a repack made) and marks condemned packs (FORMAT.md, section 15).
+pub const INDEX_SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE packs (
     num        INTEGER PRIMARY KEY,
     id         BLOB NOT NULL UNIQUE,
     len_bytes  INTEGER NOT NULL,
-    blobs      INTEGER NOT NULL
+    blobs      INTEGER NOT NULL,
+    condemned  INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE blobs (
-    id          BLOB PRIMARY KEY,
+    id          BLOB NOT NULL,
     pack        INTEGER NOT NULL REFERENCES packs(num),
     offset      INTEGER NOT NULL,
     stored_len  INTEGER NOT NULL,
     raw_len     INTEGER NOT NULL,
     kind        INTEGER NOT NULL,
-    compression INTEGER NOT NULL
+    compression INTEGER NOT NULL,
+    PRIMARY KEY (id, pack)
 ) WITHOUT ROWID;
 CREATE INDEX blobs_by_pack ON blobs(pack);
 ";
@@ -242,13 +246,15 @@ impl Index {
         Ok(idx)
     }
 
-    /// Where blob `id` is, if the index knows it.
+    /// Where blob `id` is, if the index knows it: of several copies, one in a pack no
+    /// prune has condemned (FORMAT.md, section 15), the oldest indexed first.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT p.id, b.offset, b.stored_len, b.raw_len, b.kind, b.compression
-                 FROM blobs b JOIN packs p ON p.num = b.pack WHERE b.id = ?1",
+                 FROM blobs b JOIN packs p ON p.num = b.pack WHERE b.id = ?1
+                 ORDER BY p.condemned, p.num LIMIT 1",
             )
             .map_err(|e| self.err(e))?;
         let row = stmt
@@ -300,7 +306,7 @@ impl Index {
         )))
     }
 
-    /// True when the index knows blob `id`.
+    /// True when the index knows blob `id`, in any pack.
     pub fn contains(&self, id: &BlobId) -> Result<bool> {
         let mut stmt = self
             .conn
@@ -309,19 +315,80 @@ impl Index {
         stmt.exists([&id.0[..]]).map_err(|e| self.err(e))
     }
 
-    /// Records a durable pack and all its blobs, in one transaction. A blob already
-    /// indexed from another pack keeps its first location.
-    pub fn add_pack(&mut self, pack: &PackId, len_bytes: u64, entries: &[TocEntry]) -> Result<()> {
-        self.add_pack_with(pack, len_bytes, entries, "INSERT OR IGNORE")
+    /// True when blob `id` is in a pack no prune has condemned: the question a writer
+    /// asks before it skips a blob as already stored. A blob only in condemned packs
+    /// is stored again (FORMAT.md, section 15: a writer never comes to rely on a pack
+    /// a prune may delete).
+    pub fn has_usable(&self, id: &BlobId) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM blobs b JOIN packs p ON p.num = b.pack
+                 WHERE b.id = ?1 AND p.condemned = 0",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.exists([&id.0[..]]).map_err(|e| self.err(e))
     }
 
-    fn add_pack_with(
-        &mut self,
-        pack: &PackId,
-        len_bytes: u64,
-        entries: &[TocEntry],
-        insert: &str,
-    ) -> Result<()> {
+    /// Marks exactly the packs in `condemned` as condemned (the records a prune left,
+    /// FORMAT.md section 15); returns how many packs changed state.
+    pub fn set_condemned(&mut self, condemned: &HashSet<PackId>) -> Result<usize> {
+        let path = self.path.clone();
+        let wrap = |source| Error::Index {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        let mut changed = 0;
+        {
+            let mut rows = tx
+                .prepare("SELECT id, condemned FROM packs")
+                .map_err(wrap)?;
+            let mut flip = Vec::new();
+            let mut q = rows.query([]).map_err(wrap)?;
+            while let Some(r) = q.next().map_err(wrap)? {
+                let id: Vec<u8> = r.get(0).map_err(wrap)?;
+                let now: i64 = r.get(1).map_err(wrap)?;
+                let want = PackId::from_slice(&id).is_some_and(|p| condemned.contains(&p));
+                if want != (now != 0) {
+                    flip.push((id, want as i64));
+                }
+            }
+            drop(q);
+            let mut upd = tx
+                .prepare("UPDATE packs SET condemned = ?2 WHERE id = ?1")
+                .map_err(wrap)?;
+            for (id, want) in flip {
+                upd.execute(params![id, want]).map_err(wrap)?;
+                changed += 1;
+            }
+        }
+        tx.commit().map_err(wrap)?;
+        Ok(changed)
+    }
+
+    /// The packs currently marked condemned.
+    pub fn condemned(&self) -> Result<HashSet<PackId>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM packs WHERE condemned != 0")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = HashSet::new();
+        for r in rows {
+            if let Some(id) = PackId::from_slice(&r.map_err(|e| self.err(e))?) {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a durable pack and all its blobs, in one transaction. A blob indexed
+    /// from another pack too keeps both locations ([`Index::lookup`] picks one).
+    pub fn add_pack(&mut self, pack: &PackId, len_bytes: u64, entries: &[TocEntry]) -> Result<()> {
+        let insert = "INSERT OR IGNORE";
         let path = self.path.clone();
         let wrap = |source| Error::Index {
             path: path.clone(),
@@ -360,17 +427,6 @@ impl Index {
         tx.commit().map_err(wrap)
     }
 
-    /// Records a pack written by a repack, pointing every blob it holds at it (replacing
-    /// the rows of the pack it was copied from), so the old pack can then be removed.
-    pub fn add_pack_replacing(
-        &mut self,
-        pack: &PackId,
-        len_bytes: u64,
-        entries: &[TocEntry],
-    ) -> Result<()> {
-        self.add_pack_with(pack, len_bytes, entries, "INSERT OR REPLACE")
-    }
-
     /// Every row that places a blob in `pack`, as the TOC entry it claims to be.
     /// Rows that do not decode come back as `Error::Index` (a damaged index).
     pub fn rows_of_pack(&self, pack: &PackId) -> Result<Vec<TocEntry>> {
@@ -394,7 +450,8 @@ impl Index {
         Ok(out)
     }
 
-    /// Every indexed blob, grouped by the pack it is indexed at: (id, stored bytes).
+    /// Every indexed blob location, grouped by pack: (id, stored bytes). A blob stored
+    /// in several packs is listed under each.
     pub fn blobs_by_pack(&self) -> Result<HashMap<PackId, Vec<(BlobId, u64)>>> {
         let wrap = |source| Error::Index {
             path: self.path.clone(),
@@ -496,7 +553,9 @@ impl Index {
             .conn
             .prepare(
                 "SELECT kind, count(*), coalesce(sum(raw_len),0), coalesce(sum(stored_len),0)
-                 FROM blobs GROUP BY kind",
+                 FROM (SELECT kind, raw_len, min(stored_len) AS stored_len
+                       FROM blobs GROUP BY id)
+                 GROUP BY kind",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -572,18 +631,30 @@ mod tests {
             (2, 12000, 2, 1)
         );
         assert_eq!(t.data_raw_bytes, 1002 + 1004);
-        // A blob already indexed keeps its first pack; a repack's rows replace it.
+        // A blob in two packs has two locations; lookup prefers the first indexed,
+        // unless a prune condemned it. Totals count the blob once.
         let c = PackId([0xc; 32]);
         idx.add_pack(&c, 100, &[entry(2, 999)]).unwrap();
         assert_eq!(idx.lookup(&BlobId([2; 32])).unwrap().unwrap().pack, a);
-        idx.add_pack_replacing(&c, 100, &[entry(2, 16)]).unwrap();
-        assert_eq!(idx.lookup(&BlobId([2; 32])).unwrap().unwrap().pack, c);
-        // Removing a pack removes its rows.
+        assert_eq!(idx.totals().unwrap().data_blobs, 2);
+        idx.set_condemned(&[a].into_iter().collect()).unwrap();
+        assert_eq!(idx.condemned().unwrap(), [a].into_iter().collect());
+        let loc = idx.lookup(&BlobId([2; 32])).unwrap().unwrap();
+        assert_eq!((loc.pack, loc.entry.offset), (c, 999));
+        // A blob only in a condemned pack is known but not usable for deduplication.
+        assert!(idx.contains(&BlobId([3; 32])).unwrap());
+        assert!(!idx.has_usable(&BlobId([3; 32])).unwrap());
+        assert!(idx.has_usable(&BlobId([2; 32])).unwrap());
+        assert_eq!(idx.set_condemned(&HashSet::new()).unwrap(), 1);
+        assert!(idx.has_usable(&BlobId([3; 32])).unwrap());
+        // Removing a pack removes its rows and keeps the other copies.
         idx.remove_pack(&b).unwrap();
         assert!(!idx.contains(&BlobId([4; 32])).unwrap());
+        idx.remove_pack(&a).unwrap();
+        assert_eq!(idx.lookup(&BlobId([2; 32])).unwrap().unwrap().pack, c);
         // Another connection (the file on disk) sees all of it.
         let again = Index::open_existing(&path).unwrap();
-        assert_eq!(again.pack_lengths().unwrap().len(), 2);
+        assert_eq!(again.pack_lengths().unwrap().len(), 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod blob;
 pub mod blob_reader;
 pub mod cache;
+pub mod condemn;
 pub mod config;
 pub mod crypto;
 pub mod durable;

@@ -36,6 +36,20 @@ pub enum LockKind {
     Shared,
     /// Nobody else may use the repository.
     Exclusive,
+    /// A prune (FORMAT.md, section 15): others may read and add data beside it; no
+    /// other prune and no exclusive holder may run meanwhile.
+    Prune,
+}
+
+impl LockKind {
+    /// Whether a holder of `self` and one of `other` may run at the same time.
+    pub fn conflicts_with(self, other: LockKind) -> bool {
+        use LockKind::*;
+        matches!(
+            (self, other),
+            (Exclusive, _) | (_, Exclusive) | (Prune, Prune)
+        )
+    }
 }
 
 /// The content of a lock file.
@@ -57,12 +71,18 @@ pub struct LockInfo {
 pub const REFRESH_EVERY: Duration = Duration::from_secs(300);
 /// A lock file not refreshed for this long is stale, whatever host wrote it.
 pub const STALE_LOCK_AGE: Duration = Duration::from_secs(1800);
+/// A holder whose last successful refresh is older than this no longer counts on its
+/// lock for what it is about to commit (a backup's snapshot): others may think it stale
+/// soon. The margin over [`STALE_LOCK_AGE`] covers a slow request and clocks that
+/// differ by a few minutes (FORMAT.md, section 15.4).
+pub const FRESH_LOCK_AGE: Duration = Duration::from_secs(1200);
 
 impl std::fmt::Display for LockInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.kind {
             LockKind::Shared => "shared",
             LockKind::Exclusive => "exclusive",
+            LockKind::Prune => "prune",
         };
         write!(
             f,
@@ -82,6 +102,8 @@ pub struct RepoLock {
     held: Option<(Arc<dyn Backend>, String)>,
     /// What we wrote: the object must still hold exactly this for the lock to be ours.
     bytes: Vec<u8>,
+    /// When the object was last written successfully (by `acquire` or the refresher).
+    written: Arc<std::sync::Mutex<std::time::Instant>>,
     /// Dropping it stops the refresher thread.
     stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
@@ -113,6 +135,34 @@ impl RepoLock {
         }
     }
 
+    /// [`RepoLock::still_held`], and refreshed recently enough that no prune can take
+    /// it for stale before what the holder commits next is visible (FORMAT.md, 15.4).
+    pub fn still_fresh(&self) -> Result<()> {
+        self.still_held()?;
+        let age = self
+            .written
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::MAX);
+        if age > FRESH_LOCK_AGE {
+            let path = self
+                .held
+                .as_ref()
+                .map(|(b, n)| b.object_name(ObjectKind::Lock, n))
+                .unwrap_or_default();
+            return Err(Error::LockNotFresh {
+                path,
+                minutes: age.as_secs() / 60,
+            });
+        }
+        Ok(())
+    }
+
+    /// The lock object's name (None for a read-only repository's stand-in).
+    pub fn name(&self) -> Option<&str> {
+        self.held.as_ref().map(|(_, n)| n.as_str())
+    }
+
     /// What a reader of a read-only repository holds instead of a lock: nothing on disk.
     /// A prune by someone who can write may run meanwhile; readers verify every chunk,
     /// so that shows as an error, never as wrong data.
@@ -120,6 +170,7 @@ impl RepoLock {
         RepoLock {
             held: None,
             bytes: Vec::new(),
+            written: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             stop: None,
             refresher: None,
         }
@@ -158,6 +209,14 @@ pub struct ExclusiveLock {
     shared: SharedLock,
 }
 
+/// A prune's lock, handed out by [`crate::Repository::lock_prune`]: no other prune (and
+/// no exclusive holder) runs meanwhile, while backups and readers may. It may delete
+/// packs only as FORMAT.md section 15 says. Dereferences to a [`SharedLock`].
+#[derive(Debug)]
+pub struct PruneLock {
+    shared: SharedLock,
+}
+
 impl SharedLock {
     pub(crate) fn new(lock: RepoLock, reconciled: crate::IndexRepair) -> Self {
         SharedLock { lock, reconciled }
@@ -178,6 +237,34 @@ impl SharedLock {
     /// See [`RepoLock::still_held`].
     pub fn still_held(&self) -> Result<()> {
         self.lock.still_held()
+    }
+
+    /// See [`RepoLock::still_fresh`]; true for a read-only stand-in (it commits nothing).
+    pub fn still_fresh(&self) -> Result<()> {
+        if !self.is_on_disk() {
+            return Ok(());
+        }
+        self.lock.still_fresh()
+    }
+
+    /// The lock object's name, None for a read-only stand-in.
+    pub fn name(&self) -> Option<&str> {
+        self.lock.name()
+    }
+}
+
+impl PruneLock {
+    pub(crate) fn new(lock: RepoLock, reconciled: crate::IndexRepair) -> Self {
+        PruneLock {
+            shared: SharedLock::new(lock, reconciled),
+        }
+    }
+}
+
+impl std::ops::Deref for PruneLock {
+    type Target = SharedLock;
+    fn deref(&self) -> &SharedLock {
+        &self.shared
     }
 }
 
@@ -202,11 +289,18 @@ fn refresh(
     backend: Arc<dyn Backend>,
     name: String,
     bytes: Vec<u8>,
+    written: Arc<std::sync::Mutex<std::time::Instant>>,
     stop: std::sync::mpsc::Receiver<()>,
 ) {
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH_EVERY) {
-        if let Err(e) = backend.put_bytes(ObjectKind::Lock, &name, &bytes) {
-            log::warn!("refreshing this process's lock: {e}");
+        let started = std::time::Instant::now();
+        match backend.put_bytes(ObjectKind::Lock, &name, &bytes) {
+            Ok(()) => {
+                if let Ok(mut t) = written.lock() {
+                    *t = started;
+                }
+            }
+            Err(e) => log::warn!("refreshing this process's lock: {e}"),
         }
     }
 }
@@ -396,10 +490,13 @@ pub fn acquire(backend: Arc<dyn Backend>, kind: LockKind, command: &str) -> Resu
     };
     let name = hex::encode(crate::ids::random_bytes()?);
     let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
+    let started = std::time::Instant::now();
     backend.put_bytes(ObjectKind::Lock, &name, &bytes)?;
+    let written = Arc::new(std::sync::Mutex::new(started));
     let mut lock = RepoLock {
         held: Some((backend.clone(), name.clone())),
         bytes: bytes.clone(),
+        written: written.clone(),
         stop: None,
         refresher: None,
     };
@@ -408,7 +505,7 @@ pub fn acquire(backend: Arc<dyn Backend>, kind: LockKind, command: &str) -> Resu
             continue;
         }
         match &other.info {
-            Ok(t) if kind == LockKind::Exclusive || t.kind == LockKind::Exclusive => {
+            Ok(t) if kind.conflicts_with(t.kind) => {
                 return Err(Error::Locked {
                     holder: t.to_string(),
                 }); // dropping `lock` removes ours
@@ -428,7 +525,7 @@ pub fn acquire(backend: Arc<dyn Backend>, kind: LockKind, command: &str) -> Resu
     let (tx, rx) = std::sync::mpsc::channel();
     lock.stop = Some(tx);
     lock.refresher = Some(std::thread::spawn(move || {
-        refresh(backend, name, bytes, rx)
+        refresh(backend, name, bytes, written, rx)
     }));
     Ok(lock)
 }

@@ -5,6 +5,7 @@
 //! tool fails it, so CI can never pass by skipping.
 
 mod backup_restore;
+mod copy;
 mod crash;
 mod damage;
 mod encryption;
@@ -17,6 +18,7 @@ mod libvirt;
 mod mount;
 mod nbd;
 mod prune;
+mod prune_beside;
 mod reliability;
 mod s3;
 mod verify;

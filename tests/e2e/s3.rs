@@ -20,10 +20,10 @@ use crate::helpers::*;
 /// no other test meets its endpoint gone.
 static CLUSTER: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-type Shared = std::sync::RwLockReadGuard<'static, ()>;
+pub(crate) type Shared = std::sync::RwLockReadGuard<'static, ()>;
 
 /// The test bucket, when the cluster is up, with a shared hold on the cluster.
-fn bucket() -> Option<(String, Shared)> {
+pub(crate) fn bucket() -> Option<(String, Shared)> {
     match std::env::var("DEDISK_TEST_S3_BUCKET") {
         Ok(b) if !b.is_empty() => Some((b, CLUSTER.read().unwrap_or_else(|e| e.into_inner()))),
         _ => {
@@ -47,7 +47,7 @@ fn s3_location(bucket: &str, what: &str) -> PathBuf {
 }
 
 /// `dedisk init` an encrypted repository there (cheap argon2id).
-fn new_s3_repo(bucket: &str, what: &str) -> PathBuf {
+pub(crate) fn new_s3_repo(bucket: &str, what: &str) -> PathBuf {
     let repo = s3_location(bucket, what);
     ok(&[
         "init",
@@ -63,7 +63,7 @@ fn new_s3_repo(bucket: &str, what: &str) -> PathBuf {
 }
 
 /// A dedisk that is another host: its own cache and host name.
-fn on_host(host: &str, cache: &Path) -> Command {
+pub(crate) fn on_host(host: &str, cache: &Path) -> Command {
     let mut c = dedisk();
     c.env("DEDISK_CACHE_DIR", cache)
         .env("DEDISK_HOSTNAME", host);
@@ -353,7 +353,7 @@ fn a_garage_node_killed_in_the_middle_of_a_backup_loses_nothing() {
     let d = dir.path();
     let repo = new_s3_repo(&bucket, "nodekill");
     let disk = random_image(d, "big.raw", 160 << 20, 160 << 20);
-    let mut child = dedisk()
+    let child = dedisk()
         .args([
             "--repo",
             p(&repo),

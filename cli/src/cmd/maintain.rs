@@ -1,5 +1,5 @@
 //! The commands that check and change what is stored: `verify`, `forget`, `prune`,
-//! `repair`, `unlock`.
+//! `copy`, `repair`, `unlock`.
 
 use anyhow::{bail, Context, Result};
 use repo_format::Repository;
@@ -7,8 +7,8 @@ use serde_json::json;
 
 use engine::job::select::resolve_snapshot;
 
-use crate::args::{ForgetArgs, Global, PruneArgs, RepairWhat, VerifyArgs};
-use crate::context::{lock_exclusive, lock_shared, open_repo, Outcome, CANCEL};
+use crate::args::{CopyArgs, ForgetArgs, Global, PruneArgs, RepairWhat, VerifyArgs};
+use crate::context::{lock_exclusive, lock_prune, lock_shared, open_repo, Outcome, CANCEL};
 use crate::output::{self, bytes};
 
 pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
@@ -98,12 +98,19 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     let tz = jiff::tz::TimeZone::system();
     let decisions =
         engine::maintain::forget::forget(&repo, &lock, &policy, a.name.as_deref(), a.dry_run, &tz)?;
-    drop(lock); // a prune below takes the exclusive lock
+    drop(lock); // a prune below takes its own lock
     let removed = decisions.iter().filter(|d| !d.keep).count();
     if g.json {
         output::json(&json!({"type": "forget", "dry_run": a.dry_run, "decisions": decisions}));
         if a.prune {
-            run_prune(g, &repo, 10.0, a.dry_run, &mut out)?;
+            run_prune(
+                g,
+                &repo,
+                10.0,
+                a.dry_run,
+                std::time::Duration::ZERO,
+                &mut out,
+            )?;
         }
         return Ok(out);
     }
@@ -132,7 +139,14 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
         }
     ));
     if a.prune {
-        run_prune(g, &repo, 10.0, a.dry_run, &mut out)?;
+        run_prune(
+            g,
+            &repo,
+            10.0,
+            a.dry_run,
+            std::time::Duration::ZERO,
+            &mut out,
+        )?;
     }
     Ok(out)
 }
@@ -198,18 +212,20 @@ pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {
     }
 }
 
-/// Runs a prune under an exclusive lock and prints what it reclaimed.
+/// Runs a prune under a prune lock (backups go on beside it) and prints what it did.
 pub fn run_prune(
     g: &Global,
     repo: &Repository,
     max_unused_pct: f64,
     dry_run: bool,
+    listing_lag: std::time::Duration,
     out: &mut Outcome,
 ) -> Result<()> {
-    let lock = lock_exclusive(g, repo, "prune", out)?;
+    let lock = lock_prune(g, repo, "prune", out)?;
     let opts = engine::maintain::prune::PruneOptions {
         max_unused_pct,
         dry_run,
+        listing_lag,
     };
     let r = engine::maintain::prune::prune(repo, &lock, &opts, &CANCEL)
         .context("prune stopped; the repository is intact and the next prune finishes the job")?;
@@ -228,7 +244,7 @@ pub fn run_prune(
         bytes(r.bytes_before)
     ));
     output::line(format!(
-        "prune {verb} delete {} pack(s) ({} of them repacked into {} new), reclaiming {}",
+        "prune {verb} delete {} pack(s) ({} repacked into {} new), reclaiming {}",
         r.packs_deleted,
         r.packs_repacked,
         if dry_run {
@@ -238,6 +254,18 @@ pub fn run_prune(
         },
         bytes(r.bytes_reclaimed().max(0) as u64)
     ));
+    if r.records_waiting > 0 && !dry_run {
+        output::line(format!(
+            "{} condemnation record(s) wait for commands that were running when they were written; a later prune deletes their packs",
+            r.records_waiting
+        ));
+    }
+    if r.packs_kept > 0 {
+        output::line(format!(
+            "{} condemned pack(s) kept: snapshots written meanwhile need them",
+            r.packs_kept
+        ));
+    }
     if r.missing_blobs > 0 {
         log::warn!(
             "{} referenced blob(s) are missing from the repository; run `dedisk verify`",
@@ -247,10 +275,62 @@ pub fn run_prune(
     Ok(())
 }
 
+/// `dedisk copy --to TARGET`: the selected snapshots into the target, under its keys.
+pub fn copy(g: &Global, a: &CopyArgs) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let target = crate::context::open_target(&a.to, a.to_key_file.as_deref())?;
+    let from_lock = lock_shared(g, &repo, "copy", &mut out)?;
+    let to_lock = lock_shared(g, &target, "copy", &mut out)?;
+    let mut snapshots = Vec::new();
+    for spec in &a.snapshots {
+        snapshots.push(resolve_snapshot(&repo, spec)?.0);
+    }
+    let opts = engine::maintain::copy::CopyOptions {
+        names: a.name.clone(),
+        snapshots,
+        dry_run: a.dry_run,
+    };
+    let r = engine::maintain::copy::copy(&repo, &from_lock, &target, &to_lock, &opts, &CANCEL)
+        .with_context(|| {
+            format!(
+                "copy to {} stopped; the snapshots copied so far are complete, the next copy sends the rest",
+                target.describe()
+            )
+        })?;
+    if g.json {
+        output::json(&json!({"type": "copy", "report": r}));
+        return Ok(out);
+    }
+    for c in &r.snapshots {
+        output::line(format!(
+            "{} {} {}  {}",
+            c.source.short(),
+            output::time(c.time),
+            c.name,
+            match (&c.target, c.already) {
+                (_, true) => "already there".to_string(),
+                (Some(t), _) => format!("copied as {}", t.short()),
+                (None, _) => "would be copied".to_string(),
+            }
+        ));
+    }
+    let copied = r.snapshots.iter().filter(|c| !c.already).count();
+    output::line(format!(
+        "{} {copied} snapshot(s) to {}: {} of {} chunk(s) read were new there ({})",
+        if a.dry_run { "would copy" } else { "copied" },
+        target.describe(),
+        r.chunks_sent,
+        r.chunks_read,
+        bytes(r.bytes_sent)
+    ));
+    Ok(out)
+}
+
 pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
-    run_prune(g, &repo, a.max_unused, a.dry_run, &mut out)?;
+    run_prune(g, &repo, a.max_unused, a.dry_run, a.listing_lag, &mut out)?;
     Ok(out)
 }
 

@@ -233,6 +233,9 @@ pub fn backup(
         program_version: env!("CARGO_PKG_VERSION").into(),
         previous: newest_of(repo, &opts.name)?,
     };
+    // A prune beside us deletes a pack we deduplicated against only after our lock is
+    // gone or stale (FORMAT.md, section 15.4): commit only while it is ours and fresh.
+    lock.still_fresh()?;
     let id = repo.write_snapshot(&snapshot)?;
     repo_format::history::History::update(repo, |h| h.saw(&snapshot.name, id, snapshot.time));
     Ok(BackupOutcome { id, snapshot })
@@ -553,8 +556,9 @@ fn hash_stage(repo: &Repository, rx: Receiver<Work>, tx: Sender<Done>) -> Result
                     id,
                     len: data.len() as u32,
                 };
-                // A chunk the index knows is never compressed or written again.
-                let new = if index.contains(&id)? {
+                // A chunk the index knows (in a pack no prune condemned) is never
+                // compressed or written again.
+                let new = if index.has_usable(&id)? {
                     None
                 } else {
                     Some(encoder.encode_with_id(id, BlobKind::Data, &data)?)

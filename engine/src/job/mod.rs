@@ -7,6 +7,9 @@
 //!                                          # encrypted repository (else DEDISK_PASSWORD*)
 //! key_file = "/etc/dedisk/repo.key"        # a key kept outside the repository
 //! prune_on = ["Sun"]                      # weekdays to prune after the job
+//! copy = { to = "s3://offsite/fleet", password_file = "/etc/dedisk/offsite.pass" }
+//!                                          # after the backups, the job's VMs' snapshots
+//!                                          # into a second repository (`dedisk copy`)
 //! notify = "mail -s dedisk root"          # gets the summary on stdin
 //!
 //! [defaults]
@@ -184,12 +187,47 @@ struct JobToml {
     post_hook: Option<String>,
     #[serde(default)]
     prune_on: Vec<String>,
+    copy: Option<CopyToml>,
     #[serde(default)]
     defaults: Settings,
     #[serde(default)]
     select: Select,
     #[serde(default)]
     vm: Vec<VmEntry>,
+}
+
+/// `copy = { to = ..., password_file | password_command, key_file }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyToml {
+    to: String,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+    key_file: Option<PathBuf>,
+}
+
+/// Where the job copies its VMs' snapshots after the backups (`dedisk copy`).
+#[derive(Clone, Debug)]
+pub struct CopyTarget {
+    pub to: repo_format::Location,
+    /// The target's password source (`None`: the DEDISK_TO_PASSWORD variables).
+    pub password: Option<crate::secret::PasswordFrom>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl CopyTarget {
+    /// The target, unlocked with its own password source (nobody is asked).
+    pub fn open(&self) -> Result<repo_format::Repository> {
+        let access = crate::secret::KeyAccess {
+            key_file: self.key_file.as_deref(),
+            password: self
+                .password
+                .clone()
+                .or_else(|| crate::secret::PasswordFrom::from_env_prefixed("DEDISK_TO_")),
+            prompt: None,
+        };
+        crate::secret::open_repository(&self.to, &access)
+    }
 }
 
 /// One VM as the job will back it up.
@@ -216,6 +254,7 @@ pub struct Job {
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
     pub prune_on: Vec<jiff::civil::Weekday>,
+    pub copy: Option<CopyTarget>,
     pub vms: Vec<VmPlan>,
 }
 
@@ -391,25 +430,28 @@ impl Job {
                 )));
             }
         }
-        let password = match (raw.password_file, raw.password_command) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Usage(format!(
-                    "{}: password_file and password_command exclude each other",
-                    path.display()
-                )))
-            }
-            (Some(f), None) => Some(crate::secret::PasswordFrom::File(dir.join(f))),
-            (None, Some(c)) => Some(crate::secret::PasswordFrom::Command(c)),
-            (None, None) => None,
+        let password = password_from(path, dir, raw.password_file, raw.password_command)?;
+        let location = |text: &str| -> Result<repo_format::Location> {
+            Ok(
+                match repo_format::Location::parse(text)
+                    .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
+                {
+                    repo_format::Location::Local(p) => repo_format::Location::Local(dir.join(p)),
+                    s3 => s3,
+                },
+            )
+        };
+        let copy = match raw.copy {
+            Some(c) => Some(CopyTarget {
+                to: location(&c.to)?,
+                password: password_from(path, dir, c.password_file, c.password_command)?,
+                key_file: c.key_file.map(|k| dir.join(k)),
+            }),
+            None => None,
         };
         Ok(Job {
             path: path.into(),
-            repository: match repo_format::Location::parse(&raw.repository)
-                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
-            {
-                repo_format::Location::Local(p) => repo_format::Location::Local(dir.join(p)),
-                s3 => s3,
-            },
+            repository: location(&raw.repository)?,
             password,
             key_file: raw.key_file.map(|k| dir.join(k)),
             status_log: raw
@@ -422,7 +464,29 @@ impl Job {
             pre_hook: raw.pre_hook,
             post_hook: raw.post_hook,
             prune_on,
+            copy,
             vms,
         })
     }
+}
+
+/// A password source from a job file's `password_file` (relative to the job file's
+/// folder) or `password_command`; at most one.
+fn password_from(
+    path: &Path,
+    dir: &Path,
+    file: Option<PathBuf>,
+    command: Option<String>,
+) -> Result<Option<crate::secret::PasswordFrom>> {
+    Ok(match (file, command) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Usage(format!(
+                "{}: password_file and password_command exclude each other",
+                path.display()
+            )))
+        }
+        (Some(f), None) => Some(crate::secret::PasswordFrom::File(dir.join(f))),
+        (None, Some(c)) => Some(crate::secret::PasswordFrom::Command(c)),
+        (None, None) => None,
+    })
 }

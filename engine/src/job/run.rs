@@ -106,6 +106,8 @@ pub struct JobReport {
     pub status: JobStatus,
     pub vms: Vec<VmResult>,
     pub pruned: Option<crate::maintain::prune::PruneReport>,
+    /// The copy into the job's second repository, when it asks for one.
+    pub copied: Option<crate::maintain::copy::CopyReport>,
     pub errors: Vec<String>,
 }
 
@@ -125,6 +127,24 @@ fn open_repository(job: &Job) -> Result<Repository> {
         prompt: None,
     };
     crate::secret::open_repository(&job.repository, &access)
+}
+
+/// The night's copy: every snapshot of the job's VMs that the target lacks (a snapshot
+/// copied before is recognised and skipped), under the target's own key.
+fn copy_to(
+    repo: &Repository,
+    job: &Job,
+    target: &crate::job::CopyTarget,
+    cancel: &Cancel,
+) -> Result<crate::maintain::copy::CopyReport> {
+    let to = target.open()?;
+    let from_lock = crate::locking::shared(repo, "run copy", LOCK_WAIT, cancel)?;
+    let to_lock = crate::locking::shared(&to, "run copy", LOCK_WAIT, cancel)?;
+    let opts = crate::maintain::copy::CopyOptions {
+        names: job.vms.iter().map(|v| v.name.clone()).collect(),
+        ..Default::default()
+    };
+    crate::maintain::copy::copy(repo, &from_lock, &to, &to_lock, &opts, cancel)
 }
 
 /// `--preview`: the resolved plan, and every problem found without changing anything.
@@ -211,6 +231,12 @@ pub fn preview(job: &Job) -> (Vec<String>, Vec<String>) {
                 .filter(|m| !m.is_file())
                 .map(|m| format!("vm {}: meta {} does not exist", vm.name, m.display())),
         );
+    }
+    if let Some(c) = &job.copy {
+        plan.push(format!("copy the VMs' snapshots to {}", c.to));
+        if let Err(e) = c.open() {
+            problems.push(format!("copy target {}: {e}", c.to));
+        }
     }
     if !job.prune_on.is_empty() {
         plan.push(format!("prune on {:?}", job.prune_on));
@@ -415,6 +441,7 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
         status: JobStatus::Success,
         vms: Vec::new(),
         pruned: None,
+        copied: None,
         errors: Vec::new(),
     };
     let job_env = |phase: &str| {
@@ -440,13 +467,16 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
                 }
                 report.vms.push(run_vm(&repo, vm, cancel));
             }
+            if let (Some(target), Ok(())) = (&job.copy, cancel.check()) {
+                match copy_to(&repo, job, target, cancel) {
+                    Ok(c) => report.copied = Some(c),
+                    Err(e) => report.errors.push(format!("copy to {}: {e}", target.to)),
+                }
+            }
             let today = jiff::Zoned::now().weekday();
             if job.prune_on.contains(&today) && cancel.check().is_ok() {
-                let opts = crate::maintain::prune::PruneOptions {
-                    max_unused_pct: 10.0,
-                    dry_run: false,
-                };
-                let pruned = crate::locking::exclusive(&repo, "run prune", LOCK_WAIT, cancel)
+                let opts = crate::maintain::prune::PruneOptions::default();
+                let pruned = crate::locking::prune(&repo, "run prune", LOCK_WAIT, cancel)
                     .and_then(|l| crate::maintain::prune::prune(&repo, &l, &opts, cancel));
                 match pruned {
                     Ok(p) => report.pruned = Some(p),
@@ -540,6 +570,14 @@ pub fn summary(r: &JobReport) -> String {
             } else {
                 format!(": {}", v.errors.join("; "))
             }
+        ));
+    }
+    if let Some(c) = &r.copied {
+        s.push_str(&format!(
+            "  copy: {} snapshot(s) copied, {} already there, {} new bytes sent\n",
+            c.snapshots.iter().filter(|x| !x.already).count(),
+            c.snapshots.iter().filter(|x| x.already).count(),
+            c.bytes_sent
         ));
     }
     for e in &r.errors {

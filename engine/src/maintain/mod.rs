@@ -1,10 +1,12 @@
 //! Keeping a repository healthy: `verify` (checks without changing anything), `forget`
 //! (which snapshots a retention policy keeps), `prune` (deleting what no snapshot uses,
-//! repacking what is partly used) and `repair` (rewriting what damage left behind).
+//! repacking what is partly used, beside running backups), `repair` (rewriting what
+//! damage left behind) and `copy` (snapshots into another repository).
 //!
-//! Writers here go through [`crate::store`] and take an exclusive lock guard by type;
-//! verify takes a shared one.
+//! Writers here go through [`crate::store`] and take their lock guard by type: prune a
+//! prune lock, repair an exclusive one, copy and verify shared ones.
 
+pub mod copy;
 pub mod forget;
 pub mod prune;
 pub mod repair;

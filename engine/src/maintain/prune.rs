@@ -1,28 +1,54 @@
-//! Prune: reclaim the space of chunks no snapshot references (FORMAT.md, "Prune").
+//! Prune: reclaim the space of chunks no snapshot references, beside running backups
+//! (FORMAT.md, sections 9 and 15).
 //!
-//! Runs under an exclusive lock, so no backup adds references while it works. It marks
-//! every blob reachable from every snapshot (manifest nodes and chunks), then per pack
-//! (as the index places blobs): a pack with no live blob is deleted; a pack whose dead
-//! share exceeds the threshold has its live blobs copied, still compressed and after a
-//! BLAKE3 check, into new packs, and is deleted once those are durable and indexed.
+//! One run: (1) completes condemnation records an earlier prune left pending; (2) marks
+//! every blob reachable from every snapshot; (3) condemns what is unreferenced: packs
+//! with no live blob that is not also stored elsewhere, and packs whose dead share
+//! exceeds the threshold once their live blobs were copied (still compressed, after a
+//! BLAKE3 check) into new, durable, indexed packs; the condemned packs are written in a
+//! record, and after it the locks then present; (4) sweeps every record whose locks are
+//! all gone: each of its packs is deleted unless a snapshot listed now needs a blob
+//! that is stored nowhere else (then it stays), or it was written again after the
+//! record.
 //!
-//! Crash safety: nothing is deleted before every live blob it holds has a durable,
-//! indexed copy elsewhere. A kill at any point leaves either the old pack, the new one,
-//! or both; opening the repository reconciles the index with the packs on disk, and the
-//! next prune deletes whatever copy is no longer indexed.
+//! Backups, restores and mounts run on meanwhile: a writer that started before a
+//! record holds a lock the record names, so nothing it may rely on is swept before it
+//! ends; one that started after it sees the record and stores such blobs again.
+//!
+//! Crash safety: nothing is deleted before every live blob it holds has a durable copy
+//! elsewhere, and every step can be repeated: a kill at any point leaves an extra
+//! copy, a pending record, or a record half swept, each finished by the next prune.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
 
-use repo_format::{BlobId, BlobReader, EncodedBlob, Node, PackId, Repository};
+use repo_format::backend::ObjectKind;
+use repo_format::condemn::{self, Condemnation, ListedCondemnation};
+use repo_format::lock::PruneLock;
+use repo_format::{BlobId, BlobReader, EncodedBlob, Node, PackId, Repository, SnapshotId};
 
 use crate::error::{Error, Result};
 
-/// How aggressively to reclaim.
+/// How aggressively to reclaim, and how the store lists.
 #[derive(Clone, Copy, Debug)]
 pub struct PruneOptions {
     /// Repack a pack when more than this share of its bytes is unreferenced (0..=100).
     pub max_unused_pct: f64,
     pub dry_run: bool,
+    /// How long an object written may stay missing from listings of the store (zero
+    /// for a local directory and for stores that list what was written, as AWS S3,
+    /// Garage, MinIO and Ceph do). Prune waits this long where section 15 says.
+    pub listing_lag: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused_pct: 10.0,
+            dry_run: false,
+            listing_lag: Duration::ZERO,
+        }
+    }
 }
 
 /// What a prune did (or, dry, would do).
@@ -32,11 +58,19 @@ pub struct PruneReport {
     pub live_blobs: u64,
     pub packs_before: u64,
     pub bytes_before: u64,
+    /// Packs this run condemned (deleted now, or by a later prune once the commands
+    /// running meanwhile have ended).
+    pub packs_condemned: u64,
+    /// Packs deleted by this run's sweep (of this run's record and earlier ones).
     pub packs_deleted: u64,
     pub packs_repacked: u64,
     pub packs_written: u64,
     pub bytes_deleted: u64,
     pub bytes_written: u64,
+    /// Condemned packs the sweep kept: a snapshot written meanwhile needs them.
+    pub packs_kept: u64,
+    /// Records still waiting for commands that were running when they were written.
+    pub records_waiting: u64,
     /// Referenced blobs the index does not have (damage for verify/repair to explain).
     pub missing_blobs: u64,
     pub dry_run: bool,
@@ -48,104 +82,192 @@ impl PruneReport {
     }
 }
 
-/// Every blob reachable from every snapshot. Refuses when a snapshot file is unreadable:
-/// its chunks would look unreferenced.
-fn mark(repo: &Repository, cancel: &crate::cancel::Cancel) -> Result<(HashSet<BlobId>, usize)> {
-    let mut reader = BlobReader::new(repo)?;
-    let mut live = HashSet::new();
-    let mut count = 0;
-    for r in repo.list_snapshots()? {
-        let (_, snap) = r.map_err(|e| {
-            Error::Usage(format!(
-                "{e}; refusing to prune until it is repaired or removed"
-            ))
-        })?;
-        count += 1;
-        let roots = snap
-            .disks
-            .iter()
-            .map(|d| d.manifest)
-            .chain(snap.meta.iter().map(|m| m.manifest));
-        for root in roots {
-            let mut stack = vec![root.root];
-            while let Some(id) = stack.pop() {
-                cancel.check()?;
-                if !live.insert(id) {
-                    continue; // a shared subtree, already walked
-                }
-                match reader.read_node(&id)? {
-                    Node::Interior { children, .. } => stack.extend(children.iter().map(|c| c.id)),
-                    Node::Leaf(extents) => {
-                        for e in extents {
-                            if let repo_format::Extent::Chunk { id, .. } = e {
-                                live.insert(id);
+/// The blobs reachable from the snapshots walked so far; walks only snapshots it has
+/// not seen, so the sweep's second look costs what was added meanwhile.
+#[derive(Default)]
+struct Marker {
+    live: HashSet<BlobId>,
+    walked: HashSet<SnapshotId>,
+}
+
+impl Marker {
+    /// Walks every listed snapshot not walked yet. Refuses when a snapshot file is
+    /// unreadable: its chunks would look unreferenced.
+    fn mark(&mut self, repo: &Repository, cancel: &crate::cancel::Cancel) -> Result<()> {
+        let snapshots = repo.list_snapshots()?;
+        // Snapshots first, then packs: a writer's packs are stored before its snapshot,
+        // so every node of a snapshot listed above is in a pack indexed here, even one
+        // another host wrote after this prune took its lock.
+        repo.reconcile(&mut repo.index()?)?;
+        let mut reader = BlobReader::new(repo)?;
+        for r in snapshots {
+            let (id, snap) = r.map_err(|e| {
+                Error::Usage(format!(
+                    "{e}; refusing to prune until it is repaired or removed"
+                ))
+            })?;
+            if !self.walked.insert(id) {
+                continue;
+            }
+            let roots = snap
+                .disks
+                .iter()
+                .map(|d| d.manifest)
+                .chain(snap.meta.iter().map(|m| m.manifest));
+            for root in roots {
+                let mut stack = vec![root.root];
+                while let Some(id) = stack.pop() {
+                    cancel.check()?;
+                    if !self.live.insert(id) {
+                        continue; // a shared subtree, already walked
+                    }
+                    match reader.read_node(&id)? {
+                        Node::Interior { children, .. } => {
+                            stack.extend(children.iter().map(|c| c.id))
+                        }
+                        Node::Leaf(extents) => {
+                            for e in extents {
+                                if let repo_format::Extent::Chunk { id, .. } = e {
+                                    self.live.insert(id);
+                                }
                             }
                         }
                     }
                 }
             }
         }
+        Ok(())
     }
-    Ok((live, count))
 }
 
-/// Runs a prune under `lock`, the exclusive lock the caller took. Before each pack is
-/// deleted the lock is checked to be still this process's: if someone removed it, a
-/// backup may since have started and deduplicated against the pack (issue 11).
+/// Every pack listed, with its length and when it was last written.
+fn listed_packs(repo: &Repository) -> Result<HashMap<PackId, (u64, Option<SystemTime>)>> {
+    let mut out = HashMap::new();
+    for meta in repo.backend().list(ObjectKind::Pack)? {
+        if let Ok(id) = meta.name.parse::<PackId>() {
+            out.insert(id, (meta.len, meta.modified));
+        }
+    }
+    Ok(out)
+}
+
+/// The names of the lock objects present now, other than ours.
+fn other_locks(repo: &Repository, ours: Option<&str>) -> Result<Vec<String>> {
+    Ok(repo_format::lock::list(repo.backend())?
+        .into_iter()
+        .filter(|l| Some(l.name.as_str()) != ours)
+        .map(|l| l.name)
+        .collect())
+}
+
+/// Completes a pending record: the locks present now (at least twice the listing lag
+/// after it was written) are the ones its sweep waits for; `since` is when the store
+/// says the pending record was written.
+fn complete(
+    repo: &Repository,
+    lock: &PruneLock,
+    name: &str,
+    mut rec: Condemnation,
+    since: Option<SystemTime>,
+) -> Result<Condemnation> {
+    rec.waits_for = Some(other_locks(repo, lock.name())?);
+    rec.pending_since =
+        since.map(|t| jiff::Timestamp::try_from(t).unwrap_or_else(|_| jiff::Timestamp::now()));
+    lock.still_held()?;
+    condemn::write(repo.backend(), name, &rec)?;
+    Ok(rec)
+}
+
+/// Runs a prune under `lock`. Before each pack is deleted the lock is checked to be
+/// still this process's: if someone removed it, another prune may be running.
 pub fn prune(
     repo: &Repository,
-    lock: &repo_format::lock::ExclusiveLock,
+    lock: &PruneLock,
     opts: &PruneOptions,
     cancel: &crate::cancel::Cancel,
 ) -> Result<PruneReport> {
-    let (live, snapshots) = mark(repo, cancel)?;
+    let lag = opts.listing_lag;
+    // 1. Records a killed prune left pending.
+    let mut records = condemn::list(repo.backend())?;
+    if !opts.dry_run
+        && records
+            .iter()
+            .any(|r| matches!(&r.record, Ok(c) if c.waits_for.is_none()))
+    {
+        sleep(2 * lag, cancel)?;
+        for r in records.iter_mut() {
+            if let Ok(c) = &r.record {
+                if c.waits_for.is_none() {
+                    r.record = Ok(complete(repo, lock, &r.name, c.clone(), r.modified)?);
+                }
+            }
+        }
+    }
+    // 2. Mark.
+    let mut marker = Marker::default();
+    marker.mark(repo, cancel)?;
     let mut index = repo.index()?;
+    let already = condemn::condemned_packs(&records);
+    index.set_condemned(&already)?;
     let by_pack = index.blobs_by_pack()?;
     let lengths = index.pack_lengths()?;
     let mut report = PruneReport {
-        snapshots,
-        live_blobs: live.len() as u64,
+        snapshots: marker.walked.len(),
+        live_blobs: marker.live.len() as u64,
         packs_before: lengths.len() as u64,
         bytes_before: lengths.values().sum(),
         dry_run: opts.dry_run,
         ..Default::default()
     };
     let indexed: HashSet<BlobId> = by_pack.values().flatten().map(|(id, _)| *id).collect();
-    report.missing_blobs = live.iter().filter(|id| !indexed.contains(id)).count() as u64;
+    report.missing_blobs = marker
+        .live
+        .iter()
+        .filter(|id| !indexed.contains(id))
+        .count() as u64;
 
-    let mut delete: Vec<PackId> = Vec::new();
-    let mut repack: Vec<(PackId, Vec<BlobId>)> = Vec::new();
-    for (pack, len) in &lengths {
-        let blobs = by_pack.get(pack).map(Vec::as_slice).unwrap_or(&[]);
-        let alive: Vec<BlobId> = blobs
-            .iter()
-            .filter(|(id, _)| live.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
-        // Unused: the dead blobs with their headers (the pack's own header and TOC are
-        // overhead every pack has, not waste).
-        let dead_bytes: u64 = blobs
-            .iter()
-            .filter(|(id, _)| !live.contains(id))
-            .map(|(_, n)| n + repo_format::pack::blob_overhead(repo.codec()))
-            .sum();
-        if alive.is_empty() {
-            delete.push(*pack);
-        } else {
-            let unused = 100.0 * dead_bytes as f64 / (*len).max(1) as f64;
-            if unused > opts.max_unused_pct {
-                repack.push((*pack, alive));
+    // 3. Condemn. Each live blob keeps one home: of the packs holding it that no record
+    //    condemns, the one with the smallest id; every other copy is dead weight.
+    let mut home: HashMap<BlobId, PackId> = HashMap::new();
+    for (pack, blobs) in by_pack.iter().filter(|(p, _)| !already.contains(p)) {
+        for (id, _) in blobs.iter().filter(|(id, _)| marker.live.contains(id)) {
+            let h = home.entry(*id).or_insert(*pack);
+            if pack.0 < h.0 {
+                *h = *pack;
             }
         }
     }
-    report.packs_deleted = delete.len() as u64 + repack.len() as u64;
+    let mut condemned: Vec<PackId> = Vec::new();
+    let mut repack: Vec<(PackId, Vec<BlobId>)> = Vec::new();
+    for (pack, len) in lengths.iter().filter(|(p, _)| !already.contains(p)) {
+        let blobs = by_pack.get(pack).map(Vec::as_slice).unwrap_or(&[]);
+        let homed: Vec<BlobId> = blobs
+            .iter()
+            .filter(|(id, _)| home.get(id) == Some(pack))
+            .map(|(id, _)| *id)
+            .collect();
+        // Unused: the blobs not homed here, with their headers (the pack's own header
+        // and TOC are overhead every pack has, not waste).
+        let dead_bytes: u64 = blobs
+            .iter()
+            .filter(|(id, _)| home.get(id) != Some(pack))
+            .map(|(_, n)| n + repo_format::pack::blob_overhead(repo.codec()))
+            .sum();
+        if homed.is_empty() {
+            condemned.push(*pack);
+        } else if 100.0 * dead_bytes as f64 / (*len).max(1) as f64 > opts.max_unused_pct {
+            repack.push((*pack, homed));
+        }
+    }
     report.packs_repacked = repack.len() as u64;
-    report.bytes_deleted = delete
-        .iter()
-        .chain(repack.iter().map(|(p, _)| p))
-        .map(|p| lengths[p])
-        .sum();
     if opts.dry_run {
+        report.packs_condemned = (condemned.len() + repack.len()) as u64;
+        report.packs_deleted = report.packs_condemned;
+        report.bytes_deleted = condemned
+            .iter()
+            .chain(repack.iter().map(|(p, _)| p))
+            .map(|p| lengths[p])
+            .sum();
         report.bytes_written = repack
             .iter()
             .flat_map(|(p, ids)| {
@@ -156,29 +278,32 @@ pub fn prune(
                     .collect::<Vec<_>>()
             })
             .sum();
+        report.records_waiting = records.len() as u64;
         return Ok(report);
     }
-
-    // 1. Delete packs with no live blob: their rows first (readers stop using them),
-    //    then the files. Done before repacking: a repack can write a pack identical to
-    //    one a killed prune left behind unindexed (same blobs, same order, same name),
-    //    which must not then be deleted as dead.
-    for pack in &delete {
-        cancel.check()?;
-        remove_pack(repo, lock, &mut index, pack)?;
-    }
-    // 2. Copy live blobs out of the packs to repack; new packs are durable and indexed
-    //    (pointing those blobs at them) before the old ones are deleted.
+    // Live blobs are copied out before their pack is condemned: new packs are durable
+    // and indexed first.
     let mut store = crate::store::BlobStore::for_repack(repo, lock)?;
     let mut reader = BlobReader::new(repo)?;
-    let mut repacked = Vec::new();
     for (pack, ids) in &repack {
         cancel.check()?;
         let file = repo.pack_reader(pack)?;
-        let mut ok = true;
+        let rows: HashMap<BlobId, repo_format::TocEntry> = index
+            .rows_of_pack(pack)?
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect();
         let mut blobs = Vec::new();
+        let mut ok = true;
         for id in ids {
-            let loc = reader.locate(id)?;
+            let loc = rows.get(id).map(|entry| repo_format::BlobLocation {
+                pack: *pack,
+                entry: *entry,
+            });
+            let Some(loc) = loc else {
+                ok = false;
+                break;
+            };
             let payload = repo_format::pack::read_payload(&file, *pack, &loc.entry, repo.codec())?;
             // Never copy damage into a new pack: check the blob decodes to its id.
             if let Err(e) = reader.read_at(&loc) {
@@ -195,44 +320,139 @@ pub fn prune(
             });
         }
         if !ok {
-            report.packs_deleted -= 1;
             report.packs_repacked -= 1;
             continue;
         }
         for b in blobs {
             store.put(&b)?;
         }
-        repacked.push(*pack);
+        condemned.push(*pack);
     }
     store.finish_pack()?;
     let written: HashSet<PackId> = store.written().iter().map(|(id, _)| *id).collect();
     report.packs_written = store.written().len() as u64;
     report.bytes_written = store.written().iter().map(|(_, n)| n).sum();
     drop(store);
-    // 3. Delete the repacked packs, now that their live blobs are elsewhere.
-    for pack in repacked.iter().filter(|p| !written.contains(p)) {
-        cancel.check()?;
-        remove_pack(repo, lock, &mut index, pack)?;
+    // A repack can write a pack identical to one a killed prune left (same blobs, same
+    // order, same name): that one is live again.
+    condemned.retain(|p| !written.contains(p));
+    report.packs_condemned = condemned.len() as u64;
+    if !condemned.is_empty() {
+        let name = condemn::new_name()?;
+        let pending = Condemnation::new(&condemned);
+        lock.still_held()?;
+        condemn::write(repo.backend(), &name, &pending)?;
+        // Twice the lag: a writer whose lock this listing misses wrote it after the
+        // record was visible to it (FORMAT.md, 15.5).
+        sleep(2 * lag, cancel)?;
+        let since = condemn::list(repo.backend())?
+            .into_iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.modified);
+        let rec = complete(repo, lock, &name, pending, since)?;
+        records.push(ListedCondemnation {
+            name,
+            modified: since,
+            record: Ok(rec),
+        });
     }
-    report.bytes_deleted = delete
+
+    // 4. Sweep the records whose waiters are all gone.
+    let live_locks: HashSet<String> = repo_format::lock::list(repo.backend())?
+        .into_iter()
+        .filter(|l| l.stale_reason().is_none())
+        .map(|l| l.name)
+        .collect();
+    let all_condemned = condemn::condemned_packs(&records);
+    let (sweepable, waiting): (Vec<_>, Vec<_>) = records
         .iter()
-        .chain(repacked.iter())
-        .map(|p| lengths[p])
-        .sum();
+        .filter_map(|r| r.record.as_ref().ok().map(|c| (r, c)))
+        .partition(|(_, c)| {
+            c.waits_for
+                .iter()
+                .flatten()
+                .all(|n| !live_locks.contains(n))
+        });
+    report.records_waiting = waiting.len() as u64;
+    if sweepable.is_empty() {
+        return Ok(report);
+    }
+    // Snapshots the waiters wrote before they ended are listed by now.
+    sleep(lag, cancel)?;
+    marker.mark(repo, cancel)?;
+    report.snapshots = marker.walked.len();
+    report.live_blobs = marker.live.len() as u64;
+    let on_store = listed_packs(repo)?;
+    let by_pack = index.blobs_by_pack()?;
+    let mut homes: HashMap<BlobId, Vec<PackId>> = HashMap::new();
+    for (pack, blobs) in &by_pack {
+        for (id, _) in blobs.iter().filter(|(id, _)| marker.live.contains(id)) {
+            homes.entry(*id).or_default().push(*pack);
+        }
+    }
+    let safe_elsewhere = |id: &BlobId| {
+        homes.get(id).is_some_and(|packs| {
+            packs
+                .iter()
+                .any(|p| !all_condemned.contains(p) && on_store.contains_key(p))
+        })
+    };
+    let mut deleted = HashSet::new();
+    for (listed, rec) in sweepable {
+        let since = rec.pending_since.map(SystemTime::from).or(listed.modified);
+        for pack in rec.pack_ids() {
+            cancel.check()?;
+            let Some((len, modified)) = on_store.get(&pack) else {
+                continue; // deleted already (a sweep killed midway)
+            };
+            if deleted.contains(&pack) {
+                continue;
+            }
+            let rewritten = matches!((modified, since), (Some(m), Some(s)) if *m >= s);
+            let needed = match by_pack.get(&pack) {
+                Some(blobs) => blobs
+                    .iter()
+                    .any(|(id, _)| marker.live.contains(id) && !safe_elsewhere(id)),
+                // Never indexed (damaged, unreadable): what it holds is unknown.
+                None => true,
+            };
+            if rewritten || needed {
+                report.packs_kept += 1;
+                continue;
+            }
+            remove_pack(repo, lock, &mut index, &pack)?;
+            deleted.insert(pack);
+            report.packs_deleted += 1;
+            report.bytes_deleted += len;
+        }
+        lock.still_held()?;
+        repo.backend().delete(ObjectKind::Condemned, &listed.name)?;
+    }
+    let remaining = condemn::condemned_packs(&condemn::list(repo.backend())?);
+    index.set_condemned(&remaining)?;
     Ok(report)
 }
 
-/// Forgets a pack in the index, then deletes its file and makes that durable.
+/// Sleeps `d` (the listing lag), waking for cancellation.
+fn sleep(d: Duration, cancel: &crate::cancel::Cancel) -> Result<()> {
+    let until = std::time::Instant::now() + d;
+    while std::time::Instant::now() < until {
+        cancel.check()?;
+        std::thread::sleep((until - std::time::Instant::now()).min(Duration::from_millis(200)));
+    }
+    Ok(())
+}
+
+/// Forgets a pack in the index, then deletes its object (durably, in a directory).
 fn remove_pack(
     repo: &Repository,
-    lock: &repo_format::lock::ExclusiveLock,
+    lock: &PruneLock,
     index: &mut repo_format::Index,
     pack: &PackId,
 ) -> Result<()> {
     lock.still_held()?;
     index.remove_pack(pack)?;
-    repo.backend()
-        .delete(repo_format::backend::ObjectKind::Pack, &pack.to_hex())?;
+    repo.backend().delete(ObjectKind::Pack, &pack.to_hex())?;
     Ok(())
 }
 
@@ -279,21 +499,204 @@ mod tests {
         let packs = repo.list_packs().unwrap().len();
         assert!(packs >= 1, "{packs} packs");
 
-        let lock = repo.lock_exclusive("prune").unwrap();
+        let lock = repo.lock_prune("prune").unwrap();
         for lock in repo_format::lock::list(repo.backend()).unwrap() {
             std::fs::remove_file(lock.path).unwrap();
         }
-        let opts = PruneOptions {
-            max_unused_pct: 10.0,
-            dry_run: false,
-        };
+        let opts = PruneOptions::default();
         let err = prune(&repo, &lock, &opts, &Default::default()).unwrap_err();
         assert!(err.to_string().contains("was removed or changed"), "{err}");
         assert_eq!(repo.list_packs().unwrap().len(), packs, "no pack deleted");
         // With its lock in place, the same prune reclaims them.
         drop(lock);
-        let lock = repo.lock_exclusive("prune").unwrap();
+        let lock = repo.lock_prune("prune").unwrap();
         prune(&repo, &lock, &opts, &Default::default()).unwrap();
         assert_eq!(repo.list_packs().unwrap().len(), 0);
+    }
+
+    fn test_repo(dir: &std::path::Path) -> Repository {
+        let config =
+            repo_format::RepoConfig::new(Default::default(), Default::default(), 1 << 20).unwrap();
+        Repository::init(&dir.join("repo"), config).unwrap()
+    }
+
+    /// Incompressible bytes without repeats (xorshift64*).
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            out.extend_from_slice(&x.wrapping_mul(0x2545F4914F6CDD1D).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn backup_of(
+        repo: &Repository,
+        lock: &repo_format::lock::SharedLock,
+        source: Box<dyn crate::source::DiskSource>,
+    ) -> crate::backup::BackupOutcome {
+        let opts = BackupOptions {
+            name: "vm".into(),
+            tags: vec![],
+            workers: 2,
+            cancel: Default::default(),
+            allow_empty: false,
+        };
+        backup(
+            repo,
+            lock,
+            vec![DiskInput {
+                label: "vda".into(),
+                source,
+            }],
+            vec![],
+            &opts,
+            &crate::progress::NoProgress,
+        )
+        .unwrap()
+    }
+
+    fn read_back(repo: &Repository, snap: &repo_format::Snapshot) -> Vec<u8> {
+        let mut reader = BlobReader::new(repo).unwrap();
+        let mut out = Vec::new();
+        crate::read::feed_extents(repo, snap.disks[0].manifest, |_, extent, loc| {
+            match extent {
+                repo_format::Extent::Hole { len } => out.resize(out.len() + len as usize, 0),
+                repo_format::Extent::Chunk { id, .. } => {
+                    out.extend(crate::read::fetch_chunk(&mut reader, &id, loc).map_err(|e| e.1)?)
+                }
+            }
+            Ok(true)
+        })
+        .unwrap();
+        out
+    }
+
+    /// A reader that hands out `first` bytes, then waits for a signal before the rest:
+    /// a backup held in the middle of its disk.
+    struct Held {
+        data: std::io::Cursor<Vec<u8>>,
+        first: u64,
+        go: Option<std::sync::mpsc::Receiver<()>>,
+        reached: Option<std::sync::mpsc::Sender<()>>,
+    }
+
+    impl std::io::Read for Held {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let pos = self.data.position();
+            if pos >= self.first {
+                if let Some(go) = self.go.take() {
+                    if let Some(r) = self.reached.take() {
+                        let _ = r.send(());
+                    }
+                    let _ = go.recv();
+                }
+            }
+            let room = if pos < self.first {
+                ((self.first - pos) as usize).min(buf.len())
+            } else {
+                buf.len()
+            };
+            self.data.read(&mut buf[..room])
+        }
+    }
+
+    /// FORMAT.md 15: a backup running when a prune condemns the packs it deduplicated
+    /// against keeps them: the record waits for its lock, and the sweep after it ends
+    /// sees its snapshot and keeps what it needs. A backup starting after the record
+    /// stores those blobs again instead.
+    #[test]
+    fn a_prune_beside_backups_never_deletes_what_they_rely_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = test_repo(dir.path());
+        let data = noise(6 << 20, 1);
+        // The data is stored, then its snapshot forgotten: every pack is unreferenced.
+        let shared = repo.lock_shared("backup").unwrap();
+        let first = backup_of(
+            &repo,
+            &shared,
+            Box::new(StreamSource::new(
+                std::io::Cursor::new(data.clone()),
+                "a".into(),
+            )),
+        );
+        drop(shared);
+        repo.remove_snapshot(&first.id).unwrap();
+        let old_packs = repo.list_packs().unwrap();
+
+        // Backup B starts, deduplicates the first half against those packs, and waits.
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let (at_tx, at_rx) = std::sync::mpsc::channel();
+        let held = Held {
+            data: std::io::Cursor::new(data.clone()),
+            first: 3 << 20,
+            go: Some(go_rx),
+            reached: Some(at_tx),
+        };
+        let outcome = std::thread::scope(|s| {
+            let b = s.spawn(|| {
+                let lock = repo.lock_shared("backup").unwrap();
+                backup_of(&repo, &lock, Box::new(StreamSource::new(held, "b".into())))
+            });
+            at_rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(500)); // hashed by now
+            let lock = repo.lock_prune("prune").unwrap();
+            let r = prune(&repo, &lock, &PruneOptions::default(), &Default::default()).unwrap();
+            assert_eq!(r.packs_condemned, old_packs.len() as u64, "{r:?}");
+            assert_eq!((r.packs_deleted, r.records_waiting), (0, 1), "{r:?}");
+            drop(lock);
+            go_tx.send(()).unwrap();
+            b.join().unwrap()
+        });
+        // B's lock is gone: the sweep runs, sees B's snapshot and keeps what it needs.
+        let lock = repo.lock_prune("prune").unwrap();
+        let r = prune(&repo, &lock, &PruneOptions::default(), &Default::default()).unwrap();
+        drop(lock);
+        assert!(r.packs_kept > 0, "{r:?}");
+        assert_eq!(r.records_waiting, 0, "{r:?}");
+        assert_eq!(read_back(&repo, &outcome.snapshot), data);
+
+        // A backup that starts while a record waits stores the condemned blobs again.
+        repo.remove_snapshot(&outcome.id).unwrap();
+        let other = repo.lock_shared("mount").unwrap();
+        let lock = repo.lock_prune("prune").unwrap();
+        let r = prune(&repo, &lock, &PruneOptions::default(), &Default::default()).unwrap();
+        drop(lock);
+        assert_eq!((r.packs_deleted, r.records_waiting), (0, 1), "{r:?}");
+        let shared = repo.lock_shared("backup").unwrap();
+        let third = backup_of(
+            &repo,
+            &shared,
+            Box::new(StreamSource::new(
+                std::io::Cursor::new(data.clone()),
+                "c".into(),
+            )),
+        );
+        drop(shared);
+        assert!(
+            third.snapshot.disks[0].stats.new_bytes >= data.len() as u64 / 2,
+            "stored again: {:?} {r:?}",
+            third.snapshot.disks[0].stats
+        );
+        drop(other);
+        let lock = repo.lock_prune("prune").unwrap();
+        let r = prune(&repo, &lock, &PruneOptions::default(), &Default::default()).unwrap();
+        drop(lock);
+        assert!(r.packs_deleted > 0 && r.records_waiting == 0, "{r:?}");
+        assert_eq!(read_back(&repo, &third.snapshot), data);
+        let left = repo.list_packs().unwrap();
+        assert!(
+            old_packs.keys().all(|p| !left.contains_key(p)),
+            "the old packs are gone"
+        );
+        assert!(repo
+            .backend()
+            .list(ObjectKind::Condemned)
+            .unwrap()
+            .is_empty());
     }
 }

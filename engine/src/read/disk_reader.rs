@@ -24,9 +24,14 @@ const CHUNK_CACHE_BYTES: usize = 96 << 20;
 /// about 330 KiB decoded, so this bounds a reader's nodes at about 5 MiB (one reader per
 /// NBD client or open mounted file).
 const NODE_CACHE: usize = 16;
-/// Chunks fetched ahead of a sequential reader.
+/// Chunks fetched ahead of a sequential reader, and the threads fetching them: two
+/// keep up with a local disk (they decompress); an object store answers each ranged GET
+/// after tens of milliseconds, so there 16 requests are kept in flight (FACTS: about
+/// 45 ms a GET on loopback Garage; kopia's one-at-a-time reads restore at 5-6 MB/s).
 const READ_AHEAD_CHUNKS: usize = 16;
 const READ_AHEAD_WORKERS: usize = 2;
+const REMOTE_READ_AHEAD_CHUNKS: usize = 32;
+const REMOTE_READ_AHEAD_WORKERS: usize = 16;
 
 /// A leaf of the manifest, with each extent's start offset.
 struct Leaf {
@@ -90,6 +95,8 @@ pub struct DiskReader {
     leaf: Option<Leaf>,
     cache: Shared,
     ahead: Option<Sender<BlobId>>,
+    /// How many chunks past a sequential read are queued for the read-ahead threads.
+    ahead_chunks: usize,
     /// The read-ahead threads, joined on drop.
     workers: Vec<std::thread::JoinHandle<()>>,
     /// Where the last read ended, to recognise sequential access.
@@ -110,9 +117,14 @@ impl DiskReader {
         cache: SharedChunkCache,
     ) -> Result<Self> {
         let cache: Shared = cache.0;
-        let (tx, rx) = bounded::<BlobId>(READ_AHEAD_CHUNKS * 2);
-        let mut workers = Vec::with_capacity(READ_AHEAD_WORKERS);
-        for _ in 0..READ_AHEAD_WORKERS {
+        let (ahead, threads) = if repo.local_root().is_some() {
+            (READ_AHEAD_CHUNKS, READ_AHEAD_WORKERS)
+        } else {
+            (REMOTE_READ_AHEAD_CHUNKS, REMOTE_READ_AHEAD_WORKERS)
+        };
+        let (tx, rx) = bounded::<BlobId>(ahead * 2);
+        let mut workers = Vec::with_capacity(threads);
+        for _ in 0..threads {
             let rx = rx.clone();
             let cache = cache.clone();
             let mut blobs = BlobReader::new(repo.clone())?;
@@ -141,6 +153,7 @@ impl DiskReader {
             leaf: None,
             cache,
             ahead: Some(tx),
+            ahead_chunks: ahead,
             workers,
             last_end: u64::MAX,
         })
@@ -269,7 +282,7 @@ impl DiskReader {
         let i = leaf.extents.partition_point(|(s, _)| *s <= offset);
         let (lock, _) = &*self.cache;
         let mut c = lock.lock().expect("no panics while held");
-        for (_, e) in leaf.extents.iter().skip(i).take(READ_AHEAD_CHUNKS) {
+        for (_, e) in leaf.extents.iter().skip(i).take(self.ahead_chunks) {
             if let Extent::Chunk { id, .. } = e {
                 if c.chunks.contains_key(id) || c.pending.contains(id) {
                     continue;

@@ -37,6 +37,8 @@ pub enum ObjectKind {
     Pack,
     /// `snapshots/<id>.json`.
     Snapshot,
+    /// `condemned/<id>.json`, the packs a prune means to delete (FORMAT.md, section 15).
+    Condemned,
 }
 
 impl ObjectKind {
@@ -51,6 +53,7 @@ impl ObjectKind {
                 format!("packs/{shard}/{name}.pack")
             }
             ObjectKind::Snapshot => format!("snapshots/{name}.json"),
+            ObjectKind::Condemned => format!("condemned/{name}.json"),
         }
     }
 
@@ -62,6 +65,7 @@ impl ObjectKind {
             ObjectKind::Lock => "locks",
             ObjectKind::Pack => "packs",
             ObjectKind::Snapshot => "snapshots",
+            ObjectKind::Condemned => "condemned",
         }
     }
 
