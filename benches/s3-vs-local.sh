@@ -57,6 +57,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
   rm -f "$B/disk.raw"
+  rm -f "$B"/*-day7.raw
   for r in $order; do
     measure "$r-restore-7" "$B/cache-$r" restore -q --repo "$(repo_of "$r")" latest "$B/$r-day7.raw"
     cmp "$B/$r-day7.raw" "$W/day7.raw" || { echo "$r restore differs from day7.raw" >&2; exit 1; }

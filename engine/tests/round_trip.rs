@@ -71,7 +71,7 @@ fn round_trip(pieces: &[Piece], workers: usize, stream: bool) -> Result<(), Test
         ..ChunkerParams::default()
     };
     let config = RepoConfig::new(chunker, Default::default(), 1 << 20).unwrap();
-    let repo = Repository::init(&dir.path().join("repo"), config).unwrap();
+    let repo = Repository::init(dir.path().join("repo"), config).unwrap();
     let disk = dir.path().join("disk.raw");
     let want = write_disk(&disk, pieces);
     let opts = BackupOptions {

@@ -164,6 +164,17 @@ impl<R: Borrow<Repository>> BlobReader<R> {
     pub fn read_at(&mut self, loc: &BlobLocation) -> Result<Vec<u8>> {
         let file = self.open_packs.get(self.repo.borrow(), loc.pack)?;
         let payload = read_payload(file, loc.pack, &loc.entry, &self.codec)?;
+        self.decode_payload(loc, payload)
+    }
+
+    /// [`BlobReader::read_at`] from bytes of the pack already fetched (one ranged GET
+    /// for several blobs that lie together: [`crate::PackRange`]).
+    pub fn read_from(&mut self, fetched: &crate::PackRange, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let payload = read_payload(fetched, loc.pack, &loc.entry, &self.codec)?;
+        self.decode_payload(loc, payload)
+    }
+
+    fn decode_payload(&mut self, loc: &BlobLocation, payload: Vec<u8>) -> Result<Vec<u8>> {
         let origin = BlobOrigin {
             pack: loc.pack,
             offset: loc.entry.offset,

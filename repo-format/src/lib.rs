@@ -48,6 +48,6 @@ pub use error::{Error, Result};
 pub use ids::{BlobId, PackId, RepoId, SnapshotId};
 pub use index::{BlobLocation, Index, IndexTotals};
 pub use manifest::{Extent, ManifestBuilder, ManifestRoot, ManifestWalker, Node};
-pub use pack::{FinishedPack, PackWriter, TocEntry};
-pub use repo::{IndexRepair, PackHandle, Repository};
+pub use pack::{FinishedPack, PackWriter, SealedPack, TocEntry};
+pub use repo::{IndexRepair, PackHandle, PackRange, Repository};
 pub use snapshot::{DiskStats, LostRange, Snapshot, SnapshotDisk, SnapshotMeta};

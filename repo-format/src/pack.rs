@@ -205,8 +205,16 @@ impl PackWriter {
         self.len_bytes
     }
 
-    /// Writes the TOC and footer, fsyncs, and renames the pack into `packs_dir` under its id.
-    pub fn finish(mut self, backend: &dyn crate::backend::Backend) -> Result<FinishedPack> {
+    /// Writes the TOC and footer, fsyncs, and puts the pack into `backend` under its id
+    /// (a rename in a directory, an upload to an object store).
+    pub fn finish(self, backend: &dyn crate::backend::Backend) -> Result<FinishedPack> {
+        self.seal(true)?.put(backend)
+    }
+
+    /// Writes the TOC and footer and closes the temporary file, fsynced when `durable`
+    /// (a directory renames this very file into place; an upload reads it once and
+    /// needs no fsync). The pack's id is known from here on; [`SealedPack::put`] stores it.
+    pub fn seal(mut self, durable: bool) -> Result<SealedPack> {
         let toc_offset = self.len_bytes;
         let mut toc_bytes = Vec::with_capacity(8 + self.toc.len() * TOC_ENTRY_LEN as usize);
         if let Some(keys) = self.keys.clone() {
@@ -242,18 +250,15 @@ impl PackWriter {
             .out
             .into_inner()
             .map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
-        file.sync_all().at(&self.tmp_path)?;
+        if durable {
+            file.sync_all().at(&self.tmp_path)?;
+        }
         drop(file);
-        let id = PackId(*self.hasher.finalize().as_bytes());
-        backend.put_file(
-            crate::backend::ObjectKind::Pack,
-            &id.to_hex(),
-            &self.tmp_path,
-        )?;
-        Ok(FinishedPack {
-            id,
+        Ok(SealedPack {
+            id: PackId(*self.hasher.finalize().as_bytes()),
             len_bytes: self.len_bytes,
             entries: self.toc,
+            tmp_path: Some(self.tmp_path),
         })
     }
 
@@ -262,6 +267,41 @@ impl PackWriter {
         let path = self.tmp_path.clone();
         drop(self);
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// A complete pack in its temporary file, not yet in the repository. Dropped without
+/// [`SealedPack::put`], its temporary file is removed.
+#[derive(Debug)]
+pub struct SealedPack {
+    pub id: PackId,
+    pub len_bytes: u64,
+    pub entries: Vec<TocEntry>,
+    tmp_path: Option<PathBuf>,
+}
+
+impl SealedPack {
+    /// Puts the pack into `backend` under its id; the temporary file is gone after.
+    pub fn put(mut self, backend: &dyn crate::backend::Backend) -> Result<FinishedPack> {
+        let tmp = self.tmp_path.take().expect("set until put or drop");
+        let put = backend.put_file(crate::backend::ObjectKind::Pack, &self.id.to_hex(), &tmp);
+        if put.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        put?;
+        Ok(FinishedPack {
+            id: self.id,
+            len_bytes: self.len_bytes,
+            entries: std::mem::take(&mut self.entries),
+        })
+    }
+}
+
+impl Drop for SealedPack {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp_path.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
 }
 

@@ -123,6 +123,28 @@ impl ReadAt for PackEnds<'_> {
     }
 }
 
+/// Bytes `start..start + bytes.len()` of one pack, fetched at once: several blobs that
+/// lie together, read with one request (restore from an object store). Reads outside
+/// them fail as a short pack would.
+pub struct PackRange {
+    pub start: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl ReadAt for PackRange {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let from = offset
+            .checked_sub(self.start)
+            .ok_or(std::io::ErrorKind::UnexpectedEof)? as usize;
+        let src = self
+            .bytes
+            .get(from..from + buf.len())
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
 /// What opening the repository had to do to the index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IndexRepair {
@@ -506,6 +528,14 @@ impl Repository {
     }
 
     /// The same, shared (for threads that outlive a borrow: lock refreshers).
+    /// Bytes `start..start + len` of pack `id`, with one read (one ranged GET).
+    pub fn read_pack_range(&self, id: &PackId, start: u64, len: u64) -> Result<PackRange> {
+        let bytes = self
+            .store
+            .get_range(ObjectKind::Pack, &id.to_hex(), start, len)?;
+        Ok(PackRange { start, bytes })
+    }
+
     pub fn backend_arc(&self) -> Arc<dyn Backend> {
         self.store.clone()
     }
@@ -837,11 +867,7 @@ impl Repository {
     /// gone. `len` is its length where a listing said it (else it is asked for). The
     /// outer error is the store's (or the filesystem's), the inner one the pack's: a
     /// damaged pack.
-    pub fn read_pack_toc(
-        &self,
-        id: &PackId,
-        len: Option<u64>,
-    ) -> TocRead {
+    pub fn read_pack_toc(&self, id: &PackId, len: Option<u64>) -> TocRead {
         let reader = match self.pack_reader(id) {
             Ok(r) => r,
             Err(Error::MissingPack { .. }) => return Ok(None),
@@ -1078,7 +1104,7 @@ mod tests {
 
     fn repo(dir: &Path) -> Repository {
         let config = RepoConfig::new(Default::default(), Default::default(), 1 << 20).unwrap();
-        Repository::init(&dir.join("repo"), config).unwrap()
+        Repository::init(dir.join("repo"), config).unwrap()
     }
 
     /// Writes one pack of `blobs` into the repository, indexed unless `index` is false.

@@ -9,29 +9,45 @@ use crate::helpers::*;
 
 const OTHER: &str = "the target's password";
 
+/// `dedisk ARGS` as the holder of [`OTHER`] (for the repository and a copy's target);
+/// its stdout, or a failed assertion with its stderr.
+fn as_other(args: &[&str]) -> String {
+    let out = dedisk()
+        .env("DEDISK_PASSWORD", OTHER)
+        .env("DEDISK_TO_PASSWORD", OTHER)
+        .env("DEDISK_NEW_PASSWORD", OTHER)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dedisk {args:?}: {err}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The last JSON line of [`as_other`] with `--json`.
+fn other_json(args: &[&str]) -> serde_json::Value {
+    let text = as_other(&[&["--json"], args].concat());
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+/// `dedisk init` at `at` under [`OTHER`] (cheap argon2id).
+fn init_other(at: &Path) {
+    as_other(&[
+        "init",
+        "--kdf-memory",
+        "8",
+        "--kdf-passes",
+        "1",
+        "--kdf-lanes",
+        "1",
+        p(at),
+    ]);
+}
+
 /// The target repository DIR/target, encrypted under [`OTHER`].
 fn new_target(dir: &Path) -> std::path::PathBuf {
     let target = dir.join("target");
-    let out = dedisk()
-        .env("DEDISK_NEW_PASSWORD", OTHER)
-        .env_remove("DEDISK_PASSWORD")
-        .args([
-            "init",
-            "--kdf-memory",
-            "8",
-            "--kdf-passes",
-            "1",
-            "--kdf-lanes",
-            "1",
-        ])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_other(&target);
     target
 }
 
@@ -43,58 +59,33 @@ fn copy(from: &Path, to: &Path, args: &[&str]) -> serde_json::Value {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "copy: {err}");
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str::<serde_json::Value>(text.lines().last().unwrap()).unwrap()["report"]
         .clone()
 }
 
-/// In the target (its password): each snapshot restores to `expect[name, time]`.
-fn restores_identical(to: &Path, dir: &Path, expect: &[(String, String)]) {
-    let out = dedisk()
-        .env("DEDISK_PASSWORD", OTHER)
-        .args(["--json", "--repo", p(to), "snapshots"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
-    let snaps = v["snapshots"].as_array().unwrap();
-    assert_eq!(snaps.len(), expect.len(), "{v}");
-    for (snap, (_, sha)) in snaps.iter().zip(expect) {
+/// The (VM, sha256 of the restored disk) of every snapshot in `repo` (under [`OTHER`]),
+/// in the order `snapshots` lists them.
+fn restored_shas(repo: &Path, dir: &Path) -> Vec<(String, String)> {
+    let v = other_json(&["--repo", p(repo), "snapshots"]);
+    let mut shas = Vec::new();
+    for snap in v["snapshots"].as_array().unwrap() {
         let id = &snap["id"].as_str().unwrap()[..8];
         let file = dir.join("restored.raw");
         let _ = std::fs::remove_file(&file);
-        let out = dedisk()
-            .env("DEDISK_PASSWORD", OTHER)
-            .args(["--repo", p(to), "restore", "-q", id, p(&file)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(&sha256(&file), sha, "copied snapshot {id}");
+        as_other(&["--repo", p(repo), "restore", "-q", id, p(&file)]);
+        shas.push((snap["name"].as_str().unwrap().to_string(), sha256(&file)));
     }
-    let out = dedisk()
-        .env("DEDISK_PASSWORD", OTHER)
-        .args(["--json", "--repo", p(to), "verify", "--read-data"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    shas
+}
+
+/// In the target (its password): the snapshots restore to `expect` (VM, sha256), in
+/// order, and `verify --read-data` is clean.
+fn restores_identical(to: &Path, dir: &Path, expect: &[(String, String)]) {
+    assert_eq!(restored_shas(to, dir), expect);
+    as_other(&["--repo", p(to), "verify", "--read-data"]);
 }
 
 /// Three nights of one VM into `from`; `to` gets them by copy, night by night.
@@ -180,93 +171,14 @@ fn copy_into_a_bucket_and_back() {
     let dir = tempfile::tempdir().unwrap();
     let from = new_repo(dir.path(), &["--encryption", "none"]);
     let to = std::path::PathBuf::from(format!("s3://{bucket}/e2e-copy-{}", std::process::id()));
-    let out = dedisk()
-        .env("DEDISK_NEW_PASSWORD", OTHER)
-        .env_remove("DEDISK_PASSWORD")
-        .args([
-            "init",
-            "--kdf-memory",
-            "8",
-            "--kdf-passes",
-            "1",
-            "--kdf-lanes",
-            "1",
-        ])
-        .arg(&to)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_other(&to);
     copy_nights(&from, &to, dir.path());
     // And back, from the bucket into a new local repository: the same disks come out.
     let back = dir.path().join("back");
-    let out = dedisk()
-        .env("DEDISK_PASSWORD", OTHER)
-        .env("DEDISK_TO_PASSWORD", OTHER)
-        .args([
-            "init",
-            "--kdf-memory",
-            "8",
-            "--kdf-passes",
-            "1",
-            "--kdf-lanes",
-            "1",
-        ])
-        .arg(&back)
-        .env("DEDISK_NEW_PASSWORD", OTHER)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = dedisk()
-        .env("DEDISK_PASSWORD", OTHER)
-        .env("DEDISK_TO_PASSWORD", OTHER)
-        .args(["--json", "--repo", p(&to), "copy", "--to", p(&back)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_other(&back);
+    other_json(&["--repo", p(&to), "copy", "--to", p(&back)]);
     let expect = restored_shas(&to, dir.path());
     restores_identical(&back, dir.path(), &expect);
-}
-
-/// The sha256 of every snapshot's restored disk in `repo` (the target's password), in
-/// the order `snapshots` lists them.
-fn restored_shas(repo: &Path, dir: &Path) -> Vec<(String, String)> {
-    let out = dedisk()
-        .env("DEDISK_PASSWORD", OTHER)
-        .args(["--json", "--repo", p(repo), "snapshots"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
-    let mut shas = Vec::new();
-    for snap in v["snapshots"].as_array().unwrap() {
-        let id = &snap["id"].as_str().unwrap()[..8];
-        let file = dir.join("restored-src.raw");
-        let _ = std::fs::remove_file(&file);
-        let out = dedisk()
-            .env("DEDISK_PASSWORD", OTHER)
-            .args(["--repo", p(repo), "restore", "-q", id, p(&file)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        shas.push((snap["name"].as_str().unwrap().to_string(), sha256(&file)));
-    }
-    shas
 }
 
 /// A job file's `copy = {...}`: after the night's backups, the job's VMs' snapshots go

@@ -324,8 +324,9 @@ fn unlock_never_removes_a_live_holders_lock_and_planted_locks_do_not_block() {
     let dir = t.path();
     let (repo, _) = two_disk_repo(dir);
     let host = sh("hostname").trim().to_string();
-    // A real dedisk holding a shared lock: unlock, even --force, leaves it alone, so a
-    // prune still cannot start beside it.
+    // A real dedisk holding a shared lock: unlock, even --force, leaves it alone, so an
+    // exclusive command (repair) still cannot start beside it; a prune runs beside it
+    // and deletes nothing it could read (FORMAT.md 15).
     let (mut server, _) = spawn_json(&[
         "--json",
         "serve-nbd",
@@ -345,10 +346,11 @@ fn unlock_never_removes_a_live_holders_lock_and_planted_locks_do_not_block() {
         assert!(out.contains("running on this host"), "{out}");
     }
     fails(
-        &["--repo", p(&repo), "--lock-wait", "0", "prune"],
+        &["--repo", p(&repo), "--lock-wait", "0", "repair", "index"],
         1,
         "serve-nbd",
     );
+    ok(&["--repo", p(&repo), "--lock-wait", "0", "prune", "-q"]);
     server.kill().unwrap();
     server.wait().unwrap();
 

@@ -422,16 +422,13 @@ fn faulty_proxy(throttle: usize, cut_every: usize) -> (String, Arc<AtomicUsize>,
                 let Ok(mut server) = TcpStream::connect(&upstream) else {
                     return;
                 };
-                let cut = cut_every > 0 && (n - throttle) % cut_every == 0;
+                let cut = cut_every > 0 && (n - throttle).is_multiple_of(cut_every);
                 let mut to_server = client.try_clone().unwrap();
                 let mut from_server = server.try_clone().unwrap();
                 let up = std::thread::spawn(move || {
                     let mut buf = [0u8; 16384];
                     let mut sent = 0usize;
-                    loop {
-                        let Ok(k) = to_server.read(&mut buf) else {
-                            break;
-                        };
+                    while let Ok(k) = to_server.read(&mut buf) {
                         if k == 0 {
                             break;
                         }

@@ -469,7 +469,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config =
             repo_format::RepoConfig::new(Default::default(), Default::default(), 1 << 20).unwrap();
-        let repo = Repository::init(&dir.path().join("repo"), config).unwrap();
+        let repo = Repository::init(dir.path().join("repo"), config).unwrap();
         let data: Vec<u8> = (0..3u32 << 20)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
@@ -517,7 +517,7 @@ mod tests {
     fn test_repo(dir: &std::path::Path) -> Repository {
         let config =
             repo_format::RepoConfig::new(Default::default(), Default::default(), 1 << 20).unwrap();
-        Repository::init(&dir.join("repo"), config).unwrap()
+        Repository::init(dir.join("repo"), config).unwrap()
     }
 
     /// Incompressible bytes without repeats (xorshift64*).

@@ -7,6 +7,7 @@
 //! in place; its holes are zeroed (BLKZEROOUT, falling back to writing zeros).
 
 pub mod qcow2;
+mod runs;
 mod target;
 
 use std::fs::{File, OpenOptions};
@@ -16,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
-use repo_format::{BlobLocation, BlobReader, Extent, ManifestRoot, Repository};
+use repo_format::{BlobReader, Extent, ManifestRoot, Repository};
 
 use crate::error::{Damage, Error, Result};
 use crate::io::{AlignedBuf, DIRECT_ALIGN};
@@ -238,7 +239,10 @@ pub fn restore_disk(
 
     // The walker locates each chunk and asks the kernel to prefetch it; the queue's
     // length sets how far ahead (about 16 MiB of packs).
-    let (tx, rx) = bounded::<(u64, Extent, Option<BlobLocation>)>(PREFETCH_CHUNKS);
+    // On an object store the extents go in runs, several chunks a request (runs.rs).
+    let remote = repo.local_root().is_none();
+    let overhead = repo_format::pack::blob_overhead(repo.codec());
+    let (tx, rx) = bounded::<Vec<runs::Item>>(if remote { workers } else { PREFETCH_CHUNKS });
     let outcome: Result<()> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -247,9 +251,23 @@ pub fn restore_disk(
                 s.spawn(move || -> Result<()> {
                     let mut reader = BlobReader::new(repo)?;
                     let mut bounce = None;
-                    for (offset, extent, loc) in rx {
+                    for (fetched, (offset, extent, loc)) in rx.iter().flat_map(|batch| {
+                        // A store error here is not the chunks' fault: each is then
+                        // read alone, and what fails is reported for that chunk.
+                        let fetched = runs::span(&batch, overhead)
+                            .and_then(|(p, at, len)| repo.read_pack_range(&p, at, len).ok())
+                            .map(std::sync::Arc::new);
+                        batch.into_iter().map(move |item| (fetched.clone(), item))
+                    }) {
+                        let read = |reader: &mut BlobReader<&Repository>, id| match (&fetched, loc)
+                        {
+                            (Some(range), Some(l)) => reader
+                                .read_from(range, &l)
+                                .or_else(|_| fetch_chunk(reader, id, loc)),
+                            _ => fetch_chunk(reader, id, loc),
+                        };
                         match extent {
-                            Extent::Chunk { id, len } => match fetch_chunk(&mut reader, &id, loc) {
+                            Extent::Chunk { id, len } => match read(&mut reader, &id) {
                                 Ok(data) => out
                                     .write_at(&data, offset, &mut bounce)
                                     .map_err(|e| Error::target(write_path, e))?,
@@ -282,6 +300,8 @@ pub fn restore_disk(
             })
             .collect();
         drop(rx);
+        let mut batcher = runs::Runs::new(overhead);
+        let mut send = |batch: Vec<runs::Item>| tx.send(batch).is_ok();
         // Walk the manifest here, feeding the workers in disk order.
         let walked = feed_extents(repo, *manifest, |offset, extent, loc| {
             cancel.check()?;
@@ -293,9 +313,24 @@ pub fn restore_disk(
                 Extent::Hole { len } => report.hole_bytes += len,
             }
             // A closed queue means a worker failed; its error is reported below.
-            Ok(tx.send((offset, extent, loc)).is_ok())
+            let item = (offset, extent, loc);
+            Ok(if remote {
+                batcher.push(item, &mut send)
+            } else {
+                send(vec![item])
+            })
         });
+        if walked.is_ok() {
+            batcher.flush(&mut send);
+        }
         drop(tx);
+        if remote {
+            log::debug!(
+                "{label}: {} chunk(s) read with {} request(s)",
+                batcher.chunks,
+                batcher.batches
+            );
+        }
         let mut first_err = None;
         for h in handles {
             let r = h.join().map_err(|_| Error::StageFailed("restore worker"))?;

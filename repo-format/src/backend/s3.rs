@@ -338,7 +338,7 @@ impl Backend for S3 {
             .runtime
             .block_on(async { self.store.get_range(&key, offset..end).await });
         match got {
-            Ok(bytes) if bytes.len() as u64 == len => Ok(bytes.to_vec()),
+            Ok(bytes) if bytes.len() as u64 == len => Ok(Vec::from(bytes)),
             Ok(_) => Err(Error::io(
                 self.object_name(kind, name),
                 std::io::ErrorKind::UnexpectedEof.into(),
@@ -367,7 +367,7 @@ impl Backend for S3 {
                 Err(e) => Err(e),
             }
         });
-        got.map(|b| b.map(|b| b.to_vec()))
+        got.map(|b| b.map(Vec::from))
             .map_err(|e| self.failed(kind, name, &e))
     }
 
