@@ -11,9 +11,10 @@
 //! Nothing else is ever removed automatically; `dedisk unlock --force` removes the
 //! rest, naming each.
 //!
-//! Commands that read or add data (backup, restore, mount, serve-nbd, verify, forget)
-//! hold a shared lock; commands that delete packs (prune, repair index) hold an exclusive
-//! one. A holder first writes its own lock file, then looks at the others: a conflicting
+//! Commands that read or add data (backup, restore, mount, serve-nbd, verify, forget,
+//! copy) hold a shared lock; prune holds a `prune` lock, which only another prune or an
+//! exclusive holder conflicts with (it deletes only what FORMAT.md section 15 allows);
+//! repair holds an exclusive one. A holder first writes its own lock file, then looks at the others: a conflicting
 //! lock makes it remove its own and give up. Two holders racing both see each other and
 //! both back off, never both proceed. A lock whose process is gone (same host, pid not
 //! alive) is stale and removed by whoever finds it; locks from other hosts are only
