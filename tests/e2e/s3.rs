@@ -118,6 +118,53 @@ fn the_s3_backend_passes_the_conformance_suite() {
     repo_format::backend::conformance(&s3, dir.path());
 }
 
+/// A flipped byte in a pack on S3: restore reads runs of chunks with one ranged GET
+/// each, and still names the damaged chunk (snapshot, disk, pack) and leaves no
+/// plausible disk behind.
+#[test]
+fn a_flipped_pack_byte_on_s3_is_named_by_the_restore() {
+    use repo_format::backend::ObjectKind;
+    let Some((bucket, _cluster)) = bucket() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_s3_repo(&bucket, "damage");
+    let img = random_image(d, "d.raw", 8 << 20, 8 << 20);
+    let done = ok_json(&[
+        "backup",
+        "--repo",
+        p(&repo),
+        "--name",
+        "vm",
+        &format!("sda={}", p(&img)),
+    ]);
+    let snap = done["snapshot"].as_str().unwrap()[..8].to_string();
+    let store = repo_format::Location::parse(p(&repo))
+        .unwrap()
+        .connect()
+        .unwrap();
+    let packs = store.list(ObjectKind::Pack).unwrap();
+    let big = packs.iter().max_by_key(|m| m.len).unwrap();
+    let mut bytes = store.get(ObjectKind::Pack, &big.name).unwrap();
+    // The middle of the largest pack: inside a chunk, however the writer spread them.
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    store
+        .put_bytes(ObjectKind::Pack, &big.name, &bytes)
+        .unwrap();
+    let target = d.join("out.raw");
+    let err = fails(
+        &["restore", "--repo", p(&repo), "latest", p(&target)],
+        1,
+        "damaged",
+    );
+    for needle in [snap.as_str(), "disk sda", "chunk ", &big.name[..8]] {
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    }
+    assert!(!target.exists(), "no disk under the requested name");
+}
+
 #[test]
 fn a_disk_backs_up_restores_verifies_forgets_and_prunes_on_s3() {
     let Some((bucket, _cluster)) = bucket() else {
