@@ -235,7 +235,6 @@ pub fn run_prune(
         );
         return Ok(());
     }
-    let verb = if dry_run { "would" } else { "did" };
     output::line(format!(
         "{} snapshot(s), {} live blob(s); {} packs, {} before",
         r.snapshots,
@@ -243,17 +242,18 @@ pub fn run_prune(
         r.packs_before,
         bytes(r.bytes_before)
     ));
-    output::line(format!(
-        "prune {verb} delete {} pack(s) ({} repacked into {} new), reclaiming {}",
-        r.packs_deleted,
-        r.packs_repacked,
-        if dry_run {
-            "about".to_string()
-        } else {
-            r.packs_written.to_string()
-        },
-        bytes(r.bytes_reclaimed().max(0) as u64)
-    ));
+    let reclaimed = bytes(r.bytes_reclaimed().max(0) as u64);
+    output::line(if dry_run {
+        format!(
+            "prune would delete {} pack(s) ({} of them repacked), reclaiming about {reclaimed}",
+            r.packs_deleted, r.packs_repacked
+        )
+    } else {
+        format!(
+            "prune condemned {} pack(s) ({} repacked into {} new) and deleted {}, reclaiming {reclaimed}",
+            r.packs_condemned, r.packs_repacked, r.packs_written, r.packs_deleted
+        )
+    });
     if r.records_waiting > 0 && !dry_run {
         output::line(format!(
             "{} condemnation record(s) wait for commands that were running when they were written; a later prune deletes their packs",
