@@ -133,29 +133,13 @@ pub fn open_quietly(g: &Global) -> Result<Repository> {
 /// Opens the target of `dedisk copy`: `to` with its own key (`key_file`, else the
 /// DEDISK_TO_PASSWORD variables, else a prompt naming it).
 pub fn open_target(to: &str, key_file: Option<&std::path::Path>) -> Result<Repository> {
-    use engine::secret::PasswordFrom;
     let at = Location::parse(to)?;
-    let store = at
-        .connect()
-        .with_context(|| format!("opening target repository {at}"))?;
-    let config = Repository::read_config(&*store)
-        .with_context(|| format!("opening target repository {at}"))?;
-    let master = if config.is_encrypted() {
-        let password = PasswordFrom::from_env_prefixed("DEDISK_TO_");
-        let access = engine::secret::KeyAccess {
-            key_file,
-            password,
-            prompt: Some(&prompt),
-        };
-        Some(
-            engine::secret::unlock(&*store, &config, &access)
-                .with_context(|| format!("opening target repository {at}"))?
-                .0,
-        )
-    } else {
-        None
+    let access = engine::secret::KeyAccess {
+        key_file,
+        password: engine::secret::PasswordFrom::from_env_prefixed("DEDISK_TO_"),
+        prompt: Some(&prompt),
     };
-    Repository::open_as(store, config, master)
+    engine::secret::open_repository(&at, &access)
         .with_context(|| format!("opening target repository {at}"))
 }
 

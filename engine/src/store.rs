@@ -143,7 +143,7 @@ impl<'r> BlobStore<'r> {
     /// this store has it). Returns the bytes it took in the pack (header included) when
     /// it was stored.
     pub fn put(&mut self, blob: &EncodedBlob) -> Result<Option<u64>> {
-        if self.holds(&blob.id) || (!self.repack && self.index.has_usable(&blob.id)?) {
+        if self.holds(&blob.id) || (!self.repack && self.has(&blob.id)?) {
             return Ok(None);
         }
         let spread = if self.repo.is_encrypted() { SPREAD } else { 1 };
@@ -174,6 +174,12 @@ impl<'r> BlobStore<'r> {
         Ok(Some(stored))
     }
 
+    /// Whether the repository has blob `id` for a writer to rely on (in a pack no prune
+    /// condemned), or this store holds it: a blob [`BlobStore::put`] would not store.
+    pub fn has(&self, id: &BlobId) -> Result<bool> {
+        Ok(self.holds(id) || self.index.has_usable(id)?)
+    }
+
     /// Whether an open pack of this store, or one being uploaded, holds blob `id`.
     fn holds(&self, id: &BlobId) -> bool {
         self.packs.iter().flatten().any(|(_, ids)| ids.contains(id))
@@ -189,7 +195,7 @@ impl<'r> BlobStore<'r> {
     pub fn put_node(&mut self, node: &Node) -> Result<BlobId> {
         let bytes = node.encode();
         let id = self.repo.blob_id(&bytes);
-        if self.holds(&id) || self.index.has_usable(&id)? {
+        if self.has(&id)? {
             return Ok(id);
         }
         let blob = self

@@ -369,20 +369,7 @@ impl Index {
 
     /// The packs currently marked condemned.
     pub fn condemned(&self) -> Result<HashSet<PackId>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM packs WHERE condemned != 0")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(|e| self.err(e))?;
-        let mut out = HashSet::new();
-        for r in rows {
-            if let Some(id) = PackId::from_slice(&r.map_err(|e| self.err(e))?) {
-                out.insert(id);
-            }
-        }
-        Ok(out)
+        self.packs_where("SELECT id FROM packs WHERE condemned != 0")
     }
 
     /// Records a durable pack and all its blobs, in one transaction. A blob indexed
@@ -518,17 +505,18 @@ impl Index {
 
     /// Every pack the index knows.
     pub fn pack_ids(&self) -> Result<HashSet<PackId>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM packs")
-            .map_err(|e| self.err(e))?;
+        self.packs_where("SELECT id FROM packs")
+    }
+
+    /// The pack ids `sql` selects (one column of ids).
+    fn packs_where(&self, sql: &str) -> Result<HashSet<PackId>> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| r.get::<_, Vec<u8>>(0))
             .map_err(|e| self.err(e))?;
         let mut out = HashSet::new();
         for r in rows {
-            let bytes = r.map_err(|e| self.err(e))?;
-            if let Some(id) = PackId::from_slice(&bytes) {
+            if let Some(id) = PackId::from_slice(&r.map_err(|e| self.err(e))?) {
                 out.insert(id);
             }
         }

@@ -99,23 +99,29 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     let decisions =
         engine::maintain::forget::forget(&repo, &lock, &policy, a.name.as_deref(), a.dry_run, &tz)?;
     drop(lock); // a prune below takes its own lock
-    let removed = decisions.iter().filter(|d| !d.keep).count();
     if g.json {
         output::json(&json!({"type": "forget", "dry_run": a.dry_run, "decisions": decisions}));
-        if a.prune {
-            run_prune(
-                g,
-                &repo,
-                10.0,
-                a.dry_run,
-                std::time::Duration::ZERO,
-                &mut out,
-            )?;
-        }
-        return Ok(out);
+    } else {
+        print_decisions(&decisions, a.dry_run);
     }
+    if a.prune {
+        run_prune(
+            g,
+            &repo,
+            10.0,
+            a.dry_run,
+            std::time::Duration::ZERO,
+            &mut out,
+        )?;
+    }
+    Ok(out)
+}
+
+/// What `forget` decided, per VM, and a count.
+fn print_decisions(decisions: &[engine::maintain::forget::Decision], dry_run: bool) {
+    let removed = decisions.iter().filter(|d| !d.keep).count();
     let mut vm = "";
-    for d in &decisions {
+    for d in decisions {
         if d.name != vm {
             vm = &d.name;
             output::line(format!("{vm}:"));
@@ -130,25 +136,14 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     }
     output::line(format!(
         "{} {removed} of {} snapshot(s){}",
-        if a.dry_run { "would forget" } else { "forgot" },
+        if dry_run { "would forget" } else { "forgot" },
         decisions.len(),
-        if removed > 0 && !a.dry_run {
+        if removed > 0 && !dry_run {
             "; their unique data stays in the packs until a prune"
         } else {
             ""
         }
     ));
-    if a.prune {
-        run_prune(
-            g,
-            &repo,
-            10.0,
-            a.dry_run,
-            std::time::Duration::ZERO,
-            &mut out,
-        )?;
-    }
-    Ok(out)
 }
 
 pub fn repair(g: &Global, what: &RepairWhat) -> Result<Outcome> {

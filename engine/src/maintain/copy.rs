@@ -115,18 +115,14 @@ pub fn copy(
             }
         )));
     }
-    let existing: Vec<Snapshot> = to
-        .list_snapshots()?
-        .into_iter()
-        .flatten()
-        .map(|(_, s)| s)
-        .collect();
+    // The target's snapshots, listed once; each one copied is added.
+    let mut existing: Vec<(SnapshotId, Snapshot)> =
+        to.list_snapshots()?.into_iter().flatten().collect();
     let mut copier = Copier {
         from,
         to,
         reader: BlobReader::new(from)?,
         encoder: to.blob_encoder()?,
-        index: to.index()?,
         store: BlobStore::new(to, to_lock)?,
         seen: HashMap::new(),
         dry_run: opts.dry_run,
@@ -135,7 +131,7 @@ pub fn copy(
     let mut done = Vec::new();
     for (id, snap) in selected {
         cancel.check()?;
-        if existing.iter().any(|e| same_snapshot(e, &snap)) {
+        if existing.iter().any(|(_, e)| same_snapshot(e, &snap)) {
             done.push(Copied {
                 source: id,
                 target: None,
@@ -150,17 +146,17 @@ pub fn copy(
             None
         } else {
             copier.store.finish_pack()?;
-            let previous = to
-                .list_snapshots()?
-                .into_iter()
-                .flatten()
+            let previous = existing
+                .iter()
                 .filter(|(_, s)| s.name == copied.name && s.time < copied.time)
                 .max_by_key(|(id, s)| (s.time, *id))
-                .map(|(id, _)| id);
+                .map(|(id, _)| *id);
             let copied = Snapshot { previous, ..copied };
             // As a backup does: commit only while our lock is ours and fresh (15.4).
             to_lock.still_fresh()?;
-            Some(to.write_snapshot(&copied)?)
+            let id = to.write_snapshot(&copied)?;
+            existing.push((id, copied));
+            Some(id)
         };
         done.push(Copied {
             source: id,
@@ -182,7 +178,6 @@ struct Copier<'a> {
     /// Reads chunks (the manifest walker has a reader of its own for nodes).
     reader: BlobReader<&'a Repository>,
     encoder: repo_format::BlobEncoder,
-    index: repo_format::Index,
     store: BlobStore<'a>,
     /// Source chunk id -> target chunk id, for chunks met before in this run.
     seen: HashMap<BlobId, BlobId>,
@@ -251,7 +246,7 @@ impl Copier<'_> {
         let data = self.reader.read_located(&loc)?;
         self.report.chunks_read += 1;
         let target = self.encoder.id_of(&data);
-        if !self.index.has_usable(&target)? {
+        if !self.store.has(&target)? {
             let blob = self.encoder.encode_with_id(target, BlobKind::Data, &data)?;
             if self.dry_run {
                 self.report.chunks_sent += 1;

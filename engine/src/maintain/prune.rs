@@ -206,9 +206,9 @@ pub fn prune(
     // 2. Mark.
     let mut marker = Marker::default();
     marker.mark(repo, cancel)?;
+    // The mark reconciled the index with `condemned/`, so it marks these packs too.
     let mut index = repo.index()?;
     let already = condemn::condemned_packs(&records);
-    index.set_condemned(&already)?;
     let by_pack = index.blobs_by_pack()?;
     let lengths = index.pack_lengths()?;
     let mut report = PruneReport {
@@ -398,6 +398,7 @@ pub fn prune(
         })
     };
     let mut deleted = HashSet::new();
+    let mut swept = HashSet::new();
     for (listed, rec) in sweepable {
         let since = rec.pending_since.map(SystemTime::from).or(listed.modified);
         for pack in rec.pack_ids() {
@@ -427,9 +428,12 @@ pub fn prune(
         }
         lock.still_held()?;
         repo.backend().delete(ObjectKind::Condemned, &listed.name)?;
+        swept.insert(listed.name.clone());
     }
-    let remaining = condemn::condemned_packs(&condemn::list(repo.backend())?);
-    index.set_condemned(&remaining)?;
+    // Only this prune writes or removes records while it holds its lock: what is left
+    // is what it listed less what it swept.
+    records.retain(|r| !swept.contains(&r.name));
+    index.set_condemned(&condemn::condemned_packs(&records))?;
     Ok(report)
 }
 
@@ -560,6 +564,12 @@ mod tests {
         .unwrap()
     }
 
+    /// One prune with the default options, under its own lock.
+    fn prune_now(repo: &Repository) -> PruneReport {
+        let lock = repo.lock_prune("prune").unwrap();
+        prune(repo, &lock, &PruneOptions::default(), &Default::default()).unwrap()
+    }
+
     fn read_back(repo: &Repository, snap: &repo_format::Snapshot) -> Vec<u8> {
         let mut reader = BlobReader::new(repo).unwrap();
         let mut out = Vec::new();
@@ -644,18 +654,14 @@ mod tests {
             });
             at_rx.recv().unwrap();
             std::thread::sleep(std::time::Duration::from_millis(500)); // hashed by now
-            let lock = repo.lock_prune("prune").unwrap();
-            let r = prune(&repo, &lock, &PruneOptions::default(), &Default::default()).unwrap();
+            let r = prune_now(&repo);
             assert_eq!(r.packs_condemned, old_packs.len() as u64, "{r:?}");
             assert_eq!((r.packs_deleted, r.records_waiting), (0, 1), "{r:?}");
-            drop(lock);
             go_tx.send(()).unwrap();
             b.join().unwrap()
         });
         // B's lock is gone: the sweep runs, sees B's snapshot and keeps what it needs.
-        let lock = repo.lock_prune("prune").unwrap();
-        let r = prune(&repo, &lock, &PruneOptions::default(), &Default::default()).unwrap();
-        drop(lock);
+        let r = prune_now(&repo);
         assert!(r.packs_kept > 0, "{r:?}");
         assert_eq!(r.records_waiting, 0, "{r:?}");
         assert_eq!(read_back(&repo, &outcome.snapshot), data);
@@ -663,9 +669,7 @@ mod tests {
         // A backup that starts while a record waits stores the condemned blobs again.
         repo.remove_snapshot(&outcome.id).unwrap();
         let other = repo.lock_shared("mount").unwrap();
-        let lock = repo.lock_prune("prune").unwrap();
-        let r = prune(&repo, &lock, &PruneOptions::default(), &Default::default()).unwrap();
-        drop(lock);
+        let r = prune_now(&repo);
         assert_eq!((r.packs_deleted, r.records_waiting), (0, 1), "{r:?}");
         let shared = repo.lock_shared("backup").unwrap();
         let third = backup_of(
@@ -683,9 +687,7 @@ mod tests {
             third.snapshot.disks[0].stats
         );
         drop(other);
-        let lock = repo.lock_prune("prune").unwrap();
-        let r = prune(&repo, &lock, &PruneOptions::default(), &Default::default()).unwrap();
-        drop(lock);
+        let r = prune_now(&repo);
         assert!(r.packs_deleted > 0 && r.records_waiting == 0, "{r:?}");
         assert_eq!(read_back(&repo, &third.snapshot), data);
         let left = repo.list_packs().unwrap();
