@@ -230,6 +230,23 @@ pub struct BackupArgs {
     /// qcow2: back up this internal snapshot (name or id) instead of the active layer.
     #[arg(long, value_name = "NAME")]
     pub qcow2_snapshot: Option<String>,
+    /// Read only what changed since this snapshot (`latest`, `VM@latest`, an id
+    /// prefix), which must be the VM's latest; the changes come from --dirty-bitmap or
+    /// --changed-ranges. Anything untrustworthy reads the disk in full, and says why.
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub base: Option<String>,
+    /// NBD disks: the dirty bitmap holding the writes since --base
+    /// (`qemu:dirty-bitmap:NAME` on the export).
+    #[arg(long, value_name = "NAME", requires = "base")]
+    pub dirty_bitmap: Option<String>,
+    /// The changes since --base as a file of `OFFSET LENGTH` lines (README, "Changed
+    /// ranges"); `LABEL=FILE` for one disk of several. Repeatable.
+    #[arg(long, value_name = "[LABEL=]FILE", requires = "base")]
+    pub changed_ranges: Vec<String>,
+    /// Percent of the unchanged data read again each night and checked against the
+    /// base, so every byte is re-read every 100/PCT nights; 0 trusts the map blindly.
+    #[arg(long, value_name = "PCT", default_value = "3", value_parser = parse_pct)]
+    pub verify_unchanged: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

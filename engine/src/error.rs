@@ -90,6 +90,10 @@ pub enum Error {
         expected: u64,
         got: u64,
     },
+    /// A backup from a change map re-read an extent the map called unchanged, and it
+    /// had changed: the map (a dirty bitmap, CBT) lied. The disk is read in full.
+    #[error("the change map missed a write: the extent at byte {offset} differs from the base")]
+    MapLied { offset: u64, len: u64 },
     #[error("interrupted")]
     Interrupted,
     #[error("internal error: the {0} stage stopped unexpectedly")]

@@ -93,6 +93,7 @@ fn round_trip(pieces: &[Piece], workers: usize, stream: bool) -> Result<(), Test
                 vec![engine::backup::DiskInput {
                     label: "vda".into(),
                     source: Box::new(source),
+                    incremental: None,
                 }],
                 vec![],
             )

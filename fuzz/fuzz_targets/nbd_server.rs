@@ -62,6 +62,7 @@ fn exports() -> Arc<Exports> {
                 vec![engine::backup::DiskInput {
                     label: "vda".into(),
                     source: Box::new(source),
+                    incremental: None,
                 }],
                 vec![],
                 &opts,

@@ -50,4 +50,4 @@ pub use index::{BlobLocation, Index, IndexTotals};
 pub use manifest::{Extent, ManifestBuilder, ManifestRoot, ManifestWalker, Node};
 pub use pack::{FinishedPack, PackWriter, SealedPack, TocEntry};
 pub use repo::{IndexRepair, PackHandle, PackRange, Repository};
-pub use snapshot::{DiskStats, LostRange, Snapshot, SnapshotDisk, SnapshotMeta};
+pub use snapshot::{ChangeRecord, DiskStats, LostRange, Snapshot, SnapshotDisk, SnapshotMeta};

@@ -1275,6 +1275,7 @@ mod tests {
                 },
                 stats: Default::default(),
                 lost: vec![],
+                changes: None,
             }],
             meta: vec![],
             program_version: "t".into(),

@@ -76,6 +76,37 @@ pub struct SnapshotDisk {
     /// Ranges lost to damage (only in repaired snapshots, version 2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lost: Vec<LostRange>,
+    /// How the disk was read when a change map was offered (FORMAT.md, section 16):
+    /// absent for a plain full read. Only a record: the manifest is complete either way,
+    /// so readers that predate it restore the disk the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeRecord>,
+}
+
+/// What a backup did with a change map (a dirty bitmap, CBT, a list of changed ranges).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    /// The map offered: `dirty bitmap backup-vda`, `changed ranges night2.txt`.
+    pub map: String,
+    /// The snapshot whose manifest the unchanged ranges were taken from; absent when the
+    /// disk was read in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<SnapshotId>,
+    /// Bytes the map called changed.
+    pub changed_bytes: u64,
+    /// Position in the rotation of re-read unchanged extents (one more each night).
+    pub verify_round: u64,
+    /// Nights per full rotation (0: no verification).
+    pub verify_every: u64,
+    /// Bytes of unchanged extents read again and found as the base has them.
+    pub verified_bytes: u64,
+    /// Why the disk was read in full despite the map (missing, inconsistent, a resized
+    /// disk, a base that is not the latest, a map that lied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_read: Option<String>,
+    /// Verification found a write the map did not show.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub map_lied: bool,
 }
 
 /// A small file kept beside the disks (domain XML, Xen .cfg, NVRAM).
@@ -187,6 +218,13 @@ impl Snapshot {
         if self.hostname.len() > 255 || self.program_version.len() > 64 {
             return Err("hostname or program version too long".into());
         }
+        for d in &self.disks {
+            if let Some(c) = &d.changes {
+                if c.map.len() > 1024 || c.full_read.as_ref().is_some_and(|r| r.len() > 4096) {
+                    return Err(format!("{}: change record text too long", escape(&d.label)));
+                }
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         let entries = self
             .disks
@@ -250,6 +288,7 @@ mod tests {
             },
             stats: DiskStats::default(),
             lost: vec![],
+            changes: None,
         };
         Snapshot {
             snapshot_version: SNAPSHOT_VERSION,

@@ -151,6 +151,7 @@ fn snapshot_fixture() -> Snapshot {
             },
             stats: Default::default(),
             lost: vec![],
+            changes: None,
         }],
         meta: vec![],
         program_version: "0.1.0".into(),

@@ -15,6 +15,7 @@ pub fn inspect(g: &Global, a: &InspectArgs) -> Result<Outcome> {
         direct: false,
         format: a.format.source_format(),
         qcow2_snapshot: a.qcow2_snapshot.clone(),
+        dirty_bitmap: None,
     };
     let r = engine::source::inspect(&a.image, &opts)
         .with_context(|| format!("inspecting {}", a.image.display()))?;

@@ -29,6 +29,10 @@ use repo_format::{
 };
 
 use crate::chunk::{Cut, Cutter};
+use changes::Item;
+use repo_format::ChangeRecord;
+
+pub mod changes;
 use crate::error::{Error, Result};
 use crate::io::AlignedBuf;
 use crate::progress::Progress;
@@ -63,6 +67,30 @@ pub struct BackupOptions {
 pub struct DiskInput {
     pub label: String,
     pub source: Box<dyn DiskSource>,
+    /// Read only what changed since a base snapshot, when a change map is offered.
+    pub incremental: Option<Incremental>,
+}
+
+/// A change map offered for one disk (see [`changes`]).
+pub struct Incremental {
+    /// The snapshot the map counts changes from: it must be the VM's latest.
+    pub base: SnapshotId,
+    /// The map, in messages and the snapshot: `dirty bitmap backup-vda`.
+    pub what: String,
+    pub map: ChangeSource,
+    /// Percent of the unchanged extents read again each night to check the map.
+    pub verify_pct: f64,
+}
+
+/// Where a disk's change map comes from.
+pub enum ChangeSource {
+    /// Changed `[start, end)` byte ranges (a `--changed-ranges` file, `thin_delta`, CBT).
+    Ranges(Vec<(u64, u64)>),
+    /// The source's own map: an NBD export's dirty bitmap ([`DiskSource::changed_ranges`]).
+    FromSource,
+    /// No map can be trusted (missing, inconsistent, older than the base): read in full
+    /// and record why.
+    Unusable(String),
 }
 
 /// One metadata file to keep with the snapshot.
@@ -113,6 +141,7 @@ pub fn inputs_of(opened: crate::source::Opened) -> (Vec<DiskInput>, Vec<MetaInpu
         .map(|d| DiskInput {
             label: d.label,
             source: d.source,
+            incremental: None,
         })
         .collect();
     let meta = opened
@@ -176,12 +205,39 @@ pub fn backup(
     }
     let mut store = BlobStore::new(repo, lock)?;
     let mut snap_disks = Vec::new();
-    for d in disks {
+    let latest = newest_of(repo, &opts.name)?;
+    for mut d in disks {
         let source = d.source.describe();
         let expected = d.source.size_bytes();
+        let (plan, mut record) = match d.incremental.take() {
+            None => (None, None),
+            Some(inc) => {
+                let (plan, record) = plan_disk(repo, latest, &d.label, d.source.as_mut(), inc)?;
+                (plan, Some(record))
+            }
+        };
         progress.start(&d.label, expected);
-        let (manifest, stats) = back_up_one(repo, &mut store, d.source, opts, progress)?;
+        let done = back_up_one(repo, &mut store, d.source.as_mut(), opts, progress, plan.as_ref());
+        let (manifest, stats, verified) = match (done, &mut record) {
+            (Err(Error::MapLied { offset, .. }), Some(record)) => {
+                // The map left out a write: nothing it said can be trusted, so the
+                // whole disk is read now, and the snapshot and the report say why.
+                log::warn!("disk {}: {} missed a write (the extent at byte {offset} changed); reading the whole disk", d.label, record.map);
+                record.full_read = Some(format!(
+                    "the change map missed a write (the extent at byte {offset} differs from the base)"
+                ));
+                record.map_lied = true;
+                record.base = None;
+                progress.finish();
+                progress.start(&d.label, expected);
+                back_up_one(repo, &mut store, d.source.as_mut(), opts, progress, None)?
+            }
+            (done, _) => done?,
+        };
         progress.finish();
+        if let Some(record) = &mut record {
+            record.verified_bytes = verified;
+        }
         if expected.is_none() && manifest.len_bytes == 0 && !opts.allow_empty {
             return Err(Error::Usage(format!(
                 "disk {}: {source} gave no data at all (a dead export pipe?); pass --allow-empty to keep an empty disk",
@@ -202,6 +258,7 @@ pub fn backup(
             manifest,
             stats,
             lost: Vec::new(),
+            changes: record,
         });
     }
     let mut snap_meta = Vec::new();
@@ -210,9 +267,15 @@ pub fn backup(
             MetaContent::File(path) => (read_meta(&path)?, path.display().to_string()),
             MetaContent::Bytes { origin, bytes } => (bytes, origin),
         };
-        let source = Box::new(StreamSource::new(std::io::Cursor::new(bytes), origin));
-        let (manifest, _) =
-            back_up_one(repo, &mut store, source, opts, &crate::progress::NoProgress)?;
+        let mut source = StreamSource::new(std::io::Cursor::new(bytes), origin);
+        let (manifest, _, _) = back_up_one(
+            repo,
+            &mut store,
+            &mut source,
+            opts,
+            &crate::progress::NoProgress,
+            None,
+        )?;
         snap_meta.push(SnapshotMeta {
             name: m.name,
             size_bytes: manifest.len_bytes,
@@ -231,7 +294,7 @@ pub fn backup(
         disks: snap_disks,
         meta: snap_meta,
         program_version: env!("CARGO_PKG_VERSION").into(),
-        previous: newest_of(repo, &opts.name)?,
+        previous: latest,
     };
     // A prune beside us deletes a pack we deduplicated against only after our lock is
     // gone or stale (FORMAT.md, section 15.4): commit only while it is ours and fresh.
@@ -239,6 +302,100 @@ pub fn backup(
     let id = repo.write_snapshot(&snapshot)?;
     repo_format::history::History::update(repo, |h| h.saw(&snapshot.name, id, snapshot.time));
     Ok(BackupOutcome { id, snapshot })
+}
+
+/// Checks what an incremental backup of disk `label` builds on, and turns the offered
+/// map into a plan. Anything that makes the map untrustworthy (a base that is not the
+/// VM's latest, a disk of another size, a repaired base, a map that does not fit the
+/// disk) gives no plan and a record saying why: the disk is read in full, never as a
+/// wrong incremental.
+fn plan_disk(
+    repo: &Repository,
+    latest: Option<SnapshotId>,
+    label: &str,
+    source: &mut dyn DiskSource,
+    inc: Incremental,
+) -> Result<(Option<changes::Plan>, ChangeRecord)> {
+    let mut record = ChangeRecord {
+        map: inc.what.clone(),
+        ..ChangeRecord::default()
+    };
+    let base = match repo.load_snapshot(&inc.base) {
+        Ok(base) => Some(base),
+        Err(e) => {
+            record.full_read = Some(format!("the base snapshot {} cannot be read: {e}", inc.base.short()));
+            None
+        }
+    };
+    let base_disk = base.as_ref().and_then(|b| b.disks.iter().find(|d| d.label == label));
+    // The rotation goes on from the base's, whether or not tonight's read is full.
+    let round = base_disk
+        .and_then(|d| d.changes.as_ref())
+        .map_or(0, |c| c.verify_round + 1);
+    let verify = changes::VerifySlice::percent(inc.verify_pct, round);
+    record.verify_round = round;
+    record.verify_every = verify.every;
+    let why_not = |record: &mut ChangeRecord, why: String| {
+        record.full_read.get_or_insert(why);
+    };
+    if base.is_some() && latest != Some(inc.base) {
+        why_not(
+            &mut record,
+            format!(
+                "the base {} is not the VM's latest snapshot{}: the map may miss writes made since",
+                inc.base.short(),
+                latest.map(|l| format!(" ({})", l.short())).unwrap_or_default()
+            ),
+        );
+    }
+    let size = source.size_bytes();
+    match (base.as_ref(), base_disk) {
+        (Some(_), None) => why_not(&mut record, format!("the base has no disk {label:?}")),
+        (_, Some(d)) if !d.lost.is_empty() => {
+            why_not(&mut record, "the base was repaired (it has lost ranges)".into())
+        }
+        (_, Some(d)) if Some(d.size_bytes) != size => why_not(
+            &mut record,
+            format!(
+                "the disk is {} bytes, the base's was {}",
+                size.map_or("of unknown size".into(), |s| s.to_string()),
+                d.size_bytes
+            ),
+        ),
+        _ => {}
+    }
+    let ranges = match inc.map {
+        ChangeSource::Ranges(r) => Ok(r),
+        ChangeSource::FromSource => match source.changed_ranges() {
+            Some(r) => r.map_err(|e| format!("the change map could not be read: {e}")),
+            None => Err(format!("{} offers no change map", source.describe())),
+        },
+        ChangeSource::Unusable(why) => Err(why),
+    };
+    let map = ranges.and_then(|r| {
+        changes::ChangeMap::new(r, size.unwrap_or(0)).map_err(|e| format!("the change map does not fit the disk: {e}"))
+    });
+    let map = match map {
+        Ok(map) => map,
+        Err(why) => {
+            why_not(&mut record, why);
+            changes::ChangeMap::default()
+        }
+    };
+    record.changed_bytes = map.changed_bytes();
+    if record.full_read.is_some() {
+        return Ok((None, record));
+    }
+    let base_disk = base_disk.expect("checked above");
+    record.base = Some(inc.base);
+    Ok((
+        Some(changes::Plan {
+            base: base_disk.manifest,
+            changes: map,
+            verify,
+        }),
+        record,
+    ))
 }
 
 /// The newest readable snapshot of VM `name`, which a new one names as its predecessor
@@ -282,7 +439,7 @@ enum Piece {
 
 struct Work {
     seq: u64,
-    cut: Cut,
+    item: Item,
 }
 
 struct Done {
@@ -291,14 +448,17 @@ struct Done {
     new: Option<EncodedBlob>,
 }
 
-/// Runs the pipeline over one disk and returns its manifest root and statistics.
+/// Runs the pipeline over one disk and returns its manifest root, statistics and the
+/// bytes of unchanged extents verified. With a `plan` only the changes (and the
+/// verification slice) are read, and the rest comes from the base's manifest.
 pub fn back_up_one(
     repo: &Repository,
     store: &mut BlobStore<'_>,
-    mut source: Box<dyn DiskSource>,
+    source: &mut dyn DiskSource,
     opts: &BackupOptions,
     progress: &dyn Progress,
-) -> Result<(ManifestRoot, DiskStats)> {
+    plan: Option<&changes::Plan>,
+) -> Result<(ManifestRoot, DiskStats, u64)> {
     let started = Instant::now();
     let cancel = &opts.cancel;
     let params = repo.config().chunker;
@@ -316,14 +476,38 @@ pub fn back_up_one(
     let (done_tx, done_rx) = bounded::<Done>(workers * CHUNKS_PER_WORKER);
 
     std::thread::scope(|s| {
-        let reader = s.spawn(move || -> Result<u64> {
-            let read = read_stage(source.as_mut(), piece_tx, pool_rx, cancel)?;
-            // Every read is done: a source that moved meanwhile is no snapshot (issue 12).
-            source.check_unchanged()?;
-            Ok(read)
-        });
-        let cutter =
-            s.spawn(move || cut_stage(Cutter::keyed(params, secret), piece_rx, pool_tx, work_tx));
+        // Full read: a reader and a cutter. From a change map: one splice stage that
+        // reads what it needs and cuts it (reads there are few and short).
+        let (reader, cutter) = match plan {
+            None => {
+                let reader = s.spawn(move || -> Result<(u64, u64)> {
+                    let read = read_stage(source, piece_tx, pool_rx, cancel)?;
+                    // Every read is done: a source that moved meanwhile is no snapshot
+                    // (issue 12).
+                    source.check_unchanged()?;
+                    Ok((read, 0))
+                });
+                let cutter = s.spawn(move || {
+                    cut_stage(Cutter::keyed(params, secret), piece_rx, pool_tx, work_tx)
+                });
+                (reader, cutter)
+            }
+            Some(plan) => {
+                drop((piece_tx, piece_rx, pool_tx, pool_rx));
+                let (size_tx, size_rx) = bounded(1);
+                let reader = s.spawn(move || -> Result<(u64, u64)> {
+                    let done = splice_stage(repo, plan, source, params, secret, work_tx, cancel);
+                    let _ = size_tx.send(done.as_ref().ok().and_then(|d| d.0));
+                    let (_, stats) = done?;
+                    source.check_unchanged()?;
+                    Ok((stats.read_bytes, stats.verified_bytes))
+                });
+                let cutter = s.spawn(move || -> Result<Option<u64>> {
+                    Ok(size_rx.recv().ok().flatten())
+                });
+                (reader, cutter)
+            }
+        };
         let hashers: Vec<_> = (0..workers)
             .map(|_| {
                 let (rx, tx) = (work_rx.clone(), done_tx.clone());
@@ -345,7 +529,7 @@ pub fn back_up_one(
                 hashed = r;
             }
         }
-        let read_bytes = read?;
+        let (read_bytes, verified) = read?;
         let size = cut?;
         hashed?;
         let (builder, mut stats) = written?;
@@ -356,8 +540,45 @@ pub fn back_up_one(
         debug_assert_eq!(manifest.len_bytes, size);
         stats.read_bytes = read_bytes;
         stats.seconds = started.elapsed().as_secs_f64();
-        Ok((manifest, stats))
+        Ok((manifest, stats, verified))
     })
+}
+
+/// The splice of a change map (see [`changes`]), numbering what it hands on. Returns the
+/// disk size (`None` when a later stage went away) and what it read.
+fn splice_stage(
+    repo: &Repository,
+    plan: &changes::Plan,
+    source: &mut dyn DiskSource,
+    params: repo_format::ChunkerParams,
+    secret: Option<[u8; 32]>,
+    tx: Sender<Work>,
+    cancel: &crate::cancel::Cancel,
+) -> Result<(Option<u64>, changes::SpliceStats)> {
+    let size = plan.base.len_bytes;
+    let mut nodes = repo_format::BlobReader::new(repo)?;
+    let mut walker =
+        repo_format::ManifestWalker::new(plan.base, |id: &repo_format::BlobId| nodes.read_node(id));
+    let mut base = || walker.next_extent().map_err(Error::from);
+    let mut seq = 0u64;
+    let mut open = true;
+    let mut out = |item: Item| {
+        open = tx.send(Work { seq, item }).is_ok();
+        seq += 1;
+        open
+    };
+    let stats = changes::splice(
+        params,
+        secret,
+        &mut base,
+        source,
+        size,
+        &plan.changes,
+        plan.verify,
+        cancel,
+        &mut out,
+    )?;
+    Ok((open.then_some(size), stats))
 }
 
 /// Reads allocated ranges into pooled buffers; unallocated ranges become `Zeros`.
@@ -515,7 +736,14 @@ fn cut_stage(
     let closed = std::cell::Cell::new(false);
     let mut seq = 0u64;
     let mut emit = |cut: Cut| {
-        if !closed.get() && tx.send(Work { seq, cut }).is_err() {
+        if !closed.get()
+            && tx
+                .send(Work {
+                    seq,
+                    item: Item::Cut(cut),
+                })
+                .is_err()
+        {
             closed.set(true);
         }
         seq += 1;
@@ -543,14 +771,36 @@ fn cut_stage(
 fn hash_stage(repo: &Repository, rx: Receiver<Work>, tx: Sender<Done>) -> Result<()> {
     let index = repo.index()?;
     let mut encoder = repo.blob_encoder()?;
-    for Work { seq, cut } in rx {
-        let done = match cut {
-            Cut::Hole { len, .. } => Done {
+    for Work { seq, item } in rx {
+        let done = match item {
+            Item::Known(extent) => Done {
+                seq,
+                extent,
+                new: None,
+            },
+            Item::Verify { offset, id, data } => {
+                // An extent the map called unchanged: it must still be the base's chunk.
+                if encoder.id_of(&data) != id {
+                    return Err(Error::MapLied {
+                        offset,
+                        len: data.len() as u64,
+                    });
+                }
+                Done {
+                    seq,
+                    extent: Extent::Chunk {
+                        id,
+                        len: data.len() as u32,
+                    },
+                    new: None,
+                }
+            }
+            Item::Cut(Cut::Hole { len, .. }) => Done {
                 seq,
                 extent: Extent::Hole { len },
                 new: None,
             },
-            Cut::Chunk { data, .. } => {
+            Item::Cut(Cut::Chunk { data, .. }) => {
                 let id = encoder.id_of(&data);
                 let extent = Extent::Chunk {
                     id,

@@ -235,6 +235,30 @@ impl Cutter {
         }
     }
 
+    /// A cutter that starts at disk `offset` instead of 0, as if it had just cut there:
+    /// what a backup from a change map uses to cut again from a cut point of the base
+    /// (see [`crate::backup::changes`]).
+    ///
+    /// At a block-aligned cut point (a chunk's end, a hole's start or end) the cutter's
+    /// state holds nothing from before that point: what is pending starts there, and a
+    /// zero run that began earlier was either short and already taken into the data,
+    /// or long and cut as a hole. So a cutter resumed there on the same bytes cuts
+    /// exactly as the one that ran from 0 (the property test in
+    /// `backup::changes` proves it). Panics when `offset` is not block-aligned: between
+    /// blocks the zero-block detection would see a different grid.
+    pub fn resume_at(params: ChunkerParams, secret: Option<[u8; 32]>, offset: u64) -> Self {
+        let mut c = Cutter::keyed(params, secret);
+        assert_eq!(offset % c.align, 0, "a cutter resumes on a block boundary");
+        c.pos = offset;
+        c.pending_at = offset;
+        c
+    }
+
+    /// Disk offset of the next byte to be fed.
+    pub fn position(&self) -> u64 {
+        self.pos + self.partial.len() as u64
+    }
+
     /// Feeds the next bytes of the disk.
     pub fn feed(&mut self, mut data: &[u8], out: &mut impl FnMut(Cut)) {
         let align = self.align as usize;

@@ -3,5 +3,6 @@
 
 mod aligned;
 pub mod blockdev;
+pub mod nbd_wire;
 
 pub use aligned::{AlignedBuf, DIRECT_ALIGN};

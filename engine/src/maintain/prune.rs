@@ -492,6 +492,7 @@ mod tests {
             vec![DiskInput {
                 label: "vda".into(),
                 source,
+                incremental: None,
             }],
             vec![],
             &opts,
@@ -556,6 +557,7 @@ mod tests {
             vec![DiskInput {
                 label: "vda".into(),
                 source,
+                incremental: None,
             }],
             vec![],
             &opts,

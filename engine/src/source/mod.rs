@@ -12,12 +12,14 @@
 //! open ─▶ detect ─┬─ raw file / device ───────▶ RawSource
 //!                 ├─ qcow2 vhd vhdx vmdk vdi ─▶ image::Image (+ backing chain, host files)
 //!                 ├─ pipe: raw / dynamic vhd ─▶ StreamSource / VhdStream
+//!                 ├─ nbd:// nbd+unix:// ──────▶ nbd::NbdSource (+ its dirty bitmap)
 //!                 └─ xva (file or pipe) ──────▶ xva: one XvaSource per VDI, plus ova.xml
 //! ```
 
 pub mod detect;
 pub mod host;
 pub mod image;
+pub mod nbd;
 mod open;
 mod raw;
 mod stamp;
@@ -47,6 +49,9 @@ pub enum SourceError {
     },
     #[error("{path}: not a regular file or block device")]
     NotADisk { path: PathBuf },
+    /// An NBD server could not be reached, refused the export, or answered out of line.
+    #[error("{uri}: {reason}")]
+    Nbd { uri: String, reason: String },
     #[error(transparent)]
     Image(#[from] crate::source::image::ImageError),
     #[error("{path} changed while it was read ({what}); no snapshot was written: back up a snapshot (LVM, ZFS, btrfs, a stopped VM), not a disk in use")]
@@ -106,6 +111,11 @@ pub trait DiskSource: Send {
     /// Another handle on the same disk for parallel reads, where the source allows it
     /// (files and devices do; streams do not).
     fn clone_reader(&self) -> Option<Box<dyn DiskSource>> {
+        None
+    }
+    /// The source's own change map, when it has one: the `[start, end)` ranges an NBD
+    /// export's dirty bitmap marks changed. `None` for sources without a map.
+    fn changed_ranges(&mut self) -> Option<Result<Vec<(u64, u64)>, SourceError>> {
         None
     }
     /// Called once every read of the disk is done: fails with [`SourceError::Changed`]

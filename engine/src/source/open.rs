@@ -20,6 +20,9 @@ pub struct SourceOptions {
     pub format: Option<SourceFormat>,
     /// qcow2: read this internal snapshot instead of the active layer.
     pub qcow2_snapshot: Option<String>,
+    /// NBD: also negotiate this dirty bitmap (`qemu:dirty-bitmap:NAME`) as the disk's
+    /// change map.
+    pub dirty_bitmap: Option<String>,
 }
 
 /// One disk an argument held.
@@ -77,6 +80,14 @@ pub fn default_label(spec: &str) -> String {
     if spec == "-" {
         return "stdin".into();
     }
+    if super::nbd::is_nbd_uri(spec) {
+        // The export name is the disk (`vda`), whatever the socket is called.
+        return super::nbd::parse_uri(spec)
+            .ok()
+            .map(|u| u.export)
+            .filter(|e| repo_format::names::check_label(e).is_ok())
+            .unwrap_or_else(|| "nbd".into());
+    }
     Path::new(spec)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -98,6 +109,10 @@ pub fn open(spec: &str, label: Option<&str>, opts: &SourceOptions) -> Result<Ope
     let disk_label = || label.map_or_else(|| default_label(spec), str::to_string);
     if spec == "-" {
         return open_stdin(disk_label(), label, opts);
+    }
+    if super::nbd::is_nbd_uri(spec) {
+        let source = super::nbd::NbdSource::open(spec, opts.dirty_bitmap.as_deref())?;
+        return Ok(Opened::one(disk_label(), Box::new(source)));
     }
     let path = Path::new(spec);
     if is_fifo(path) {
