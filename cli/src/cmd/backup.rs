@@ -51,6 +51,12 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
         bail!("--base needs a change map: --dirty-bitmap NAME or --changed-ranges FILE");
     }
     if let Some(spec) = &a.base {
+        // `latest` is this VM's latest, not the repository's.
+        let spec = &if spec == "latest" {
+            format!("{}@latest", a.name)
+        } else {
+            spec.clone()
+        };
         let (base, _) = engine::job::select::resolve_snapshot(&repo, spec)
             .with_context(|| format!("finding the base snapshot {spec:?}"))?;
         let mut files = changed_ranges_files(a, &disks)?;

@@ -274,7 +274,11 @@ impl NbdSource {
         };
         let hs = handshake(&mut conn, &parsed.export, context.as_deref()).map_err(|e| match e {
             HsError::Io(what, e) => io(what, e),
-            HsError::Protocol(reason) => fail(reason),
+            HsError::Protocol(reason) => {
+                // Leave the way the protocol asks, so the server logs no broken client.
+                let _ = send_option(&mut conn.w, OPT_ABORT, &[]);
+                fail(reason)
+            }
         })?;
         conn.r
             .get_ref()
