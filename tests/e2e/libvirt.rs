@@ -127,13 +127,18 @@ fn holds(image: &Path, fmt: &str, pattern: u8, offset: u64, len: u64) -> bool {
 /// A `virsh` wrapper that passes everything to the real one and runs `after_snapshot`
 /// right after a successful `snapshot-create-as`.
 fn virsh_wrapper(bin: &Path, after_snapshot: &str) {
+    virsh_wrapper_after(bin, "snapshot-create-as", after_snapshot);
+}
+
+/// A `virsh` wrapper that runs `script` right after a successful `virsh COMMAND`.
+fn virsh_wrapper_after(bin: &Path, command: &str, after_snapshot: &str) {
     std::fs::create_dir_all(bin).unwrap();
     let real = sh("command -v virsh").trim().to_string();
     let path = bin.join("virsh");
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\nPATH=\"$(dirname \"{real}\"):$PATH\"\n\"{real}\" \"$@\"\nrc=$?\nif [ $rc = 0 ] && [ \"$1\" = snapshot-create-as ]; then\n{after_snapshot}\nfi\nexit $rc\n"
+            "#!/bin/sh\nPATH=\"$(dirname \"{real}\"):$PATH\"\n\"{real}\" \"$@\"\nrc=$?\nif [ $rc = 0 ] && [ \"$1\" = {command} ]; then\n{after_snapshot}\nfi\nexit $rc\n"
         ),
     )
     .unwrap();
@@ -270,9 +275,11 @@ impl Fixture {
         std::fs::write(
             &job,
             format!(
-                "repository = \"{}\"\n[[vm]]\nname = \"{}\"\nsnapshot = \"libvirt\"\n{extra}",
+                "repository = \"{}\"\n[[vm]]\nname = \"{}\"\nsnapshot = \"libvirt\"\n{}{extra}",
                 self.repo.display(),
-                self.dom.name
+                self.dom.name,
+                // These tests are about the overlay mode unless they say otherwise.
+                if extra.contains("libvirt_mode") { "" } else { "libvirt_mode = \"snapshot\"\n" }
             ),
         )
         .unwrap();
@@ -352,7 +359,7 @@ fn libvirt_provider_backs_up_the_frozen_base_while_the_guest_writes() {
     std::fs::write(
         &job,
         format!(
-            "repository = \"{}\"\n[select]\nfrom = \"libvirt\"\ninclude = [\"dedisk-e2e-{}-fro.*\"]\n",
+            "repository = \"{}\"\n[defaults]\nlibvirt_mode = \"snapshot\"\n[select]\nfrom = \"libvirt\"\ninclude = [\"dedisk-e2e-{}-fro.*\"]\n",
             f.repo.display(),
             std::process::id()
         ),
@@ -538,4 +545,166 @@ fn libvirt_provider_merges_the_overlay_after_failures_and_leftovers() {
     let out = run_job(Path::new("/nonexistent"), &job);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(sha256(&f.restore("VARS.fd")), sha256(&f.nvram));
+}
+
+/// The disk as the guest sees it now (the domain idle, its writes flushed), as raw.
+fn disk_now(f: &Fixture, label: &str, image: &Path, fmt: &str) -> String {
+    let out = f.d.join(format!("now-{label}.raw"));
+    sh(&format!(
+        "qemu-img convert -U -f {fmt} -O raw '{}' '{}'",
+        image.display(),
+        out.display()
+    ));
+    let h = sha256(&out);
+    std::fs::remove_file(out).unwrap();
+    h
+}
+
+/// The latest snapshot's record (`snapshots --full`), disk by label.
+fn latest_disk(f: &Fixture, label: &str) -> serde_json::Value {
+    let all = ok_json(&["--repo", p(&f.repo), "snapshots", "--full"]);
+    let last = all["snapshots"].as_array().unwrap().last().unwrap().clone();
+    last["record"]["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["label"] == label)
+        .unwrap()
+        .clone()
+}
+
+/// The checkpoints dedisk made on the domain.
+fn our_checkpoints(dom: &str) -> Vec<String> {
+    virsh(&["checkpoint-list", "--domain", dom, "--name"])
+        .lines()
+        .filter(|l| l.starts_with("dedisk-"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn libvirt_pull_mode_reads_only_what_the_guest_wrote_each_night() {
+    if !libvirt_ready() {
+        return;
+    }
+    let f = fixture("pull", false);
+    let dom = f.dom.name.clone();
+    let scratch = f.d.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let job = f.job(
+        "pull.toml",
+        &format!("libvirt_mode = \"pull\"\nlibvirt_scratch_dir = \"{}\"\n", scratch.display()),
+    );
+    let preview = ok(&["run", "--preview", p(&job)]);
+    assert!(
+        preview.contains("(qcow2, changed blocks when running)")
+            && preview.contains("(raw, read in full: holds no dirty bitmap)"),
+        "{preview}"
+    );
+    // Night 0: everything.
+    let out = run_job(Path::new("/nonexistent"), &job);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(sha256(&f.restore("vda")), disk_now(&f, "vda", &f.vda, "qcow2"));
+    assert_eq!(our_checkpoints(&dom).len(), 1);
+    let restored = ok(&["--repo", p(&f.repo), "restore", "-q", &format!("{dom}@latest:libvirt-checkpoint.xml"), p(&f.d.join("ck.xml"))]);
+    let _ = restored;
+    assert!(std::fs::read_to_string(f.d.join("ck.xml")).unwrap().contains(&our_checkpoints(&dom)[0]));
+
+    // Three nights of guest writes through QEMU.
+    let nights: [&[(u8, u64, u64)]; 3] = [
+        &[(0x11, 0, 256 << 10), (0x12, 30 << 20, 1 << 20)],
+        &[(0x21, 5 << 20, 64 << 10)],
+        &[(0x31, 40 << 20, 2 << 20), (0x32, 63 << 20, 512 << 10), (0x33, 1 << 20, 4096)],
+    ];
+    for (n, writes) in nights.iter().enumerate() {
+        for &(pat, off, len) in *writes {
+            sh(&guest_write(&dom, "virtio-disk0", pat, off, len));
+        }
+        sh(&guest_write(&dom, "virtio-disk1", 0x40 + n as u8, (n as u64) << 20, 64 << 10));
+        let want_vda = disk_now(&f, "vda", &f.vda, "qcow2");
+        let want_vdb = sha256(&f.vdb);
+        let out = run_job(Path::new("/nonexistent"), &job);
+        assert_eq!(out.status.code(), Some(0), "night {n}: {}", text(&out));
+        assert!(text(&out).contains("vda: incremental from"), "night {n}: {}", text(&out));
+        assert!(text(&out).contains("vdb: read in full: a raw disk holds no dirty bitmap"), "night {n}: {}", text(&out));
+        let d = latest_disk(&f, "vda");
+        let dirty: u64 = writes.iter().map(|w| w.2).sum();
+        let changed = d["changes"]["changed_bytes"].as_u64().unwrap();
+        assert!(changed >= dirty && changed <= dirty + writes.len() as u64 * (128 << 10), "night {n}: {d}");
+        let read = d["stats"]["read_bytes"].as_u64().unwrap() - d["changes"]["verified_bytes"].as_u64().unwrap();
+        assert!(read <= 4 * changed.max(1 << 20), "night {n}: read {read} for {changed} changed");
+        assert_eq!(sha256(&f.restore("vda")), want_vda, "night {n}");
+        assert_eq!(sha256(&f.restore("vdb")), want_vdb, "night {n}");
+        // Only the newest checkpoint is kept; the scratch directory is empty again.
+        assert_eq!(our_checkpoints(&dom).len(), 1, "night {n}");
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "night {n}");
+    }
+    assert_eq!(virsh(&["domstate", &dom]).trim(), "running");
+}
+
+#[test]
+fn libvirt_pull_mode_recovers_from_a_kill_and_from_lost_checkpoints() {
+    if !libvirt_ready() {
+        return;
+    }
+    let f = fixture("pullkill", false);
+    let dom = f.dom.name.clone();
+    let scratch = f.d.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let job = f.job(
+        "pull.toml",
+        &format!("libvirt_mode = \"pull\"\nlibvirt_scratch_dir = \"{}\"\nexclude_disks = [\"vdb\"]\n", scratch.display()),
+    );
+    let out = run_job(Path::new("/nonexistent"), &job);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let base_ck = our_checkpoints(&dom);
+
+    // Killed outright right after backup-begin: the job and its checkpoint stay behind,
+    // and the guest goes on writing.
+    let bin = f.d.join("kill-bin");
+    virsh_wrapper_after(&bin, "backup-begin", "kill -KILL $PPID");
+    let out = run_job(&bin, &job);
+    assert_eq!(out.status.code(), None, "killed: {}", text(&out));
+    assert!(virsh(&["backup-dumpxml", "--domain", &dom]).contains("dedisk-pull-"));
+    assert_eq!(our_checkpoints(&dom).len(), 2);
+    sh(&guest_write(&dom, "virtio-disk0", 0x5a, 9 << 20, 1 << 20));
+    // The next night ends that job, deletes that checkpoint (its bitmap merges into the
+    // base's), and still sees every write since the base.
+    let want = disk_now(&f, "vda", &f.vda, "qcow2");
+    let out = run_job(Path::new("/nonexistent"), &job);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("vda: incremental from"), "{}", text(&out));
+    assert_eq!(sha256(&f.restore("vda")), want);
+    let now = our_checkpoints(&dom);
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, base_ck);
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+
+    // libvirt forgot the checkpoint but the bitmap is still in the image: it is
+    // redefined from the snapshot's copy, and the night stays incremental.
+    virsh(&["checkpoint-delete", "--domain", &dom, "--checkpointname", &now[0], "--metadata"]);
+    sh(&guest_write(&dom, "virtio-disk0", 0x6b, 12 << 20, 64 << 10));
+    let want = disk_now(&f, "vda", &f.vda, "qcow2");
+    let out = run_job(Path::new("/nonexistent"), &job);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("vda: incremental from"), "{}", text(&out));
+    assert_eq!(sha256(&f.restore("vda")), want);
+
+    // The checkpoint and its bitmap deleted behind dedisk's back: a full read, saying why.
+    let ck = our_checkpoints(&dom);
+    virsh(&["checkpoint-delete", "--domain", &dom, "--checkpointname", &ck[0]]);
+    sh(&guest_write(&dom, "virtio-disk0", 0x7c, 14 << 20, 64 << 10));
+    let want = disk_now(&f, "vda", &f.vda, "qcow2");
+    let out = run_job(Path::new("/nonexistent"), &job);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("vda: read in full: checkpoint") && text(&out).contains("could not be redefined"), "{}", text(&out));
+    assert_eq!(sha256(&f.restore("vda")), want);
+
+    // The disk grew between nights: a full read, saying why.
+    virsh(&["blockresize", "--domain", &dom, "--path", "vda", "--size", "80M"]);
+    let want = disk_now(&f, "vda", &f.vda, "qcow2");
+    let out = run_job(Path::new("/nonexistent"), &job);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("the base's was"), "{}", text(&out));
+    assert_eq!(sha256(&f.restore("vda")), want);
 }

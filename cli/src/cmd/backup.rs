@@ -178,12 +178,15 @@ fn describe_changes(c: &repo_format::ChangeRecord) -> String {
     }
 }
 
+/// A changed-ranges file's name and its ranges, by the disk label it is for.
+type RangesByDisk = std::collections::HashMap<String, (String, Vec<(u64, u64)>)>;
+
 /// The `--changed-ranges` files by the disk label they are for: `LABEL=FILE`, or a plain
 /// `FILE` when there is one disk.
 fn changed_ranges_files(
     a: &BackupArgs,
     disks: &[engine::backup::DiskInput],
-) -> Result<std::collections::HashMap<String, (String, Vec<(u64, u64)>)>> {
+) -> Result<RangesByDisk> {
     let mut out = std::collections::HashMap::new();
     for spec in &a.changed_ranges {
         let (label, path) = match parse_disk(spec) {

@@ -47,7 +47,7 @@ pub fn run(g: &Global, a: &RunArgs) -> Result<Outcome> {
         JobStatus::Success => Ok(out),
         JobStatus::Partial => {
             out.warnings
-                .push(format!("some VMs failed; see {}", job.report.display()));
+                .push(format!("some VMs failed or need attention; see {}", job.report.display()));
             Ok(out)
         }
         _ => anyhow::bail!("the job failed; see {}", job.report.display()),

@@ -34,6 +34,9 @@
 //! name = "db01"                           # a libvirt domain: its disks are found in
 //! snapshot = "libvirt"                    # its XML unless `disks` lists some
 //! exclude_disks = ["vdb"]                 # (swap, scratch)
+//! libvirt_mode = "pull"                   # pull (changed blocks, the default for a
+//!                                         # running domain) or snapshot (overlays)
+//! verify_unchanged = 3                    # % of unchanged data re-read each night
 //! ```
 //!
 //! With `[select] from = "libvirt"` (or `"xenserver"`), every VM of the hypervisor that
@@ -76,6 +79,16 @@ pub struct Settings {
     /// `libvirt`: where overlays go while the base images are read; default beside each
     /// image (needed for block-device disks).
     pub libvirt_overlay_dir: Option<PathBuf>,
+    /// `libvirt`: `pull` (a backup job exporting the disks over NBD, with a checkpoint
+    /// per backup so the next night reads only what changed), `snapshot` (overlays, full
+    /// reads), or `auto` (the default: pull for a running domain).
+    pub libvirt_mode: Option<String>,
+    /// `libvirt` pull mode: where the NBD socket and the scratch files that hold what
+    /// the guest overwrites during the backup go (default /var/tmp).
+    pub libvirt_scratch_dir: Option<PathBuf>,
+    /// Backups from a change map: percent of the unchanged data read again each night
+    /// and checked against the base (default 3).
+    pub verify_unchanged: Option<f64>,
     /// `xenserver`: `raw` (the default) or `vhd`, which carries only allocated blocks.
     pub xenserver_export_format: Option<String>,
     /// Disk labels (libvirt: targets such as `vdb`) not to back up.
@@ -110,6 +123,9 @@ impl Settings {
             libvirt_domain,
             libvirt_quiesce,
             libvirt_overlay_dir,
+            libvirt_mode,
+            libvirt_scratch_dir,
+            verify_unchanged,
             xenserver_export_format,
             exclude_disks,
             keep_last,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use repo_format::{Repository, SnapshotId};
 
-use super::provider::{self, shell, ViewDisk};
+use super::provider::{self, shell, BaseSnapshot, ViewChanges, ViewDisk};
 use super::{Job, VmPlan};
 use crate::backup::{backup, BackupOptions, MetaInput};
 use crate::cancel::Cancel;
@@ -93,6 +93,12 @@ pub struct VmResult {
     pub new_stored_bytes: u64,
     pub seconds: f64,
     pub forgotten: usize,
+    /// Bytes read from the disks (less than their size when a change map was used).
+    pub read_bytes: u64,
+    /// One line per disk read from a change map, or read in full despite one.
+    pub disks: Vec<String>,
+    /// Things that went wrong without failing the VM (a change map that lied).
+    pub warnings: Vec<String>,
     /// Every error, in order (a failed backup and a failed release are both kept).
     pub errors: Vec<String>,
 }
@@ -270,10 +276,37 @@ fn describe_policy(p: &crate::maintain::forget::Policy) -> String {
     parts.join(", ")
 }
 
+/// The VM's latest snapshot and its small metadata files, for a provider that counts
+/// changes from it. Metadata that cannot be read is left out (the provider then has no
+/// checkpoint to count from, and reads in full).
+fn latest_base(repo: &Repository, name: &str) -> Result<Option<BaseSnapshot>> {
+    let latest = repo
+        .list_snapshots()?
+        .into_iter()
+        .flatten()
+        .filter(|(_, s)| s.name == name)
+        .max_by_key(|(id, s)| (s.time, *id));
+    let Some((id, snap)) = latest else {
+        return Ok(None);
+    };
+    let mut meta = std::collections::BTreeMap::new();
+    for m in snap.meta.iter().filter(|m| m.size_bytes <= provider::BASE_META_MAX) {
+        match crate::read::read_whole(repo, m.manifest, provider::BASE_META_MAX) {
+            Ok(bytes) => {
+                meta.insert(m.name.clone(), bytes);
+            }
+            Err(e) => log::warn!("snapshot {}: metadata {}: {e}", id.short(), m.name),
+        }
+    }
+    Ok(Some(BaseSnapshot { id, meta }))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn backup_vm(
     repo: &Repository,
     lock: &repo_format::lock::SharedLock,
     vm: &VmPlan,
+    base: Option<SnapshotId>,
     disks: Vec<ViewDisk>,
     provider_meta: Vec<MetaInput>,
     cancel: &Cancel,
@@ -281,17 +314,37 @@ fn backup_vm(
 ) -> Result<()> {
     let mut inputs = Vec::new();
     let mut meta: Vec<MetaInput> = vm.meta.iter().map(|p| MetaInput::from_path(p)).collect();
+    let verify_pct = vm.settings.verify_unchanged.unwrap_or(3.0).clamp(0.0, 100.0);
     for d in disks {
+        let bitmap = match &d.changes {
+            Some(ViewChanges::Bitmap(b)) => Some(b.clone()),
+            _ => None,
+        };
         let opened = crate::source::open(
             &d.path,
             Some(&d.label),
             &SourceOptions {
                 direct: true,
                 format: d.format.map(crate::source::SourceFormat::Image),
+                dirty_bitmap: bitmap,
                 ..Default::default()
             },
         )?;
-        let (disks, metas) = crate::backup::inputs_of(opened);
+        let (mut disks, metas) = crate::backup::inputs_of(opened);
+        if let (Some(changes), Some(base), [one]) = (d.changes, base, disks.as_mut_slice()) {
+            use crate::backup::{ChangeSource, Incremental};
+            let (what, map) = match changes {
+                ViewChanges::Bitmap(b) => (format!("dirty bitmap {b}"), ChangeSource::FromSource),
+                ViewChanges::Ranges(r) => ("changed ranges".to_string(), ChangeSource::Ranges(r)),
+                ViewChanges::Unusable(why) => ("none".to_string(), ChangeSource::Unusable(why)),
+            };
+            one.incremental = Some(Incremental {
+                base,
+                what,
+                map,
+                verify_pct,
+            });
+        }
         inputs.extend(disks);
         meta.extend(metas);
     }
@@ -313,6 +366,28 @@ fn backup_vm(
     )?;
     result.snapshot = Some(done.id);
     result.size_bytes = done.snapshot.size_bytes();
+    result.read_bytes = done.snapshot.disks.iter().map(|d| d.stats.read_bytes).sum();
+    for d in &done.snapshot.disks {
+        let Some(c) = &d.changes else { continue };
+        result.disks.push(match (&c.base, &c.full_read) {
+            (Some(b), _) => format!(
+                "{}: incremental from {} ({}, {} bytes changed, {} read, {} verified)",
+                d.label,
+                b.short(),
+                c.map,
+                c.changed_bytes,
+                d.stats.read_bytes,
+                c.verified_bytes
+            ),
+            (None, why) => format!("{}: read in full: {}", d.label, why.as_deref().unwrap_or("")),
+        });
+        if c.map_lied {
+            result.warnings.push(format!(
+                "disk {}: {} missed writes; the disk was read in full",
+                d.label, c.map
+            ));
+        }
+    }
     result.new_stored_bytes = done
         .snapshot
         .disks
@@ -332,6 +407,9 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
         new_stored_bytes: 0,
         seconds: 0.0,
         forgotten: 0,
+        read_bytes: 0,
+        disks: Vec::new(),
+        warnings: Vec::new(),
         errors: Vec::new(),
     };
     let labels = vm
@@ -366,17 +444,23 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
     let mut provider = provider::for_vm(vm);
     let outcome = (|| -> Result<()> {
         let lock = crate::locking::shared(repo, "run", LOCK_WAIT, cancel)?;
+        let base = latest_base(repo, &vm.name)?;
+        let base_id = base.as_ref().map(|b| b.id);
+        provider.set_base(base);
         let disks = provider
             .acquire()
             .map_err(|e| e.in_provider(provider.name()))?;
         let meta = provider.take_meta();
-        backup_vm(repo, &lock, vm, disks, meta, cancel, &mut r)?;
+        backup_vm(repo, &lock, vm, base_id, disks, meta, cancel, &mut r)?;
         // A copy taken from a snapshot that broke meanwhile is not a backup: drop it.
         if let Err(e) = provider.check_after() {
             if let Some(id) = r.snapshot.take() {
                 repo.remove_snapshot(&id)?;
             }
             return Err(e.in_provider(provider.name()).into());
+        }
+        if let Some(id) = r.snapshot {
+            provider.committed(id);
         }
         Ok(())
     })();
@@ -497,7 +581,10 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
     let job_failed = !pre_ok || !repository_opened;
     report.status = if job_failed || (failed > 0 && failed == report.vms.len()) {
         JobStatus::Failed
-    } else if failed > 0 || !report.errors.is_empty() {
+    } else if failed > 0
+        || !report.errors.is_empty()
+        || report.vms.iter().any(|v| !v.warnings.is_empty())
+    {
         JobStatus::Partial
     } else {
         JobStatus::Success
@@ -546,6 +633,10 @@ fn append_status(path: &Path, r: &JobReport) -> std::io::Result<()> {
             v.seconds,
             v.forgotten
         );
+        line.push_str(&format!(" read_bytes={}", v.read_bytes));
+        if !v.warnings.is_empty() {
+            line.push_str(&format!(" warning={:?}", v.warnings.join("; ")));
+        }
         if !v.errors.is_empty() {
             line.push_str(&format!(" error={:?}", v.errors.join("; ")));
         }
@@ -571,6 +662,12 @@ pub fn summary(r: &JobReport) -> String {
                 format!(": {}", v.errors.join("; "))
             }
         ));
+        for d in &v.disks {
+            s.push_str(&format!("    {d}\n"));
+        }
+        for w in &v.warnings {
+            s.push_str(&format!("    warning: {w}\n"));
+        }
     }
     if let Some(c) = &r.copied {
         s.push_str(&format!(

@@ -59,3 +59,27 @@ pub fn fetch_chunk(
         .read_located(&loc)
         .map_err(|e| Box::new((Some(loc.pack), e)))
 }
+
+/// The whole content of a small manifest (a snapshot's metadata file) in memory, every
+/// chunk checked. Refuses manifests longer than `max` bytes.
+pub fn read_whole(repo: &Repository, manifest: ManifestRoot, max: u64) -> Result<Vec<u8>> {
+    if manifest.len_bytes > max {
+        return Err(crate::error::Error::Usage(format!(
+            "a metadata file of {} bytes is larger than {max}",
+            manifest.len_bytes
+        )));
+    }
+    let mut out = Vec::with_capacity(manifest.len_bytes as usize);
+    let mut reader = BlobReader::new(repo)?;
+    feed_extents(repo, manifest, |_, extent, loc| {
+        match extent {
+            Extent::Hole { len } => out.resize(out.len() + len as usize, 0),
+            Extent::Chunk { id, .. } => {
+                let data = fetch_chunk(&mut reader, &id, loc).map_err(|e| e.1)?;
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}

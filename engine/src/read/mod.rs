@@ -10,4 +10,4 @@ mod disk_reader;
 mod feed;
 
 pub use disk_reader::{DiskReader, SharedChunkCache};
-pub use feed::{feed_extents, fetch_chunk, FetchError};
+pub use feed::{feed_extents, fetch_chunk, read_whole, FetchError};

@@ -67,11 +67,14 @@ pub fn check_settings(method: &str, s: &Settings) -> Result<(), String> {
             None | Some("raw" | "vhd") => Ok(()),
             Some(f) => Err(format!("xenserver_export_format {f:?} is not raw or vhd")),
         },
-        "libvirt" => match s.libvirt_quiesce.as_deref() {
-            None | Some("auto" | "always" | "never") => Ok(()),
-            Some(q) => Err(format!(
+        "libvirt" => match (s.libvirt_quiesce.as_deref(), s.libvirt_mode.as_deref()) {
+            (Some(q), _) if !matches!(q, "auto" | "always" | "never") => Err(format!(
                 "libvirt_quiesce {q:?} is not one of auto, always, never"
             )),
+            (_, Some(m)) if !matches!(m, "auto" | "pull" | "snapshot") => Err(format!(
+                "libvirt_mode {m:?} is not one of auto, pull, snapshot"
+            )),
+            _ => Ok(()),
         },
         other => Err(format!(
             "unknown snapshot method {other:?} (none, command, btrfs, lvm, zfs, xenserver, libvirt)"
@@ -195,6 +198,20 @@ pub struct ViewDisk {
     pub label: String,
     pub path: String,
     pub format: Option<ImageFormat>,
+    /// What changed since the base the provider was given ([`Provider::set_base`]):
+    /// `None` reads the disk in full with nothing to say (a first backup).
+    pub changes: Option<ViewChanges>,
+}
+
+/// A disk's change map, as a provider offers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewChanges {
+    /// The NBD export's dirty bitmap of this name holds the writes since the base.
+    Bitmap(String),
+    /// Changed byte ranges since the base (`thin_delta`, XenServer CBT).
+    Ranges(Vec<(u64, u64)>),
+    /// No map can be trusted tonight, for this reason: read in full, and say so.
+    Unusable(String),
 }
 
 impl ViewDisk {
@@ -203,14 +220,32 @@ impl ViewDisk {
             label: label.into(),
             path: path.into(),
             format: None,
+            changes: None,
         }
     }
 }
+
+/// The VM's latest snapshot, which a provider that tracks changes counts from.
+pub struct BaseSnapshot {
+    pub id: repo_format::SnapshotId,
+    /// Its small metadata files (up to [`BASE_META_MAX`] bytes) by name: a libvirt
+    /// checkpoint's XML, say. Repository content: check before use.
+    pub meta: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// Largest metadata file of the base handed to a provider.
+pub const BASE_META_MAX: u64 = 256 << 10;
 
 /// A point-in-time view of one VM's disks.
 pub trait Provider {
     /// The snapshot method, as the job file names it (`lvm`, `libvirt`...).
     fn name(&self) -> &'static str;
+    /// Before `acquire`: the VM's latest snapshot, from which a provider that tracks
+    /// changed blocks offers change maps (`None` for a VM's first backup).
+    fn set_base(&mut self, _base: Option<BaseSnapshot>) {}
+    /// After the backup wrote snapshot `id` and `check_after` passed: what `release`
+    /// keeps (a libvirt checkpoint) instead of undoing.
+    fn committed(&mut self, _id: repo_format::SnapshotId) {}
     /// Creates the view; returns the disks to read.
     fn acquire(&mut self) -> Result<Vec<ViewDisk>, ProviderError>;
     /// Metadata the provider gathered in `acquire` (a domain's XML, its NVRAM), kept in

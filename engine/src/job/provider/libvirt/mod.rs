@@ -23,20 +23,23 @@
 //! merge it by hand. A run killed before its merge leaves such an overlay; the next run
 //! finds it (its name carries `.dedisk-`) and merges it before taking a new snapshot.
 //!
-//! Growing into changed-block backups: libvirt checkpoints and pull-mode backups
-//! (`virsh backup-begin` exporting the frozen disks over NBD, with dirty bitmaps saying
-//! what changed) replace steps 1 to 3 with "begin a backup job, read NBD exports, end
-//! the job". [`Libvirt::acquire`] chooses the disks, gathers metadata and then calls
-//! the one step that makes the view (`freeze`); `release` undoes exactly what that step
-//! recorded. A pull-mode view would be a second such step returning NBD addresses.
+//! Pull mode (`libvirt_mode = "pull"`, the default for a running domain: [`pull`])
+//! replaces steps 1 to 3 with "begin a backup job, read its NBD exports, end the job",
+//! and keeps a checkpoint per backup so the next night reads only the changed blocks.
+//! [`Libvirt::acquire`] chooses the disks, gathers metadata and then calls the one step
+//! that makes the view (`freeze` or `pull`); `release` undoes exactly what that step
+//! recorded.
 
 use super::ProviderError;
 use std::path::{Path, PathBuf};
 
-use super::{check_executable, space_problem, Provider, ViewDisk, SNAPSHOT_SPACE_FRACTION};
+use super::{
+    check_executable, space_problem, BaseSnapshot, Provider, ViewDisk, SNAPSHOT_SPACE_FRACTION,
+};
 use crate::backup::{MetaContent, MetaInput, MAX_META_BYTES};
 use crate::job::VmPlan;
 
+mod pull;
 mod virsh;
 use virsh::format_of;
 pub use virsh::{DomainDisk, DomainXml, Virsh};
@@ -64,6 +67,8 @@ enum Frozen {
     /// Overlays asked for (recorded before the snapshot command runs, so a failure
     /// halfway is still cleaned up).
     Overlays(Vec<Overlay>),
+    /// A pull-mode backup job (recorded before it begins).
+    Pull(pull::Pull),
 }
 
 pub struct Libvirt {
@@ -72,6 +77,10 @@ pub struct Libvirt {
     domain: String,
     frozen: Frozen,
     meta: Vec<MetaInput>,
+    /// The VM's latest snapshot, whose checkpoint pull mode counts changes from.
+    base: Option<BaseSnapshot>,
+    /// The backup became a snapshot: pull mode keeps its checkpoint.
+    committed: bool,
 }
 
 impl Libvirt {
@@ -86,7 +95,14 @@ impl Libvirt {
                 .unwrap_or_else(|| vm.name.clone()),
             frozen: Frozen::Nothing,
             meta: Vec::new(),
+            base: None,
+            committed: false,
         }
+    }
+
+    /// Pull mode for a running domain, unless the job file says `snapshot`.
+    fn pulls(&self) -> bool {
+        self.vm.settings.libvirt_mode.as_deref() != Some("snapshot")
     }
 
     /// The domain's disks this backup reads: every writable file or block disk, or those
@@ -423,7 +439,9 @@ impl Provider for Libvirt {
         }
         let chosen = self.choose(&xml)?;
         self.gather_meta(&xml)?;
-        if is_live(&state) {
+        if is_live(&state) && self.pulls() {
+            return self.pull(&chosen, &xml);
+        } else if is_live(&state) {
             self.freeze(&chosen, &xml)?;
         } else if state == "shut off" || state == "crashed" {
             self.frozen = Frozen::Offline;
@@ -464,10 +482,19 @@ impl Provider for Libvirt {
         Ok(())
     }
 
+    fn set_base(&mut self, base: Option<BaseSnapshot>) {
+        self.base = base;
+    }
+
+    fn committed(&mut self, _id: repo_format::SnapshotId) {
+        self.committed = true;
+    }
+
     fn release(&mut self) -> Result<(), ProviderError> {
-        let Frozen::Overlays(overlays) = std::mem::replace(&mut self.frozen, Frozen::Nothing)
-        else {
-            return Ok(());
+        let overlays = match std::mem::replace(&mut self.frozen, Frozen::Nothing) {
+            Frozen::Overlays(o) => o,
+            Frozen::Pull(p) => return self.end_pull(p),
+            _ => return Ok(()),
         };
         let mut first_err = None;
         for o in &overlays {
@@ -518,10 +545,14 @@ impl Provider for Libvirt {
                 .into_iter()
                 .map(|d| {
                     let src = d.source.unwrap_or_default().display().to_string();
-                    (
-                        d.target,
-                        format!("{src} ({})", d.driver.as_deref().unwrap_or("raw")),
-                    )
+                    let driver = d.driver.as_deref().unwrap_or("raw");
+                    // In pull mode only qcow2 disks hold the bitmap of what changed.
+                    let how = match (self.pulls(), driver) {
+                        (false, _) => "",
+                        (true, "qcow2") => ", changed blocks when running",
+                        (true, _) => ", read in full: holds no dirty bitmap",
+                    };
+                    (d.target, format!("{src} ({driver}{how})"))
                 })
                 .collect())
         });
@@ -529,10 +560,17 @@ impl Provider for Libvirt {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "libvirt external disk-only snapshot of domain {}, merged back with blockcommit",
-            self.domain
-        )
+        if self.pulls() {
+            format!(
+                "libvirt pull-mode backup of domain {} (checkpoints, changed blocks over NBD) when running",
+                self.domain
+            )
+        } else {
+            format!(
+                "libvirt external disk-only snapshot of domain {}, merged back with blockcommit",
+                self.domain
+            )
+        }
     }
 }
 
@@ -544,7 +582,8 @@ impl Libvirt {
         let mut problems = Vec::new();
         for d in chosen {
             let src = d.source.clone().unwrap_or_default();
-            let dir = match self.overlay_dir(d) {
+            // Pull mode keeps what the guest overwrites in scratch files instead.
+            let dir = match if self.pulls() { Ok(self.scratch_dir()) } else { self.overlay_dir(d) } {
                 Ok(dir) => dir,
                 Err(e) => {
                     problems.push(e.to_string());
@@ -565,7 +604,8 @@ impl Libvirt {
             *wanted.entry(dir).or_default() += size / SNAPSHOT_SPACE_FRACTION;
         }
         for (dir, needed) in wanted {
-            problems.extend(space_problem(&dir, needed, "libvirt overlays"));
+            let what = if self.pulls() { "libvirt scratch files" } else { "libvirt overlays" };
+            problems.extend(space_problem(&dir, needed, what));
         }
         problems
     }

@@ -91,6 +91,9 @@ pub struct DomainXml {
     pub disks: Vec<DomainDisk>,
     /// `<os><nvram>PATH</nvram>`: the UEFI variable store.
     pub nvram: Option<PathBuf>,
+    /// The user and group QEMU runs as (`<seclabel model='dac'><label>+UID:+GID`), in a
+    /// running domain's XML: files QEMU must create go in a directory they own.
+    pub dac: Option<(u32, u32)>,
 }
 
 /// The first child element of `n` named `name`.
@@ -111,6 +114,14 @@ impl DomainXml {
                 .filter(|t| !t.is_empty())
                 .map(PathBuf::from);
         }
+        out.dac = root
+            .children()
+            .filter(|c| c.has_tag_name("seclabel") && c.attribute("model") == Some("dac"))
+            .find_map(|c| child(c, "label")?.text())
+            .and_then(|l| {
+                let (u, g) = l.trim().split_once(':')?;
+                Some((u.trim_start_matches('+').parse().ok()?, g.trim_start_matches('+').parse().ok()?))
+            });
         let Some(devices) = child(root, "devices") else {
             return Ok(out);
         };
