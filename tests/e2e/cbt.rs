@@ -274,6 +274,21 @@ fn changed_ranges_files_drive_a_raw_disk_and_bad_ones_are_named() {
         manifest_root(&repo, full["snapshot"].as_str().unwrap())
     );
 
+    // `xe vdi-list-changed-blocks` output as it is: a base64 bitmap, 64 KiB per bit.
+    sh(&format!(
+        "head -c 65536 /dev/urandom | dd of='{}' bs=65536 seek=100 conv=notrunc status=none",
+        img.display()
+    ));
+    let mut bits = vec![0u8; (32 << 20) / 65536 / 8];
+    bits[100 / 8] |= 0x80 >> (100 % 8);
+    let cbt = dir.path().join("night3.cbt");
+    std::fs::write(dir.path().join("bits"), &bits).unwrap();
+    sh(&format!("base64 -w0 '{}' > '{}'", dir.path().join("bits").display(), cbt.display()));
+    let d = night(&repo, &disk, &["--base", "latest", "--changed-ranges", p(&cbt)]);
+    assert_eq!(d["changes"]["changed_bytes"], 65536, "{d}");
+    assert!(d["changes"]["base"].is_string(), "{d}");
+    assert_eq!(restored_sha(dir.path(), &repo, d["snapshot"].as_str().unwrap()), sha256(&img));
+
     std::fs::write(&ranges, "0 4096\n4096 lots\n").unwrap();
     fails(
         &["--repo", p(&repo), "backup", "--name", "vm", "--base", "latest", "--changed-ranges", p(&ranges), &disk],

@@ -320,9 +320,12 @@ fn calls(log: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Stand-ins for lvs/lvcreate/lvremove (no device-mapper here): they check the exact
-/// arguments dedisk passes, keep "logical volumes" as files under `state/`, print what
-/// LVM prints, and fail the way LVM fails when told to (`state/OVERFLOW`, `state/NOSPACE`).
+/// Stand-ins for lvs/lvcreate/lvremove/dmsetup/thin_delta (no device-mapper here): they
+/// check the exact arguments dedisk passes, keep "logical volumes" as files under
+/// `state/`, print what LVM and thin-provisioning-tools print, and fail the way they fail
+/// when told to (`state/OVERFLOW`, `state/NOSPACE`, `state/DELTAFAIL`). With `state/THIN`
+/// the volume is thin: snapshots get thin ids, and `thin_delta` compares two of them in
+/// 64 KiB blocks (only while the pool's metadata snapshot is reserved, as the real one).
 fn lvm_stand_ins(dir: &Path) -> std::path::PathBuf {
     let bin = dir.join("bin");
     let script = format!(
@@ -330,7 +333,36 @@ fn lvm_stand_ins(dir: &Path) -> std::path::PathBuf {
 state='{state}'
 echo "$(basename "$0") $*" >> "$state/calls.log"
 case "$(basename "$0") $*" in
-  "lvs --noheadings --separator , -o vg_name,lv_name $state/vg0/web01") echo "  vg0,web01" ;;
+  "lvs --noheadings --separator , -o vg_name,lv_name,segtype $state/vg0/web01")
+     if [ -e "$state/THIN" ]; then echo "  vg0,web01,thin"; else echo "  vg0,web01,linear"; fi ;;
+  "lvcreate --snapshot --setactivationskip n --name web01-dedisk-"*" vg0/web01")
+     cp "$state/vg0/web01" "$state/vg0/$5"; n=$(($(cat "$state/next_id" 2>/dev/null || echo 1) + 1))
+     echo $n > "$state/next_id"; echo $n > "$state/id.$5"; echo "  Logical volume \"$5\" created." ;;
+  "lvs --noheadings -o lv_name vg0/web01-dedisk-"*)
+     if [ -e "$state/vg0/${{4#vg0/}}" ]; then echo "  ${{4#vg0/}}"; else echo "  Failed to find logical volume \"$4\"" >&2; exit 5; fi ;;
+  "lvs --noheadings -o lv_name vg0") ls "$state/vg0" | sed 's/^/  /' ;;
+  "lvs --noheadings -o pool_lv vg0/web01") echo "  pool0" ;;
+  "lvs --noheadings -o thin_id vg0/"*) echo "  $(cat "$state/id.${{4#vg0/}}")" ;;
+  "dmsetup message vg0-pool0-tpool 0 reserve_metadata_snap")
+     if [ -e "$state/RESERVED" ]; then echo "device-mapper: message ioctl on vg0-pool0-tpool  failed: Device or resource busy" >&2; exit 1; fi
+     touch "$state/RESERVED" ;;
+  "dmsetup message vg0-pool0-tpool 0 release_metadata_snap") rm "$state/RESERVED" ;;
+  "thin_delta --metadata-snap --snap1 "*" --snap2 "*" /dev/mapper/vg0-pool0_tmeta")
+     [ -e "$state/RESERVED" ] || {{ echo "no metadata snapshot" >&2; exit 1; }}
+     [ -e "$state/DELTAFAIL" ] && {{ echo "bad checksum in metadata index block" >&2; exit 1; }}
+     a=$(grep -lx "$3" "$state"/id.* | sed 's/.*id\.//'); b=$(grep -lx "$5" "$state"/id.* | sed 's/.*id\.//')
+     echo '<superblock uuid="" time="2" transaction="4" data_block_size="128" nr_data_blocks="4096">'
+     echo "  <diff left=\"$3\" right=\"$5\">"
+     blocks=$(( $(stat -c %s "$state/vg0/$a") / 65536 )); i=0
+     while [ $i -lt $blocks ]; do
+       if ! cmp -s <(dd if="$state/vg0/$a" bs=64k skip=$i count=1 status=none) <(dd if="$state/vg0/$b" bs=64k skip=$i count=1 status=none); then
+         echo "    <different begin=\"$i\" length=\"1\"/>"
+       else
+         echo "    <same begin=\"$i\" length=\"1\"/>"
+       fi
+       i=$((i + 1))
+     done
+     echo "  </diff>"; echo "</superblock>" ;;
   "lvs --noheadings -o lv_path vg0/"*) echo "  $state/vg0/${{4#vg0/}}" ;;
   "lvs --noheadings --separator , -o snap_percent,lv_attr vg0/"*)
      if [ -e "$state/OVERFLOW" ]; then echo "  100.00,swi-I-s---"; else echo "  12.50,swi-a-s---"; fi ;;
@@ -345,7 +377,7 @@ esac
 "#,
         state = dir.join("state").display()
     );
-    stand_in(&bin, &["lvs", "lvcreate", "lvremove", "vgs"], &script);
+    stand_in(&bin, &["lvs", "lvcreate", "lvremove", "vgs", "dmsetup", "thin_delta"], &script.replacen("#!/bin/sh", "#!/bin/bash", 1));
     bin
 }
 
@@ -771,4 +803,96 @@ workers = 1
     assert!(snapshot_files(&d.join("repo")).is_empty());
     let report = std::fs::read_to_string(d.join("job.report.json")).unwrap();
     assert!(report.contains("interrupted"), "{report}");
+}
+
+#[test]
+fn lvm_thin_volumes_read_what_thin_delta_says_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let state = d.join("state");
+    std::fs::create_dir_all(state.join("vg0")).unwrap();
+    std::fs::write(state.join("THIN"), "").unwrap();
+    let lv = random_image(&state.join("vg0"), "web01", 6 << 20, 8 << 20);
+    let bin = lvm_stand_ins(d);
+    let job = d.join("job.toml");
+    let write_job = |extra: &str| {
+        write(
+            &job,
+            &format!(
+                "repository = \"repo\"\n[[vm]]\nname = \"web01\"\ndisks = {{ vda = \"{}\" }}\nsnapshot = \"lvm\"\n{extra}",
+                lv.display()
+            ),
+        )
+    };
+    write_job("");
+    let run_job = || run_with_stand_ins(&bin, &job);
+    let snapshots = || {
+        let mut s: Vec<String> = std::fs::read_dir(state.join("vg0"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "web01")
+            .collect();
+        s.sort();
+        s
+    };
+    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+
+    // Night 0: the whole volume; its thin snapshot is kept for the next night.
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    restores_to(d, &repo, "web01@latest:vda", &lv);
+    let first = snapshots();
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // Night 1: two writes; only their blocks (and around them) are read.
+    sh(&format!(
+        "head -c 70000 /dev/urandom | dd of='{0}' bs=1 seek=1000000 conv=notrunc status=none; \
+         head -c 4096 /dev/urandom | dd of='{0}' bs=4096 seek=1500 conv=notrunc status=none",
+        lv.display()
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new snapshot name
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("vda: incremental from") && text(&out).contains("thin_delta since vg0/web01-dedisk-"), "{}", text(&out));
+    restores_to(d, &repo, "web01@latest:vda", &lv);
+    let second = snapshots();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "the base's snapshot is dropped, tonight's kept");
+    assert!(!state.join("RESERVED").exists(), "the metadata snapshot is released");
+    let log = std::fs::read_to_string(state.join("calls.log")).unwrap();
+    let order: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("dmsetup") || l.starts_with("thin_delta"))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(order, ["dmsetup", "thin_delta", "dmsetup"]);
+    let snaps = ok_json(&["--repo", p(&repo), "snapshots", "--full"]);
+    let last = &snaps["snapshots"].as_array().unwrap().last().unwrap()["record"]["disks"][0];
+    let read = last["stats"]["read_bytes"].as_u64().unwrap() - last["changes"]["verified_bytes"].as_u64().unwrap();
+    assert!(read < 2 << 20, "read {read} of an 8 MiB volume for 3 changed blocks: {last}");
+
+    // thin_delta fails: a full read that says why, and the metadata snapshot released.
+    std::fs::write(state.join("DELTAFAIL"), "").unwrap();
+    sh(&format!("head -c 4096 /dev/urandom | dd of='{}' bs=4096 seek=100 conv=notrunc status=none", lv.display()));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("vda: read in full: thin_delta between") && text(&out).contains("bad checksum"), "{}", text(&out));
+    assert!(!state.join("RESERVED").exists());
+    restores_to(d, &repo, "web01@latest:vda", &lv);
+    std::fs::remove_file(state.join("DELTAFAIL")).unwrap();
+
+    // A failed backup: tonight's snapshot goes, the base's stays for the next night.
+    let kept = snapshots();
+    write_job(&format!("meta = [\"{}/nope.xml\"]\n", d.display()));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(snapshots(), kept);
+    write_job("");
+    let out = run_job();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("vda: incremental from"), "{}", text(&out));
+    restores_to(d, &repo, "web01@latest:vda", &lv);
 }

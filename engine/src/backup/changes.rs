@@ -31,6 +31,7 @@
 
 use repo_format::{BlobId, ChunkerParams, Extent};
 
+use super::prefetch::Prefetch;
 use crate::cancel::Cancel;
 use crate::chunk::{is_zero, Cut, Cutter};
 use crate::error::{Error, Result};
@@ -85,11 +86,83 @@ impl ChangeMap {
 /// Largest `--changed-ranges` file read.
 pub const MAX_RANGES_FILE_BYTES: u64 = 256 << 20;
 
-/// Parses a changed-ranges file: one `OFFSET LENGTH` pair of byte counts per line
-/// (decimal, or hex with `0x`), `#` comments and blank lines ignored. The common target
-/// for `thin_delta`, XenServer's CBT bitmaps and `btrfs send --no-data` converted by a
-/// script: README.md, "Changed ranges".
+/// Block size of a XenServer CBT bitmap: one bit per 64 KiB.
+pub const CBT_BLOCK_BYTES: u64 = 64 << 10;
+
+/// Parses a changed-ranges file, judged by its content:
+/// - `OFFSET LENGTH` byte counts per line (decimal, or hex with `0x`), `#` comments and
+///   blank lines ignored: the common format, for anything a script converts;
+/// - `thin_delta` XML output, as it is ([`parse_thin_delta`]);
+/// - `xe vdi-list-changed-blocks` output, as it is ([`parse_cbt_bitmap`]).
 pub fn parse_ranges(text: &str) -> std::result::Result<Vec<(u64, u64)>, String> {
+    let t = text.trim();
+    if t.starts_with('<') {
+        return parse_thin_delta(t);
+    }
+    if !t.is_empty() && !t.contains(char::is_whitespace) && !t.starts_with('#') {
+        return parse_cbt_bitmap(t);
+    }
+    parse_offset_lines(text)
+}
+
+/// A XenServer CBT bitmap (`xe vdi-list-changed-blocks`): base64, one bit per 64 KiB
+/// block, the most significant bit of each byte first.
+pub fn parse_cbt_bitmap(b64: &str) -> std::result::Result<Vec<(u64, u64)>, String> {
+    use base64::Engine;
+    let bits = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("not a CBT bitmap (base64: {e})"))?;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, byte) in bits.iter().enumerate() {
+        for j in 0..8 {
+            if byte & (0x80 >> j) == 0 {
+                continue;
+            }
+            let start = (i as u64 * 8 + j) * CBT_BLOCK_BYTES;
+            match out.last_mut() {
+                Some(last) if last.1 == start => last.1 += CBT_BLOCK_BYTES,
+                _ => out.push((start, start + CBT_BLOCK_BYTES)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The changed byte ranges in `thin_delta` XML: `<different>`, `<right_only>` (newly
+/// written) and `<left_only>` (discarded: reads as zeros now) runs, in units of the
+/// superblock's `data_block_size` sectors.
+pub fn parse_thin_delta(xml: &str) -> Result<Vec<(u64, u64)>, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("thin_delta output: {e}"))?;
+    let sb = doc.root_element();
+    if !sb.has_tag_name("superblock") {
+        return Err("thin_delta output has no <superblock>".into());
+    }
+    let sectors: u64 = sb
+        .attribute("data_block_size")
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v > 0)
+        .ok_or("thin_delta output has no data_block_size")?;
+    let block = sectors * 512;
+    let mut out = Vec::new();
+    for run in sb
+        .descendants()
+        .filter(|n| n.has_tag_name("different") || n.has_tag_name("right_only") || n.has_tag_name("left_only"))
+    {
+        let num = |a: &str| run.attribute(a).and_then(|v| v.parse::<u64>().ok());
+        let (Some(begin), Some(len)) = (num("begin"), num("length")) else {
+            return Err("thin_delta run without begin or length".into());
+        };
+        let start = begin.checked_mul(block).ok_or("thin_delta run out of range")?;
+        let end = begin
+            .checked_add(len)
+            .and_then(|e| e.checked_mul(block))
+            .ok_or("thin_delta run out of range")?;
+        out.push((start, end));
+    }
+    Ok(out)
+}
+
+fn parse_offset_lines(text: &str) -> std::result::Result<Vec<(u64, u64)>, String> {
     let num = |t: &str| match t.strip_prefix("0x") {
         Some(h) => u64::from_str_radix(h, 16).ok(),
         None => t.parse::<u64>().ok(),
@@ -200,12 +273,14 @@ impl Base<'_> {
     }
 }
 
-/// Reads the disk for a splice: holes the source knows are never read.
+/// Reads the disk for a splice: holes the source knows are never read, and what the
+/// read-ahead already has is not read again.
 struct Reader<'a> {
     source: &'a mut dyn DiskSource,
     size: u64,
     buf: Vec<u8>,
     stats: SpliceStats,
+    prefetch: Option<&'a Prefetch>,
 }
 
 impl Reader<'_> {
@@ -238,9 +313,14 @@ impl Reader<'_> {
         }
         let mut done = 0;
         while done < want {
-            let n = self
-                .source
-                .read_at(pos + done as u64, &mut self.buf[done..want])?;
+            let at = pos + done as u64;
+            if let Some(n) = self.prefetch.map(|p| p.take(at, &mut self.buf[done..want])) {
+                if n > 0 {
+                    done += n;
+                    continue;
+                }
+            }
+            let n = self.source.read_at(at, &mut self.buf[done..want])?;
             if n == 0 {
                 return Err(crate::source::SourceError::Shrank {
                     path: self.source.describe().into(),
@@ -281,6 +361,9 @@ impl Reader<'_> {
 /// Produces the disk's extents in order from the base's extents (`base`, which must
 /// tile `size` bytes) and the bytes of `changes` read from `source`. `out` returns false
 /// when downstream has gone away (the splice then stops). See the module doc.
+///
+/// What it will read (around each change, and the verification slice) is read ahead by
+/// up to `readers` clones of the source at once ([`Prefetch`]).
 #[allow(clippy::too_many_arguments)]
 pub fn splice(
     params: ChunkerParams,
@@ -290,6 +373,62 @@ pub fn splice(
     size: u64,
     changes: &ChangeMap,
     verify: VerifySlice,
+    readers: usize,
+    cancel: &Cancel,
+    out: &mut dyn FnMut(Item) -> bool,
+) -> Result<SpliceStats> {
+    let clones: Vec<Box<dyn DiskSource>> = (0..readers).map_while(|_| source.clone_reader()).collect();
+    if clones.is_empty() {
+        return splice_with(params, secret, base, source, size, changes, verify, None, cancel, out);
+    }
+    let prefetch = Prefetch::new(planned_reads(&params, changes, verify, size), size);
+    std::thread::scope(|s| {
+        for mut clone in clones {
+            let p = &prefetch;
+            s.spawn(move || p.run_reader(clone.as_mut()));
+        }
+        let r = splice_with(params, secret, base, source, size, changes, verify, Some(&prefetch), cancel, out);
+        prefetch.stop();
+        r
+    })
+}
+
+/// The ranges a splice will most likely read: around each change (from a possible cut
+/// point before it to where the cuts likely meet again after it) and the verification
+/// slots. Reads outside them are made directly, so this needs to be likely, not exact.
+fn planned_reads(params: &ChunkerParams, changes: &ChangeMap, verify: VerifySlice, size: u64) -> Vec<(u64, u64)> {
+    let max = params.max_bytes as u64;
+    // Cutting resumes about a chunk before the lookahead, and meets the base again
+    // about a chunk or two after the change: read-ahead past that is mostly waste.
+    let before = lookahead(params) + params.avg_bytes as u64;
+    let after = 2 * params.avg_bytes as u64;
+    let mut out: Vec<(u64, u64)> = changes
+        .ranges()
+        .iter()
+        .map(|&(s, e)| (s.saturating_sub(before), e.saturating_add(after).min(size)))
+        .collect();
+    if verify.every > 0 {
+        let slots = size.div_ceil(VERIFY_SLOT_BYTES);
+        let mut i = verify.round % verify.every;
+        while i < slots {
+            let s = i * VERIFY_SLOT_BYTES;
+            out.push((s, (s + VERIFY_SLOT_BYTES + max).min(size)));
+            i += verify.every;
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn splice_with(
+    params: ChunkerParams,
+    secret: Option<[u8; 32]>,
+    base: &mut dyn FnMut() -> Result<Option<(u64, Extent)>>,
+    source: &mut dyn DiskSource,
+    size: u64,
+    changes: &ChangeMap,
+    verify: VerifySlice,
+    prefetch: Option<&Prefetch>,
     cancel: &Cancel,
     out: &mut dyn FnMut(Item) -> bool,
 ) -> Result<SpliceStats> {
@@ -302,6 +441,7 @@ pub fn splice(
         size,
         buf: vec![0; 1 << 20],
         stats: SpliceStats::default(),
+        prefetch,
     };
     let ranges = changes.ranges();
     let mut next_range = 0;
@@ -499,6 +639,12 @@ mod tests {
             self.reads += n as u64;
             Ok(n)
         }
+        fn clone_reader(&self) -> Option<Box<dyn DiskSource>> {
+            Some(Box::new(Mem {
+                data: self.data.clone(),
+                reads: 0,
+            }))
+        }
     }
 
     fn params(algorithm: ChunkerAlgorithm) -> ChunkerParams {
@@ -548,6 +694,18 @@ mod tests {
         changes: &ChangeMap,
         verify: VerifySlice,
     ) -> Result<(Vec<(u64, Extent)>, u64)> {
+        spliced_by(p, base, data, changes, verify, 0)
+    }
+
+    /// [`spliced`] with `readers` reading ahead.
+    fn spliced_by(
+        p: ChunkerParams,
+        base: &[(u64, Extent)],
+        data: &[u8],
+        changes: &ChangeMap,
+        verify: VerifySlice,
+        readers: usize,
+    ) -> Result<(Vec<(u64, Extent)>, u64)> {
         let mut it = base.iter().copied();
         let mut fetch = || Ok(it.next());
         let mut src = Mem {
@@ -587,13 +745,16 @@ mod tests {
             data.len() as u64,
             changes,
             verify,
+            readers,
             &Cancel::default(),
             &mut emit,
         )?;
         if let Some(offset) = lied {
             return Err(Error::MapLied { offset, len: 0 });
         }
-        assert_eq!(stats.read_bytes, src.reads);
+        if readers == 0 {
+            assert_eq!(stats.read_bytes, src.reads);
+        }
         Ok((out, stats.read_bytes))
     }
 
@@ -666,6 +827,7 @@ mod tests {
             grain_shift in 9u32..17,
             alg in 0..3u8,
             round in 0u64..4,
+            readers in 0usize..3,
         ) {
             let alg = [ChunkerAlgorithm::AlignedCdc, ChunkerAlgorithm::Fastcdc, ChunkerAlgorithm::Fixed][alg as usize];
             let p = params(alg);
@@ -674,7 +836,7 @@ mod tests {
             let mut after = before.clone();
             let map = write(&mut after, seed, writes, 1 << grain_shift);
             let changes = ChangeMap::new(map, len as u64).unwrap();
-            let (got, read) = spliced(p, &base, &after, &changes, VerifySlice::percent(25.0, round)).unwrap();
+            let (got, read) = spliced_by(p, &base, &after, &changes, VerifySlice::percent(25.0, round), readers).unwrap();
             prop_assert_eq!(&got, &full(p, &after));
             // Nothing is read twice but a little past a meet.
             prop_assert!(read <= len as u64 + (writes as u64 + 1) * 2 * p.max_bytes as u64, "read {}", read);
@@ -725,6 +887,32 @@ mod tests {
             }
         }
         assert_eq!(caught.len(), 1, "one round in four re-reads the chunk: {caught:?}");
+    }
+
+    #[test]
+    fn thin_delta_runs_become_byte_ranges() {
+        let xml = r#"<superblock uuid="" time="2" transaction="4" data_block_size="128" nr_data_blocks="1024">
+  <diff left="1" right="2">
+    <same begin="0" length="16"/>
+    <different begin="16" length="2"/>
+    <right_only begin="40" length="1"/>
+    <left_only begin="50" length="3"/>
+  </diff>
+</superblock>"#;
+        assert_eq!(
+            parse_thin_delta(xml).unwrap(),
+            [(16 << 16, 18 << 16), (40 << 16, 41 << 16), (50 << 16, 53 << 16)]
+        );
+        assert!(parse_thin_delta("<superblock><diff/></superblock>").is_err());
+        assert!(parse_thin_delta("<superblock data_block_size='128'><different begin='x' length='1'/></superblock>").is_err());
+        assert!(parse_thin_delta(&format!("<superblock data_block_size='128'><different begin='{}' length='1'/></superblock>", u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn cbt_bitmaps_are_64k_per_bit_most_significant_first() {
+        // 0b1100_0000, 0b0000_0001: blocks 0, 1 and 15.
+        assert_eq!(parse_ranges("wAE=\n").unwrap(), [(0, 2 << 16), (15 << 16, 16 << 16)]);
+        assert!(parse_cbt_bitmap("not*base64").is_err());
     }
 
     #[test]

@@ -33,6 +33,7 @@ use changes::Item;
 use repo_format::ChangeRecord;
 
 pub mod changes;
+mod prefetch;
 use crate::error::{Error, Result};
 use crate::io::AlignedBuf;
 use crate::progress::Progress;
@@ -45,6 +46,9 @@ const READ_BUF_BYTES: usize = 4 << 20;
 const READ_BUFS: usize = 8;
 /// Reads in flight at once on sources that allow parallel reads.
 const READ_DEPTH: usize = 4;
+/// Read-ahead readers beside a splice (each a clone of the source: with `qemu-nbd -e 4`,
+/// the splice's own connection and three more fit).
+const SPLICE_READERS: usize = 3;
 /// Chunks queued per worker.
 const CHUNKS_PER_WORKER: usize = 16;
 pub use repo_format::snapshot::MAX_META_BYTES;
@@ -575,6 +579,7 @@ fn splice_stage(
         size,
         &plan.changes,
         plan.verify,
+        SPLICE_READERS,
         cancel,
         &mut out,
     )?;

@@ -335,7 +335,7 @@ fn backup_vm(
             use crate::backup::{ChangeSource, Incremental};
             let (what, map) = match changes {
                 ViewChanges::Bitmap(b) => (format!("dirty bitmap {b}"), ChangeSource::FromSource),
-                ViewChanges::Ranges(r) => ("changed ranges".to_string(), ChangeSource::Ranges(r)),
+                ViewChanges::Ranges(what, r) => (what, ChangeSource::Ranges(r)),
                 ViewChanges::Unusable(why) => ("none".to_string(), ChangeSource::Unusable(why)),
             };
             one.incremental = Some(Incremental {

@@ -31,6 +31,10 @@ const STATUS_SPAN: u64 = 1 << 30;
 const MAX_OPTION_REPLY: u32 = 1 << 20;
 /// How long a connection and its handshake may take, and a reply may be awaited.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an extra connection for parallel reads may take to be greeted: a server
+/// that advertises multi-conn but serves one client at a time (`qemu-nbd` without
+/// `--shared`) accepts the connection and never greets it.
+const EXTRA_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where an NBD URI points.
@@ -142,7 +146,7 @@ enum Stream {
 }
 
 impl Stream {
-    fn connect(endpoint: &Endpoint) -> std::io::Result<Stream> {
+    fn connect(endpoint: &Endpoint, timeout: Duration) -> std::io::Result<Stream> {
         let s = match endpoint {
             Endpoint::Unix { socket } => Stream::Unix(UnixStream::connect(socket)?),
             Endpoint::Tcp { host, port } => {
@@ -150,7 +154,7 @@ impl Stream {
                 let mut last = None;
                 let mut found = None;
                 for addr in (host.as_str(), *port).to_socket_addrs()? {
-                    match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                    match TcpStream::connect_timeout(&addr, timeout) {
                         Ok(s) => {
                             found = Some(s);
                             break;
@@ -165,7 +169,7 @@ impl Stream {
                 Stream::Tcp(s)
             }
         };
-        s.set_timeout(CONNECT_TIMEOUT)?;
+        s.set_timeout(timeout)?;
         Ok(s)
     }
 
@@ -233,6 +237,10 @@ pub struct NbdSource {
     allocation: Option<u32>,
     dirty: Option<u32>,
     bitmap: Option<String>,
+    /// The last `base:allocation` answer: `(start, end, reads as data)` runs tiling
+    /// `[start of the first, end of the last)`. A server computes each answer over up to
+    /// a GiB of image metadata, so `next_data` asks once per span, not once per call.
+    allocation_cache: Vec<(u64, u64, bool)>,
 }
 
 impl NbdSource {
@@ -243,10 +251,15 @@ impl NbdSource {
             uri: uri.into(),
             reason,
         })?;
-        NbdSource::connect(uri, parsed, bitmap.map(str::to_string))
+        NbdSource::connect(uri, parsed, bitmap.map(str::to_string), CONNECT_TIMEOUT)
     }
 
-    fn connect(uri: &str, parsed: NbdUri, bitmap: Option<String>) -> Result<Self, SourceError> {
+    fn connect(
+        uri: &str,
+        parsed: NbdUri,
+        bitmap: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, SourceError> {
         let fail = |reason: String| SourceError::Nbd {
             uri: uri.into(),
             reason,
@@ -260,7 +273,7 @@ impl NbdSource {
                 _ => format!("{what}: {e}"),
             })
         };
-        let stream = Stream::connect(&parsed.endpoint).map_err(|e| io("connecting", e))?;
+        let stream = Stream::connect(&parsed.endpoint, timeout).map_err(|e| io("connecting", e))?;
         let w = stream.try_clone().map_err(|e| io("connecting", e))?;
         let mut conn = Conn {
             r: BufReader::with_capacity(1 << 20, stream),
@@ -294,6 +307,7 @@ impl NbdSource {
             allocation: hs.allocation,
             dirty: hs.dirty,
             bitmap,
+            allocation_cache: Vec::new(),
         })
     }
 
@@ -540,16 +554,30 @@ impl DiskSource for NbdSource {
         };
         let mut at = offset;
         while at < self.size {
+            let cached = self
+                .allocation_cache
+                .first()
+                .zip(self.allocation_cache.last())
+                .is_some_and(|(first, last)| first.0 <= at && at < last.1);
+            if !cached {
+                let mut runs = Vec::new();
+                let mut pos = at;
+                for (n, f) in self.block_status(ctx, at)? {
+                    // Ranges that read as zeros are never read (allocated or not).
+                    runs.push((pos, pos + n, f & STATE_ZERO == 0));
+                    pos += n;
+                }
+                self.allocation_cache = runs;
+            }
             let mut start = None;
-            for (n, f) in self.block_status(ctx, at)? {
-                // Ranges that read as zeros are never read (whether allocated or not).
-                let data = f & STATE_ZERO == 0;
+            let from = at;
+            for &(s, e, data) in self.allocation_cache.iter().filter(|r| r.1 > from) {
                 match (data, start) {
-                    (true, None) => start = Some(at),
-                    (false, Some(s)) => return Ok(Some((s, at))),
+                    (true, None) => start = Some(s.max(at)),
+                    (false, Some(st)) => return Ok(Some((st, s))),
                     _ => {}
                 }
-                at += n;
+                at = e;
             }
             if let Some(s) = start {
                 return Ok(Some((s, at)));
@@ -577,7 +605,7 @@ impl DiskSource for NbdSource {
             return None;
         }
         // The clones read data only: no bitmap context to negotiate.
-        match NbdSource::connect(&self.uri, self.parsed.clone(), None) {
+        match NbdSource::connect(&self.uri, self.parsed.clone(), None, EXTRA_CONNECT_TIMEOUT) {
             Ok(c) => Some(Box::new(c)),
             Err(e) => {
                 log::info!("{e}; reading over one connection");

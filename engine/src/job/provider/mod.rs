@@ -208,8 +208,9 @@ pub struct ViewDisk {
 pub enum ViewChanges {
     /// The NBD export's dirty bitmap of this name holds the writes since the base.
     Bitmap(String),
-    /// Changed byte ranges since the base (`thin_delta`, XenServer CBT).
-    Ranges(Vec<(u64, u64)>),
+    /// Changed byte ranges since the base (`thin_delta`, XenServer CBT), and what
+    /// said so (`thin_delta since vg0/web01-dedisk-1796607004`).
+    Ranges(String, Vec<(u64, u64)>),
     /// No map can be trusted tonight, for this reason: read in full, and say so.
     Unusable(String),
 }
