@@ -52,7 +52,11 @@ fn have_qemu() -> bool {
 fn disk_with_bitmap(dir: &Path, repo: &Path) -> PathBuf {
     let raw = random_image(dir, "seed.raw", 40 << 20, 64 << 20);
     let img = dir.join("vda.qcow2");
-    sh(&format!("qemu-img convert -f raw -O qcow2 '{}' '{}'", raw.display(), img.display()));
+    sh(&format!(
+        "qemu-img convert -f raw -O qcow2 '{}' '{}'",
+        raw.display(),
+        img.display()
+    ));
     std::fs::remove_file(raw).unwrap();
     backup(repo, "vm", &[&format!("vda={}", img.display())]);
     sh(&format!("qemu-img bitmap --add '{}' b0", img.display()));
@@ -67,13 +71,21 @@ fn qemu_write(img: &Path, writes: &[(u64, u64, u8)]) {
         cmd.args(["-c", &format!("write -P {pat} {off} {len}")]);
     }
     let out = cmd.arg(img).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The image's virtual disk as raw bytes, by qemu.
 fn qemu_raw(img: &Path) -> String {
     let raw = img.with_extension("check.raw");
-    sh(&format!("qemu-img convert -O raw '{}' '{}'", img.display(), raw.display()));
+    sh(&format!(
+        "qemu-img convert -O raw '{}' '{}'",
+        img.display(),
+        raw.display()
+    ));
     let h = sha256(&raw);
     std::fs::remove_file(raw).unwrap();
     h
@@ -126,23 +138,42 @@ fn dirty_bitmap_nights_read_what_changed_and_write_the_full_reads_manifest() {
     let repo = new_repo(dir.path(), &[]);
     let img = disk_with_bitmap(dir.path(), &repo);
     let nights: [&[(u64, u64, u8)]; 3] = [
-        &[(1 << 20, 512 << 10, 1), (20 << 20, 1 << 20, 2), (50 << 20, 256 << 10, 3)],
+        &[
+            (1 << 20, 512 << 10, 1),
+            (20 << 20, 1 << 20, 2),
+            (50 << 20, 256 << 10, 3),
+        ],
         &[(3 << 20, 4096, 4), (33 << 20, 2 << 20, 5)],
-        &[(0, 64 << 10, 6), ((64 << 20) - (128 << 10), 128 << 10, 7), (10 << 20, 700 << 10, 8)],
+        &[
+            (0, 64 << 10, 6),
+            ((64 << 20) - (128 << 10), 128 << 10, 7),
+            (10 << 20, 700 << 10, 8),
+        ],
     ];
     for (n, writes) in nights.iter().enumerate() {
         qemu_write(&img, writes);
         let nbd = QemuNbd::start(&img, "qcow2", Some("b0"));
-        let d = night(&repo, &nbd.uri, &["--base", "latest", "--dirty-bitmap", "b0"]);
+        let d = night(
+            &repo,
+            &nbd.uri,
+            &["--base", "latest", "--dirty-bitmap", "b0"],
+        );
         let c = &d["changes"];
         assert!(c["base"].is_string(), "night {n}: {d}");
         assert!(c.get("full_read").is_none(), "night {n}: {d}");
         let changed = c["changed_bytes"].as_u64().unwrap();
         let written: u64 = writes.iter().map(|w| w.1).sum();
         // The bitmap's grain is 64 KiB: it may round each write out to it.
-        assert!(changed >= written && changed <= written + writes.len() as u64 * (128 << 10), "night {n}: {changed} changed for {written} written");
-        let read = d["stats"]["read_bytes"].as_u64().unwrap() - c["verified_bytes"].as_u64().unwrap();
-        assert!(read <= 4 * changed, "night {n}: read {read} for {changed} changed");
+        assert!(
+            changed >= written && changed <= written + writes.len() as u64 * (128 << 10),
+            "night {n}: {changed} changed for {written} written"
+        );
+        let read =
+            d["stats"]["read_bytes"].as_u64().unwrap() - c["verified_bytes"].as_u64().unwrap();
+        assert!(
+            read <= 4 * changed,
+            "night {n}: read {read} for {changed} changed"
+        );
         // The same manifest a full read makes (kept under another name, so the next
         // night's base stays the incremental one), and the disk as QEMU sees it.
         let full = night_of(&repo, "full", &nbd.uri, &[]);
@@ -153,7 +184,11 @@ fn dirty_bitmap_nights_read_what_changed_and_write_the_full_reads_manifest() {
             manifest_root(&repo, full["snapshot"].as_str().unwrap()),
             "night {n}"
         );
-        assert_eq!(restored_sha(dir.path(), &repo, d["snapshot"].as_str().unwrap()), qemu_raw(&img), "night {n}");
+        assert_eq!(
+            restored_sha(dir.path(), &repo, d["snapshot"].as_str().unwrap()),
+            qemu_raw(&img),
+            "night {n}"
+        );
         sh(&format!("qemu-img bitmap --clear '{}' b0", img.display()));
     }
 }
@@ -178,13 +213,24 @@ fn a_write_hidden_from_the_bitmap_is_caught_within_the_rotation() {
     for n in 0..2 {
         let nbd = QemuNbd::start(&img, "qcow2", Some("b0"));
         let mut args = vec!["--json", "--repo", p(&repo), "backup", "--name", "vm"];
-        args.extend_from_slice(&["--base", "latest", "--dirty-bitmap", "b0", "--verify-unchanged", "50", &nbd.uri]);
+        args.extend_from_slice(&[
+            "--base",
+            "latest",
+            "--dirty-bitmap",
+            "b0",
+            "--verify-unchanged",
+            "50",
+            &nbd.uri,
+        ]);
         let out = run(&args);
         drop(nbd);
         sh(&format!("qemu-img bitmap --clear '{}' b0", img.display()));
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.code() == Some(3) {
-            assert!(stderr.contains("missed") && stderr.contains("disk vda"), "{stderr}");
+            assert!(
+                stderr.contains("missed") && stderr.contains("disk vda"),
+                "{stderr}"
+            );
             let summary = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -192,8 +238,14 @@ fn a_write_hidden_from_the_bitmap_is_caught_within_the_rotation() {
                 .unwrap();
             let c = &summary["disks"][0]["changes"];
             assert_eq!(c["map_lied"], true, "{c}");
-            assert!(c["full_read"].as_str().unwrap().contains("missed a write"), "{c}");
-            assert_eq!(restored_sha(dir.path(), &repo, summary["snapshot"].as_str().unwrap()), want);
+            assert!(
+                c["full_read"].as_str().unwrap().contains("missed a write"),
+                "{c}"
+            );
+            assert_eq!(
+                restored_sha(dir.path(), &repo, summary["snapshot"].as_str().unwrap()),
+                want
+            );
             caught = Some(n);
             break;
         }
@@ -221,8 +273,14 @@ fn untrustworthy_maps_read_the_disk_in_full_and_say_why() {
     let check_full = |d: &serde_json::Value, why: &str| {
         let c = &d["changes"];
         assert!(c.get("base").is_none(), "{d}");
-        assert!(c["full_read"].as_str().unwrap().contains(why), "expected {why:?}: {c}");
-        assert_eq!(restored_sha(dir.path(), &repo, d["snapshot"].as_str().unwrap()), qemu_raw(&img));
+        assert!(
+            c["full_read"].as_str().unwrap().contains(why),
+            "expected {why:?}: {c}"
+        );
+        assert_eq!(
+            restored_sha(dir.path(), &repo, d["snapshot"].as_str().unwrap()),
+            qemu_raw(&img)
+        );
     };
 
     // The export has no such bitmap (deleted behind dedisk's back).
@@ -234,7 +292,10 @@ fn untrustworthy_maps_read_the_disk_in_full_and_say_why() {
     // map that counts from it.
     if let Some(first) = &first_id {
         let nbd = QemuNbd::start(&img, "qcow2", Some("b0"));
-        check_full(&incremental(&["--base", &first[..12]], &nbd), "not the VM's latest");
+        check_full(
+            &incremental(&["--base", &first[..12]], &nbd),
+            "not the VM's latest",
+        );
         drop(nbd);
     }
 
@@ -245,7 +306,11 @@ fn untrustworthy_maps_read_the_disk_in_full_and_say_why() {
     drop(nbd);
 
     // A source with no map at all (a plain file).
-    let d = night(&repo, &format!("vda={}", img.display()), &["--base", "latest", "--dirty-bitmap", "b0"]);
+    let d = night(
+        &repo,
+        &format!("vda={}", img.display()),
+        &["--base", "latest", "--dirty-bitmap", "b0"],
+    );
     check_full(&d, "offers no change map");
 }
 
@@ -264,7 +329,18 @@ fn changed_ranges_files_drive_a_raw_disk_and_bad_ones_are_named() {
     let ranges = dir.path().join("night2.ranges");
     std::fs::write(&ranges, "# offset length\n5000000 300000\n0x1b58000 8192\n").unwrap();
     let disk = format!("vda={}", img.display());
-    let d = night(&repo, &disk, &["--base", "latest", "--changed-ranges", p(&ranges), "--verify-unchanged", "0"]);
+    let d = night(
+        &repo,
+        &disk,
+        &[
+            "--base",
+            "latest",
+            "--changed-ranges",
+            p(&ranges),
+            "--verify-unchanged",
+            "0",
+        ],
+    );
     assert!(d["changes"]["base"].is_string(), "{d}");
     assert_eq!(d["changes"]["changed_bytes"], 308192);
     assert!(d["stats"]["read_bytes"].as_u64().unwrap() < 4 << 20, "{d}");
@@ -283,23 +359,64 @@ fn changed_ranges_files_drive_a_raw_disk_and_bad_ones_are_named() {
     bits[100 / 8] |= 0x80 >> (100 % 8);
     let cbt = dir.path().join("night3.cbt");
     std::fs::write(dir.path().join("bits"), &bits).unwrap();
-    sh(&format!("base64 -w0 '{}' > '{}'", dir.path().join("bits").display(), cbt.display()));
-    let d = night(&repo, &disk, &["--base", "latest", "--changed-ranges", p(&cbt)]);
+    sh(&format!(
+        "base64 -w0 '{}' > '{}'",
+        dir.path().join("bits").display(),
+        cbt.display()
+    ));
+    let d = night(
+        &repo,
+        &disk,
+        &["--base", "latest", "--changed-ranges", p(&cbt)],
+    );
     assert_eq!(d["changes"]["changed_bytes"], 65536, "{d}");
     assert!(d["changes"]["base"].is_string(), "{d}");
-    assert_eq!(restored_sha(dir.path(), &repo, d["snapshot"].as_str().unwrap()), sha256(&img));
+    assert_eq!(
+        restored_sha(dir.path(), &repo, d["snapshot"].as_str().unwrap()),
+        sha256(&img)
+    );
 
     std::fs::write(&ranges, "0 4096\n4096 lots\n").unwrap();
     fails(
-        &["--repo", p(&repo), "backup", "--name", "vm", "--base", "latest", "--changed-ranges", p(&ranges), &disk],
+        &[
+            "--repo",
+            p(&repo),
+            "backup",
+            "--name",
+            "vm",
+            "--base",
+            "latest",
+            "--changed-ranges",
+            p(&ranges),
+            &disk,
+        ],
         1,
         "line 2",
     );
     std::fs::write(&ranges, "0 999999999999\n").unwrap();
-    let d = night(&repo, &disk, &["--base", "latest", "--changed-ranges", p(&ranges)]);
-    assert!(d["changes"]["full_read"].as_str().unwrap().contains("past the end"), "{d}");
+    let d = night(
+        &repo,
+        &disk,
+        &["--base", "latest", "--changed-ranges", p(&ranges)],
+    );
+    assert!(
+        d["changes"]["full_read"]
+            .as_str()
+            .unwrap()
+            .contains("past the end"),
+        "{d}"
+    );
     fails(
-        &["--repo", p(&repo), "backup", "--name", "vm", "--base", "latest", &disk],
+        &[
+            "--repo",
+            p(&repo),
+            "backup",
+            "--name",
+            "vm",
+            "--base",
+            "latest",
+            &disk,
+        ],
         1,
         "--base needs a change map",
     );
@@ -314,18 +431,43 @@ fn nbd_sources_fail_in_one_line_naming_the_server() {
     let repo = new_repo(dir.path(), &[]);
     let sock = dir.path().join("nothing.sock");
     fails(
-        &["--repo", p(&repo), "backup", "--name", "vm", &format!("nbd+unix:///vda?socket={}", sock.display())],
+        &[
+            "--repo",
+            p(&repo),
+            "backup",
+            "--name",
+            "vm",
+            &format!("nbd+unix:///vda?socket={}", sock.display()),
+        ],
         1,
         "nothing.sock",
     );
-    fails(&["--repo", p(&repo), "backup", "--name", "vm", "nbds://host/vda"], 1, "TLS");
+    fails(
+        &[
+            "--repo",
+            p(&repo),
+            "backup",
+            "--name",
+            "vm",
+            "nbds://host/vda",
+        ],
+        1,
+        "TLS",
+    );
     let img = random_image(dir.path(), "d.raw", 1 << 20, 4 << 20);
     let nbd = QemuNbd::start(&img, "raw", None);
     let wrong = nbd.uri.replace("///vda", "///vdb").replace("vda=", "");
-    fails(&["--repo", p(&repo), "backup", "--name", "vm", &wrong], 1, "vdb");
+    fails(
+        &["--repo", p(&repo), "backup", "--name", "vm", &wrong],
+        1,
+        "vdb",
+    );
     // And the right one reads the disk, holes skipped.
     let d = night(&repo, &nbd.uri, &[]);
     assert_eq!(d["stats"]["read_bytes"], 1 << 20);
     drop(nbd);
-    assert_eq!(restored_sha(dir.path(), &repo, d["snapshot"].as_str().unwrap()), sha256(&img));
+    assert_eq!(
+        restored_sha(dir.path(), &repo, d["snapshot"].as_str().unwrap()),
+        sha256(&img)
+    );
 }

@@ -377,7 +377,18 @@ esac
 "#,
         state = dir.join("state").display()
     );
-    stand_in(&bin, &["lvs", "lvcreate", "lvremove", "vgs", "dmsetup", "thin_delta"], &script.replacen("#!/bin/sh", "#!/bin/bash", 1));
+    stand_in(
+        &bin,
+        &[
+            "lvs",
+            "lvcreate",
+            "lvremove",
+            "vgs",
+            "dmsetup",
+            "thin_delta",
+        ],
+        &script.replacen("#!/bin/sh", "#!/bin/bash", 1),
+    );
     bin
 }
 
@@ -836,7 +847,13 @@ fn lvm_thin_volumes_read_what_thin_delta_says_changed() {
         s.sort();
         s
     };
-    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
 
     // Night 0: the whole volume; its thin snapshot is kept for the next night.
     let out = run_job();
@@ -854,12 +871,23 @@ fn lvm_thin_volumes_read_what_thin_delta_says_changed() {
     std::thread::sleep(std::time::Duration::from_millis(1100)); // a new snapshot name
     let out = run_job();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("vda: incremental from") && text(&out).contains("thin_delta since vg0/web01-dedisk-"), "{}", text(&out));
+    assert!(
+        text(&out).contains("vda: incremental from")
+            && text(&out).contains("thin_delta since vg0/web01-dedisk-"),
+        "{}",
+        text(&out)
+    );
     restores_to(d, &repo, "web01@latest:vda", &lv);
     let second = snapshots();
     assert_eq!(second.len(), 1);
-    assert_ne!(second, first, "the base's snapshot is dropped, tonight's kept");
-    assert!(!state.join("RESERVED").exists(), "the metadata snapshot is released");
+    assert_ne!(
+        second, first,
+        "the base's snapshot is dropped, tonight's kept"
+    );
+    assert!(
+        !state.join("RESERVED").exists(),
+        "the metadata snapshot is released"
+    );
     let log = std::fs::read_to_string(state.join("calls.log")).unwrap();
     let order: Vec<&str> = log
         .lines()
@@ -869,16 +897,28 @@ fn lvm_thin_volumes_read_what_thin_delta_says_changed() {
     assert_eq!(order, ["dmsetup", "thin_delta", "dmsetup"]);
     let snaps = ok_json(&["--repo", p(&repo), "snapshots", "--full"]);
     let last = &snaps["snapshots"].as_array().unwrap().last().unwrap()["record"]["disks"][0];
-    let read = last["stats"]["read_bytes"].as_u64().unwrap() - last["changes"]["verified_bytes"].as_u64().unwrap();
-    assert!(read < 2 << 20, "read {read} of an 8 MiB volume for 3 changed blocks: {last}");
+    let read = last["stats"]["read_bytes"].as_u64().unwrap()
+        - last["changes"]["verified_bytes"].as_u64().unwrap();
+    assert!(
+        read < 2 << 20,
+        "read {read} of an 8 MiB volume for 3 changed blocks: {last}"
+    );
 
     // thin_delta fails: a full read that says why, and the metadata snapshot released.
     std::fs::write(state.join("DELTAFAIL"), "").unwrap();
-    sh(&format!("head -c 4096 /dev/urandom | dd of='{}' bs=4096 seek=100 conv=notrunc status=none", lv.display()));
+    sh(&format!(
+        "head -c 4096 /dev/urandom | dd of='{}' bs=4096 seek=100 conv=notrunc status=none",
+        lv.display()
+    ));
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = run_job();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("vda: read in full: thin_delta between") && text(&out).contains("bad checksum"), "{}", text(&out));
+    assert!(
+        text(&out).contains("vda: read in full: thin_delta between")
+            && text(&out).contains("bad checksum"),
+        "{}",
+        text(&out)
+    );
     assert!(!state.join("RESERVED").exists());
     restores_to(d, &repo, "web01@latest:vda", &lv);
     std::fs::remove_file(state.join("DELTAFAIL")).unwrap();
@@ -893,6 +933,10 @@ fn lvm_thin_volumes_read_what_thin_delta_says_changed() {
     write_job("");
     let out = run_job();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("vda: incremental from"), "{}", text(&out));
+    assert!(
+        text(&out).contains("vda: incremental from"),
+        "{}",
+        text(&out)
+    );
     restores_to(d, &repo, "web01@latest:vda", &lv);
 }

@@ -279,7 +279,11 @@ impl Fixture {
                 self.repo.display(),
                 self.dom.name,
                 // These tests are about the overlay mode unless they say otherwise.
-                if extra.contains("libvirt_mode") { "" } else { "libvirt_mode = \"snapshot\"\n" }
+                if extra.contains("libvirt_mode") {
+                    ""
+                } else {
+                    "libvirt_mode = \"snapshot\"\n"
+                }
             ),
         )
         .unwrap();
@@ -593,7 +597,10 @@ fn libvirt_pull_mode_reads_only_what_the_guest_wrote_each_night() {
     std::fs::create_dir_all(&scratch).unwrap();
     let job = f.job(
         "pull.toml",
-        &format!("libvirt_mode = \"pull\"\nlibvirt_scratch_dir = \"{}\"\n", scratch.display()),
+        &format!(
+            "libvirt_mode = \"pull\"\nlibvirt_scratch_dir = \"{}\"\n",
+            scratch.display()
+        ),
     );
     let preview = ok(&["run", "--preview", p(&job)]);
     assert!(
@@ -604,35 +611,72 @@ fn libvirt_pull_mode_reads_only_what_the_guest_wrote_each_night() {
     // Night 0: everything.
     let out = run_job(Path::new("/nonexistent"), &job);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(sha256(&f.restore("vda")), disk_now(&f, "vda", &f.vda, "qcow2"));
+    assert_eq!(
+        sha256(&f.restore("vda")),
+        disk_now(&f, "vda", &f.vda, "qcow2")
+    );
     assert_eq!(our_checkpoints(&dom).len(), 1);
-    let restored = ok(&["--repo", p(&f.repo), "restore", "-q", &format!("{dom}@latest:libvirt-checkpoint.xml"), p(&f.d.join("ck.xml"))]);
+    let restored = ok(&[
+        "--repo",
+        p(&f.repo),
+        "restore",
+        "-q",
+        &format!("{dom}@latest:libvirt-checkpoint.xml"),
+        p(&f.d.join("ck.xml")),
+    ]);
     let _ = restored;
-    assert!(std::fs::read_to_string(f.d.join("ck.xml")).unwrap().contains(&our_checkpoints(&dom)[0]));
+    assert!(std::fs::read_to_string(f.d.join("ck.xml"))
+        .unwrap()
+        .contains(&our_checkpoints(&dom)[0]));
 
     // Three nights of guest writes through QEMU.
     let nights: [&[(u8, u64, u64)]; 3] = [
         &[(0x11, 0, 256 << 10), (0x12, 30 << 20, 1 << 20)],
         &[(0x21, 5 << 20, 64 << 10)],
-        &[(0x31, 40 << 20, 2 << 20), (0x32, 63 << 20, 512 << 10), (0x33, 1 << 20, 4096)],
+        &[
+            (0x31, 40 << 20, 2 << 20),
+            (0x32, 63 << 20, 512 << 10),
+            (0x33, 1 << 20, 4096),
+        ],
     ];
     for (n, writes) in nights.iter().enumerate() {
         for &(pat, off, len) in *writes {
             sh(&guest_write(&dom, "virtio-disk0", pat, off, len));
         }
-        sh(&guest_write(&dom, "virtio-disk1", 0x40 + n as u8, (n as u64) << 20, 64 << 10));
+        sh(&guest_write(
+            &dom,
+            "virtio-disk1",
+            0x40 + n as u8,
+            (n as u64) << 20,
+            64 << 10,
+        ));
         let want_vda = disk_now(&f, "vda", &f.vda, "qcow2");
         let want_vdb = sha256(&f.vdb);
         let out = run_job(Path::new("/nonexistent"), &job);
         assert_eq!(out.status.code(), Some(0), "night {n}: {}", text(&out));
-        assert!(text(&out).contains("vda: incremental from"), "night {n}: {}", text(&out));
-        assert!(text(&out).contains("vdb: read in full: a raw disk holds no dirty bitmap"), "night {n}: {}", text(&out));
+        assert!(
+            text(&out).contains("vda: incremental from"),
+            "night {n}: {}",
+            text(&out)
+        );
+        assert!(
+            text(&out).contains("vdb: read in full: a raw disk holds no dirty bitmap"),
+            "night {n}: {}",
+            text(&out)
+        );
         let d = latest_disk(&f, "vda");
         let dirty: u64 = writes.iter().map(|w| w.2).sum();
         let changed = d["changes"]["changed_bytes"].as_u64().unwrap();
-        assert!(changed >= dirty && changed <= dirty + writes.len() as u64 * (128 << 10), "night {n}: {d}");
-        let read = d["stats"]["read_bytes"].as_u64().unwrap() - d["changes"]["verified_bytes"].as_u64().unwrap();
-        assert!(read <= 4 * changed.max(1 << 20), "night {n}: read {read} for {changed} changed");
+        assert!(
+            changed >= dirty && changed <= dirty + writes.len() as u64 * (128 << 10),
+            "night {n}: {d}"
+        );
+        let read = d["stats"]["read_bytes"].as_u64().unwrap()
+            - d["changes"]["verified_bytes"].as_u64().unwrap();
+        assert!(
+            read <= 4 * changed.max(1 << 20),
+            "night {n}: read {read} for {changed} changed"
+        );
         assert_eq!(sha256(&f.restore("vda")), want_vda, "night {n}");
         assert_eq!(sha256(&f.restore("vdb")), want_vdb, "night {n}");
         // Only the newest checkpoint is kept; the scratch directory is empty again.
@@ -653,7 +697,10 @@ fn libvirt_pull_mode_recovers_from_a_kill_and_from_lost_checkpoints() {
     std::fs::create_dir_all(&scratch).unwrap();
     let job = f.job(
         "pull.toml",
-        &format!("libvirt_mode = \"pull\"\nlibvirt_scratch_dir = \"{}\"\nexclude_disks = [\"vdb\"]\n", scratch.display()),
+        &format!(
+            "libvirt_mode = \"pull\"\nlibvirt_scratch_dir = \"{}\"\nexclude_disks = [\"vdb\"]\n",
+            scratch.display()
+        ),
     );
     let out = run_job(Path::new("/nonexistent"), &job);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -673,7 +720,11 @@ fn libvirt_pull_mode_recovers_from_a_kill_and_from_lost_checkpoints() {
     let want = disk_now(&f, "vda", &f.vda, "qcow2");
     let out = run_job(Path::new("/nonexistent"), &job);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("vda: incremental from"), "{}", text(&out));
+    assert!(
+        text(&out).contains("vda: incremental from"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sha256(&f.restore("vda")), want);
     let now = our_checkpoints(&dom);
     assert_eq!(now.len(), 1);
@@ -682,26 +733,56 @@ fn libvirt_pull_mode_recovers_from_a_kill_and_from_lost_checkpoints() {
 
     // libvirt forgot the checkpoint but the bitmap is still in the image: it is
     // redefined from the snapshot's copy, and the night stays incremental.
-    virsh(&["checkpoint-delete", "--domain", &dom, "--checkpointname", &now[0], "--metadata"]);
+    virsh(&[
+        "checkpoint-delete",
+        "--domain",
+        &dom,
+        "--checkpointname",
+        &now[0],
+        "--metadata",
+    ]);
     sh(&guest_write(&dom, "virtio-disk0", 0x6b, 12 << 20, 64 << 10));
     let want = disk_now(&f, "vda", &f.vda, "qcow2");
     let out = run_job(Path::new("/nonexistent"), &job);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("vda: incremental from"), "{}", text(&out));
+    assert!(
+        text(&out).contains("vda: incremental from"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sha256(&f.restore("vda")), want);
 
     // The checkpoint and its bitmap deleted behind dedisk's back: a full read, saying why.
     let ck = our_checkpoints(&dom);
-    virsh(&["checkpoint-delete", "--domain", &dom, "--checkpointname", &ck[0]]);
+    virsh(&[
+        "checkpoint-delete",
+        "--domain",
+        &dom,
+        "--checkpointname",
+        &ck[0],
+    ]);
     sh(&guest_write(&dom, "virtio-disk0", 0x7c, 14 << 20, 64 << 10));
     let want = disk_now(&f, "vda", &f.vda, "qcow2");
     let out = run_job(Path::new("/nonexistent"), &job);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("vda: read in full: checkpoint") && text(&out).contains("could not be redefined"), "{}", text(&out));
+    assert!(
+        text(&out).contains("vda: read in full: checkpoint")
+            && text(&out).contains("could not be redefined"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sha256(&f.restore("vda")), want);
 
     // The disk grew between nights: a full read, saying why.
-    virsh(&["blockresize", "--domain", &dom, "--path", "vda", "--size", "80M"]);
+    virsh(&[
+        "blockresize",
+        "--domain",
+        &dom,
+        "--path",
+        "vda",
+        "--size",
+        "80M",
+    ]);
     let want = disk_now(&f, "vda", &f.vda, "qcow2");
     let out = run_job(Path::new("/nonexistent"), &job);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -64,7 +64,10 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
             let (what, map) = if let Some(bitmap) = &a.dirty_bitmap {
                 (format!("dirty bitmap {bitmap}"), ChangeSource::FromSource)
             } else if let Some((file, ranges)) = files.remove(&d.label) {
-                (format!("changed ranges {file}"), ChangeSource::Ranges(ranges))
+                (
+                    format!("changed ranges {file}"),
+                    ChangeSource::Ranges(ranges),
+                )
             } else {
                 (
                     "none".to_string(),
@@ -192,7 +195,10 @@ fn changed_ranges_files(
         let (label, path) = match parse_disk(spec) {
             (Some(l), p) => (l.to_string(), p),
             (None, p) if disks.len() == 1 => (disks[0].label.clone(), p),
-            (None, _) => bail!("--changed-ranges {spec}: name the disk it is for (LABEL=FILE); there are {} disks", disks.len()),
+            (None, _) => bail!(
+                "--changed-ranges {spec}: name the disk it is for (LABEL=FILE); there are {} disks",
+                disks.len()
+            ),
         };
         if !disks.iter().any(|d| d.label == label) {
             bail!("--changed-ranges {spec}: there is no disk {label:?}");
@@ -201,7 +207,10 @@ fn changed_ranges_files(
             .with_context(|| format!("reading changed ranges {path}"))?;
         let ranges = engine::backup::changes::parse_ranges(&text)
             .map_err(|e| anyhow::anyhow!("changed ranges {path}: {e}"))?;
-        if out.insert(label.clone(), (path.to_string(), ranges)).is_some() {
+        if out
+            .insert(label.clone(), (path.to_string(), ranges))
+            .is_some()
+        {
             bail!("--changed-ranges: two files for disk {label:?}");
         }
     }
@@ -216,7 +225,10 @@ fn read_small(path: &std::path::Path) -> Result<String> {
     f.take(engine::backup::changes::MAX_RANGES_FILE_BYTES + 1)
         .read_to_string(&mut text)?;
     if text.len() as u64 > engine::backup::changes::MAX_RANGES_FILE_BYTES {
-        bail!("more than {} MiB", engine::backup::changes::MAX_RANGES_FILE_BYTES >> 20);
+        bail!(
+            "more than {} MiB",
+            engine::backup::changes::MAX_RANGES_FILE_BYTES >> 20
+        );
     }
     Ok(text)
 }

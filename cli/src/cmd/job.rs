@@ -46,8 +46,10 @@ pub fn run(g: &Global, a: &RunArgs) -> Result<Outcome> {
     match report.status {
         JobStatus::Success => Ok(out),
         JobStatus::Partial => {
-            out.warnings
-                .push(format!("some VMs failed or need attention; see {}", job.report.display()));
+            out.warnings.push(format!(
+                "some VMs failed or need attention; see {}",
+                job.report.display()
+            ));
             Ok(out)
         }
         _ => anyhow::bail!("the job failed; see {}", job.report.display()),

@@ -47,10 +47,7 @@ impl ChangeMap {
     /// A map from `[start, end)` ranges in any order, overlapping or not, checked against
     /// the disk size: a map that names bytes past the end of the disk belongs to another
     /// disk, and is refused rather than trusted.
-    pub fn new(
-        mut ranges: Vec<(u64, u64)>,
-        disk_size: u64,
-    ) -> std::result::Result<Self, String> {
+    pub fn new(mut ranges: Vec<(u64, u64)>, disk_size: u64) -> std::result::Result<Self, String> {
         ranges.retain(|r| r.0 != r.1);
         for &(s, e) in &ranges {
             if s > e {
@@ -144,15 +141,16 @@ pub fn parse_thin_delta(xml: &str) -> Result<Vec<(u64, u64)>, String> {
         .ok_or("thin_delta output has no data_block_size")?;
     let block = sectors * 512;
     let mut out = Vec::new();
-    for run in sb
-        .descendants()
-        .filter(|n| n.has_tag_name("different") || n.has_tag_name("right_only") || n.has_tag_name("left_only"))
-    {
+    for run in sb.descendants().filter(|n| {
+        n.has_tag_name("different") || n.has_tag_name("right_only") || n.has_tag_name("left_only")
+    }) {
         let num = |a: &str| run.attribute(a).and_then(|v| v.parse::<u64>().ok());
         let (Some(begin), Some(len)) = (num("begin"), num("length")) else {
             return Err("thin_delta run without begin or length".into());
         };
-        let start = begin.checked_mul(block).ok_or("thin_delta run out of range")?;
+        let start = begin
+            .checked_mul(block)
+            .ok_or("thin_delta run out of range")?;
         let end = begin
             .checked_add(len)
             .and_then(|e| e.checked_mul(block))
@@ -285,7 +283,13 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// Feeds `[from, to)` of the disk to `cutter`.
-    fn feed(&mut self, cutter: &mut Cutter, from: u64, to: u64, out: &mut impl FnMut(Cut)) -> Result<()> {
+    fn feed(
+        &mut self,
+        cutter: &mut Cutter,
+        from: u64,
+        to: u64,
+        out: &mut impl FnMut(Cut),
+    ) -> Result<()> {
         let mut pos = from;
         while pos < to {
             let (start, end) = match self.source.next_data(pos)? {
@@ -377,9 +381,12 @@ pub fn splice(
     cancel: &Cancel,
     out: &mut dyn FnMut(Item) -> bool,
 ) -> Result<SpliceStats> {
-    let clones: Vec<Box<dyn DiskSource>> = (0..readers).map_while(|_| source.clone_reader()).collect();
+    let clones: Vec<Box<dyn DiskSource>> =
+        (0..readers).map_while(|_| source.clone_reader()).collect();
     if clones.is_empty() {
-        return splice_with(params, secret, base, source, size, changes, verify, None, cancel, out);
+        return splice_with(
+            params, secret, base, source, size, changes, verify, None, cancel, out,
+        );
     }
     let prefetch = Prefetch::new(planned_reads(&params, changes, verify, size), size);
     std::thread::scope(|s| {
@@ -387,7 +394,18 @@ pub fn splice(
             let p = &prefetch;
             s.spawn(move || p.run_reader(clone.as_mut()));
         }
-        let r = splice_with(params, secret, base, source, size, changes, verify, Some(&prefetch), cancel, out);
+        let r = splice_with(
+            params,
+            secret,
+            base,
+            source,
+            size,
+            changes,
+            verify,
+            Some(&prefetch),
+            cancel,
+            out,
+        );
         prefetch.stop();
         r
     })
@@ -396,7 +414,12 @@ pub fn splice(
 /// The ranges a splice will most likely read: around each change (from a possible cut
 /// point before it to where the cuts likely meet again after it) and the verification
 /// slots. Reads outside them are made directly, so this needs to be likely, not exact.
-fn planned_reads(params: &ChunkerParams, changes: &ChangeMap, verify: VerifySlice, size: u64) -> Vec<(u64, u64)> {
+fn planned_reads(
+    params: &ChunkerParams,
+    changes: &ChangeMap,
+    verify: VerifySlice,
+    size: u64,
+) -> Vec<(u64, u64)> {
     let max = params.max_bytes as u64;
     // Cutting resumes about a chunk before the lookahead, and meets the base again
     // about a chunk or two after the change: read-ahead past that is mostly waste.
@@ -434,7 +457,10 @@ fn splice_with(
 ) -> Result<SpliceStats> {
     let align = params.align_bytes as u64;
     let lookahead = lookahead(&params);
-    let mut base = Base { next: None, fetch: base };
+    let mut base = Base {
+        next: None,
+        fetch: base,
+    };
     base.advance()?;
     let mut reader = Reader {
         source,
@@ -723,7 +749,11 @@ mod tests {
                     len: data.len() as u32,
                 },
                 Item::Cut(Cut::Hole { len, .. }) => Extent::Hole { len },
-                Item::Verify { offset, id: want, data } => {
+                Item::Verify {
+                    offset,
+                    id: want,
+                    data,
+                } => {
                     if id(&data) != want {
                         lied.get_or_insert(offset);
                     }
@@ -779,7 +809,9 @@ mod tests {
                 _ => {
                     let mut y = x;
                     for b in &mut out[at..end] {
-                        y = y.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        y = y
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
                         *b = (y >> 56) as u8;
                     }
                 }
@@ -848,10 +880,24 @@ mod tests {
         let p = ChunkerParams::default();
         let data = disk(9, 16 << 20);
         let base = full(p, &data);
-        let (got, read) = spliced(p, &base, &data, &ChangeMap::default(), VerifySlice::percent(0.0, 0)).unwrap();
+        let (got, read) = spliced(
+            p,
+            &base,
+            &data,
+            &ChangeMap::default(),
+            VerifySlice::percent(0.0, 0),
+        )
+        .unwrap();
         assert_eq!(got, base);
         assert_eq!(read, 0);
-        let (got, read) = spliced(p, &base, &data, &ChangeMap::default(), VerifySlice::percent(25.0, 1)).unwrap();
+        let (got, read) = spliced(
+            p,
+            &base,
+            &data,
+            &ChangeMap::default(),
+            VerifySlice::percent(25.0, 1),
+        )
+        .unwrap();
         assert_eq!(got, base);
         assert!(read > 0 && read < 6 << 20, "25% of 16 MiB, read {read}");
     }
@@ -864,11 +910,15 @@ mod tests {
         let mut after = before.clone();
         let map = write(&mut after, 77, 20, 65536);
         let changes = ChangeMap::new(map, after.len() as u64).unwrap();
-        let (got, read) = spliced(p, &base, &after, &changes, VerifySlice::percent(0.0, 0)).unwrap();
+        let (got, read) =
+            spliced(p, &base, &after, &changes, VerifySlice::percent(0.0, 0)).unwrap();
         assert_eq!(got, full(p, &after));
         let changed = changes.changed_bytes();
         // Each change costs the cut point before it and the chunk that meets after it.
-        assert!(read <= changed + 20 * (2 * p.max_bytes as u64 + lookahead(&p)), "read {read} for {changed} changed");
+        assert!(
+            read <= changed + 20 * (2 * p.max_bytes as u64 + lookahead(&p)),
+            "read {read} for {changed} changed"
+        );
     }
 
     #[test]
@@ -881,12 +931,22 @@ mod tests {
         after[5 << 20..(5 << 20) + 4096].fill(0xAB);
         let mut caught = vec![];
         for round in 0..4 {
-            let r = spliced(p, &base, &after, &ChangeMap::default(), VerifySlice::percent(25.0, round));
+            let r = spliced(
+                p,
+                &base,
+                &after,
+                &ChangeMap::default(),
+                VerifySlice::percent(25.0, round),
+            );
             if let Err(Error::MapLied { .. }) = r {
                 caught.push(round);
             }
         }
-        assert_eq!(caught.len(), 1, "one round in four re-reads the chunk: {caught:?}");
+        assert_eq!(
+            caught.len(),
+            1,
+            "one round in four re-reads the chunk: {caught:?}"
+        );
     }
 
     #[test]
@@ -901,17 +961,31 @@ mod tests {
 </superblock>"#;
         assert_eq!(
             parse_thin_delta(xml).unwrap(),
-            [(16 << 16, 18 << 16), (40 << 16, 41 << 16), (50 << 16, 53 << 16)]
+            [
+                (16 << 16, 18 << 16),
+                (40 << 16, 41 << 16),
+                (50 << 16, 53 << 16)
+            ]
         );
         assert!(parse_thin_delta("<superblock><diff/></superblock>").is_err());
-        assert!(parse_thin_delta("<superblock data_block_size='128'><different begin='x' length='1'/></superblock>").is_err());
-        assert!(parse_thin_delta(&format!("<superblock data_block_size='128'><different begin='{}' length='1'/></superblock>", u64::MAX)).is_err());
+        assert!(parse_thin_delta(
+            "<superblock data_block_size='128'><different begin='x' length='1'/></superblock>"
+        )
+        .is_err());
+        assert!(parse_thin_delta(&format!(
+            "<superblock data_block_size='128'><different begin='{}' length='1'/></superblock>",
+            u64::MAX
+        ))
+        .is_err());
     }
 
     #[test]
     fn cbt_bitmaps_are_64k_per_bit_most_significant_first() {
         // 0b1100_0000, 0b0000_0001: blocks 0, 1 and 15.
-        assert_eq!(parse_ranges("wAE=\n").unwrap(), [(0, 2 << 16), (15 << 16, 16 << 16)]);
+        assert_eq!(
+            parse_ranges("wAE=\n").unwrap(),
+            [(0, 2 << 16), (15 << 16, 16 << 16)]
+        );
         assert!(parse_cbt_bitmap("not*base64").is_err());
     }
 

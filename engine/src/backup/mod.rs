@@ -221,7 +221,14 @@ pub fn backup(
             }
         };
         progress.start(&d.label, expected);
-        let done = back_up_one(repo, &mut store, d.source.as_mut(), opts, progress, plan.as_ref());
+        let done = back_up_one(
+            repo,
+            &mut store,
+            d.source.as_mut(),
+            opts,
+            progress,
+            plan.as_ref(),
+        );
         let (manifest, stats, verified) = match (done, &mut record) {
             (Err(Error::MapLied { offset, .. }), Some(record)) => {
                 // The map left out a write: nothing it said can be trusted, so the
@@ -327,11 +334,16 @@ fn plan_disk(
     let base = match repo.load_snapshot(&inc.base) {
         Ok(base) => Some(base),
         Err(e) => {
-            record.full_read = Some(format!("the base snapshot {} cannot be read: {e}", inc.base.short()));
+            record.full_read = Some(format!(
+                "the base snapshot {} cannot be read: {e}",
+                inc.base.short()
+            ));
             None
         }
     };
-    let base_disk = base.as_ref().and_then(|b| b.disks.iter().find(|d| d.label == label));
+    let base_disk = base
+        .as_ref()
+        .and_then(|b| b.disks.iter().find(|d| d.label == label));
     // The rotation goes on from the base's, whether or not tonight's read is full.
     let round = base_disk
         .and_then(|d| d.changes.as_ref())
@@ -348,16 +360,28 @@ fn plan_disk(
             format!(
                 "the base {} is not the VM's latest snapshot{}: the map may miss writes made since",
                 inc.base.short(),
-                latest.map(|l| format!(" ({})", l.short())).unwrap_or_default()
+                latest
+                    .map(|l| format!(" ({})", l.short()))
+                    .unwrap_or_default()
             ),
         );
     }
     let size = source.size_bytes();
+    if !source.random_access() {
+        why_not(
+            &mut record,
+            format!(
+                "{} is a stream: it is read front to back, in full",
+                source.describe()
+            ),
+        );
+    }
     match (base.as_ref(), base_disk) {
         (Some(_), None) => why_not(&mut record, format!("the base has no disk {label:?}")),
-        (_, Some(d)) if !d.lost.is_empty() => {
-            why_not(&mut record, "the base was repaired (it has lost ranges)".into())
-        }
+        (_, Some(d)) if !d.lost.is_empty() => why_not(
+            &mut record,
+            "the base was repaired (it has lost ranges)".into(),
+        ),
         (_, Some(d)) if Some(d.size_bytes) != size => why_not(
             &mut record,
             format!(
@@ -377,7 +401,8 @@ fn plan_disk(
         ChangeSource::Unusable(why) => Err(why),
     };
     let map = ranges.and_then(|r| {
-        changes::ChangeMap::new(r, size.unwrap_or(0)).map_err(|e| format!("the change map does not fit the disk: {e}"))
+        changes::ChangeMap::new(r, size.unwrap_or(0))
+            .map_err(|e| format!("the change map does not fit the disk: {e}"))
     });
     let map = match map {
         Ok(map) => map,
@@ -506,9 +531,8 @@ pub fn back_up_one(
                     source.check_unchanged()?;
                     Ok((stats.read_bytes, stats.verified_bytes))
                 });
-                let cutter = s.spawn(move || -> Result<Option<u64>> {
-                    Ok(size_rx.recv().ok().flatten())
-                });
+                let cutter =
+                    s.spawn(move || -> Result<Option<u64>> { Ok(size_rx.recv().ok().flatten()) });
                 (reader, cutter)
             }
         };

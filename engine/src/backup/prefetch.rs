@@ -121,7 +121,12 @@ impl Prefetch {
         let mut st = self.lock();
         if pos > st.consumer {
             st.consumer = pos;
-            let stale: Vec<u64> = st.pieces.range(..pos).filter(|(_, p)| p.0 <= pos).map(|(s, _)| *s).collect();
+            let stale: Vec<u64> = st
+                .pieces
+                .range(..pos)
+                .filter(|(_, p)| p.0 <= pos)
+                .map(|(s, _)| *s)
+                .collect();
             for s in &stale {
                 st.pieces.remove(s);
             }
@@ -190,8 +195,13 @@ mod tests {
 
     #[test]
     fn readers_fetch_planned_ranges_and_the_consumer_gets_the_same_bytes() {
-        let data: Vec<u8> = (0..(20u32 << 20)).map(|i| (i * 7 + i / 4099) as u8).collect();
-        let p = Prefetch::new(vec![(5 << 20, 9 << 20), (1 << 20, 2 << 20), (8 << 20, 12 << 20)], data.len() as u64);
+        let data: Vec<u8> = (0..(20u32 << 20))
+            .map(|i| (i * 7 + i / 4099) as u8)
+            .collect();
+        let p = Prefetch::new(
+            vec![(5 << 20, 9 << 20), (1 << 20, 2 << 20), (8 << 20, 12 << 20)],
+            data.len() as u64,
+        );
         std::thread::scope(|s| {
             for _ in 0..3 {
                 let mut src = Mem(data.clone());
@@ -214,7 +224,10 @@ mod tests {
                 got += n as u64;
                 pos += n as u64;
             }
-            assert!(got > 0 && got <= 8 << 20, "planned bytes came from the readers: {got}");
+            assert!(
+                got > 0 && got <= 8 << 20,
+                "planned bytes came from the readers: {got}"
+            );
             p.stop();
         });
     }

@@ -290,7 +290,11 @@ fn latest_base(repo: &Repository, name: &str) -> Result<Option<BaseSnapshot>> {
         return Ok(None);
     };
     let mut meta = std::collections::BTreeMap::new();
-    for m in snap.meta.iter().filter(|m| m.size_bytes <= provider::BASE_META_MAX) {
+    for m in snap
+        .meta
+        .iter()
+        .filter(|m| m.size_bytes <= provider::BASE_META_MAX)
+    {
         match crate::read::read_whole(repo, m.manifest, provider::BASE_META_MAX) {
             Ok(bytes) => {
                 meta.insert(m.name.clone(), bytes);
@@ -314,7 +318,11 @@ fn backup_vm(
 ) -> Result<()> {
     let mut inputs = Vec::new();
     let mut meta: Vec<MetaInput> = vm.meta.iter().map(|p| MetaInput::from_path(p)).collect();
-    let verify_pct = vm.settings.verify_unchanged.unwrap_or(3.0).clamp(0.0, 100.0);
+    let verify_pct = vm
+        .settings
+        .verify_unchanged
+        .unwrap_or(3.0)
+        .clamp(0.0, 100.0);
     for d in disks {
         let bitmap = match &d.changes {
             Some(ViewChanges::Bitmap(b)) => Some(b.clone()),
@@ -379,7 +387,11 @@ fn backup_vm(
                 d.stats.read_bytes,
                 c.verified_bytes
             ),
-            (None, why) => format!("{}: read in full: {}", d.label, why.as_deref().unwrap_or("")),
+            (None, why) => format!(
+                "{}: read in full: {}",
+                d.label,
+                why.as_deref().unwrap_or("")
+            ),
         });
         if c.map_lied {
             result.warnings.push(format!(

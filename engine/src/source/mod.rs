@@ -113,6 +113,11 @@ pub trait DiskSource: Send {
     fn clone_reader(&self) -> Option<Box<dyn DiskSource>> {
         None
     }
+    /// Whether `read_at` takes any offset. Streams (stdin, a pipe, an XVA or VHD stream)
+    /// only take the next one, so they cannot be read from a change map.
+    fn random_access(&self) -> bool {
+        true
+    }
     /// The source's own change map, when it has one: the `[start, end)` ranges an NBD
     /// export's dirty bitmap marks changed. `None` for sources without a map.
     fn changed_ranges(&mut self) -> Option<Result<Vec<(u64, u64)>, SourceError>> {

@@ -60,7 +60,9 @@ pub fn is_nbd_uri(spec: &str) -> bool {
 pub fn parse_uri(uri: &str) -> Result<NbdUri, String> {
     let bad = |why: &str| format!("{uri}: {why}");
     if uri.starts_with("nbds") {
-        return Err(bad("NBD over TLS is not supported; use nbd:// or nbd+unix://"));
+        return Err(bad(
+            "NBD over TLS is not supported; use nbd:// or nbd+unix://",
+        ));
     }
     let (rest, unix) = if let Some(r) = uri.strip_prefix("nbd+unix://") {
         (r, true)
@@ -83,14 +85,17 @@ pub fn parse_uri(uri: &str) -> Result<NbdUri, String> {
     }
     let endpoint = if unix {
         if !authority.is_empty() {
-            return Err(bad("nbd+unix:// takes no host (nbd+unix:///EXPORT?socket=PATH)"));
+            return Err(bad(
+                "nbd+unix:// takes no host (nbd+unix:///EXPORT?socket=PATH)",
+            ));
         }
         let socket = query
             .into_iter()
             .flat_map(|q| q.split('&'))
             .find_map(|kv| kv.strip_prefix("socket="))
             .ok_or_else(|| bad("nbd+unix:// needs ?socket=PATH"))?;
-        let socket = percent_decode(socket).ok_or_else(|| bad("bad %-escape in the socket path"))?;
+        let socket =
+            percent_decode(socket).ok_or_else(|| bad("bad %-escape in the socket path"))?;
         Endpoint::Unix {
             socket: socket.into(),
         }
@@ -99,7 +104,9 @@ pub fn parse_uri(uri: &str) -> Result<NbdUri, String> {
             return Err(bad("nbd:// takes no query"));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed [ in the host"))?;
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed [ in the host"))?;
             (host, after.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -241,7 +248,14 @@ pub struct NbdSource {
     /// `[start of the first, end of the last)`. A server computes each answer over up to
     /// a GiB of image metadata, so `next_data` asks once per span, not once per call.
     allocation_cache: Vec<(u64, u64, bool)>,
+    /// A request failed: the replies may be out of step with the requests, so the
+    /// connection is not used again.
+    broken: bool,
 }
+
+/// Most changed ranges a dirty bitmap may give (256 MiB of them): a map finer than that
+/// is no help, and a server sending more is not believed.
+pub const MAX_CHANGED_RANGES: usize = 1 << 24;
 
 impl NbdSource {
     /// Connects to `uri` and negotiates the export; `bitmap` also asks for
@@ -266,7 +280,9 @@ impl NbdSource {
         };
         let io = |what: &str, e: std::io::Error| {
             fail(match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => format!("the server closed the connection ({what})"),
+                std::io::ErrorKind::UnexpectedEof => {
+                    format!("the server closed the connection ({what})")
+                }
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                     format!("no answer from the server ({what})")
                 }
@@ -308,6 +324,7 @@ impl NbdSource {
             dirty: hs.dirty,
             bitmap,
             allocation_cache: Vec::new(),
+            broken: false,
         })
     }
 
@@ -320,7 +337,9 @@ impl NbdSource {
 
     fn io_err(&self, what: &str, e: std::io::Error) -> SourceError {
         self.err(match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => format!("the server closed the connection ({what})"),
+            std::io::ErrorKind::UnexpectedEof => {
+                format!("the server closed the connection ({what})")
+            }
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 format!("no answer from the server ({what})")
             }
@@ -329,6 +348,9 @@ impl NbdSource {
     }
 
     fn send(&mut self, cmd: u16, offset: u64, len: u32) -> Result<u64, SourceError> {
+        if self.broken && cmd != CMD_DISC {
+            return Err(self.err("the connection is not used after an earlier failed request"));
+        }
         let handle = self.conn.next_handle;
         self.conn.next_handle += 1;
         let mut req = Vec::with_capacity(28);
@@ -356,7 +378,9 @@ impl NbdSource {
                 let h = self.get_u64(what)?;
                 let len = self.get_u32(what)?;
                 if h != handle {
-                    return Err(self.err(format!("a reply for request {h} came for request {handle} ({what})")));
+                    return Err(self.err(format!(
+                        "a reply for request {h} came for request {handle} ({what})"
+                    )));
                 }
                 Ok((flags, kind, len))
             }
@@ -364,7 +388,9 @@ impl NbdSource {
                 let error = self.get_u32(what)?;
                 let h = self.get_u64(what)?;
                 if h != handle {
-                    return Err(self.err(format!("a reply for request {h} came for request {handle} ({what})")));
+                    return Err(self.err(format!(
+                        "a reply for request {h} came for request {handle} ({what})"
+                    )));
                 }
                 if error != 0 {
                     return Err(self.err(format!("{what} failed: {}", errno_text(error))));
@@ -381,11 +407,20 @@ impl NbdSource {
             Ok(b) => b,
             Err(e) => return e,
         };
-        let code = body.get(..4).map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4")));
-        let mlen = body.get(4..6).map_or(0, |b| u16::from_be_bytes(b.try_into().expect("2")) as usize);
+        let code = body
+            .get(..4)
+            .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4")));
+        let mlen = body
+            .get(4..6)
+            .map_or(0, |b| u16::from_be_bytes(b.try_into().expect("2")) as usize);
         let msg = body
             .get(6..6 + mlen)
-            .map(|m| String::from_utf8_lossy(m).chars().filter(|c| !c.is_control()).collect::<String>())
+            .map(|m| {
+                String::from_utf8_lossy(m)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .collect::<String>()
+            })
             .unwrap_or_default();
         let at = if kind == REPLY_TYPE_ERROR_OFFSET {
             body.get(6 + mlen..14 + mlen)
@@ -394,7 +429,15 @@ impl NbdSource {
         } else {
             String::new()
         };
-        self.err(format!("{what} failed{at}: {}{}", errno_text(code), if msg.is_empty() { String::new() } else { format!(" ({msg})") }))
+        self.err(format!(
+            "{what} failed{at}: {}{}",
+            errno_text(code),
+            if msg.is_empty() {
+                String::new()
+            } else {
+                format!(" ({msg})")
+            }
+        ))
     }
 
     fn read_once(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
@@ -415,10 +458,18 @@ impl NbdSource {
                 }
                 REPLY_TYPE_OFFSET_DATA => {
                     let at = self.get_u64("read")?;
-                    let n = plen.checked_sub(8).ok_or_else(|| self.err("short data chunk"))? as u64;
-                    let start = at.checked_sub(offset).filter(|s| s + n <= len as u64).ok_or_else(|| {
-                        self.err(format!("the server sent bytes {at}..+{n} for a read of {offset}..+{len}"))
-                    })?;
+                    let n = plen
+                        .checked_sub(8)
+                        .ok_or_else(|| self.err("short data chunk"))?
+                        as u64;
+                    let start = at
+                        .checked_sub(offset)
+                        .filter(|s| s + n <= len as u64)
+                        .ok_or_else(|| {
+                            self.err(format!(
+                                "the server sent bytes {at}..+{n} for a read of {offset}..+{len}"
+                            ))
+                        })?;
                     let dst = &mut buf[start as usize..(start + n) as usize];
                     self.conn
                         .r
@@ -432,9 +483,13 @@ impl NbdSource {
                     }
                     let at = self.get_u64("read")?;
                     let n = self.get_u32("read")? as u64;
-                    at.checked_sub(offset).filter(|s| s + n <= len as u64).ok_or_else(|| {
-                        self.err(format!("the server sent a hole {at}..+{n} for a read of {offset}..+{len}"))
-                    })?;
+                    at.checked_sub(offset)
+                        .filter(|s| s + n <= len as u64)
+                        .ok_or_else(|| {
+                            self.err(format!(
+                                "the server sent a hole {at}..+{n} for a read of {offset}..+{len}"
+                            ))
+                        })?;
                     covered += n;
                 }
                 REPLY_TYPE_NONE if plen == 0 => {}
@@ -463,6 +518,12 @@ impl NbdSource {
     /// Block status of context `ctx` from `offset`: `(length, flags)` descriptors
     /// covering at least one byte, clipped to the disk.
     fn block_status(&mut self, ctx: u32, offset: u64) -> Result<Vec<(u64, u32)>, SourceError> {
+        let r = self.block_status_once(ctx, offset);
+        self.broken |= r.is_err();
+        r
+    }
+
+    fn block_status_once(&mut self, ctx: u32, offset: u64) -> Result<Vec<(u64, u32)>, SourceError> {
         let len = (self.size - offset).min(STATUS_SPAN) as u32;
         let handle = self.send(CMD_BLOCK_STATUS, offset, len)?;
         let mut mine = Vec::new();
@@ -487,8 +548,14 @@ impl NbdSource {
                 REPLY_TYPE_ERROR | REPLY_TYPE_ERROR_OFFSET => {
                     return Err(self.error_chunk(kind, plen, "block status"));
                 }
-                u16::MAX => return Err(self.err("the server answered block status without its extents")),
-                other => return Err(self.err(format!("unexpected reply chunk type {other} to block status"))),
+                u16::MAX => {
+                    return Err(self.err("the server answered block status without its extents"))
+                }
+                other => {
+                    return Err(self.err(format!(
+                        "unexpected reply chunk type {other} to block status"
+                    )))
+                }
             }
             if flags & REPLY_FLAG_DONE != 0 {
                 break;
@@ -513,7 +580,9 @@ impl NbdSource {
 
     fn get_bytes(&mut self, n: usize, what: &str, max: usize) -> Result<Vec<u8>, SourceError> {
         if n > max {
-            return Err(self.err(format!("a reply of {n} bytes ({what}) is more than any server sends")));
+            return Err(self.err(format!(
+                "a reply of {n} bytes ({what}) is more than any server sends"
+            )));
         }
         let mut b = vec![0; n];
         self.conn
@@ -524,17 +593,26 @@ impl NbdSource {
     }
     fn get_u16(&mut self, what: &str) -> Result<u16, SourceError> {
         let mut b = [0; 2];
-        self.conn.r.read_exact(&mut b).map_err(|e| self.io_err(what, e))?;
+        self.conn
+            .r
+            .read_exact(&mut b)
+            .map_err(|e| self.io_err(what, e))?;
         Ok(u16::from_be_bytes(b))
     }
     fn get_u32(&mut self, what: &str) -> Result<u32, SourceError> {
         let mut b = [0; 4];
-        self.conn.r.read_exact(&mut b).map_err(|e| self.io_err(what, e))?;
+        self.conn
+            .r
+            .read_exact(&mut b)
+            .map_err(|e| self.io_err(what, e))?;
         Ok(u32::from_be_bytes(b))
     }
     fn get_u64(&mut self, what: &str) -> Result<u64, SourceError> {
         let mut b = [0; 8];
-        self.conn.r.read_exact(&mut b).map_err(|e| self.io_err(what, e))?;
+        self.conn
+            .r
+            .read_exact(&mut b)
+            .map_err(|e| self.io_err(what, e))?;
         Ok(u64::from_be_bytes(b))
     }
 }
@@ -594,7 +672,10 @@ impl DiskSource for NbdSource {
         let mut done = 0;
         while done < want {
             let n = (want - done).min(self.max_read as usize);
-            self.read_once(offset + done as u64, &mut buf[done..done + n])?;
+            if let Err(e) = self.read_once(offset + done as u64, &mut buf[done..done + n]) {
+                self.broken = true;
+                return Err(e);
+            }
             done += n;
         }
         Ok(want)
@@ -633,6 +714,11 @@ impl DiskSource for NbdSource {
                     match ranges.last_mut() {
                         Some(last) if last.1 == at => last.1 = at + n,
                         _ => ranges.push((at, at + n)),
+                    }
+                    if ranges.len() > MAX_CHANGED_RANGES {
+                        return Some(Err(self.err(format!(
+                            "dirty bitmap {bitmap:?} holds more than {MAX_CHANGED_RANGES} separate ranges"
+                        ))));
                     }
                 }
                 at += n;
@@ -683,17 +769,23 @@ fn handshake(conn: &mut Conn, export: &str, dirty: Option<&str>) -> Result<Negot
     let mut b8 = [0u8; 8];
     r.read_exact(&mut b8).map_err(io)?;
     if u64::from_be_bytes(b8) != NBDMAGIC {
-        return Err(HsError::Protocol("not an NBD server (no NBDMAGIC greeting)".into()));
+        return Err(HsError::Protocol(
+            "not an NBD server (no NBDMAGIC greeting)".into(),
+        ));
     }
     r.read_exact(&mut b8).map_err(io)?;
     if u64::from_be_bytes(b8) != IHAVEOPT {
-        return Err(HsError::Protocol("an old-style NBD server; only the newstyle handshake is supported".into()));
+        return Err(HsError::Protocol(
+            "an old-style NBD server; only the newstyle handshake is supported".into(),
+        ));
     }
     let mut b2 = [0u8; 2];
     r.read_exact(&mut b2).map_err(io)?;
     let hflags = u16::from_be_bytes(b2);
     if hflags & FLAG_FIXED_NEWSTYLE == 0 {
-        return Err(HsError::Protocol("the server does not speak fixed newstyle NBD".into()));
+        return Err(HsError::Protocol(
+            "the server does not speak fixed newstyle NBD".into(),
+        ));
     }
     let no_zeroes = hflags & FLAG_NO_ZEROES != 0;
     let cflags = CLIENT_FIXED_NEWSTYLE | if no_zeroes { CLIENT_NO_ZEROES } else { 0 };
@@ -776,15 +868,22 @@ fn handshake(conn: &mut Conn, export: &str, dirty: Option<&str>) -> Result<Negot
                 };
                 return Err(HsError::Protocol(format!(
                     "export {export:?}: {what}{}",
-                    if msg.is_empty() { String::new() } else { format!(": {msg}") }
+                    if msg.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {msg}")
+                    }
                 )));
             }
             _ => {}
         }
     }
-    let size = size.ok_or_else(|| HsError::Protocol("the server did not say the export's size".into()))?;
+    let size =
+        size.ok_or_else(|| HsError::Protocol("the server did not say the export's size".into()))?;
     if size > repo_format::snapshot::MAX_DISK_BYTES {
-        return Err(HsError::Protocol(format!("an export of {size} bytes is beyond any disk")));
+        return Err(HsError::Protocol(format!(
+            "an export of {size} bytes is beyond any disk"
+        )));
     }
     Ok(Negotiated {
         size,
@@ -813,7 +912,9 @@ fn option_reply(r: &mut BufReader<Stream>, opt: u32) -> Result<(u32, Vec<u8>), H
     }
     let got = u32::from_be_bytes(h[8..12].try_into().expect("4"));
     if got != opt {
-        return Err(HsError::Protocol(format!("reply to option {got} where {opt} was asked")));
+        return Err(HsError::Protocol(format!(
+            "reply to option {got} where {opt} was asked"
+        )));
     }
     let kind = u32::from_be_bytes(h[12..16].try_into().expect("4"));
     let len = u32::from_be_bytes(h[16..20].try_into().expect("4"));
@@ -834,21 +935,29 @@ mod tests {
         assert_eq!(
             parse_uri("nbd://host:10900/vda").unwrap(),
             NbdUri {
-                endpoint: Endpoint::Tcp { host: "host".into(), port: 10900 },
+                endpoint: Endpoint::Tcp {
+                    host: "host".into(),
+                    port: 10900
+                },
                 export: "vda".into()
             }
         );
         assert_eq!(
             parse_uri("nbd://[::1]/a%20b").unwrap(),
             NbdUri {
-                endpoint: Endpoint::Tcp { host: "::1".into(), port: 10809 },
+                endpoint: Endpoint::Tcp {
+                    host: "::1".into(),
+                    port: 10809
+                },
                 export: "a b".into()
             }
         );
         assert_eq!(
             parse_uri("nbd+unix:///vda?socket=/run/x.sock").unwrap(),
             NbdUri {
-                endpoint: Endpoint::Unix { socket: "/run/x.sock".into() },
+                endpoint: Endpoint::Unix {
+                    socket: "/run/x.sock".into()
+                },
                 export: "vda".into()
             }
         );

@@ -23,6 +23,10 @@ impl<R: Read + Send> StreamSource<R> {
 }
 
 impl<R: Read + Send> DiskSource for StreamSource<R> {
+    fn random_access(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         self.name.clone()
     }

@@ -255,6 +255,10 @@ impl<R: Read + Send> VhdStream<R> {
 }
 
 impl<R: Read + Send> DiskSource for VhdStream<R> {
+    fn random_access(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         self.blame.path.display().to_string()
     }

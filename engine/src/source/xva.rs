@@ -487,6 +487,10 @@ fn verify(name: &str, n: u64, kind: &str, data: &[u8], expected: &[u8]) -> Resul
 }
 
 impl DiskSource for XvaSource {
+    fn random_access(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         self.name.clone()
     }

@@ -583,7 +583,11 @@ impl Libvirt {
         for d in chosen {
             let src = d.source.clone().unwrap_or_default();
             // Pull mode keeps what the guest overwrites in scratch files instead.
-            let dir = match if self.pulls() { Ok(self.scratch_dir()) } else { self.overlay_dir(d) } {
+            let dir = match if self.pulls() {
+                Ok(self.scratch_dir())
+            } else {
+                self.overlay_dir(d)
+            } {
                 Ok(dir) => dir,
                 Err(e) => {
                     problems.push(e.to_string());
@@ -604,7 +608,11 @@ impl Libvirt {
             *wanted.entry(dir).or_default() += size / SNAPSHOT_SPACE_FRACTION;
         }
         for (dir, needed) in wanted {
-            let what = if self.pulls() { "libvirt scratch files" } else { "libvirt overlays" };
+            let what = if self.pulls() {
+                "libvirt scratch files"
+            } else {
+                "libvirt overlays"
+            };
             problems.extend(space_problem(&dir, needed, what));
         }
         problems

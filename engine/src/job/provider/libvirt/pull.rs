@@ -58,7 +58,10 @@ impl Checkpoint {
     /// stored text), and without its parent: only the newest checkpoint is kept, so a
     /// parent named there is gone.
     fn redefine_xml(&self) -> String {
-        let mut x = format!("<domaincheckpoint>\n  <name>{}</name>\n", xml_escape(&self.name));
+        let mut x = format!(
+            "<domaincheckpoint>\n  <name>{}</name>\n",
+            xml_escape(&self.name)
+        );
         if let Some(t) = self.creation_time {
             x.push_str(&format!("  <creationTime>{t}</creationTime>\n"));
         }
@@ -77,7 +80,10 @@ impl Checkpoint {
 
 /// Names (disks, bitmaps) taken from a snapshot's checkpoint XML.
 fn is_plain_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// A checkpoint name dedisk made: nothing else is trusted from a snapshot (repository
@@ -85,7 +91,11 @@ fn is_plain_name(s: &str) -> bool {
 fn is_our_checkpoint(name: &str) -> bool {
     name.strip_prefix(CHECKPOINT_PREFIX).is_some_and(|rest| {
         let mut parts = rest.split('-');
-        let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
+        let ok = |p: Option<&str>| {
+            p.is_some_and(|p| {
+                !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit())
+            })
+        };
         ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
     })
 }
@@ -114,7 +124,10 @@ pub(super) fn parse_checkpoint(xml: &[u8]) -> Result<Checkpoint, String> {
         .unwrap_or_default()
         .to_string();
     if !is_our_checkpoint(&name) {
-        return Err(format!("checkpoint name {:?} is not one dedisk makes", repo_format::names::escape(&name)));
+        return Err(format!(
+            "checkpoint name {:?} is not one dedisk makes",
+            repo_format::names::escape(&name)
+        ));
     }
     let creation_time = root
         .children()
@@ -178,7 +191,9 @@ fn parse_job(xml: &str) -> Result<Job, String> {
         .flat_map(|d| d.children())
         .filter(|d| d.has_tag_name("disk") && d.attribute("backup") == Some("yes"))
     {
-        let Some(name) = d.attribute("name") else { continue };
+        let Some(name) = d.attribute("name") else {
+            continue;
+        };
         job.disks.push((
             name.to_string(),
             d.attribute("exportname").unwrap_or(name).to_string(),
@@ -223,8 +238,11 @@ impl Libvirt {
 
     /// Ends what a run killed before its cleanup left: its backup job (recognized by
     /// its socket in our scratch directory) and its private directory.
-    fn end_leftovers(&self) -> Result<(), ProviderError> {
-        if let Ok(xml) = self.virsh.run(&["backup-dumpxml", "--domain", &self.domain]) {
+    fn end_leftovers(&self, dac: Option<(u32, u32)>) -> Result<(), ProviderError> {
+        if let Ok(xml) = self
+            .virsh
+            .run(&["backup-dumpxml", "--domain", &self.domain])
+        {
             let job = parse_job(&xml).map_err(ProviderError::from)?;
             let ours = job.socket.as_deref().is_some_and(|s| {
                 Path::new(s)
@@ -240,7 +258,10 @@ impl Libvirt {
                 )
                 .into());
             }
-            log::warn!("domain {}: ending the backup job an interrupted run left", self.domain);
+            log::warn!(
+                "domain {}: ending the backup job an interrupted run left",
+                self.domain
+            );
             self.virsh.run(&["domjobabort", "--domain", &self.domain])?;
         }
         let dir = self.scratch_dir();
@@ -254,8 +275,14 @@ impl Libvirt {
                 else {
                     continue;
                 };
-                // A directory of a run still going (another job) is not ours to take.
-                if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                // A directory of a run still going (another job), or one another user
+                // made under that name, is not ours to take.
+                use std::os::unix::fs::MetadataExt;
+                let owner = std::fs::symlink_metadata(e.path()).map(|m| (m.is_dir(), m.uid()));
+                let ours = owner
+                    .is_ok_and(|(dir, uid)| dir && (uid == 0 || dac.is_some_and(|d| d.0 == uid)));
+                if ours && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+                {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -269,7 +296,7 @@ impl Libvirt {
         chosen: &[super::DomainDisk],
         xml: &super::DomainXml,
     ) -> Result<Vec<ViewDisk>, ProviderError> {
-        self.end_leftovers()?;
+        self.end_leftovers(xml.dac)?;
         let now = jiff::Timestamp::now().as_second();
         let run_dir = self
             .scratch_dir()
@@ -291,7 +318,9 @@ impl Libvirt {
                     "the base {} was not a pull-mode backup (it has no checkpoint)",
                     b.id.short()
                 ))),
-                Some(x) => parse_checkpoint(x).map_err(|e| Some(format!("the base's checkpoint: {e}"))),
+                Some(x) => {
+                    parse_checkpoint(x).map_err(|e| Some(format!("the base's checkpoint: {e}")))
+                }
             },
         };
         let base = match base {
@@ -322,9 +351,14 @@ impl Libvirt {
         let keep = base.as_ref().ok().map(|b| b.name.clone());
         for stale in self.our_checkpoints()?.iter().rev() {
             if Some(stale) != keep.as_ref()
-                && keep.as_ref().is_none_or(|k| checkpoint_time(stale) >= checkpoint_time(k))
+                && keep
+                    .as_ref()
+                    .is_none_or(|k| checkpoint_time(stale) >= checkpoint_time(k))
             {
-                log::info!("domain {}: deleting checkpoint {stale} of a backup that did not complete", self.domain);
+                log::info!(
+                    "domain {}: deleting checkpoint {stale} of a backup that did not complete",
+                    self.domain
+                );
                 self.delete_checkpoint(stale)?;
             }
         }
@@ -332,10 +366,16 @@ impl Libvirt {
         // The backup and the checkpoint it starts.
         let socket = run_dir.join("nbd.sock");
         let bitmap_capable = |d: &super::DomainDisk| d.driver.as_deref() == Some("qcow2");
-        let mut ck_xml = format!("<domaincheckpoint>\n  <name>{}</name>\n  <disks>\n", xml_escape(&checkpoint));
+        let mut ck_xml = format!(
+            "<domaincheckpoint>\n  <name>{}</name>\n  <disks>\n",
+            xml_escape(&checkpoint)
+        );
         let mut job_xml = String::from("<domainbackup mode='pull'>\n");
         if let Ok(b) = &base {
-            job_xml.push_str(&format!("  <incremental>{}</incremental>\n", xml_escape(&b.name)));
+            job_xml.push_str(&format!(
+                "  <incremental>{}</incremental>\n",
+                xml_escape(&b.name)
+            ));
         }
         job_xml.push_str(&format!(
             "  <server transport='unix' socket='{}'/>\n  <disks>\n",
@@ -353,11 +393,23 @@ impl Libvirt {
                 job_xml.push_str(&format!("    <disk name='{t}' backup='no'/>\n"));
                 continue;
             }
-            let incremental = bitmap && base.as_ref().is_ok_and(|b| b.bitmap_disks.contains(&d.target));
+            let incremental = bitmap
+                && base
+                    .as_ref()
+                    .is_ok_and(|b| b.bitmap_disks.contains(&d.target));
             job_xml.push_str(&format!(
                 "    <disk name='{t}' backup='yes' type='file'{}><scratch file='{}'/></disk>\n",
-                if incremental || base.is_err() { "" } else { " backupmode='full'" },
-                xml_escape(&run_dir.join(format!("{}.scratch", d.target)).display().to_string())
+                if incremental || base.is_err() {
+                    ""
+                } else {
+                    " backupmode='full'"
+                },
+                xml_escape(
+                    &run_dir
+                        .join(format!("{}.scratch", d.target))
+                        .display()
+                        .to_string()
+                )
             ));
         }
         ck_xml.push_str("  </disks>\n</domaincheckpoint>\n");
@@ -378,8 +430,12 @@ impl Libvirt {
         if let Frozen::Pull(p) = &mut self.frozen {
             p.began = true;
         }
-        let job = parse_job(&self.virsh.run(&["backup-dumpxml", "--domain", &self.domain])?)
-            .map_err(ProviderError::from)?;
+        let job = parse_job(
+            &self
+                .virsh
+                .run(&["backup-dumpxml", "--domain", &self.domain])?,
+        )
+        .map_err(ProviderError::from)?;
         let ck = self.virsh.run(&[
             "checkpoint-dumpxml",
             "--domain",
@@ -403,7 +459,10 @@ impl Libvirt {
                 .iter()
                 .find(|(n, _, _)| *n == d.target)
                 .ok_or_else(|| format!("the backup job does not export disk {}", d.target))?;
-            if !export.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if !export
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
                 return Err(format!("export name {export:?} of disk {}", d.target).into());
             }
             let mut v = ViewDisk::new(
@@ -435,7 +494,11 @@ impl Libvirt {
         if p.began {
             if let Err(e) = self.virsh.run(&["domjobabort", "--domain", &self.domain]) {
                 // Already over (the domain stopped) is fine; anything else is said.
-                if self.virsh.run(&["backup-dumpxml", "--domain", &self.domain]).is_ok() {
+                if self
+                    .virsh
+                    .run(&["backup-dumpxml", "--domain", &self.domain])
+                    .is_ok()
+                {
                     first_err.get_or_insert(e);
                 }
             }
@@ -444,13 +507,18 @@ impl Libvirt {
         if self.committed {
             for old in ours.iter().filter(|n| **n != p.checkpoint) {
                 if let Err(e) = self.delete_checkpoint(old) {
-                    first_err.get_or_insert(format!("deleting the old checkpoint {old}: {e}").into());
+                    first_err
+                        .get_or_insert(format!("deleting the old checkpoint {old}: {e}").into());
                 }
             }
         } else if ours.contains(&p.checkpoint) {
             if let Err(e) = self.delete_checkpoint(&p.checkpoint) {
                 first_err.get_or_insert(
-                    format!("deleting checkpoint {} of the failed backup (the next run retries): {e}", p.checkpoint).into(),
+                    format!(
+                        "deleting checkpoint {} of the failed backup (the next run retries): {e}",
+                        p.checkpoint
+                    )
+                    .into(),
                 );
             }
         }
@@ -477,7 +545,11 @@ fn make_private_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), Provide
     }
     // A Unix socket path is at most 107 bytes.
     if dir.join("nbd.sock").as_os_str().len() > 100 {
-        return Err(format!("{}: too long a path for a socket; set libvirt_scratch_dir shorter", dir.display()).into());
+        return Err(format!(
+            "{}: too long a path for a socket; set libvirt_scratch_dir shorter",
+            dir.display()
+        )
+        .into());
     }
     Ok(())
 }
@@ -496,7 +568,9 @@ mod tests {
         assert_eq!(ok.name, "dedisk-1796607004-42");
         assert_eq!(ok.bitmap_disks, ["vda"]);
         assert_eq!(ok.bitmaps, ["x"]);
-        assert!(ok.redefine_xml().contains("<disk name='vda' checkpoint='bitmap' bitmap='x'/>"));
+        assert!(ok
+            .redefine_xml()
+            .contains("<disk name='vda' checkpoint='bitmap' bitmap='x'/>"));
         assert!(parse_checkpoint(b"<domaincheckpoint><name>dedisk-1-2</name><disks><disk name='v&apos;a' checkpoint='bitmap'/></disks></domaincheckpoint>").is_err());
         for bad in [
             &b"<domaincheckpoint><name>other</name></domaincheckpoint>"[..],
@@ -506,7 +580,11 @@ mod tests {
         ] {
             assert!(parse_checkpoint(bad).is_err());
         }
-        assert!(is_our_checkpoint("dedisk-1-2") && !is_our_checkpoint("dedisk-1-2-3") && !is_our_checkpoint("dedisk--2"));
+        assert!(
+            is_our_checkpoint("dedisk-1-2")
+                && !is_our_checkpoint("dedisk-1-2-3")
+                && !is_our_checkpoint("dedisk--2")
+        );
     }
 
     #[test]
@@ -517,11 +595,18 @@ mod tests {
              <disk name='vdb' backup='yes' backupmode='full' exportname='vdb'/><disk name='vdc' backup='no'/></disks></domainbackup>",
         )
         .unwrap();
-        assert_eq!(job.socket.as_deref(), Some("/var/tmp/dedisk-pull-1-2/nbd.sock"));
+        assert_eq!(
+            job.socket.as_deref(),
+            Some("/var/tmp/dedisk-pull-1-2/nbd.sock")
+        );
         assert_eq!(
             job.disks,
             [
-                ("vda".to_string(), "vda".to_string(), Some("backup-vda".to_string())),
+                (
+                    "vda".to_string(),
+                    "vda".to_string(),
+                    Some("backup-vda".to_string())
+                ),
                 ("vdb".to_string(), "vdb".to_string(), None)
             ]
         );

@@ -120,7 +120,10 @@ impl DomainXml {
             .find_map(|c| child(c, "label")?.text())
             .and_then(|l| {
                 let (u, g) = l.trim().split_once(':')?;
-                Some((u.trim_start_matches('+').parse().ok()?, g.trim_start_matches('+').parse().ok()?))
+                Some((
+                    u.trim_start_matches('+').parse().ok()?,
+                    g.trim_start_matches('+').parse().ok()?,
+                ))
             });
         let Some(devices) = child(root, "devices") else {
             return Ok(out);

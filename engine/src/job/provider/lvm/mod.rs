@@ -6,8 +6,8 @@ mod thin;
 
 use super::ProviderError;
 use super::{
-    check_executable, lvm_size_bytes, missing_sources, release_all, tool, BaseSnapshot,
-    Provider, ViewChanges, ViewDisk,
+    check_executable, lvm_size_bytes, missing_sources, release_all, tool, BaseSnapshot, Provider,
+    ViewChanges, ViewDisk,
 };
 use crate::backup::{MetaContent, MetaInput};
 use crate::job::VmPlan;
@@ -39,7 +39,11 @@ impl Lvm {
     /// What a thin disk's night reads: changes since the base's kept snapshot.
     fn thin_changes(&self, label: &str, vg: &str, lv: &str, new: &str) -> Option<ViewChanges> {
         let base = self.base.as_ref()?;
-        let Some(kept) = base.meta.get(thin::THIN_META).and_then(|m| thin::base_snapshot_of(m, label)) else {
+        let Some(kept) = base
+            .meta
+            .get(thin::THIN_META)
+            .and_then(|m| thin::base_snapshot_of(m, label))
+        else {
             return Some(ViewChanges::Unusable(format!(
                 "the base {} kept no thin snapshot of disk {label}",
                 base.id.short()
@@ -52,7 +56,9 @@ impl Lvm {
             )));
         }
         if tool("lvs", &["--noheadings", "-o", "lv_name", &kept]).is_err() {
-            return Some(ViewChanges::Unusable(format!("the base's thin snapshot {kept} is gone")));
+            return Some(ViewChanges::Unusable(format!(
+                "the base's thin snapshot {kept} is gone"
+            )));
         }
         Some(thin::changes_since(vg, lv, &kept, new))
     }
@@ -179,7 +185,14 @@ impl Provider for Lvm {
                 let spec = format!("{vg}/{name}");
                 tool(
                     "lvcreate",
-                    &["--snapshot", "--setactivationskip", "n", "--name", &name, &origin],
+                    &[
+                        "--snapshot",
+                        "--setactivationskip",
+                        "n",
+                        "--name",
+                        &name,
+                        &origin,
+                    ],
                 )?;
                 self.thin_new.push((vg.clone(), lv.clone(), spec.clone()));
                 let mut disk = ViewDisk::new(label.clone(), lvs(&["-o", "lv_path", &spec])?);

@@ -43,7 +43,9 @@ pub fn dm_name(vg: &str, lv: &str) -> String {
 
 /// The one value `lvs --noheadings -o FIELD VG/LV` prints.
 fn lvs_field(field: &str, spec: &str) -> Result<String, ProviderError> {
-    Ok(tool("lvs", &["--noheadings", "-o", field, spec])?.trim().to_string())
+    Ok(tool("lvs", &["--noheadings", "-o", field, spec])?
+        .trim()
+        .to_string())
 }
 
 /// Tonight's changes of a thin volume against the base's kept snapshot `base` (VG/NAME),
@@ -67,14 +69,20 @@ fn delta(vg: &str, lv: &str, base: &str, new: &str) -> Result<Vec<(u64, u64)>, P
     let (a, b) = (id(base)?, id(new)?);
     let tpool = format!("{}-tpool", dm_name(vg, &pool));
     let tmeta = format!("/dev/mapper/{}_tmeta", dm_name(vg, &pool));
-    tool("dmsetup", &["message", &tpool, "0", "reserve_metadata_snap"])?;
+    tool(
+        "dmsetup",
+        &["message", &tpool, "0", "reserve_metadata_snap"],
+    )?;
     let out = tool(
         "thin_delta",
         &["--metadata-snap", "--snap1", &a, "--snap2", &b, &tmeta],
     );
     // Released whatever thin_delta did: a reserved metadata snapshot left behind blocks
     // the next reservation (and costs pool metadata space).
-    let released = tool("dmsetup", &["message", &tpool, "0", "release_metadata_snap"]);
+    let released = tool(
+        "dmsetup",
+        &["message", &tpool, "0", "release_metadata_snap"],
+    );
     let ranges = parse_thin_delta(&out?).map_err(ProviderError::from)?;
     released?;
     Ok(ranges)
@@ -86,11 +94,18 @@ mod tests {
 
     #[test]
     fn only_our_snapshots_are_trusted_from_a_base() {
-        assert!(is_our_snapshot("vg0/web01-dedisk-1796607004", "vg0", "web01"));
+        assert!(is_our_snapshot(
+            "vg0/web01-dedisk-1796607004",
+            "vg0",
+            "web01"
+        ));
         assert!(!is_our_snapshot("vg0/web01", "vg0", "web01"));
         assert!(!is_our_snapshot("vg0/other-dedisk-1", "vg0", "web01"));
         assert!(!is_our_snapshot("vg0/web01-dedisk-1;rm", "vg0", "web01"));
-        assert_eq!(base_snapshot_of(b"vda vg0/a-dedisk-1\nvdb vg0/b-dedisk-1\n", "vdb").as_deref(), Some("vg0/b-dedisk-1"));
+        assert_eq!(
+            base_snapshot_of(b"vda vg0/a-dedisk-1\nvdb vg0/b-dedisk-1\n", "vdb").as_deref(),
+            Some("vg0/b-dedisk-1")
+        );
         assert_eq!(dm_name("vg-0", "pool"), "vg--0-pool");
     }
 }
