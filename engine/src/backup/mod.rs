@@ -15,25 +15,28 @@
 //! Write order (FORMAT.md, "Write order"): packs are made durable and indexed as they
 //! fill; the snapshot file is written last. A backup killed at any moment leaves at most
 //! unreferenced packs (reused by the next backup through the index) and a temporary file.
+//!
+//! From a change map ([`changes`]) the reader and the cutter give way to one splice stage
+//! that reads only around the changes (with read-ahead: `prefetch.rs`) and hands on the
+//! base's extents for the rest; the workers and the writer are the same.
+
+pub mod changes;
+mod prefetch;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use changes::Item;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use repo_format::blob::BlobKind;
 use repo_format::lock::SharedLock;
 use repo_format::{
-    DiskStats, EncodedBlob, Extent, ManifestBuilder, ManifestRoot, Node, Repository, Snapshot,
-    SnapshotDisk, SnapshotId, SnapshotMeta,
+    ChangeRecord, DiskStats, EncodedBlob, Extent, ManifestBuilder, ManifestRoot, Node, Repository,
+    Snapshot, SnapshotDisk, SnapshotId, SnapshotMeta,
 };
 
 use crate::chunk::{Cut, Cutter};
-use changes::Item;
-use repo_format::ChangeRecord;
-
-pub mod changes;
-mod prefetch;
 use crate::error::{Error, Result};
 use crate::io::AlignedBuf;
 use crate::progress::Progress;
