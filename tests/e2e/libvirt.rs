@@ -46,7 +46,8 @@ fn virsh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A persistent domain, destroyed and undefined (with its NVRAM) when dropped.
+/// A persistent domain, destroyed and undefined (with its NVRAM and its checkpoints'
+/// metadata, which pull mode leaves: without it libvirt refuses to undefine) when dropped.
 struct Domain {
     name: String,
 }
@@ -55,7 +56,7 @@ impl Drop for Domain {
     fn drop(&mut self) {
         let _ = Command::new("virsh").args(["destroy", &self.name]).output();
         let _ = Command::new("virsh")
-            .args(["undefine", "--nvram", &self.name])
+            .args(["undefine", "--nvram", "--checkpoints-metadata", &self.name])
             .output();
     }
 }
