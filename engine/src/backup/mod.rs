@@ -212,7 +212,7 @@ pub fn backup(
     }
     let mut store = BlobStore::new(repo, lock)?;
     let mut snap_disks = Vec::new();
-    let latest = newest_of(repo, &opts.name)?;
+    let latest = latest_of(repo, &opts.name)?.map(|(id, _)| id);
     for mut d in disks {
         let source = d.source.describe();
         let expected = d.source.size_bytes();
@@ -431,15 +431,14 @@ fn plan_disk(
 }
 
 /// The newest readable snapshot of VM `name`, which a new one names as its predecessor
-/// (FORMAT.md, section 10.6).
-fn newest_of(repo: &Repository, name: &str) -> Result<Option<repo_format::SnapshotId>> {
+/// (FORMAT.md, section 10.6) and a change map must count from.
+pub fn latest_of(repo: &Repository, name: &str) -> Result<Option<(SnapshotId, Snapshot)>> {
     Ok(repo
         .list_snapshots()?
         .into_iter()
         .flatten()
         .filter(|(_, s)| s.name == name)
-        .max_by_key(|(id, s)| (s.time, *id))
-        .map(|(id, _)| id))
+        .max_by_key(|(id, s)| (s.time, *id)))
 }
 
 fn read_meta(path: &std::path::Path) -> Result<Vec<u8>> {

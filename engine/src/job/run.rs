@@ -280,13 +280,7 @@ fn describe_policy(p: &crate::maintain::forget::Policy) -> String {
 /// changes from it. Metadata that cannot be read is left out (the provider then has no
 /// checkpoint to count from, and reads in full).
 fn latest_base(repo: &Repository, name: &str) -> Result<Option<BaseSnapshot>> {
-    let latest = repo
-        .list_snapshots()?
-        .into_iter()
-        .flatten()
-        .filter(|(_, s)| s.name == name)
-        .max_by_key(|(id, s)| (s.time, *id));
-    let Some((id, snap)) = latest else {
+    let Some((id, snap)) = crate::backup::latest_of(repo, name)? else {
         return Ok(None);
     };
     let mut meta = std::collections::BTreeMap::new();

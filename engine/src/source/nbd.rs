@@ -278,17 +278,7 @@ impl NbdSource {
             uri: uri.into(),
             reason,
         };
-        let io = |what: &str, e: std::io::Error| {
-            fail(match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => {
-                    format!("the server closed the connection ({what})")
-                }
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    format!("no answer from the server ({what})")
-                }
-                _ => format!("{what}: {e}"),
-            })
-        };
+        let io = |what: &str, e: std::io::Error| fail(io_reason(what, &e));
         let stream = Stream::connect(&parsed.endpoint, timeout).map_err(|e| io("connecting", e))?;
         let w = stream.try_clone().map_err(|e| io("connecting", e))?;
         let mut conn = Conn {
@@ -336,15 +326,7 @@ impl NbdSource {
     }
 
     fn io_err(&self, what: &str, e: std::io::Error) -> SourceError {
-        self.err(match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                format!("the server closed the connection ({what})")
-            }
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                format!("no answer from the server ({what})")
-            }
-            _ => format!("{what}: {e}"),
-        })
+        self.err(io_reason(what, &e))
     }
 
     fn send(&mut self, cmd: u16, offset: u64, len: u32) -> Result<u64, SourceError> {
@@ -732,6 +714,17 @@ impl Drop for NbdSource {
     fn drop(&mut self) {
         // A polite goodbye; the server cleans up either way.
         let _ = self.send(CMD_DISC, 0, 0);
+    }
+}
+
+/// What an I/O error on the connection means, in words (`what` names the step).
+fn io_reason(what: &str, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => format!("the server closed the connection ({what})"),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("no answer from the server ({what})")
+        }
+        _ => format!("{what}: {e}"),
     }
 }
 

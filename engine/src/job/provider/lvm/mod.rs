@@ -55,7 +55,7 @@ impl Lvm {
                 repo_format::names::escape(&kept)
             )));
         }
-        if tool("lvs", &["--noheadings", "-o", "lv_name", &kept]).is_err() {
+        if lvs(&["-o", "lv_name", &kept]).is_err() {
             return Some(ViewChanges::Unusable(format!(
                 "the base's thin snapshot {kept} is gone"
             )));

@@ -41,13 +41,6 @@ pub fn dm_name(vg: &str, lv: &str) -> String {
     format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
 }
 
-/// The one value `lvs --noheadings -o FIELD VG/LV` prints.
-fn lvs_field(field: &str, spec: &str) -> Result<String, ProviderError> {
-    Ok(tool("lvs", &["--noheadings", "-o", field, spec])?
-        .trim()
-        .to_string())
-}
-
 /// Tonight's changes of a thin volume against the base's kept snapshot `base` (VG/NAME),
 /// as `thin_delta` reports them; `Unusable` with the reason when they cannot be had.
 pub fn changes_since(vg: &str, lv: &str, base: &str, new: &str) -> ViewChanges {
@@ -58,9 +51,9 @@ pub fn changes_since(vg: &str, lv: &str, base: &str, new: &str) -> ViewChanges {
 }
 
 fn delta(vg: &str, lv: &str, base: &str, new: &str) -> Result<Vec<(u64, u64)>, ProviderError> {
-    let pool = lvs_field("pool_lv", &format!("{vg}/{lv}"))?;
+    let pool = super::lvs(&["-o", "pool_lv", &format!("{vg}/{lv}")])?;
     let id = |spec: &str| -> Result<String, ProviderError> {
-        let id = lvs_field("thin_id", spec)?;
+        let id = super::lvs(&["-o", "thin_id", spec])?;
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!("lvs printed thin id {id:?} for {spec}").into());
         }
