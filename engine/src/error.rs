@@ -56,6 +56,17 @@ pub enum Error {
     },
     #[error("{path}: not a regular file or block device")]
     TargetNotADisk { path: PathBuf },
+    /// Differential restore writes in place: never under a running guest or a mount.
+    #[error("{path} is in use: {by}; stop what uses it first")]
+    TargetInUse { path: PathBuf, by: String },
+    /// `--check` re-read the restored disk and found it differs from the snapshot.
+    #[error("{path} differs from the snapshot after the restore: {bytes} bytes in {ranges} range(s), the first at byte {first}")]
+    CheckFailed {
+        path: PathBuf,
+        bytes: u64,
+        ranges: u64,
+        first: u64,
+    },
     #[error("no snapshot matches {0:?}")]
     NoSuchSnapshot(String),
     #[error("{spec:?} is ambiguous: it matches {} snapshots ({})", .matches.len(), .matches.iter().map(|m| m.short()).collect::<Vec<_>>().join(", "))]

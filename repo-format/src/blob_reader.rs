@@ -105,9 +105,21 @@ impl<R: Borrow<Repository>> BlobReader<R> {
     /// in the background while other blobs are decoded. Restore calls this a few
     /// megabytes ahead of its workers: cold pack reads are small and latency-bound.
     pub fn prefetch(&mut self, loc: &BlobLocation) -> Result<()> {
-        use std::os::unix::io::AsRawFd;
         let len = blob_overhead(&self.codec) + loc.entry.stored_len as u64;
-        let PackHandle::File(file) = self.open_packs.get(self.repo.borrow(), loc.pack)? else {
+        self.prefetch_range(&loc.pack, loc.entry.offset, len)
+    }
+
+    /// The size of a blob in its pack: its header and stored bytes.
+    pub fn stored_span(&self, loc: &BlobLocation) -> u64 {
+        blob_overhead(&self.codec) + loc.entry.stored_len as u64
+    }
+
+    /// [`BlobReader::prefetch`] for `len` bytes of `pack` at `offset`: several blobs
+    /// with one call.
+    pub fn prefetch_range(&mut self, pack: &PackId, offset: u64, len: u64) -> Result<()> {
+        use std::os::unix::io::AsRawFd;
+        let loc_offset = offset;
+        let PackHandle::File(file) = self.open_packs.get(self.repo.borrow(), *pack)? else {
             return Ok(()); // an object store: readers run requests in parallel instead
         };
         // SAFETY: posix_fadvise only reads its integer arguments; it is advice, so its
@@ -115,7 +127,7 @@ impl<R: Borrow<Repository>> BlobReader<R> {
         unsafe {
             libc::posix_fadvise(
                 file.as_raw_fd(),
-                loc.entry.offset as libc::off_t,
+                loc_offset as libc::off_t,
                 len as libc::off_t,
                 libc::POSIX_FADV_WILLNEED,
             );

@@ -9,6 +9,7 @@ mod cbt;
 mod copy;
 mod crash;
 mod damage;
+mod differential;
 mod encryption;
 mod errors;
 mod helpers;

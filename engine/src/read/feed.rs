@@ -3,10 +3,15 @@
 //! chunks (out of order, in parallel) find them in the page cache.
 
 use repo_format::{
-    BlobId, BlobLocation, BlobReader, Extent, ManifestRoot, ManifestWalker, Repository,
+    BlobId, BlobLocation, BlobReader, Extent, ManifestRoot, ManifestWalker, PackId, Repository,
 };
 
 use crate::error::Result;
+
+/// The most pack bytes prefetched with one call, and the largest gap between two blobs
+/// (of other disks, or nodes) read along rather than prefetched apart.
+const PREFETCH_SPAN: u64 = 4 << 20;
+const PREFETCH_GAP: u64 = 256 << 10;
 
 /// Walks `manifest` in disk order and calls `each(offset, extent, location)` for every
 /// extent, `location` being where a chunk is stored (when the index knows it) with that
@@ -22,6 +27,10 @@ pub fn feed_extents(
     let mut ahead = BlobReader::new(repo)?;
     let mut walker = ManifestWalker::new(manifest, |id: &BlobId| nodes.read_node(id));
     let mut end = 0;
+    // Blobs that follow each other in a pack are prefetched with one call, a few
+    // chunks behind the walk (the workers are further behind still). Only advice: a
+    // pack that cannot be opened is reported, precisely, by the worker that reads it.
+    let mut span: Option<(PackId, u64, u64)> = None;
     while let Some((offset, extent)) = walker.next_extent()? {
         end = offset + extent.len();
         let loc = match extent {
@@ -29,13 +38,30 @@ pub fn feed_extents(
             Extent::Hole { .. } => None,
         };
         if let Some(loc) = &loc {
-            // Only advice: a pack that cannot be opened is reported, precisely, by the
-            // worker that reads the chunk.
-            let _ = ahead.prefetch(loc);
+            let (start, stop) = (loc.entry.offset, loc.entry.offset + ahead.stored_span(loc));
+            match &mut span {
+                Some((pack, from, to))
+                    if *pack == loc.pack
+                        && start >= *to
+                        && start - *to <= PREFETCH_GAP
+                        && stop - *from <= PREFETCH_SPAN =>
+                {
+                    *to = stop
+                }
+                _ => {
+                    if let Some((pack, from, to)) = span.take() {
+                        let _ = ahead.prefetch_range(&pack, from, to - from);
+                    }
+                    span = Some((loc.pack, start, stop));
+                }
+            }
         }
         if !each(offset, extent, loc)? {
             break;
         }
+    }
+    if let Some((pack, from, to)) = span {
+        let _ = ahead.prefetch_range(&pack, from, to - from);
     }
     Ok(end)
 }

@@ -6,6 +6,8 @@
 //! leaves a plausible-looking disk under the requested name. A block device is written
 //! in place; its holes are zeroed (BLKZEROOUT, falling back to writing zeros).
 
+pub mod differential;
+mod in_use;
 pub mod qcow2;
 mod runs;
 mod target;
@@ -44,11 +46,18 @@ pub fn remote_readers(repo: &Repository, workers: usize) -> usize {
     }
 }
 
-/// Chunks between the walker (which prefetches) and the workers (which read).
-const PREFETCH_CHUNKS: usize = 512;
+/// Batches between the walker (which prefetches) and the workers (which read).
+const PREFETCH_BATCHES: usize = 32;
+/// The most bytes a worker writes with one call: chunks that follow each other on the
+/// disk are gathered first. Locally 4 MiB; from an object store, whose 32 workers each
+/// also hold a fetched run of up to 4 MiB, 1 MiB.
+const LOCAL_WRITE_BYTES: usize = 4 << 20;
+const REMOTE_WRITE_BYTES: usize = 1 << 20;
 /// Damaged chunks listed in full; past this only the count grows.
 const DAMAGE_LIST_MAX: usize = 1000;
 const ZERO_BUF_BYTES: usize = 1 << 20;
+/// The longest run of data allocated at once ahead of the workers.
+const ALLOCATE_RUN_BYTES: u64 = 64 << 20;
 
 /// Numbers from one restored disk.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -74,28 +83,89 @@ struct Output {
 }
 
 impl Output {
-    fn write_at(
-        &self,
-        data: &[u8],
-        offset: u64,
-        bounce: &mut Option<AlignedBuf>,
-    ) -> std::io::Result<()> {
+    /// Writes `data` (in an aligned buffer) at `offset`: directly when both are aligned.
+    fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
         if let Some(q) = &self.qcow2 {
             return q.write_at(data, offset);
         }
         let align = DIRECT_ALIGN as u64;
-        if let Some(direct) = &self.direct {
-            if offset.is_multiple_of(align)
-                && (data.len() as u64).is_multiple_of(align)
-                && !data.is_empty()
+        match &self.direct {
+            Some(direct)
+                if offset.is_multiple_of(align) && (data.len() as u64).is_multiple_of(align) =>
             {
-                let buf = bounce
-                    .get_or_insert_with(|| AlignedBuf::new(repo_format::blob::MAX_CHUNK_BYTES));
-                buf[..data.len()].copy_from_slice(data);
-                return direct.write_all_at(&buf[..data.len()], offset);
+                direct.write_all_at(data, offset)
             }
+            _ => self.file.write_all_at(data, offset),
         }
-        self.file.write_all_at(data, offset)
+    }
+}
+
+/// Decoded chunks that follow each other on the disk, gathered in an aligned buffer to
+/// be written with one call.
+struct Group {
+    buf: AlignedBuf,
+    max: usize,
+    offset: u64,
+    len: usize,
+}
+
+impl Group {
+    fn new(max: usize) -> Group {
+        Group {
+            buf: AlignedBuf::new(max + repo_format::blob::MAX_CHUNK_BYTES),
+            max,
+            offset: 0,
+            len: 0,
+        }
+    }
+
+    /// Whether `len` bytes at `offset` can join the group without a flush first.
+    fn takes(&self, offset: u64, len: usize) -> bool {
+        self.len == 0 || (offset == self.offset + self.len as u64 && self.len + len <= self.max)
+    }
+
+    /// Adds bytes; the caller checked [`Group::takes`] (or flushed).
+    fn push(&mut self, offset: u64, data: &[u8]) {
+        if self.len == 0 {
+            self.offset = offset;
+        }
+        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+        self.len += data.len();
+    }
+
+    fn flush(&mut self, out: &Output) -> std::io::Result<()> {
+        if self.len > 0 {
+            out.write_at(&self.buf[..self.len], self.offset)?;
+            self.len = 0;
+        }
+        Ok(())
+    }
+}
+
+/// A second, O_DIRECT descriptor (for reading or for writing) of the file `file` has
+/// open, or None where the
+/// filesystem refuses O_DIRECT (tmpfs, some network filesystems).
+fn reopen_direct(file: &File, read: bool) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    OpenOptions::new()
+        .read(read)
+        .write(!read)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .inspect_err(|e| log::debug!("O_DIRECT refused ({e}); buffered writes"))
+        .ok()
+}
+
+/// Allocates `[offset, offset+len)` of a new file before its chunks are written. An
+/// O_DIRECT write into allocated (unwritten) blocks takes ext4's inode lock shared, so
+/// the workers write in parallel; into a hole it takes it exclusively. A full disk is
+/// found here, before any chunk is fetched for nothing. Filesystems that cannot
+/// allocate ahead are simply written.
+fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -220,6 +290,11 @@ pub fn restore_disk(
                 None
             }
         },
+        // The same inode again, through /proc (never by name: the folder may be
+        // writable by others). Aligned chunks then skip the page cache: on this
+        // machine's ext4, buffered writes from two workers spent a fifth of the
+        // restore copying into the cache and spinning on the inode lock.
+        Target::File { .. } if qcow2.is_none() => reopen_direct(&file, false),
         Target::File { .. } => None,
     };
     let out = Output {
@@ -234,7 +309,13 @@ pub fn restore_disk(
         target: target.display_path(),
         ..Default::default()
     };
-    let workers = remote_readers(repo, workers);
+    let workers = match (&out.direct, repo.local_root()) {
+        // A worker blocks in its direct write while another decodes: two a core keep
+        // both the cores and the disk busy (3.9 s against 4.3 s for the workload's
+        // day 7 here).
+        (Some(_), Some(_)) => 2 * workers.clamp(1, crate::MAX_WORKERS),
+        _ => remote_readers(repo, workers),
+    };
     progress.start(label, Some(size));
 
     // The walker locates each chunk and asks the kernel to prefetch it; the queue's
@@ -242,7 +323,15 @@ pub fn restore_disk(
     // On an object store the extents go in runs, several chunks a request (runs.rs).
     let remote = repo.local_root().is_none();
     let overhead = repo_format::pack::blob_overhead(repo.codec());
-    let (tx, rx) = bounded::<Vec<runs::Item>>(if remote { workers } else { PREFETCH_CHUNKS });
+    let group_max = if remote {
+        REMOTE_WRITE_BYTES
+    } else {
+        LOCAL_WRITE_BYTES
+    };
+    // Locally the queue holds batches of up to LOCAL_WRITE_BYTES: 128 MiB of the disk
+    // (about 50 MiB of packs) prefetched ahead of the workers. A shorter queue (32 MiB)
+    // left the workers waiting on cold pack reads: 4.3 s against 3.9 s for day 7.
+    let (tx, rx) = bounded::<Vec<runs::Item>>(if remote { workers } else { PREFETCH_BATCHES });
     let outcome: Result<()> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -250,50 +339,58 @@ pub fn restore_disk(
                 let (out, damage, write_path) = (&out, &damage, &write_path);
                 s.spawn(move || -> Result<()> {
                     let mut reader = BlobReader::new(repo)?;
-                    let mut bounce = None;
-                    for (fetched, (offset, extent, loc)) in rx.iter().flat_map(|batch| {
+                    let mut group = Group::new(group_max);
+                    let write =
+                        |g: &mut Group| g.flush(out).map_err(|e| Error::target(write_path, e));
+                    for batch in rx.iter() {
                         // A store error here is not the chunks' fault: each is then
                         // read alone, and what fails is reported for that chunk.
-                        let fetched = runs::span(&batch, overhead)
-                            .and_then(|(p, at, len)| repo.read_pack_range(&p, at, len).ok())
-                            .map(std::sync::Arc::new);
-                        batch.into_iter().map(move |item| (fetched.clone(), item))
-                    }) {
-                        let read = |reader: &mut BlobReader<&Repository>, id| match (&fetched, loc)
-                        {
-                            (Some(range), Some(l)) => reader
-                                .read_from(range, &l)
-                                .or_else(|_| fetch_chunk(reader, id, loc)),
-                            _ => fetch_chunk(reader, id, loc),
-                        };
-                        match extent {
-                            Extent::Chunk { id, len } => match read(&mut reader, &id) {
-                                Ok(data) => out
-                                    .write_at(&data, offset, &mut bounce)
-                                    .map_err(|e| Error::target(write_path, e))?,
-                                Err(failed) => {
-                                    let (pack, e) = *failed;
-                                    let mut d = damage.lock().expect("no panics hold it");
-                                    if d.len() < DAMAGE_LIST_MAX {
-                                        d.push(Damage {
-                                            disk: label.into(),
-                                            offset,
-                                            len: len as u64,
-                                            chunk: id,
-                                            pack,
-                                            reason: e.to_string(),
-                                        });
+                        // (Only remote batches are runs of one pack.)
+                        let fetched = remote
+                            .then(|| runs::span(&batch, overhead))
+                            .flatten()
+                            .and_then(|(p, at, len)| repo.read_pack_range(&p, at, len).ok());
+                        for (offset, extent, loc) in batch {
+                            let read =
+                                |reader: &mut BlobReader<&Repository>, id| match (&fetched, loc) {
+                                    (Some(range), Some(l)) => reader
+                                        .read_from(range, &l)
+                                        .or_else(|_| fetch_chunk(reader, id, loc)),
+                                    _ => fetch_chunk(reader, id, loc),
+                                };
+                            match extent {
+                                Extent::Chunk { id, len } => match read(&mut reader, &id) {
+                                    Ok(data) => {
+                                        if !group.takes(offset, data.len()) {
+                                            write(&mut group)?;
+                                        }
+                                        group.push(offset, &data);
+                                    }
+                                    Err(failed) => {
+                                        let (pack, e) = *failed;
+                                        let mut d = damage.lock().expect("no panics hold it");
+                                        if d.len() < DAMAGE_LIST_MAX {
+                                            d.push(Damage {
+                                                disk: label.into(),
+                                                offset,
+                                                len: len as u64,
+                                                chunk: id,
+                                                pack,
+                                                reason: e.to_string(),
+                                            });
+                                        }
+                                    }
+                                },
+                                Extent::Hole { len } => {
+                                    if is_device {
+                                        zero_device_range(&out.file, offset, len)
+                                            .map_err(|e| Error::target(write_path, e))?;
                                     }
                                 }
-                            },
-                            Extent::Hole { len } => {
-                                if is_device {
-                                    zero_device_range(&out.file, offset, len)
-                                        .map_err(|e| Error::target(write_path, e))?;
-                                }
                             }
+                            progress.advance(extent.len());
                         }
-                        progress.advance(extent.len());
+                        write(&mut group)?;
                     }
                     Ok(())
                 })
@@ -302,24 +399,62 @@ pub fn restore_disk(
         drop(rx);
         let mut batcher = runs::Runs::new(overhead);
         let mut send = |batch: Vec<runs::Item>| tx.send(batch).is_ok();
-        // Walk the manifest here, feeding the workers in disk order.
+        // A new file written directly has its data allocated a run at a time, before
+        // the run's chunks go to the workers (see `allocate`). Locally, chunks that
+        // follow each other on the disk go to one worker together, which writes them
+        // with one call (small O_DIRECT writes cost a device request each).
+        let preallocate = !is_device && out.direct.is_some();
+        let mut held: Vec<runs::Item> = Vec::new();
+        let mut run = (0u64, 0u64);
+        let mut release = |held: &mut Vec<runs::Item>, run: &mut (u64, u64)| -> Result<bool> {
+            if preallocate && run.1 > run.0 {
+                allocate(&out.file, run.0, run.1 - run.0)
+                    .map_err(|e| Error::target(&write_path, e))?;
+            }
+            // A closed queue means a worker failed; its error is reported below.
+            if remote {
+                return Ok(held.drain(..).all(|item| batcher.push(item, &mut send)));
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            for item in held.drain(..) {
+                bytes += item.1.len();
+                batch.push(item);
+                if bytes >= group_max as u64 {
+                    bytes = 0;
+                    if !send(std::mem::take(&mut batch)) {
+                        return Ok(false);
+                    }
+                }
+            }
+            Ok(batch.is_empty() || send(batch))
+        };
+        // Walk the manifest here, feeding the workers in disk order; a run is released
+        // at a hole and when it is long enough.
         let walked = feed_extents(repo, *manifest, |offset, extent, loc| {
             cancel.check()?;
+            let mut more = true;
             match extent {
                 Extent::Chunk { len, .. } => {
                     report.chunks += 1;
                     report.written_bytes += len as u64;
+                    if run.1 - run.0 >= ALLOCATE_RUN_BYTES {
+                        more = release(&mut held, &mut run)?;
+                        run = (offset, offset);
+                    }
+                    run.1 = offset + len as u64;
+                    held.push((offset, extent, loc));
                 }
-                Extent::Hole { len } => report.hole_bytes += len,
+                Extent::Hole { len } => {
+                    report.hole_bytes += len;
+                    more = release(&mut held, &mut run)?;
+                    run = (offset + len, offset + len);
+                    more = more && release(&mut vec![(offset, extent, loc)], &mut (0, 0))?;
+                }
             }
-            // A closed queue means a worker failed; its error is reported below.
-            let item = (offset, extent, loc);
-            Ok(if remote {
-                batcher.push(item, &mut send)
-            } else {
-                send(vec![item])
-            })
+            Ok(more)
         });
+        let walked = walked.and_then(|end| release(&mut held, &mut run).map(|_| end));
         if walked.is_ok() {
             batcher.flush(&mut send);
         }

@@ -241,6 +241,66 @@ fn trusted_link(path: &Path, link: &std::fs::Metadata) -> bool {
     ours(link.uid()) && dir_ok
 }
 
+/// Opens an existing disk to restore over in place (differential restore): a regular
+/// file of exactly `size` bytes, or a block device of at least `size` (opened with
+/// O_EXCL, which the kernel refuses while it is mounted or held). A symlink is followed
+/// on the terms of [`open_path`]. Returns the file, whether it is a device, and the
+/// path opened.
+pub(crate) fn open_existing(path: &Path, size: u64, force: bool) -> Result<(File, bool, PathBuf)> {
+    let m = std::fs::symlink_metadata(path).map_err(|e| Error::target(path, e))?;
+    if m.file_type().is_symlink() {
+        if !force && !trusted_link(path, &m) {
+            let to = std::fs::read_link(path).unwrap_or_default();
+            return Err(Error::Usage(format!(
+                "{} is a symlink (to {}) that another user could have made; pass --force to write through it, or name its target",
+                path.display(),
+                to.display()
+            )));
+        }
+        let real = std::fs::canonicalize(path).map_err(|e| Error::target(path, e))?;
+        return match std::fs::symlink_metadata(&real) {
+            Ok(m) if !m.file_type().is_symlink() => open_existing(&real, size, force),
+            _ => Err(Error::TargetNotADisk { path: path.into() }),
+        };
+    }
+    let device = m.file_type().is_block_device();
+    if !device && !m.is_file() {
+        return Err(Error::TargetNotADisk { path: path.into() });
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | if device { libc::O_EXCL } else { 0 })
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => Error::TargetInUse {
+                path: path.into(),
+                by: "the kernel holds it (mounted, or used by device-mapper, md or a loop device)"
+                    .into(),
+            },
+            _ => Error::target(path, e),
+        })?;
+    let have = if device {
+        crate::io::blockdev::size_bytes(&file).map_err(|e| Error::target(path, e))?
+    } else {
+        file.metadata().map_err(|e| Error::target(path, e))?.len()
+    };
+    if have < size {
+        return Err(Error::TargetTooSmall {
+            path: path.into(),
+            have_bytes: have,
+            need_bytes: size,
+        });
+    }
+    if !device && have != size {
+        return Err(Error::Usage(format!(
+            "{} holds {have} bytes but the disk is {size}; a differential restore writes over a disk of the same size",
+            path.display()
+        )));
+    }
+    Ok((file, device, path.into()))
+}
+
 fn open_device(path: &Path, size: u64) -> Result<(Target, File)> {
     let file = OpenOptions::new()
         .write(true)
