@@ -479,6 +479,51 @@ pub struct VerifyArgs {
     /// Threads reading packs (default: one per core).
     #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
+    /// Instead: check the guest filesystems of SNAPSHOT read-only through the mount
+    /// (e2fsck -fn, xfs_repair -n, btrfs check --readonly, fsck.vfat -n).
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["read_data", "boot", "name", "snapshot"])]
+    pub fsck: Option<String>,
+    /// Instead: boot SNAPSHOT in a throwaway QEMU guest on copy-on-write overlays of its
+    /// NBD export (nothing is written anywhere) and wait for a sign that it booted.
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["read_data", "name", "snapshot"])]
+    pub boot: Option<String>,
+    /// With --boot: the sign is a serial-console line matching this regular expression.
+    #[arg(
+        long,
+        value_name = "REGEX",
+        requires = "boot",
+        conflicts_with = "boot_agent"
+    )]
+    pub boot_serial: Option<String>,
+    /// With --boot: the sign is the QEMU guest agent answering guest-ping.
+    #[arg(long, requires = "boot")]
+    pub boot_agent: bool,
+    /// With --boot (the default sign): the console screen unchanged for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 20, requires = "boot")]
+    pub boot_screen: u64,
+    /// With --boot: give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300, requires = "boot")]
+    pub boot_timeout: u64,
+    /// With --boot: kvm, tcg, or auto (KVM where it works, else TCG, saying so).
+    #[arg(long, value_enum, default_value = "auto", requires = "boot")]
+    pub accel: AccelArg,
+    /// With --boot: the most memory the guest gets, in MiB (its domain XML's, capped).
+    #[arg(long, value_name = "MIB", default_value_t = 2048, requires = "boot")]
+    pub boot_memory: u64,
+    /// With --boot: a new folder for the evidence (screenshot, serial and firmware logs,
+    /// report.json); default ./dedisk-boot-ID-TIME.
+    #[arg(long, value_name = "DIR", requires = "boot")]
+    pub evidence: Option<PathBuf>,
+    /// With --fsck: seconds each checker may take.
+    #[arg(long, value_name = "SECS", default_value_t = 3600, requires = "fsck")]
+    pub fsck_timeout: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Args)]

@@ -12,6 +12,7 @@ mod damage;
 mod differential;
 mod encryption;
 mod errors;
+mod guest;
 mod helpers;
 mod hostile;
 mod images;

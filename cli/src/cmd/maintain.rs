@@ -15,6 +15,7 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let repo = open_repo(g, &mut out)?;
     let lock = lock_shared(g, &repo, "verify", &mut out)?;
+
     let subset = match &a.subset {
         Some(text) => engine::maintain::verify::Subset::parse(text)?,
         None => engine::maintain::verify::Subset::All,

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod backup;
+pub mod guest;
 pub mod init;
 pub mod inspect;
 pub mod job;

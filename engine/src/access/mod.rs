@@ -2,6 +2,8 @@
 //! mount, and the partition tables both show. Everything here reads through
 //! [`crate::read::DiskReader`] and never writes the repository.
 
+pub mod boot;
+pub mod fsck;
 pub mod mount;
 pub mod nbd;
 pub mod partitions;
