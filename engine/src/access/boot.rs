@@ -733,10 +733,8 @@ fn watch(
             }
         }
         match &opts.signal {
-            Signal::Agent => {
-                if agent_ping(&dir.join("qga.sock")) {
-                    return Ok(booted("guest agent answered guest-ping".into()));
-                }
+            Signal::Agent if agent_ping(&dir.join("qga.sock")) => {
+                return Ok(booted("guest agent answered guest-ping".into()));
             }
             Signal::Screen(stable) if Instant::now() >= next_screen => {
                 next_screen = Instant::now() + Duration::from_secs(2);
