@@ -320,3 +320,77 @@ fn fsck_reports_a_clean_ext4_and_vfat_and_finds_a_corrupted_ext4() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("dedisk-fsck-"), "{mounts}");
 }
+
+#[test]
+fn the_nightly_job_boot_tests_each_new_snapshot_and_marks_the_report() {
+    if !can_boot() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let good = bootable_disk(d, "good.raw", "DEDISK-BOOT-OK");
+    let bad = d.join("bad.raw");
+    std::fs::copy(&good, &bad).unwrap();
+    sh(&format!(
+        "dd if=/dev/zero of='{}' bs=512 count=1 conv=notrunc status=none",
+        bad.display()
+    ));
+    let job = d.join("nightly.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "repository = '{}'\n\
+             [boot_test]\n\
+             on = ['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun']\n\
+             serial = 'DEDISK-BOOT-OK'\n\
+             timeout = 120\n\
+             evidence_dir = 'evidence'\n\
+             [[vm]]\nname = 'good'\ndisks = {{ vda = '{}' }}\n\
+             [[vm]]\nname = 'bad'\ndisks = {{ vda = '{}' }}\n",
+            p(&repo),
+            p(&good),
+            p(&bad)
+        ),
+    )
+    .unwrap();
+    let preview = ok(&["run", p(&job), "--preview"]);
+    assert!(
+        preview.contains("boot test of each new snapshot"),
+        "{preview}"
+    );
+    let out = run(&["run", p(&job)]);
+    // One VM does not boot: the job is partial (exit 3), both VMs were backed up.
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("nightly.report.json")).unwrap()).unwrap();
+    assert_eq!(report["status"], "partial");
+    let vm = |name: &str| {
+        report["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(vm("good")["status"], "ok");
+    assert_eq!(vm("good")["boot"]["verdict"], "booted", "{report}");
+    assert_eq!(vm("bad")["status"], "ok");
+    assert_eq!(vm("bad")["boot"]["verdict"], "failed", "{report}");
+    assert!(
+        vm("bad")["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("not a bootable disk"),
+        "{report}"
+    );
+    let evidence = std::fs::read_dir(d.join("evidence")).unwrap().count();
+    assert_eq!(evidence, 2);
+    assert_eq!(boot_guests(), 0);
+}

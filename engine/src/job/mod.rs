@@ -12,6 +12,12 @@
 //!                                          # into a second repository (`dedisk copy`)
 //! notify = "mail -s dedisk root"          # gets the summary on stdin
 //!
+//! [boot_test]                             # boot each VM's new snapshot on these days
+//! on = ["Sat"]                            # (verify --boot); a VM that does not boot
+//! serial = "login:"                       # makes the job partial (exit 3); or
+//! timeout = 600                           # agent = true, or screen_seconds = 20
+//! evidence_dir = "/var/lib/dedisk/boot"   # screenshot + logs per test
+//!
 //! [defaults]
 //! snapshot = "none"                       # none|command|btrfs|lvm|zfs|xenserver|libvirt
 //! keep_daily = 7
@@ -204,12 +210,44 @@ struct JobToml {
     #[serde(default)]
     prune_on: Vec<String>,
     copy: Option<CopyToml>,
+    boot_test: Option<BootTestToml>,
     #[serde(default)]
     defaults: Settings,
     #[serde(default)]
     select: Select,
     #[serde(default)]
     vm: Vec<VmEntry>,
+}
+
+/// `[boot_test]`: on these weekdays, boot each VM's new snapshot (`verify --boot`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootTestToml {
+    on: Vec<String>,
+    /// The sign of a boot: a serial line matching this, the guest agent, or (neither)
+    /// the screen unchanged for `screen_seconds`.
+    serial: Option<String>,
+    #[serde(default)]
+    agent: bool,
+    screen_seconds: Option<u64>,
+    timeout: Option<u64>,
+    /// auto (the default), kvm or tcg.
+    accel: Option<String>,
+    memory_mib: Option<u64>,
+    /// Where each test's evidence folder goes (relative to the job file's folder);
+    /// default `boot-evidence` beside the job file.
+    evidence_dir: Option<PathBuf>,
+}
+
+/// A job's boot tests, checked when the job file is loaded.
+#[derive(Clone, Debug)]
+pub struct BootTest {
+    pub on: Vec<jiff::civil::Weekday>,
+    pub signal: crate::access::boot::Signal,
+    pub timeout: std::time::Duration,
+    pub accel: crate::access::boot::Accel,
+    pub memory_mib: u64,
+    pub evidence_dir: PathBuf,
 }
 
 /// `copy = { to = ..., password_file | password_command, key_file }`.
@@ -271,6 +309,7 @@ pub struct Job {
     pub post_hook: Option<String>,
     pub prune_on: Vec<jiff::civil::Weekday>,
     pub copy: Option<CopyTarget>,
+    pub boot_test: Option<BootTest>,
     pub vms: Vec<VmPlan>,
 }
 
@@ -288,6 +327,43 @@ fn anchored(pattern: &str, path: &Path, text: &str) -> Result<regex::Regex> {
             path.display(),
             line_of(text, pattern)
         ))
+    })
+}
+
+/// Checks `[boot_test]`.
+fn boot_test(b: BootTestToml, path: &Path, dir: &Path, text: &str) -> Result<BootTest> {
+    use crate::access::boot::{Accel, Signal};
+    let bad = |what: &str, why: String| {
+        Error::Usage(format!(
+            "{} line {}: boot_test {what}: {why}",
+            path.display(),
+            line_of(text, what)
+        ))
+    };
+    let on =
+        b.on.iter()
+            .map(|d| weekday(d).ok_or_else(|| bad(d, "not a weekday".into())))
+            .collect::<Result<_>>()?;
+    let signal = match (&b.serial, b.agent) {
+        (Some(re), _) => Signal::serial(re).map_err(|e| bad(re, e.to_string()))?,
+        (None, true) => Signal::Agent,
+        (None, false) => Signal::Screen(std::time::Duration::from_secs(
+            b.screen_seconds.unwrap_or(20).max(2),
+        )),
+    };
+    let accel = match b.accel.as_deref().unwrap_or("auto") {
+        "auto" => Accel::Auto,
+        "kvm" => Accel::Kvm,
+        "tcg" => Accel::Tcg,
+        other => return Err(bad(other, "accel is auto, kvm or tcg".into())),
+    };
+    Ok(BootTest {
+        on,
+        signal,
+        timeout: std::time::Duration::from_secs(b.timeout.unwrap_or(600)),
+        accel,
+        memory_mib: b.memory_mib.unwrap_or(2048),
+        evidence_dir: dir.join(b.evidence_dir.unwrap_or_else(|| "boot-evidence".into())),
     })
 }
 
@@ -344,6 +420,10 @@ impl Job {
             })
             .collect::<Result<_>>()?;
         let dir = path.parent().unwrap_or(Path::new("."));
+        let boot_test = match raw.boot_test {
+            None => None,
+            Some(b) => Some(boot_test(b, path, dir, &text)?),
+        };
         let stem = path
             .file_stem()
             .map_or("job".into(), |s| s.to_string_lossy().into_owned());
@@ -481,6 +561,7 @@ impl Job {
             post_hook: raw.post_hook,
             prune_on,
             copy,
+            boot_test,
             vms,
         })
     }

@@ -101,6 +101,8 @@ pub struct VmResult {
     pub warnings: Vec<String>,
     /// Every error, in order (a failed backup and a failed release are both kept).
     pub errors: Vec<String>,
+    /// The boot test of the new snapshot, on the job's boot-test days.
+    pub boot: Option<crate::access::boot::BootReport>,
 }
 
 /// The whole run, as written to the JSON report.
@@ -243,6 +245,13 @@ pub fn preview(job: &Job) -> (Vec<String>, Vec<String>) {
         if let Err(e) = c.open() {
             problems.push(format!("copy target {}: {e}", c.to));
         }
+    }
+    if let Some(b) = &job.boot_test {
+        plan.push(format!(
+            "boot test of each new snapshot on {:?} (evidence in {})",
+            b.on,
+            b.evidence_dir.display()
+        ));
     }
     if !job.prune_on.is_empty() {
         plan.push(format!("prune on {:?}", job.prune_on));
@@ -417,6 +426,7 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
         disks: Vec::new(),
         warnings: Vec::new(),
         errors: Vec::new(),
+        boot: None,
     };
     let labels = vm
         .disks
@@ -550,6 +560,7 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
     let repository_opened = opened.is_ok();
     match opened {
         Ok(repo) if pre_ok => {
+            let repo = std::sync::Arc::new(repo);
             for vm in &job.vms {
                 if cancel.check().is_err() {
                     report.errors.push("interrupted".into());
@@ -557,13 +568,20 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
                 }
                 report.vms.push(run_vm(&repo, vm, cancel));
             }
+            let today = jiff::Zoned::now().weekday();
+            if let Some(b) = job.boot_test.as_ref().filter(|b| b.on.contains(&today)) {
+                for v in report.vms.iter_mut() {
+                    if cancel.check().is_ok() {
+                        boot_test_vm(&repo, b, v, cancel);
+                    }
+                }
+            }
             if let (Some(target), Ok(())) = (&job.copy, cancel.check()) {
                 match copy_to(&repo, job, target, cancel) {
                     Ok(c) => report.copied = Some(c),
                     Err(e) => report.errors.push(format!("copy to {}: {e}", target.to)),
                 }
             }
-            let today = jiff::Zoned::now().weekday();
             if job.prune_on.contains(&today) && cancel.check().is_ok() {
                 let opts = crate::maintain::prune::PruneOptions::default();
                 let pruned = crate::locking::prune(&repo, "run prune", LOCK_WAIT, cancel)
@@ -622,6 +640,49 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
     report
 }
 
+/// Boots the VM's new snapshot; a boot that fails (or cannot be tried) is a warning on
+/// the VM, which makes the job partial.
+fn boot_test_vm(
+    repo: &std::sync::Arc<Repository>,
+    b: &super::BootTest,
+    v: &mut VmResult,
+    cancel: &Cancel,
+) {
+    let Some(id) = v.snapshot.filter(|_| v.status == VmStatus::Ok) else {
+        return;
+    };
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    let opts = crate::access::boot::BootOptions {
+        signal: b.signal.clone(),
+        timeout: b.timeout,
+        accel: b.accel,
+        max_memory_mib: b.memory_mib,
+        // The VM name was validated as one file name when the snapshot was made.
+        evidence: b
+            .evidence_dir
+            .join(format!("{}-{}-{stamp}", v.name, id.short())),
+        qemu: "qemu-system-x86_64".into(),
+    };
+    let tried = std::fs::DirBuilder::new()
+        .recursive(true)
+        .create(&b.evidence_dir)
+        .map_err(|e| crate::error::Error::target(&b.evidence_dir, e))
+        .and_then(|()| crate::locking::shared(repo, "run boot test", LOCK_WAIT, cancel))
+        .and_then(|lock| crate::access::boot::boot_test(repo.clone(), lock, id, &opts, cancel));
+    match tried {
+        Ok(r) => {
+            if r.verdict != crate::access::boot::BootVerdict::Booted {
+                v.warnings
+                    .push(format!("boot test of {}: {}", id.short(), r.reason));
+            }
+            v.boot = Some(r);
+        }
+        Err(e) => v
+            .warnings
+            .push(format!("boot test of {} could not run: {e}", id.short())),
+    }
+}
+
 /// One line per VM: `TIME VM STATUS snapshot=.. new_bytes=.. seconds=.. [error=".."]`.
 fn append_status(path: &Path, r: &JobReport) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
@@ -670,6 +731,17 @@ pub fn summary(r: &JobReport) -> String {
         ));
         for d in &v.disks {
             s.push_str(&format!("    {d}\n"));
+        }
+        if let Some(b) = &v.boot {
+            s.push_str(&format!(
+                "    boot test: {:?}{} ({}), evidence {}\n",
+                b.verdict,
+                b.boot_seconds
+                    .map(|t| format!(" in {t:.1}s"))
+                    .unwrap_or_default(),
+                b.reason,
+                b.evidence.display()
+            ));
         }
         for w in &v.warnings {
             s.push_str(&format!("    warning: {w}\n"));
