@@ -269,3 +269,40 @@ fn onto_a_block_device_only_the_differences_are_written() {
     assert!(v["zeroed_bytes"].as_u64().unwrap() >= 2 << 20, "{v}");
     assert!(v["written_bytes"].as_u64().unwrap() < 16 << 20, "{v}");
 }
+
+#[test]
+fn from_an_object_store_both_modes_give_the_snapshot() {
+    let Some((bucket, _cluster)) = crate::s3::bucket() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = crate::s3::new_s3_repo(&bucket, "differential");
+    let old = random_image(d, "old.raw", 12 << 20, 16 << 20);
+    let new = d.join("new.raw");
+    std::fs::copy(&old, &new).unwrap();
+    scribble(&new, 2 << 20, 1 << 20, false);
+    scribble(&new, 8 << 20, 1 << 20, true);
+    let old_id = backup_id(&repo, "vm", &[&format!("vda={}", p(&old))]);
+    let new_id = backup_id(&repo, "vm", &[&format!("vda={}", p(&new))]);
+    for since in [None, Some(old_id.as_str())] {
+        let target = d.join("t.raw");
+        std::fs::copy(&old, &target).unwrap();
+        let mut args = vec![
+            "--repo",
+            p(&repo),
+            "restore",
+            &new_id,
+            p(&target),
+            "--differential",
+            "--check",
+        ];
+        if let Some(s) = since {
+            args.extend(["--since", s]);
+        }
+        let v = ok_json(&args);
+        assert_eq!(sha256(&target), sha256(&new), "{v}");
+        let written = v["disks"][0]["report"]["written_bytes"].as_u64().unwrap();
+        assert!(written < 4 << 20, "{v}");
+    }
+}

@@ -291,6 +291,16 @@ fn differential(
             )
         })?,
     };
+    let mut out = out;
+    for l in &disk.lost {
+        out.warnings.push(format!(
+            "{}: bytes {}..{} were lost to damage before `repair snapshots` and read as zeros ({})",
+            disk.label,
+            l.offset,
+            l.offset + l.len,
+            l.reason
+        ));
+    }
     if g.json {
         output::json(&json!({
             "type": "restore",

@@ -33,6 +33,8 @@ use crate::io::{AlignedBuf, DIRECT_ALIGN};
 use crate::progress::Progress;
 use crate::read::fetch_chunk;
 
+/// Workers of a restore from an object store (each fetch waits tens of milliseconds).
+const REMOTE_WORKERS: usize = 16;
 /// Bytes of a hole (or of a check's read) read with one call.
 const PIECE_BYTES: usize = 4 << 20;
 /// Zeroing works at this grain: a piece of a hole is zeroed in blocks of it that hold
@@ -177,7 +179,12 @@ pub fn restore_differential(
         is_device,
         path,
     };
-    let workers = 2 * req.workers.clamp(1, crate::MAX_WORKERS);
+    // Two a core locally (one reads the target while the other hashes); from an object
+    // store, enough to keep 16 fetches of differing chunks in flight.
+    let workers = match repo.local_root() {
+        Some(_) => 2 * req.workers.clamp(1, crate::MAX_WORKERS),
+        None => REMOTE_WORKERS,
+    };
     let mut report = DiffReport {
         target: req.target.into(),
         mode: if req.since.is_some() {
