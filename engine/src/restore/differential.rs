@@ -591,7 +591,13 @@ impl<'a> Worker<'a> {
         let to = end.div_ceil(align) * align;
         let n = (to - from) as usize;
         let got = match &self.disk.direct_read {
-            Some(direct) => read_full(direct, &mut self.buf[..n], from),
+            Some(direct) => match read_full(direct, &mut self.buf[..n], from) {
+                // O_DIRECT opened but refused at this alignment: read through the cache.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    read_full(&self.disk.out.file, &mut self.buf[..n], from)
+                }
+                r => r,
+            },
             None => read_full(&self.disk.out.file, &mut self.buf[..n], from),
         }
         .map_err(|e| self.io(e))?;

@@ -93,7 +93,14 @@ impl Output {
             Some(direct)
                 if offset.is_multiple_of(align) && (data.len() as u64).is_multiple_of(align) =>
             {
-                direct.write_all_at(data, offset)
+                // A filesystem that opened O_DIRECT but wants a larger alignment says
+                // EINVAL: those bytes go through the page cache instead.
+                match direct.write_all_at(data, offset) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.file.write_all_at(data, offset)
+                    }
+                    r => r,
+                }
             }
             _ => self.file.write_all_at(data, offset),
         }
