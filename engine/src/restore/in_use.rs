@@ -40,7 +40,17 @@ pub(crate) fn refuse_if_in_use(path: &Path, file: &File) -> Result<()> {
             "{who} holds a lock on it (a running QEMU does)"
         )));
     }
-    if let Some((pid, name)) = opened_by(&meta) {
+    // udev probes a device (blkid) right after anyone wrote to it, for a moment: a
+    // holder is only one if it is still there a little later.
+    let mut holder = opened_by(&meta);
+    for _ in 0..10 {
+        if holder.is_none() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        holder = opened_by(&meta);
+    }
+    if let Some((pid, name)) = holder {
         return Err(in_use(format!("process {pid} ({name}) has it open")));
     }
     if meta.file_type().is_file() {

@@ -150,8 +150,8 @@ impl Group {
 }
 
 /// A second, O_DIRECT descriptor (for reading or for writing) of the file `file` has
-/// open, or None where the
-/// filesystem refuses O_DIRECT (tmpfs, some network filesystems).
+/// open, or None where the filesystem refuses O_DIRECT (tmpfs, some network
+/// filesystems).
 fn reopen_direct(file: &File, read: bool) -> Option<File> {
     use std::os::fd::AsRawFd;
     let path = format!("/proc/self/fd/{}", file.as_raw_fd());
