@@ -440,8 +440,9 @@ pub struct RestoreArgs {
     pub workers: Option<usize>,
     /// Write over the existing TARGET (a file of the disk's size or a block device) in
     /// place, only where it differs: it is read and hashed at the snapshot's chunk
-    /// boundaries. Refused while it is mounted or in use.
-    #[arg(long, conflicts_with_all = ["force", "format"])]
+    /// boundaries. Refused while it is mounted or in use. (--force then only means:
+    /// write through a symlink named as TARGET that another user could have made.)
+    #[arg(long, conflicts_with = "format")]
     pub differential: bool,
     /// With --differential: TARGET holds exactly this snapshot's disk (your word; an id
     /// prefix, `latest` or `VM@latest`), so the manifests are compared and nothing is read.
@@ -450,10 +451,6 @@ pub struct RestoreArgs {
     /// With --differential: read TARGET back afterwards and compare it with the snapshot.
     #[arg(long, requires = "differential")]
     pub check: bool,
-    /// With --differential: follow a symlink named as TARGET even if another user could
-    /// have made it.
-    #[arg(long, requires = "differential")]
-    pub follow_symlink: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

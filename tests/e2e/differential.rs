@@ -186,6 +186,22 @@ fn wrong_targets_are_refused_in_one_line_and_left_alone() {
     let big = random_image(&n.dir, "big.raw", 1 << 20, 65 << 20);
     run_args(&big, 1, "same size");
     run_args(&n.dir, 1, "not a regular file or block device");
+    // A symlink another user made is not written through without --force.
+    if is_root() {
+        let real = n.dir.join("real.raw");
+        restore(&n.repo, &n.old_id, &real);
+        let link = n.dir.join("link.raw");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        sh(&format!("chown -h nobody '{}'", link.display()));
+        let before = sha256(&real);
+        run_args(&link, 1, "is a symlink");
+        assert_eq!(sha256(&real), before);
+        let mut a = args(&link);
+        a.push("--force".into());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        ok(&a);
+        assert_eq!(sha256(&real), sha256(&n.new));
+    }
 
     // In use by a real QEMU process (qemu-nbd locks and holds its image).
     if !have("qemu-nbd") {

@@ -264,7 +264,7 @@ fn differential(
         target: &a.target,
         since: since.as_ref().map(|(_, m)| m),
         check: a.check,
-        force: a.follow_symlink,
+        force: a.force,
         workers,
         cancel: &CANCEL,
     };

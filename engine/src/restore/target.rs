@@ -173,15 +173,7 @@ pub(crate) fn open_path(path: &Path, size: u64, opts: TargetOptions) -> Result<(
         }
         Err(e) => Err(Error::target(path, e)),
         Ok(m) if m.file_type().is_symlink() => {
-            if !opts.force && !trusted_link(path, &m) {
-                let to = std::fs::read_link(path).unwrap_or_default();
-                return Err(Error::Usage(format!(
-                    "{} is a symlink (to {}) that another user could have made; pass --force to write through it, or name its target",
-                    path.display(),
-                    to.display()
-                )));
-            }
-            let real = std::fs::canonicalize(path).map_err(|e| Error::target(path, e))?;
+            let real = follow_link(path, &m, opts.force)?;
             match std::fs::symlink_metadata(&real) {
                 // canonicalize resolved every link, so this recursion ends here.
                 Ok(m) if !m.file_type().is_symlink() => open_path(&real, size, opts),
@@ -229,6 +221,20 @@ pub(crate) fn open_in_dir(
     create_file(again, OsStr::new(name), size, opts)
 }
 
+/// Where the symlink at `path` (named on the command line) leads, if it may be followed:
+/// with `force`, or when only root or the caller could have made it.
+fn follow_link(path: &Path, link: &std::fs::Metadata, force: bool) -> Result<PathBuf> {
+    if !force && !trusted_link(path, link) {
+        let to = std::fs::read_link(path).unwrap_or_default();
+        return Err(Error::Usage(format!(
+            "{} is a symlink (to {}) that another user could have made; pass --force to write through it, or name its target",
+            path.display(),
+            to.display()
+        )));
+    }
+    std::fs::canonicalize(path).map_err(|e| Error::target(path, e))
+}
+
 /// Whether only root or the caller could have made the symlink at `path`.
 fn trusted_link(path: &Path, link: &std::fs::Metadata) -> bool {
     let me = rustix::process::geteuid().as_raw();
@@ -249,15 +255,7 @@ fn trusted_link(path: &Path, link: &std::fs::Metadata) -> bool {
 pub(crate) fn open_existing(path: &Path, size: u64, force: bool) -> Result<(File, bool, PathBuf)> {
     let m = std::fs::symlink_metadata(path).map_err(|e| Error::target(path, e))?;
     if m.file_type().is_symlink() {
-        if !force && !trusted_link(path, &m) {
-            let to = std::fs::read_link(path).unwrap_or_default();
-            return Err(Error::Usage(format!(
-                "{} is a symlink (to {}) that another user could have made; pass --force to write through it, or name its target",
-                path.display(),
-                to.display()
-            )));
-        }
-        let real = std::fs::canonicalize(path).map_err(|e| Error::target(path, e))?;
+        let real = follow_link(path, &m, force)?;
         return match std::fs::symlink_metadata(&real) {
             Ok(m) if !m.file_type().is_symlink() => open_existing(&real, size, force),
             _ => Err(Error::TargetNotADisk { path: path.into() }),
