@@ -181,7 +181,7 @@ fn verdict_of(fs: &str, code: i32) -> Option<bool> {
 
 /// The filesystem type `blkid` finds in `path` (empty when it finds none).
 fn probe(path: &Path) -> std::result::Result<String, String> {
-    let out = Command::new("blkid")
+    let out = Command::new(program("blkid"))
         .args(["-p", "-s", "TYPE", "-o", "value"])
         .arg(path)
         .env("LC_ALL", "C")
@@ -235,7 +235,7 @@ fn check_one(
         return Ok(r);
     };
     r.checker = Some(format!("{} {}", argv.join(" "), name));
-    let child = Command::new(argv[0])
+    let child = Command::new(program(argv[0]))
         .args(&argv[1..])
         .arg(path)
         .env("LC_ALL", "C")
@@ -317,4 +317,20 @@ fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::Joi
         }
         buf
     })
+}
+
+/// A system tool by name: from PATH, else from /usr/sbin or /sbin (where Debian puts
+/// blkid and the checkers, outside an ordinary user's PATH).
+fn program(name: &str) -> PathBuf {
+    let in_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
+    if !in_path {
+        for dir in ["/usr/sbin", "/sbin"] {
+            let p = Path::new(dir).join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from(name)
 }
