@@ -50,14 +50,18 @@ fn bootable_disk(dir: &Path, name: &str, marker: &str) -> PathBuf {
     out
 }
 
-/// QEMU processes of boot tests still running.
-fn boot_guests() -> usize {
+/// QEMU processes of boot tests still running with their files under `scratch` (other
+/// tests boot guests at the same time, under their own folders).
+fn boot_guests(scratch: &Path) -> usize {
+    let mine = scratch.display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("dedisk-boot-test"))
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("dedisk-boot-test") && c.contains(&mine)
+            })
         })
         .count()
 }
@@ -216,7 +220,7 @@ fn a_bootable_snapshot_boots_a_zeroed_boot_sector_fails_a_hang_times_out() {
     assert!(r["kvm_failed"].is_null(), "TCG was asked for: {r}");
 
     // Nothing left behind: no QEMU, no overlay, no socket.
-    assert_eq!(boot_guests(), 0);
+    assert_eq!(boot_guests(&scratch), 0);
     let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 
@@ -359,7 +363,13 @@ fn the_nightly_job_boot_tests_each_new_snapshot_and_marks_the_report() {
         preview.contains("boot test of each new snapshot"),
         "{preview}"
     );
-    let out = run(&["run", p(&job)]);
+    let scratch = d.join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    let out = dedisk()
+        .env("TMPDIR", &scratch)
+        .args(["run", p(&job)])
+        .output()
+        .unwrap();
     // One VM does not boot: the job is partial (exit 3), both VMs were backed up.
     assert_eq!(
         out.status.code(),
@@ -392,5 +402,6 @@ fn the_nightly_job_boot_tests_each_new_snapshot_and_marks_the_report() {
     );
     let evidence = std::fs::read_dir(d.join("evidence")).unwrap().count();
     assert_eq!(evidence, 2);
-    assert_eq!(boot_guests(), 0);
+    assert_eq!(boot_guests(&scratch), 0);
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
 }
