@@ -47,21 +47,20 @@ fn fsck(
         output::json(&json!({"type": "fsck", "snapshot": id, "partitions": checks}));
     } else {
         for c in &checks {
+            let verdict = match c.verdict {
+                Verdict::Clean => "clean".to_string(),
+                Verdict::Errors => format!("ERRORS ({})", c.detail),
+                Verdict::NotChecked => format!("not checked ({})", c.detail),
+                Verdict::Failed => format!("check failed ({})", c.detail),
+            };
             output::line(format!(
-                "{} {}: {} ({}){}",
+                "{} {}: {verdict}{}",
                 c.partition,
                 if c.filesystem.is_empty() {
                     "-"
                 } else {
                     &c.filesystem
                 },
-                match c.verdict {
-                    Verdict::Clean => "clean",
-                    Verdict::Errors => "ERRORS",
-                    Verdict::NotChecked => "not checked",
-                    Verdict::Failed => "check failed",
-                },
-                c.detail,
                 c.checker
                     .as_ref()
                     .map(|cmd| format!(" [{cmd}, {:.1}s]", c.seconds))

@@ -587,6 +587,35 @@ impl Filesystem for SnapshotFs {
         }
     }
 
+    /// Nothing is ever written, so there is nothing to flush (checkers such as e2fsck
+    /// call fsync on what they open).
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    /// Files here are not devices: block-device ioctls (BLKGETSIZE64, BLKSSZGET, which
+    /// fsck tools try first) get ENOTTY, as on any regular file, without a log line.
+    fn ioctl(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _flags: u32,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(libc::ENOTTY);
+    }
+
     fn access(&mut self, _req: &Request<'_>, ino: u64, mask: i32, reply: fuser::ReplyEmpty) {
         match self.node(ino) {
             Some(_) if mask & libc::W_OK != 0 => reply.error(libc::EROFS),
