@@ -386,6 +386,11 @@ pub fn boot_test(
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = server.join();
     drop(scratch);
+    if outcome.is_err() {
+        // No test ran: leave no empty evidence folder behind (remove_dir keeps a
+        // folder that holds anything).
+        let _ = std::fs::remove_dir(&opts.evidence);
+    }
     outcome
 }
 
