@@ -153,7 +153,9 @@ fuzz_target!(|data: &[u8]| {
     let mut bytes = serde_json::to_vec_pretty(&snap).unwrap();
     bytes.push(b'\n');
     let id = blake3::hash(&bytes).to_hex();
-    std::fs::write(repo.snapshots_dir().join(format!("{id}.json")), &bytes).unwrap();
+    // A forged snapshot file, written where a local repository keeps them (FORMAT.md).
+    let snapshots = repo.local_root().expect("a local repository").join("snapshots");
+    std::fs::write(snapshots.join(format!("{id}.json")), &bytes).unwrap();
 
     let target = top.path().join("out");
     for r in repo.list_snapshots().unwrap() {
