@@ -92,6 +92,23 @@ pub enum Command {
         #[command(subcommand)]
         what: RepairWhat,
     },
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+    /// Write the man pages (dedisk.1 and one per command, dedisk-backup.1, ...) into DIR.
+    Manpages {
+        /// The folder to write them in (created if missing).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

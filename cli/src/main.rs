@@ -77,6 +77,8 @@ fn run(cli: &Cli) -> anyhow::Result<context::Outcome> {
         Command::Run(a) => cmd::job::run(g, a),
         Command::Unlock { force } => cmd::maintain::unlock(g, *force),
         Command::Repair { what } => cmd::maintain::repair(g, what),
+        Command::Completions { shell } => cmd::docs::completions(*shell),
+        Command::Manpages { dir } => cmd::docs::manpages(dir),
     }
 }
 

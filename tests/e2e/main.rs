@@ -10,6 +10,7 @@ mod copy;
 mod crash;
 mod damage;
 mod differential;
+mod docs;
 mod encryption;
 mod errors;
 mod guest;

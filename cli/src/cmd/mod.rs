@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod backup;
+pub mod docs;
 pub mod guest;
 pub mod init;
 pub mod inspect;
