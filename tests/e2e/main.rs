@@ -25,5 +25,6 @@ mod prune;
 mod prune_beside;
 mod reliability;
 mod s3;
+mod units;
 mod verify;
 mod xva;
