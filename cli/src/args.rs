@@ -92,6 +92,8 @@ pub enum Command {
         #[command(subcommand)]
         what: RepairWhat,
     },
+    /// Print the repository's Prometheus metrics (size, snapshots, each VM's newest).
+    Metrics,
     /// Print a shell completion script (bash, zsh or fish) to stdout.
     Completions {
         #[arg(value_enum)]

@@ -66,6 +66,7 @@ fn run(cli: &Cli) -> anyhow::Result<context::Outcome> {
         Command::Snapshots(a) => cmd::listing::snapshots(g, a),
         Command::Restore(a) => cmd::restore::restore(g, a),
         Command::Stats => cmd::listing::stats(g),
+        Command::Metrics => cmd::listing::metrics(g),
         Command::Verify(a) if a.fsck.is_some() || a.boot.is_some() => cmd::guest::verify(g, a),
         Command::Verify(a) => cmd::maintain::verify(g, a),
         Command::Forget(a) => cmd::maintain::forget(g, a),

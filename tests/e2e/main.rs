@@ -19,6 +19,7 @@ mod hostile;
 mod images;
 mod job;
 mod libvirt;
+mod metrics;
 mod mount;
 mod nbd;
 mod prune;

@@ -1,6 +1,6 @@
 //! `dedisk snapshots` and `dedisk stats`: what the repository holds.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::args::{Global, SnapshotsArgs};
@@ -137,6 +137,23 @@ pub fn stats(g: &Global) -> Result<Outcome> {
             "overall:            {:.2}x (logical / stored)",
             ratio(logical, t.pack_bytes)
         ));
+    }
+    Ok(out)
+}
+
+/// `dedisk metrics`: the repository in Prometheus' text format (for a textfile
+/// collector, or a scrape through any exporter that runs a command).
+pub fn metrics(g: &Global) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let repo = open_repo(g, &mut out)?;
+    let mut m = engine::job::metrics::Metrics::default();
+    engine::job::metrics::repository(&repo, &mut m)?;
+    // A pipe closed early (`dedisk metrics | head`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout(), m.render().as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing the metrics")?
+        }
+        _ => {}
     }
     Ok(out)
 }

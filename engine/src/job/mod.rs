@@ -11,6 +11,8 @@
 //!                                          # after the backups, the job's VMs' snapshots
 //!                                          # into a second repository (`dedisk copy`)
 //! notify = "mail -s dedisk root"          # gets the summary on stdin
+//! metrics_file = "/var/lib/prometheus/node-exporter/dedisk.prom"
+//!                                          # per-VM and repository metrics after each run
 //!
 //! [boot_test]                             # boot each VM's new snapshot on these days
 //! on = ["Sat"]                            # (verify --boot); a VM that does not boot
@@ -49,6 +51,7 @@
 //! the patterns pick is backed up with that snapshot method, whether or not a `[[vm]]`
 //! names it.
 
+pub mod metrics;
 pub mod provider;
 pub mod run;
 pub mod select;
@@ -211,6 +214,8 @@ struct JobToml {
     prune_on: Vec<String>,
     copy: Option<CopyToml>,
     boot_test: Option<BootTestToml>,
+    /// A Prometheus textfile-collector file written after each run.
+    metrics_file: Option<PathBuf>,
     #[serde(default)]
     defaults: Settings,
     #[serde(default)]
@@ -310,6 +315,8 @@ pub struct Job {
     pub prune_on: Vec<jiff::civil::Weekday>,
     pub copy: Option<CopyTarget>,
     pub boot_test: Option<BootTest>,
+    /// Where the run's metrics go (node_exporter's textfile collector folder).
+    pub metrics_file: Option<PathBuf>,
     pub vms: Vec<VmPlan>,
 }
 
@@ -562,6 +569,7 @@ impl Job {
             prune_on,
             copy,
             boot_test,
+            metrics_file: raw.metrics_file.map(|p| dir.join(p)),
             vms,
         })
     }

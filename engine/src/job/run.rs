@@ -558,6 +558,7 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
     };
     let opened = open_repository(job);
     let repository_opened = opened.is_ok();
+    let mut metrics = super::metrics::Metrics::default();
     match opened {
         Ok(repo) if pre_ok => {
             let repo = std::sync::Arc::new(repo);
@@ -591,6 +592,13 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
                     Err(e) => report.errors.push(format!("prune: {e}")),
                 }
             }
+            if job.metrics_file.is_some() {
+                if let Err(e) = super::metrics::repository(&repo, &mut metrics) {
+                    report
+                        .errors
+                        .push(format!("metrics of the repository: {e}"));
+                }
+            }
         }
         Ok(_) => {}
         Err(e) => report
@@ -621,6 +629,14 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
         }
     }
     report.finished = jiff::Timestamp::now();
+    if let Some(path) = &job.metrics_file {
+        super::metrics::job_run(&report, &mut metrics);
+        if let Err(e) = super::metrics::write_textfile(path, &metrics.render()) {
+            report
+                .errors
+                .push(format!("metrics file {}: {e}", path.display()));
+        }
+    }
     if let Err(e) = append_status(&job.status_log, &report) {
         report
             .errors
