@@ -1,17 +1,35 @@
-//! A progress bar on stderr, only when stderr is a terminal.
+//! Progress on stderr as a bar (only when stderr is a terminal), or with `--json` as
+//! `{"type":"progress",...}` lines on stdout, at most one a second per disk and one
+//! when it ends, before the command's summary document.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// How often a JSON progress line is printed while a disk is in progress.
+const JSON_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Bar {
     bar: Option<ProgressBar>,
+    json: Option<JsonProgress>,
+}
+
+/// The state behind JSON progress lines.
+struct JsonProgress {
+    command: &'static str,
+    done: AtomicU64,
+    /// (label, total bytes, when it started, when a line was last printed).
+    current: Mutex<(String, Option<u64>, Instant, Instant)>,
 }
 
 impl Bar {
-    /// A bar if stderr is a terminal and the user did not ask for quiet or JSON output.
-    pub fn new(enabled: bool) -> Self {
-        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+    /// A bar if stderr is a terminal and the user did not ask for quiet or JSON output;
+    /// JSON lines for `command` with `--json` (unless `--quiet`).
+    pub fn new(g: &crate::args::Global, command: &'static str) -> Self {
+        let bar = (!g.json && !g.quiet && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             b.set_style(
                 ProgressStyle::with_template(
@@ -22,7 +40,52 @@ impl Bar {
             );
             b
         });
-        Bar { bar }
+        let json = (g.json && !g.quiet).then(|| {
+            let now = Instant::now();
+            JsonProgress {
+                command,
+                done: AtomicU64::new(0),
+                current: Mutex::new((String::new(), None, now, now)),
+            }
+        });
+        Bar { bar, json }
+    }
+}
+
+impl JsonProgress {
+    /// Prints a line (always when `last`, else at most every JSON_EVERY).
+    fn emit(&self, last: bool) {
+        let mut cur = self.current.lock().expect("no panics while held");
+        let now = Instant::now();
+        if !last && now.duration_since(cur.3) < JSON_EVERY {
+            return;
+        }
+        cur.3 = now;
+        let done = self.done.load(Ordering::Relaxed);
+        let elapsed = now.duration_since(cur.2).as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            done as f64 / elapsed
+        } else {
+            0.0
+        };
+        let eta = match cur.1 {
+            Some(total) if rate > 0.0 && !last => {
+                Some((total.saturating_sub(done) as f64 / rate).round() as u64)
+            }
+            Some(_) if last => Some(0),
+            _ => None,
+        };
+        crate::output::json(&serde_json::json!({
+            "type": "progress",
+            "command": self.command,
+            "disk": cur.0,
+            "bytes_done": done,
+            "bytes_total": cur.1,
+            "elapsed_seconds": (elapsed * 10.0).round() / 10.0,
+            "bytes_per_second": rate.round() as u64,
+            "eta_seconds": eta,
+            "done": last,
+        }));
     }
 }
 
@@ -33,15 +96,28 @@ impl engine::progress::Progress for Bar {
             b.set_prefix(label.to_string());
             b.set_length(size_bytes.unwrap_or(0));
         }
+        if let Some(j) = &self.json {
+            j.done.store(0, Ordering::Relaxed);
+            let now = Instant::now();
+            *j.current.lock().expect("no panics while held") =
+                (label.to_string(), size_bytes, now, now);
+        }
     }
     fn advance(&self, bytes: u64) {
         if let Some(b) = &self.bar {
             b.inc(bytes);
         }
+        if let Some(j) = &self.json {
+            j.done.fetch_add(bytes, Ordering::Relaxed);
+            j.emit(false);
+        }
     }
     fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
+        }
+        if let Some(j) = &self.json {
+            j.emit(true);
         }
     }
 }

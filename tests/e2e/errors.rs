@@ -200,3 +200,61 @@ fn a_full_disk_fails_the_backup_cleanly() {
     );
     assert_eq!(sha256(&restored), sha256(&small));
 }
+
+#[test]
+fn json_progress_lines_come_before_the_summary_and_quiet_silences_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = new_repo(d, &[]);
+    let img = random_image(d, "disk.raw", 6 << 20, 16 << 20);
+    let out = ok(&[
+        "--json",
+        "--repo",
+        p(&repo),
+        "backup",
+        "--name",
+        "vm",
+        &format!("vda={}", p(&img)),
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let (last, progress) = lines.split_last().unwrap();
+    assert_eq!(last["type"], "summary", "{out}");
+    assert!(!progress.is_empty(), "{out}");
+    for p in progress {
+        assert_eq!(p["type"], "progress");
+        assert_eq!(p["command"], "backup");
+        assert_eq!(p["disk"], "vda");
+        assert_eq!(p["bytes_total"], 16 << 20);
+    }
+    let end = progress.last().unwrap();
+    assert_eq!(end["done"], true);
+    assert_eq!(end["bytes_done"], 16 << 20);
+    assert_eq!(end["eta_seconds"], 0);
+
+    let target = d.join("back.raw");
+    let out = ok(&[
+        "--json",
+        "--repo",
+        p(&repo),
+        "restore",
+        "latest",
+        p(&target),
+    ]);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "progress");
+    assert_eq!(first["command"], "restore");
+    // -q: no progress, only the summary.
+    let out = ok(&[
+        "--json",
+        "-q",
+        "--repo",
+        p(&repo),
+        "restore",
+        "latest",
+        p(&d.join("again.raw")),
+    ]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+}

@@ -95,7 +95,7 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
         allow_empty: a.allow_empty,
         cancel: CANCEL.clone(),
     };
-    let bar = Bar::new(!g.json && !g.quiet);
+    let bar = Bar::new(g, "backup");
     let done = backup(&repo, &lock, disks, meta, &opts, &bar)
         .context("backup failed; no snapshot was written")?;
     let s = &done.snapshot;

@@ -121,7 +121,7 @@ pub fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
     } else {
         None
     };
-    let bar = Bar::new(!g.json && !g.quiet);
+    let bar = Bar::new(g, "restore");
     let mut reports = Vec::new();
     for (label, manifest, name, format) in jobs {
         let to = match (&name, &folder) {
@@ -268,7 +268,7 @@ fn differential(
         workers,
         cancel: &CANCEL,
     };
-    let bar = Bar::new(!g.json && !g.quiet);
+    let bar = Bar::new(g, "restore");
     let report = match engine::restore::differential::restore_differential(repo, lock, &req, &bar) {
         Err(engine::Error::Damaged { damage, .. }) => {
             for d in &damage {
