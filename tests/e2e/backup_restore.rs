@@ -146,7 +146,14 @@ fn stdin_stream_and_file_give_the_same_chunks_whatever_the_threads() {
         "{}",
         String::from_utf8_lossy(&piped.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(piped.stdout.trim_ascii_end()).unwrap();
+    // Progress lines come first; the summary is the last line.
+    let summary: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&piped.stdout)
+            .lines()
+            .last()
+            .expect("a summary"),
+    )
+    .unwrap();
     assert_eq!(summary["disks"][0]["stats"]["new_chunks"], 0);
 
     let roots: Vec<_> = snapshot_files(&repo)

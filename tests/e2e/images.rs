@@ -708,7 +708,14 @@ fn a_dynamic_vhd_streams_from_a_pipe_block_by_block() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii_end()).unwrap();
+    // Progress lines come first; the summary is the last line.
+    let summary: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("a summary"),
+    )
+    .unwrap();
     let stats = &summary["disks"][0]["stats"];
     // Only the allocated blocks (2 MiB each) were read, not the 64 MiB disk.
     assert!(stats["read_bytes"].as_u64().unwrap() < 20 << 20, "{stats}");
