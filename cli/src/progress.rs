@@ -21,8 +21,12 @@ pub struct Bar {
 struct JsonProgress {
     command: &'static str,
     done: AtomicU64,
-    /// (label, total bytes, when it started, when a line was last printed).
-    current: Mutex<(String, Option<u64>, Instant, Instant)>,
+    /// (label, total bytes, when it started).
+    current: Mutex<(String, Option<u64>, Instant)>,
+    /// Milliseconds after `epoch` before which no line is due: workers call `advance`
+    /// for every chunk, and only one call a second takes the lock.
+    epoch: Instant,
+    next_ms: AtomicU64,
 }
 
 impl Bar {
@@ -45,7 +49,9 @@ impl Bar {
             JsonProgress {
                 command,
                 done: AtomicU64::new(0),
-                current: Mutex::new((String::new(), None, now, now)),
+                current: Mutex::new((String::new(), None, now)),
+                epoch: now,
+                next_ms: AtomicU64::new(0),
             }
         });
         Bar { bar, json }
@@ -55,12 +61,18 @@ impl Bar {
 impl JsonProgress {
     /// Prints a line (always when `last`, else at most every JSON_EVERY).
     fn emit(&self, last: bool) {
-        let mut cur = self.current.lock().expect("no panics while held");
         let now = Instant::now();
-        if !last && now.duration_since(cur.3) < JSON_EVERY {
+        let now_ms = now.duration_since(self.epoch).as_millis() as u64;
+        if !last && now_ms < self.next_ms.load(Ordering::Relaxed) {
             return;
         }
-        cur.3 = now;
+        let cur = self.current.lock().expect("no panics while held");
+        // Another thread may have printed while this one waited for the lock.
+        if !last && now_ms < self.next_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        self.next_ms
+            .store(now_ms + JSON_EVERY.as_millis() as u64, Ordering::Relaxed);
         let done = self.done.load(Ordering::Relaxed);
         let elapsed = now.duration_since(cur.2).as_secs_f64();
         let rate = if elapsed > 0.0 {
@@ -99,8 +111,11 @@ impl engine::progress::Progress for Bar {
         if let Some(j) = &self.json {
             j.done.store(0, Ordering::Relaxed);
             let now = Instant::now();
-            *j.current.lock().expect("no panics while held") =
-                (label.to_string(), size_bytes, now, now);
+            *j.current.lock().expect("no panics while held") = (label.to_string(), size_bytes, now);
+            j.next_ms.store(
+                (now - j.epoch + JSON_EVERY).as_millis() as u64,
+                Ordering::Relaxed,
+            );
         }
     }
     fn advance(&self, bytes: u64) {

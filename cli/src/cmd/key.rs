@@ -207,17 +207,7 @@ fn report(g: &Global, kind: &str, id: &str, text: String) {
 
 /// A new private file, never through a symlink, never over an existing file.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+    engine::io::write_new_file(path, 0o600, bytes)
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -894,17 +894,9 @@ fn create_private_dir(path: &Path) -> Result<()> {
         })
 }
 
-/// Writes a new file, 0600, never through a symlink.
+/// Writes a new evidence file, 0600, never through a symlink or over a file.
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| Error::target(path, e))?;
-    f.write_all(data).map_err(|e| Error::target(path, e))
+    crate::io::write_new_file(path, 0o600, data).map_err(|e| Error::target(path, e))
 }
 
 fn copy_private(from: &Path, to: &Path) -> Result<()> {

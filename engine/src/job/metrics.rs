@@ -217,8 +217,6 @@ pub fn job_run(r: &crate::job::run::JobReport, m: &mut Metrics) {
 /// the textfile collector asks: it must never read a half-written file. Mode 0644: the
 /// collector runs as another user, and these numbers hold no secret.
 pub fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     let name = path
         .file_name()
@@ -229,15 +227,7 @@ pub fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()>
         name.to_string_lossy(),
         hex::encode(&random[..6])
     ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    let written = f
-        .write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
+    let written = crate::io::write_new_file(&tmp, 0o644, text.as_bytes())
         .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -562,7 +562,7 @@ impl<'a> Worker<'a> {
                 }
                 Err(failed) => {
                     let (pack, e) = *failed;
-                    if self.tally.damaged.len() < 1000 {
+                    if self.tally.damaged.len() < super::DAMAGE_LIST_MAX {
                         self.tally.damaged.push(crate::error::Damage {
                             disk: self.label.into(),
                             offset,
@@ -724,21 +724,11 @@ fn zero(file: &File, is_device: bool, offset: u64, len: u64) -> std::io::Result<
     use rustix::fs::{fallocate, FallocateFlags};
     let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
     match fallocate(file, punch, offset, len) {
-        Ok(()) => return Ok(()),
-        Err(e) if !is_device && e != rustix::io::Errno::OPNOTSUPP => return Err(e.into()),
-        Err(_) => {}
-    }
-    if is_device {
-        super::zero_device_range(file, offset, len)
-    } else {
-        // A filesystem that cannot punch holes: write zeros.
-        let zeros = vec![0u8; (len as usize).min(super::ZERO_BUF_BYTES)];
-        let mut at = offset;
-        while at < offset + len {
-            let n = (offset + len - at).min(zeros.len() as u64) as usize;
-            file.write_all_at(&zeros[..n], at)?;
-            at += n as u64;
+        Ok(()) => Ok(()),
+        // A device without a zeroing discard, or a filesystem that cannot punch holes.
+        Err(e) if is_device || e == rustix::io::Errno::OPNOTSUPP => {
+            super::write_zeros(file, offset, len)
         }
-        Ok(())
+        Err(e) => Err(e.into()),
     }
 }

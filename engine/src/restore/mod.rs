@@ -176,8 +176,9 @@ fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Zeroes `[offset, offset+len)` of a block device.
-fn zero_device_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+/// Zeroes `[offset, offset+len)`: a block device is asked to do it itself (BLKZEROOUT);
+/// where that is refused (an older device, or a regular file) zeros are written.
+fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     if crate::io::blockdev::zero_out(file, offset, len).is_ok() {
         return Ok(());
     }
@@ -390,7 +391,7 @@ pub fn restore_disk(
                                 },
                                 Extent::Hole { len } => {
                                     if is_device {
-                                        zero_device_range(&out.file, offset, len)
+                                        write_zeros(&out.file, offset, len)
                                             .map_err(|e| Error::target(write_path, e))?;
                                     }
                                 }
@@ -411,12 +412,16 @@ pub fn restore_disk(
         // follow each other on the disk go to one worker together, which writes them
         // with one call (small O_DIRECT writes cost a device request each).
         let preallocate = !is_device && out.direct.is_some();
+        // `held`: chunks that follow each other on the disk, not yet sent.
         let mut held: Vec<runs::Item> = Vec::new();
-        let mut run = (0u64, 0u64);
-        let mut release = |held: &mut Vec<runs::Item>, run: &mut (u64, u64)| -> Result<bool> {
-            if preallocate && run.1 > run.0 {
-                allocate(&out.file, run.0, run.1 - run.0)
-                    .map_err(|e| Error::target(&write_path, e))?;
+        let span = |held: &[runs::Item]| match (held.first(), held.last()) {
+            (Some(first), Some(last)) => (first.0, last.0 + last.1.len()),
+            _ => (0, 0),
+        };
+        let mut release = |held: &mut Vec<runs::Item>, allocate_them: bool| -> Result<bool> {
+            let (from, to) = span(held);
+            if preallocate && allocate_them && to > from {
+                allocate(&out.file, from, to - from).map_err(|e| Error::target(&write_path, e))?;
             }
             // A closed queue means a worker failed; its error is reported below.
             if remote {
@@ -445,23 +450,21 @@ pub fn restore_disk(
                 Extent::Chunk { len, .. } => {
                     report.chunks += 1;
                     report.written_bytes += len as u64;
-                    if run.1 - run.0 >= ALLOCATE_RUN_BYTES {
-                        more = release(&mut held, &mut run)?;
-                        run = (offset, offset);
+                    let (from, to) = span(&held);
+                    if to - from >= ALLOCATE_RUN_BYTES {
+                        more = release(&mut held, true)?;
                     }
-                    run.1 = offset + len as u64;
                     held.push((offset, extent, loc));
                 }
                 Extent::Hole { len } => {
                     report.hole_bytes += len;
-                    more = release(&mut held, &mut run)?;
-                    run = (offset + len, offset + len);
-                    more = more && release(&mut vec![(offset, extent, loc)], &mut (0, 0))?;
+                    more = release(&mut held, true)?
+                        && release(&mut vec![(offset, extent, loc)], false)?;
                 }
             }
             Ok(more)
         });
-        let walked = walked.and_then(|end| release(&mut held, &mut run).map(|_| end));
+        let walked = walked.and_then(|end| release(&mut held, true).map(|_| end));
         if walked.is_ok() {
             batcher.flush(&mut send);
         }
