@@ -1,6 +1,6 @@
 //! Progress on stderr as a bar (only when stderr is a terminal), or with `--json` as
 //! `{"type":"progress",...}` lines on stdout, at most one a second per disk and one
-//! when it ends, before the command's summary document.
+//! when it ends, before the command's summary document. docs/JSON.md lists the fields.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,8 @@ pub struct Bar {
 /// The state behind JSON progress lines.
 struct JsonProgress {
     command: &'static str,
+    /// The phase the command is in (the command's name until it names one).
+    phase: Mutex<String>,
     done: AtomicU64,
     /// (label, total bytes, when it started).
     current: Mutex<(String, Option<u64>, Instant)>,
@@ -48,6 +50,7 @@ impl Bar {
             let now = Instant::now();
             JsonProgress {
                 command,
+                phase: Mutex::new(command.to_string()),
                 done: AtomicU64::new(0),
                 current: Mutex::new((String::new(), None, now)),
                 epoch: now,
@@ -66,6 +69,7 @@ impl JsonProgress {
         if !last && now_ms < self.next_ms.load(Ordering::Relaxed) {
             return;
         }
+        let phase = self.phase.lock().expect("no panics while held").clone();
         let cur = self.current.lock().expect("no panics while held");
         // Another thread may have printed while this one waited for the lock.
         if !last && now_ms < self.next_ms.load(Ordering::Relaxed) {
@@ -90,7 +94,9 @@ impl JsonProgress {
         crate::output::json(&serde_json::json!({
             "type": "progress",
             "command": self.command,
-            "disk": cur.0,
+            "phase": phase,
+            // Work outside a disk (a prune's mark, a verify's pack reads) has none.
+            "disk": (!cur.0.is_empty()).then_some(&cur.0),
             "bytes_done": done,
             "bytes_total": cur.1,
             "elapsed_seconds": (elapsed * 10.0).round() / 10.0,
@@ -102,10 +108,20 @@ impl JsonProgress {
 }
 
 impl engine::progress::Progress for Bar {
+    fn phase(&self, name: &str) {
+        if let Some(b) = &self.bar {
+            b.set_prefix(name.to_string());
+        }
+        if let Some(j) = &self.json {
+            *j.phase.lock().expect("no panics while held") = name.to_string();
+        }
+    }
     fn start(&self, label: &str, size_bytes: Option<u64>) {
         if let Some(b) = &self.bar {
             b.reset();
-            b.set_prefix(label.to_string());
+            if !label.is_empty() {
+                b.set_prefix(label.to_string());
+            }
             b.set_length(size_bytes.unwrap_or(0));
         }
         if let Some(j) = &self.json {

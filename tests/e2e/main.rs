@@ -18,6 +18,7 @@ mod helpers;
 mod hostile;
 mod images;
 mod job;
+mod json;
 mod libvirt;
 mod metrics;
 mod mount;

@@ -36,7 +36,7 @@ pub fn run(g: &Global, a: &RunArgs) -> Result<Outcome> {
         }
         return Ok(out);
     }
-    let report = engine::job::run::run(&job, &CANCEL);
+    let report = engine::job::run::run(&job, &CANCEL, &crate::progress::Bar::new(g, "run"));
     if g.json {
         output::json(&json!({"type": "run", "report": report}));
     } else {

@@ -10,6 +10,7 @@ use engine::job::select::resolve_snapshot;
 use crate::args::{CopyArgs, ForgetArgs, Global, PruneArgs, RepairWhat, VerifyArgs};
 use crate::context::{lock_exclusive, lock_prune, lock_shared, open_repo, Outcome, CANCEL};
 use crate::output::{self, bytes};
+use crate::progress::Bar;
 
 pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
     let mut out = Outcome::default();
@@ -31,7 +32,8 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
         snapshot,
         workers: a.workers.unwrap_or_else(engine::default_workers),
     };
-    let report = engine::maintain::verify::verify(&repo, &lock, &opts)
+    let progress = Bar::new(g, "verify");
+    let report = engine::maintain::verify::verify(&repo, &lock, &opts, &progress)
         .context("verifying the repository")?;
     if g.json {
         output::json(&json!({"type": "verify", "report": report}));
@@ -223,7 +225,7 @@ pub fn run_prune(
         dry_run,
         listing_lag,
     };
-    let r = engine::maintain::prune::prune(repo, &lock, &opts, &CANCEL)
+    let r = engine::maintain::prune::prune(repo, &lock, &opts, &CANCEL, &Bar::new(g, "prune"))
         .context("prune stopped; the repository is intact and the next prune finishes the job")?;
     if g.json {
         output::json(
@@ -287,8 +289,11 @@ pub fn copy(g: &Global, a: &CopyArgs) -> Result<Outcome> {
         snapshots,
         dry_run: a.dry_run,
     };
-    let r = engine::maintain::copy::copy(&repo, &from_lock, &target, &to_lock, &opts, &CANCEL)
-        .with_context(|| {
+    let progress = Bar::new(g, "copy");
+    let r = engine::maintain::copy::copy(
+        &repo, &from_lock, &target, &to_lock, &opts, &CANCEL, &progress,
+    )
+    .with_context(|| {
             format!(
                 "copy to {} stopped; the snapshots copied so far are complete, the next copy sends the rest",
                 target.describe()

@@ -13,6 +13,7 @@ use super::{Job, VmPlan};
 use crate::backup::{backup, BackupOptions, MetaInput};
 use crate::cancel::Cancel;
 use crate::error::Result;
+use crate::progress::Progress;
 use crate::source::SourceOptions;
 
 /// How long a job waits for a conflicting lock (a prune running from another job).
@@ -144,6 +145,7 @@ fn copy_to(
     job: &Job,
     target: &crate::job::CopyTarget,
     cancel: &Cancel,
+    progress: &dyn Progress,
 ) -> Result<crate::maintain::copy::CopyReport> {
     let to = target.open()?;
     let from_lock = crate::locking::shared(repo, "run copy", LOCK_WAIT, cancel)?;
@@ -152,7 +154,7 @@ fn copy_to(
         names: job.vms.iter().map(|v| v.name.clone()).collect(),
         ..Default::default()
     };
-    crate::maintain::copy::copy(repo, &from_lock, &to, &to_lock, &opts, cancel)
+    crate::maintain::copy::copy(repo, &from_lock, &to, &to_lock, &opts, cancel, progress)
 }
 
 /// `--preview`: the resolved plan, and every problem found without changing anything.
@@ -309,6 +311,7 @@ fn latest_base(repo: &Repository, name: &str) -> Result<Option<BaseSnapshot>> {
 }
 
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one call site; the pieces are what a VM backup is made of
 fn backup_vm(
     repo: &Repository,
     lock: &repo_format::lock::SharedLock,
@@ -317,6 +320,7 @@ fn backup_vm(
     disks: Vec<ViewDisk>,
     provider_meta: Vec<MetaInput>,
     cancel: &Cancel,
+    progress: &dyn Progress,
     result: &mut VmResult,
 ) -> Result<()> {
     let mut inputs = Vec::new();
@@ -367,14 +371,11 @@ fn backup_vm(
         cancel: cancel.clone(),
         allow_empty: false,
     };
-    let done = backup(
-        repo,
-        lock,
-        inputs,
-        meta,
-        &opts,
-        &crate::progress::NoProgress,
-    )?;
+    let progress = crate::progress::Prefixed {
+        prefix: format!("{}/", vm.name),
+        inner: progress,
+    };
+    let done = backup(repo, lock, inputs, meta, &opts, &progress)?;
     result.snapshot = Some(done.id);
     result.size_bytes = done.snapshot.size_bytes();
     result.read_bytes = done.snapshot.disks.iter().map(|d| d.stats.read_bytes).sum();
@@ -412,7 +413,7 @@ fn backup_vm(
     Ok(())
 }
 
-fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
+fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel, progress: &dyn Progress) -> VmResult {
     let started = Instant::now();
     let mut r = VmResult {
         name: vm.name.clone(),
@@ -467,7 +468,9 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
             .acquire()
             .map_err(|e| e.in_provider(provider.name()))?;
         let meta = provider.take_meta();
-        backup_vm(repo, &lock, vm, base_id, disks, meta, cancel, &mut r)?;
+        backup_vm(
+            repo, &lock, vm, base_id, disks, meta, cancel, progress, &mut r,
+        )?;
         // A copy taken from a snapshot that broke meanwhile is not a backup: drop it.
         if let Err(e) = provider.check_after() {
             if let Some(id) = r.snapshot.take() {
@@ -532,7 +535,9 @@ fn run_vm(repo: &Repository, vm: &VmPlan, cancel: &Cancel) -> VmResult {
 
 /// Runs the job. Problems are recorded in the report rather than returned, so the
 /// status log, the report and the notification always happen.
-pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
+/// With `--json`, `progress` hears of the phases `backup` (disks labelled `VM/disk`),
+/// `copy` and the prune's.
+pub fn run(job: &Job, cancel: &Cancel, progress: &dyn Progress) -> JobReport {
     let started = jiff::Timestamp::now();
     let mut report = JobReport {
         job: job.path.display().to_string(),
@@ -567,7 +572,8 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
                     report.errors.push("interrupted".into());
                     break;
                 }
-                report.vms.push(run_vm(&repo, vm, cancel));
+                progress.phase("backup");
+                report.vms.push(run_vm(&repo, vm, cancel, progress));
             }
             let today = jiff::Zoned::now().weekday();
             if let Some(b) = job.boot_test.as_ref().filter(|b| b.on.contains(&today)) {
@@ -578,15 +584,18 @@ pub fn run(job: &Job, cancel: &Cancel) -> JobReport {
                 }
             }
             if let (Some(target), Ok(())) = (&job.copy, cancel.check()) {
-                match copy_to(&repo, job, target, cancel) {
+                progress.phase("copy");
+                match copy_to(&repo, job, target, cancel, progress) {
                     Ok(c) => report.copied = Some(c),
                     Err(e) => report.errors.push(format!("copy to {}: {e}", target.to)),
                 }
             }
             if job.prune_on.contains(&today) && cancel.check().is_ok() {
                 let opts = crate::maintain::prune::PruneOptions::default();
-                let pruned = crate::locking::prune(&repo, "run prune", LOCK_WAIT, cancel)
-                    .and_then(|l| crate::maintain::prune::prune(&repo, &l, &opts, cancel));
+                let pruned =
+                    crate::locking::prune(&repo, "run prune", LOCK_WAIT, cancel).and_then(|l| {
+                        crate::maintain::prune::prune(&repo, &l, &opts, cancel, progress)
+                    });
                 match pruned {
                     Ok(p) => report.pruned = Some(p),
                     Err(e) => report.errors.push(format!("prune: {e}")),

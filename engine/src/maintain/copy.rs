@@ -78,6 +78,7 @@ pub fn copy(
     to_lock: &SharedLock,
     opts: &CopyOptions,
     cancel: &crate::cancel::Cancel,
+    progress: &dyn crate::progress::Progress,
 ) -> Result<CopyReport> {
     if from.config().repo_id == to.config().repo_id {
         return Err(Error::Usage(
@@ -141,7 +142,7 @@ pub fn copy(
             });
             continue;
         }
-        let copied = copier.snapshot(&snap, cancel)?;
+        let copied = copier.snapshot(&snap, cancel, progress)?;
         let target = if opts.dry_run {
             None
         } else {
@@ -186,10 +187,17 @@ struct Copier<'a> {
 }
 
 impl Copier<'_> {
-    fn snapshot(&mut self, snap: &Snapshot, cancel: &crate::cancel::Cancel) -> Result<Snapshot> {
+    fn snapshot(
+        &mut self,
+        snap: &Snapshot,
+        cancel: &crate::cancel::Cancel,
+        progress: &dyn crate::progress::Progress,
+    ) -> Result<Snapshot> {
         let mut disks = Vec::new();
         for d in &snap.disks {
-            let manifest = self.manifest(d.manifest, cancel)?;
+            progress.start(&format!("{}/{}", snap.name, d.label), Some(d.size_bytes));
+            let manifest = self.manifest(d.manifest, cancel, progress)?;
+            progress.finish();
             disks.push(SnapshotDisk {
                 manifest,
                 ..d.clone()
@@ -197,7 +205,7 @@ impl Copier<'_> {
         }
         let mut meta = Vec::new();
         for m in &snap.meta {
-            let manifest = self.manifest(m.manifest, cancel)?;
+            let manifest = self.manifest(m.manifest, cancel, &crate::progress::NoProgress)?;
             meta.push(SnapshotMeta {
                 manifest,
                 ..m.clone()
@@ -215,6 +223,7 @@ impl Copier<'_> {
         &mut self,
         root: ManifestRoot,
         cancel: &crate::cancel::Cancel,
+        progress: &dyn crate::progress::Progress,
     ) -> Result<ManifestRoot> {
         let mut nodes = BlobReader::new(self.from)?;
         let mut walker = ManifestWalker::new(root, |id: &BlobId| nodes.read_node(id));
@@ -222,6 +231,7 @@ impl Copier<'_> {
         let (to, dry) = (self.to, self.dry_run);
         while let Some((_, extent)) = walker.next_extent()? {
             cancel.check()?;
+            progress.advance(extent.len());
             let extent = match extent {
                 Extent::Hole { .. } => extent,
                 Extent::Chunk { id, len } => Extent::Chunk {

@@ -185,6 +185,7 @@ pub fn prune(
     lock: &PruneLock,
     opts: &PruneOptions,
     cancel: &crate::cancel::Cancel,
+    progress: &dyn crate::progress::Progress,
 ) -> Result<PruneReport> {
     let lag = opts.listing_lag;
     // 1. Records a killed prune left pending.
@@ -204,8 +205,11 @@ pub fn prune(
         }
     }
     // 2. Mark.
+    progress.phase("mark");
+    progress.start("", None);
     let mut marker = Marker::default();
     marker.mark(repo, cancel)?;
+    progress.finish();
     // The mark reconciled the index with `condemned/`, so it marks these packs too.
     let mut index = repo.index()?;
     let already = condemn::condemned_packs(&records);
@@ -285,8 +289,11 @@ pub fn prune(
     // and indexed first.
     let mut store = crate::store::BlobStore::for_repack(repo, lock)?;
     let mut reader = BlobReader::new(repo)?;
+    progress.phase("repack");
+    progress.start("", Some(repack.iter().map(|(p, _)| lengths[p]).sum()));
     for (pack, ids) in &repack {
         cancel.check()?;
+        progress.advance(lengths[pack]);
         let file = repo.pack_reader(pack)?;
         let rows: HashMap<BlobId, repo_format::TocEntry> = index
             .rows_of_pack(pack)?
@@ -329,6 +336,7 @@ pub fn prune(
         condemned.push(*pack);
     }
     store.finish_pack()?;
+    progress.finish();
     let written: HashSet<PackId> = store.written().iter().map(|(id, _)| *id).collect();
     report.packs_written = store.written().len() as u64;
     report.bytes_written = store.written().iter().map(|(_, n)| n).sum();
@@ -337,6 +345,9 @@ pub fn prune(
     // order, same name): that one is live again.
     condemned.retain(|p| !written.contains(p));
     report.packs_condemned = condemned.len() as u64;
+    // Condemning waits out the listing lag and deletes what no command still needs.
+    progress.phase("delete");
+    progress.start("", None);
     if !condemned.is_empty() {
         let name = condemn::new_name()?;
         let pending = Condemnation::new(&condemned);
@@ -380,9 +391,13 @@ pub fn prune(
         // index's flags as they were, so they deduplicated against it and the packs
         // were kept at the sweep (found by the prune-beside-backups test under load).
         index.set_condemned(&all_condemned)?;
+        progress.finish();
         return Ok(report);
     }
     // Snapshots the waiters wrote before they ended are listed by now.
+    progress.finish();
+    progress.phase("sweep");
+    progress.start("", None);
     sleep(lag, cancel)?;
     marker.mark(repo, cancel)?;
     report.snapshots = marker.walked.len();
@@ -514,13 +529,27 @@ mod tests {
             std::fs::remove_file(lock.path).unwrap();
         }
         let opts = PruneOptions::default();
-        let err = prune(&repo, &lock, &opts, &Default::default()).unwrap_err();
+        let err = prune(
+            &repo,
+            &lock,
+            &opts,
+            &Default::default(),
+            &crate::progress::NoProgress,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("was removed or changed"), "{err}");
         assert_eq!(repo.list_packs().unwrap().len(), packs, "no pack deleted");
         // With its lock in place, the same prune reclaims them.
         drop(lock);
         let lock = repo.lock_prune("prune").unwrap();
-        prune(&repo, &lock, &opts, &Default::default()).unwrap();
+        prune(
+            &repo,
+            &lock,
+            &opts,
+            &Default::default(),
+            &crate::progress::NoProgress,
+        )
+        .unwrap();
         assert_eq!(repo.list_packs().unwrap().len(), 0);
     }
 
@@ -604,7 +633,14 @@ mod tests {
     /// One prune with the default options, under its own lock.
     fn prune_now(repo: &Repository) -> PruneReport {
         let lock = repo.lock_prune("prune").unwrap();
-        prune(repo, &lock, &PruneOptions::default(), &Default::default()).unwrap()
+        prune(
+            repo,
+            &lock,
+            &PruneOptions::default(),
+            &Default::default(),
+            &crate::progress::NoProgress,
+        )
+        .unwrap()
     }
 
     fn read_back(repo: &Repository, snap: &repo_format::Snapshot) -> Vec<u8> {

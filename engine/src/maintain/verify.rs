@@ -148,6 +148,7 @@ pub fn verify(
     repo: &Repository,
     _lock: &repo_format::lock::SharedLock,
     opts: &VerifyOptions,
+    progress: &dyn crate::progress::Progress,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let on_disk = repo.list_packs()?;
@@ -167,7 +168,8 @@ pub fn verify(
         });
     }
 
-    check_index_against_tocs(repo, &index, &on_disk, &indexed, &mut report)?;
+    progress.phase("index");
+    check_index_against_tocs(repo, &index, &on_disk, &indexed, &mut report, progress)?;
 
     let bad_blobs = if opts.read_data {
         let mut packs: Vec<_> = on_disk
@@ -175,7 +177,8 @@ pub fn verify(
             .filter(|(id, _)| indexed.contains(id) && opts.subset.includes(id))
             .collect();
         packs.sort();
-        read_packs(repo, &packs, opts.workers, &mut report)?
+        progress.phase("read-data");
+        read_packs(repo, &packs, opts.workers, &mut report, progress)?
     } else {
         HashSet::new()
     };
@@ -206,15 +209,21 @@ pub fn verify(
     // Oldest first, as listed.
     snapshots.sort_by_key(|(id, s)| (s.time, **id));
     let mut nodes = BlobReader::new(repo)?;
+    progress.phase("snapshots");
     for (id, snap) in snapshots {
         report.snapshots += 1;
         let disks = snap
             .disks
             .iter()
-            .map(|d| (&d.label, &d.manifest))
-            .chain(snap.meta.iter().map(|m| (&m.name, &m.manifest)));
-        for (label, manifest) in disks {
+            .map(|d| (&d.label, &d.manifest, Some(d.size_bytes)))
+            .chain(
+                snap.meta
+                    .iter()
+                    .map(|m| (&m.name, &m.manifest, Some(m.size_bytes))),
+            );
+        for (label, manifest, size) in disks {
             report.disks += 1;
+            progress.start(&format!("{}/{label}", snap.name), size);
             check_manifest(
                 &index,
                 &mut nodes,
@@ -224,6 +233,8 @@ pub fn verify(
                 &id.short(),
                 label,
             )?;
+            progress.advance(size.unwrap_or(0));
+            progress.finish();
         }
     }
     Ok(report)
@@ -307,6 +318,7 @@ fn check_index_against_tocs(
     on_disk: &std::collections::HashMap<repo_format::PackId, u64>,
     indexed: &HashSet<repo_format::PackId>,
     report: &mut VerifyReport,
+    progress: &dyn crate::progress::Progress,
 ) -> Result<()> {
     let problem = |what: String| Problem {
         snapshot: None,
@@ -327,7 +339,9 @@ fn check_index_against_tocs(
         .filter(|(id, _)| indexed.contains(id))
         .collect();
     packs.sort();
+    progress.start("", Some(packs.iter().map(|(_, len)| **len).sum()));
     for (pack, len) in packs {
+        progress.advance(*len);
         let toc = repo.read_pack_toc(pack, Some(*len));
         // An unreadable pack is reported by the pack checks; here only rows are judged.
         let Ok(Some(Ok(toc))) = toc else { continue };
@@ -344,6 +358,7 @@ fn check_index_against_tocs(
             }
         }
     }
+    progress.finish();
     Ok(())
 }
 
@@ -419,17 +434,20 @@ fn read_packs(
     packs: &[(PackId, u64)],
     workers: usize,
     report: &mut VerifyReport,
+    progress: &dyn crate::progress::Progress,
 ) -> Result<HashSet<BlobId>> {
     let next = Mutex::new(packs.iter());
+    progress.start("", Some(packs.iter().map(|(_, len)| len).sum()));
     // (bad blobs, problems listed, problems found, packs read, blobs, bytes)
     let found = Mutex::new((HashSet::new(), Vec::new(), 0u64, 0u64, 0u64, 0u64));
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
             s.spawn(|| loop {
-                let Some((pack, _)) = next.lock().expect("no panics hold it").next() else {
+                let Some((pack, len)) = next.lock().expect("no panics hold it").next() else {
                     return;
                 };
                 let (bad, problems, blobs, bytes) = check_pack(repo, pack);
+                progress.advance(*len);
                 let mut f = found.lock().expect("no panics hold it");
                 f.0.extend(bad);
                 // Counted in full, listed up to the cap.
@@ -442,6 +460,7 @@ fn read_packs(
             });
         }
     });
+    progress.finish();
     let (bad, problems, found_count, packs_read, blobs, bytes) =
         found.into_inner().expect("threads joined");
     let listed = problems.len() as u64;
