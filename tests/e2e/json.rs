@@ -241,7 +241,11 @@ fn long_commands_print_progress_and_every_json_field_is_documented() {
         .collect();
     assert_eq!(disks, BTreeSet::from(["db/sda".into(), "web/vda".into()]));
     assert_eq!(summary(&j)["type"], "run");
-    assert_eq!(j.last().unwrap()["type"], "warning", "exit 3 ends with the warning");
+    assert_eq!(
+        j.last().unwrap()["type"],
+        "warning",
+        "exit 3 ends with the warning"
+    );
 
     record(&mut seen, &["--repo", r, "repair", "index"], 0);
     record(&mut seen, &["--repo", r, "repair", "snapshots"], 0);

@@ -23,6 +23,8 @@ mod libvirt;
 mod metrics;
 mod mount;
 mod nbd;
+mod notify;
+mod packaging;
 mod prune;
 mod prune_beside;
 mod reliability;

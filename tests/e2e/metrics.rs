@@ -88,6 +88,24 @@ fn repository_and_job_metrics_pass_promtool_and_say_what_happened() {
         time.as_second() as f64
     );
     assert!(value(&text, "dedisk_repository_stored_bytes") > (4 << 20) as f64);
+    assert!(
+        !text.contains("dedisk_repository_last_verify"),
+        "no verify has run: {text}"
+    );
+    // This host's last verify and prune, from its cache.
+    ok(&["--repo", p(&repo), "verify"]);
+    ok(&["--repo", p(&repo), "prune", "--listing-lag", "0s"]);
+    let text = ok(&["--repo", p(&repo), "metrics"]);
+    promtool_accepts(&text);
+    assert_eq!(value(&text, "dedisk_repository_last_verify_problems"), 0.0);
+    let now = jiff::Timestamp::now().as_second() as f64;
+    for t in [
+        "dedisk_repository_last_verify_timestamp_seconds",
+        "dedisk_repository_last_prune_timestamp_seconds",
+    ] {
+        assert!((now - value(&text, t)).abs() < 120.0, "{t}: {text}");
+    }
+    assert_eq!(value(&text, "dedisk_repository_last_prune_reclaimed_bytes"), 0.0);
 
     // A job that asks for a textfile: one VM backs up, one has a missing disk.
     let prom = d.join("textfile").join("dedisk.prom");

@@ -138,6 +138,51 @@ pub fn repository(repo: &Repository, m: &mut Metrics) -> Result<()> {
             *new as f64,
         );
     }
+    // What this host's last verify, prune and boot tests found (its cache).
+    let last = crate::maintain::last_runs::LastRuns::load(repo);
+    if let Some(v) = &last.verify {
+        m.gauge(
+            "dedisk_repository_last_verify_timestamp_seconds",
+            "When this host's last verify of the whole repository started (Unix time).",
+            &[],
+            v.time.as_second() as f64,
+        );
+        m.gauge(
+            "dedisk_repository_last_verify_problems",
+            "Problems that verify found (0: no damage).",
+            &[],
+            v.value as f64,
+        );
+    }
+    if let Some(p) = &last.prune {
+        m.gauge(
+            "dedisk_repository_last_prune_timestamp_seconds",
+            "When this host's last prune started (Unix time).",
+            &[],
+            p.time.as_second() as f64,
+        );
+        m.gauge(
+            "dedisk_repository_last_prune_reclaimed_bytes",
+            "Bytes the last prune gave back.",
+            &[],
+            p.value as f64,
+        );
+    }
+    for (vm, b) in &last.boot {
+        let l = [("vm", vm.as_str())];
+        m.gauge(
+            "dedisk_vm_last_boot_test_timestamp_seconds",
+            "When the VM's last boot test on this host ran (Unix time).",
+            &l,
+            b.time.as_second() as f64,
+        );
+        m.gauge(
+            "dedisk_vm_last_boot_test_success",
+            "1 when the VM's last boot test booted.",
+            &l,
+            if b.ok { 1.0 } else { 0.0 },
+        );
+    }
     Ok(())
 }
 

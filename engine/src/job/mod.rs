@@ -11,6 +11,11 @@
 //!                                          # after the backups, the job's VMs' snapshots
 //!                                          # into a second repository (`dedisk copy`)
 //! notify = "mail -s dedisk root"          # gets the summary on stdin
+//! notify_email = ["root", "ops@example.org"]   # the summary as a mail, through the
+//! notify_email_on = "problems"            # local sendmail: always (the default) or
+//!                                          # only when the run was not a success
+//! notify_email_from = "dedisk@backup01.example.org"   # else the MTA's default sender
+//! sendmail = "/usr/sbin/sendmail"         # the default
 //! metrics_file = "/var/lib/prometheus/node-exporter/dedisk.prom"
 //!                                          # per-VM and repository metrics after each run
 //!
@@ -51,6 +56,7 @@
 //! the patterns pick is backed up with that snapshot method, whether or not a `[[vm]]`
 //! names it.
 
+pub mod email;
 pub mod metrics;
 pub mod provider;
 pub mod run;
@@ -197,6 +203,14 @@ struct Select {
     exclude: Vec<String>,
 }
 
+/// A setting that takes one string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobToml {
@@ -208,6 +222,11 @@ struct JobToml {
     status_log: Option<PathBuf>,
     report: Option<PathBuf>,
     notify: Option<String>,
+    /// One address or a list.
+    notify_email: Option<OneOrMany>,
+    notify_email_from: Option<String>,
+    notify_email_on: Option<String>,
+    sendmail: Option<PathBuf>,
     pre_hook: Option<String>,
     post_hook: Option<String>,
     #[serde(default)]
@@ -310,6 +329,7 @@ pub struct Job {
     pub status_log: PathBuf,
     pub report: PathBuf,
     pub notify: Option<String>,
+    pub notify_email: Option<email::EmailNotify>,
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
     pub prune_on: Vec<jiff::civil::Weekday>,
@@ -318,6 +338,65 @@ pub struct Job {
     /// Where the run's metrics go (node_exporter's textfile collector folder).
     pub metrics_file: Option<PathBuf>,
     pub vms: Vec<VmPlan>,
+}
+
+/// `notify_email` and the settings that go with it, checked.
+fn notify_email(raw: &JobToml, path: &Path, text: &str) -> Result<Option<email::EmailNotify>> {
+    let at = |needle: &str, what: String| {
+        Error::Usage(format!(
+            "{} line {}: {what}",
+            path.display(),
+            line_of(text, needle)
+        ))
+    };
+    let Some(to) = &raw.notify_email else {
+        for (set, name) in [
+            (raw.notify_email_from.is_some(), "notify_email_from"),
+            (raw.notify_email_on.is_some(), "notify_email_on"),
+            (raw.sendmail.is_some(), "sendmail"),
+        ] {
+            if set {
+                return Err(at(name, format!("{name} without notify_email")));
+            }
+        }
+        return Ok(None);
+    };
+    let to = match to {
+        OneOrMany::One(a) => vec![a.clone()],
+        OneOrMany::Many(list) => list.clone(),
+    };
+    if to.is_empty() {
+        return Err(at("notify_email", "notify_email lists no address".into()));
+    }
+    for a in to.iter().chain(&raw.notify_email_from) {
+        email::check_address(a).map_err(|e| at(a, e))?;
+    }
+    let on = match raw.notify_email_on.as_deref() {
+        None | Some("always") => email::SendOn::Always,
+        Some("problems") => email::SendOn::Problems,
+        Some(other) => {
+            return Err(at(
+                "notify_email_on",
+                format!("notify_email_on {other:?} is not \"always\" or \"problems\""),
+            ))
+        }
+    };
+    let sendmail = raw
+        .sendmail
+        .clone()
+        .unwrap_or_else(|| "/usr/sbin/sendmail".into());
+    if !sendmail.is_absolute() {
+        return Err(at(
+            "sendmail",
+            format!("sendmail {} is not an absolute path", sendmail.display()),
+        ));
+    }
+    Ok(Some(email::EmailNotify {
+        to,
+        from: raw.notify_email_from.clone(),
+        sendmail,
+        on,
+    }))
 }
 
 /// The 1-based line of the first occurrence of `needle` in `text`, for messages.
@@ -427,6 +506,7 @@ impl Job {
             })
             .collect::<Result<_>>()?;
         let dir = path.parent().unwrap_or(Path::new("."));
+        let notify_email = notify_email(&raw, path, &text)?;
         let boot_test = match raw.boot_test {
             None => None,
             Some(b) => Some(boot_test(b, path, dir, &text)?),
@@ -564,6 +644,7 @@ impl Job {
                 .report
                 .map_or_else(|| dir.join(format!("{stem}.report.json")), |p| dir.join(p)),
             notify: raw.notify,
+            notify_email,
             pre_hook: raw.pre_hook,
             post_hook: raw.post_hook,
             prune_on,

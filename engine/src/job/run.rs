@@ -638,6 +638,26 @@ pub fn run(job: &Job, cancel: &Cancel, progress: &dyn Progress) -> JobReport {
         }
     }
     report.finished = jiff::Timestamp::now();
+    // Notifications first, so that one that fails is in the status log, the report and
+    // the exit code (a run whose mail did not go out is partial, not a success).
+    let mut notify_failed = false;
+    if let Some(n) = &job.notify {
+        if let Err(e) = notify(n, &summary(&report)) {
+            report.errors.push(format!("notify: {e}"));
+            notify_failed = true;
+        }
+    }
+    if let Some(m) = &job.notify_email {
+        if m.on == super::email::SendOn::Always || report.status != JobStatus::Success {
+            if let Err(e) = super::email::send(m, &mail_subject(job, &report), &summary(&report)) {
+                report.errors.push(format!("notify_email: {e}"));
+                notify_failed = true;
+            }
+        }
+    }
+    if notify_failed && report.status == JobStatus::Success {
+        report.status = JobStatus::Partial;
+    }
     if let Some(path) = &job.metrics_file {
         super::metrics::job_run(&report, &mut metrics);
         if let Err(e) = super::metrics::write_textfile(path, &metrics.render()) {
@@ -656,11 +676,6 @@ pub fn run(job: &Job, cancel: &Cancel, progress: &dyn Progress) -> JobReport {
         report
             .errors
             .push(format!("report {}: {e}", job.report.display()));
-    }
-    if let Some(n) = &job.notify {
-        if let Err(e) = notify(n, &summary(&report)) {
-            report.errors.push(format!("notify: {e}"));
-        }
     }
     report
 }
@@ -696,6 +711,7 @@ fn boot_test_vm(
         .and_then(|lock| crate::access::boot::boot_test(repo.clone(), lock, id, &opts, cancel));
     match tried {
         Ok(r) => {
+            crate::maintain::last_runs::record_boot(repo, &r, jiff::Timestamp::now());
             if r.verdict != crate::access::boot::BootVerdict::Booted {
                 v.warnings
                     .push(format!("boot test of {}: {}", id.short(), r.reason));
@@ -735,6 +751,21 @@ fn append_status(path: &Path, r: &JobReport) -> std::io::Result<()> {
         writeln!(f, "{line}")?;
     }
     f.sync_all()
+}
+
+/// `[dedisk] nightly on backup01: partial, 2 of 3 VMs backed up`.
+fn mail_subject(job: &Job, r: &JobReport) -> String {
+    let stem = job
+        .path
+        .file_stem()
+        .map_or("job".into(), |s| s.to_string_lossy().into_owned());
+    let ok = r.vms.iter().filter(|v| v.status == VmStatus::Ok).count();
+    format!(
+        "[dedisk] {stem} on {}: {}, {ok} of {} VMs backed up",
+        repo_format::lock::hostname(),
+        r.status,
+        r.vms.len()
+    )
 }
 
 /// A short text for people: status, then one line per VM.

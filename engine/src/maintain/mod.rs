@@ -8,6 +8,7 @@
 
 pub mod copy;
 pub mod forget;
+pub mod last_runs;
 pub mod prune;
 pub mod repair;
 pub mod verify;

@@ -187,6 +187,7 @@ pub fn prune(
     cancel: &crate::cancel::Cancel,
     progress: &dyn crate::progress::Progress,
 ) -> Result<PruneReport> {
+    let started = jiff::Timestamp::now();
     let lag = opts.listing_lag;
     // 1. Records a killed prune left pending.
     let mut records = condemn::list(repo.backend())?;
@@ -392,6 +393,7 @@ pub fn prune(
         // were kept at the sweep (found by the prune-beside-backups test under load).
         index.set_condemned(&all_condemned)?;
         progress.finish();
+        super::last_runs::record_prune(repo, &report, started);
         return Ok(report);
     }
     // Snapshots the waiters wrote before they ended are listed by now.
@@ -454,6 +456,8 @@ pub fn prune(
     // is what it listed less what it swept.
     records.retain(|r| !swept.contains(&r.name));
     index.set_condemned(&condemn::condemned_packs(&records))?;
+    progress.finish();
+    super::last_runs::record_prune(repo, &report, started);
     Ok(report)
 }
 

@@ -150,6 +150,7 @@ pub fn verify(
     opts: &VerifyOptions,
     progress: &dyn crate::progress::Progress,
 ) -> Result<VerifyReport> {
+    let started = jiff::Timestamp::now();
     let mut report = VerifyReport::default();
     let on_disk = repo.list_packs()?;
     let index = repo.index()?;
@@ -236,6 +237,10 @@ pub fn verify(
             progress.advance(size.unwrap_or(0));
             progress.finish();
         }
+    }
+    // A verify of the whole repository is what the dashboard and the metrics show.
+    if opts.name.is_none() && opts.snapshot.is_none() {
+        super::last_runs::record_verify(repo, &report, started);
     }
     Ok(report)
 }
