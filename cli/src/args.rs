@@ -94,6 +94,9 @@ pub enum Command {
     },
     /// Print the repository's Prometheus metrics (size, snapshots, each VM's newest).
     Metrics,
+    /// A read-only web dashboard of the repository: VMs and their last backups, nights,
+    /// growth, the last verify, prune and boot tests, each snapshot's disks.
+    Ui(UiArgs),
     /// Print a shell completion script (bash, zsh or fish) to stdout.
     Completions {
         #[arg(value_enum)]
@@ -236,6 +239,10 @@ pub struct BackupArgs {
     /// empty stream is usually a dead export).
     #[arg(long)]
     pub allow_empty: bool,
+    /// Record this time (RFC 3339, e.g. 2026-11-30T01:00:00Z) instead of now: for
+    /// images taken earlier, such as an old LVM-script archive being imported.
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<jiff::Timestamp>,
     /// Hash/compress threads (default: one per core).
     #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
@@ -383,6 +390,41 @@ pub struct MountArgs {
     /// Only this snapshot (id prefix, `latest` or `VM@latest`).
     #[arg(long)]
     pub snapshot: Option<String>,
+}
+
+#[derive(Args)]
+pub struct UiArgs {
+    /// Address to serve on. Any address but loopback needs --token-file.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// A file holding the access token (at least 16 characters; readable by its owner
+    /// only). Browsers open http://ADDR/?token=TOKEN once; scripts send
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A job's report file (`report =` in the job file; JOB.report.json beside it by
+    /// default), whose last run is shown (repeatable).
+    #[arg(long = "report", value_name = "FILE")]
+    pub reports: Vec<PathBuf>,
+    /// A VM whose newest snapshot is older than this is shown in red.
+    #[arg(long, default_value = "26h", value_name = "DURATION", value_parser = parse_age)]
+    pub stale_after: std::time::Duration,
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 26h, 90m or 2d");
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(bad()),
+    };
+    if secs == 0 || secs > 366 * 86400 {
+        return Err(format!("{s:?} is not between a minute and a year"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Args)]

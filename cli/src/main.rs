@@ -6,6 +6,7 @@ mod cmd;
 mod context;
 mod output;
 mod progress;
+mod ui;
 
 use clap::Parser;
 
@@ -67,6 +68,7 @@ fn run(cli: &Cli) -> anyhow::Result<context::Outcome> {
         Command::Restore(a) => cmd::restore::restore(g, a),
         Command::Stats => cmd::listing::stats(g),
         Command::Metrics => cmd::listing::metrics(g),
+        Command::Ui(a) => cmd::ui::ui(g, a),
         Command::Verify(a) if a.fsck.is_some() || a.boot.is_some() => cmd::guest::verify(g, a),
         Command::Verify(a) => cmd::maintain::verify(g, a),
         Command::Forget(a) => cmd::maintain::forget(g, a),

@@ -25,7 +25,7 @@
 //! let lock = repo.lock_shared("backup")?;
 //! let opened = engine::source::open("/var/lib/libvirt/images/vm1.qcow2", Some("vda"), &Default::default())?;
 //! let (disks, meta) = inputs_of(opened);
-//! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2, cancel: Default::default(), allow_empty: false };
+//! let opts = BackupOptions { name: "vm1".into(), tags: vec![], workers: 2, cancel: Default::default(), allow_empty: false, time: None };
 //! let done = backup(&repo, &lock, disks, meta, &opts, &engine::progress::NoProgress)?;
 //! println!("snapshot {}", done.id.short());
 //! # Ok(()) }

@@ -80,6 +80,7 @@ fn round_trip(pieces: &[Piece], workers: usize, stream: bool) -> Result<(), Test
         workers,
         cancel: Default::default(),
         allow_empty: true,
+        time: None,
     };
     let lock = repo.lock_shared("test").unwrap();
     let mut ids = Vec::new();

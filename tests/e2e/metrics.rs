@@ -105,7 +105,10 @@ fn repository_and_job_metrics_pass_promtool_and_say_what_happened() {
     ] {
         assert!((now - value(&text, t)).abs() < 120.0, "{t}: {text}");
     }
-    assert_eq!(value(&text, "dedisk_repository_last_prune_reclaimed_bytes"), 0.0);
+    assert_eq!(
+        value(&text, "dedisk_repository_last_prune_reclaimed_bytes"),
+        0.0
+    );
 
     // A job that asks for a textfile: one VM backs up, one has a missing disk.
     let prom = d.join("textfile").join("dedisk.prom");

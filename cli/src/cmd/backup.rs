@@ -93,6 +93,7 @@ pub fn backup_cmd(g: &Global, a: &BackupArgs) -> Result<Outcome> {
         tags: a.tags.clone(),
         workers: a.workers.unwrap_or_else(engine::default_workers),
         allow_empty: a.allow_empty,
+        time: a.time,
         cancel: CANCEL.clone(),
     };
     let bar = Bar::new(g, "backup");

@@ -12,3 +12,4 @@ pub mod key;
 pub mod listing;
 pub mod maintain;
 pub mod restore;
+pub mod ui;

@@ -68,6 +68,9 @@ pub struct BackupOptions {
     /// Keep a disk read from a stream that gave no byte at all. Off by default: an
     /// empty `xe vdi-export` pipe is a dead export, not an empty disk (issue 11).
     pub allow_empty: bool,
+    /// The time recorded in the snapshot instead of now (importing an image taken
+    /// earlier, as restic's `--time`).
+    pub time: Option<jiff::Timestamp>,
 }
 
 /// One disk to back up.
@@ -301,7 +304,7 @@ pub fn backup(
     store.finish_pack()?;
     let snapshot = Snapshot {
         snapshot_version: repo_format::snapshot::SNAPSHOT_VERSION,
-        time: jiff::Timestamp::now(),
+        time: opts.time.unwrap_or_else(jiff::Timestamp::now),
         name: opts.name.clone(),
         hostname: repo_format::lock::hostname(),
         tags: opts.tags.clone(),

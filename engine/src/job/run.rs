@@ -370,6 +370,7 @@ fn backup_vm(
         workers: vm.settings.workers.unwrap_or_else(crate::default_workers),
         cancel: cancel.clone(),
         allow_empty: false,
+        time: None,
     };
     let progress = crate::progress::Prefixed {
         prefix: format!("{}/", vm.name),

@@ -87,8 +87,13 @@ impl LastRuns {
 pub fn record_verify(repo: &Repository, r: &super::verify::VerifyReport, started: jiff::Timestamp) {
     let summary = if r.problem_count == 0 {
         format!(
-            "no damage found: {} snapshot(s), {} pack(s) read",
-            r.snapshots, r.packs_read
+            "no damage found in {} snapshot(s){}",
+            r.snapshots,
+            if r.packs_read > 0 {
+                format!(", {} pack(s) read in full", r.packs_read)
+            } else {
+                String::new()
+            }
         )
     } else {
         format!("{} problem(s) found", r.problem_count)

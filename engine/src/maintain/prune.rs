@@ -507,6 +507,7 @@ mod tests {
             workers: 1,
             cancel: Default::default(),
             allow_empty: false,
+            time: None,
         };
         let source = Box::new(StreamSource::new(std::io::Cursor::new(data), "test".into()));
         let shared = repo.lock_shared("backup").unwrap();
@@ -598,6 +599,7 @@ mod tests {
             workers: 2,
             cancel: Default::default(),
             allow_empty: false,
+            time: None,
         };
         backup(
             repo,
