@@ -70,6 +70,9 @@ _dedisk() {
             dedisk,stats)
                 cmd="dedisk__subcmd__stats"
                 ;;
+            dedisk,ui)
+                cmd="dedisk__subcmd__ui"
+                ;;
             dedisk,unlock)
                 cmd="dedisk__subcmd__unlock"
                 ;;
@@ -129,6 +132,9 @@ _dedisk() {
                 ;;
             dedisk__subcmd__help,stats)
                 cmd="dedisk__subcmd__help__subcmd__stats"
+                ;;
+            dedisk__subcmd__help,ui)
+                cmd="dedisk__subcmd__help__subcmd__ui"
                 ;;
             dedisk__subcmd__help,unlock)
                 cmd="dedisk__subcmd__help__subcmd__unlock"
@@ -227,7 +233,7 @@ _dedisk() {
 
     case "${cmd}" in
         dedisk)
-            opts="-v -q -h -V --repo --cache-dir --json --verbose --quiet --lock-wait --key-file --help --version init key backup snapshots restore stats verify forget run mount serve-nbd inspect prune copy unlock repair metrics completions manpages help"
+            opts="-v -q -h -V --repo --cache-dir --json --verbose --quiet --lock-wait --key-file --help --version init key backup snapshots restore stats verify forget run mount serve-nbd inspect prune copy unlock repair metrics ui completions manpages help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -257,7 +263,7 @@ _dedisk() {
             return 0
             ;;
         dedisk__subcmd__backup)
-            opts="-v -q -h --name --tag --meta --allow-empty --workers --no-direct --format --qcow2-snapshot --base --dirty-bitmap --changed-ranges --verify-unchanged --repo --cache-dir --json --verbose --quiet --lock-wait --key-file --help"
+            opts="-v -q -h --name --tag --meta --allow-empty --time --workers --no-direct --format --qcow2-snapshot --base --dirty-bitmap --changed-ranges --verify-unchanged --repo --cache-dir --json --verbose --quiet --lock-wait --key-file --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -272,6 +278,10 @@ _dedisk() {
                     return 0
                     ;;
                 --meta)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -465,7 +475,7 @@ _dedisk() {
             return 0
             ;;
         dedisk__subcmd__help)
-            opts="init key backup snapshots restore stats verify forget run mount serve-nbd inspect prune copy unlock repair metrics completions manpages help"
+            opts="init key backup snapshots restore stats verify forget run mount serve-nbd inspect prune copy unlock repair metrics ui completions manpages help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -829,6 +839,20 @@ _dedisk() {
             return 0
             ;;
         dedisk__subcmd__help__subcmd__stats)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dedisk__subcmd__help__subcmd__ui)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1805,6 +1829,52 @@ _dedisk() {
                 return 0
             fi
             case "${prev}" in
+                --repo)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cache-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dedisk__subcmd__ui)
+            opts="-v -q -h --listen --token-file --report --stale-after --repo --cache-dir --json --verbose --quiet --lock-wait --key-file --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --report)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stale-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --repo)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -29,6 +29,7 @@ mod prune;
 mod prune_beside;
 mod reliability;
 mod s3;
+mod ui;
 mod units;
 mod verify;
 mod xva;

@@ -83,8 +83,8 @@ fn the_debian_package_installs_and_what_it_installs_works() {
     let target = root().join("target/deb");
     sh_ok(
         Command::new("cargo")
-            .args(["deb", "-p", "dedisk", "--target-dir"])
-            .arg(&target)
+            .args(["deb", "-p", "dedisk"])
+            .env("CARGO_TARGET_DIR", &target)
             .arg("--output")
             .arg(d)
             .current_dir(root()),

@@ -310,7 +310,6 @@ fn latest_base(repo: &Repository, name: &str) -> Result<Option<BaseSnapshot>> {
     Ok(Some(BaseSnapshot { id, meta }))
 }
 
-#[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_arguments)] // one call site; the pieces are what a VM backup is made of
 fn backup_vm(
     repo: &Repository,
