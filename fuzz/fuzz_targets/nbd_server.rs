@@ -54,6 +54,7 @@ fn exports() -> Arc<Exports> {
                 workers: 1,
                 cancel: Default::default(),
                 allow_empty: false,
+                time: None,
             };
             let lock = repo.lock_shared("fuzz").unwrap();
             let done = engine::backup::backup(
