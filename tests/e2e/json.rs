@@ -190,7 +190,12 @@ fn long_commands_print_progress_and_every_json_field_is_documented() {
         ],
         0,
     );
-    assert_eq!(phases(&pr), ["mark", "repack", "delete"], "{pr:?}");
+    // A sweep follows when an earlier condemnation record is ready to be swept.
+    let ph = phases(&pr);
+    assert!(
+        ph == ["mark", "repack", "delete"] || ph == ["mark", "repack", "delete", "sweep"],
+        "{pr:?}"
+    );
     assert_eq!(summary(&pr)["type"], "prune");
 
     // restore, in full and in place.
@@ -229,11 +234,13 @@ fn long_commands_print_progress_and_every_json_field_is_documented() {
     .unwrap();
     record(&mut seen, &["run", p(&job), "--preview"], 1);
     let j = record(&mut seen, &["run", p(&job)], 3);
+    let ph = phases(&j);
     assert_eq!(
-        phases(&j),
+        ph[..5],
         ["backup", "copy", "mark", "repack", "delete"],
         "{j:?}"
     );
+    assert!(ph.len() == 5 || ph[5] == "sweep", "{j:?}");
     let disks: BTreeSet<_> = j
         .iter()
         .filter(|l| l["phase"] == "backup" && l["done"] == true)

@@ -224,8 +224,12 @@ fn soak(repo: &Path, d: &Path, rounds: usize) {
     // Clean; its only warnings are the gaps the hosts' own forgets left (exit 3).
     let out = run(&["--json", "--repo", p(repo), "verify", "--read-data"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value =
-        serde_json::from_str(text.lines().next().expect("a report")).unwrap();
+    // Progress lines come first; the report is the line of type "verify".
+    let v: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "verify")
+        .expect("a report");
     assert!(matches!(out.status.code(), Some(0 | 3)), "verify: {text}");
     assert_eq!(v["report"]["problem_count"], 0, "{v}");
     let warnings = v["report"]["warnings"].as_array().unwrap();
