@@ -197,7 +197,17 @@ fn the_dashboard_shows_what_snapshots_json_says_in_a_real_browser() {
     let profile = d.join("chromium");
     let html = dom(&profile, &server.url);
 
-    // Every VM, with its snapshot count and newest snapshot.
+    // Every VM, with its snapshot count and newest snapshot; and the job's VM that was
+    // never backed up, in red.
+    assert!(
+        html.contains("<tr class=\"vm stale\" data-vm=\"gone\" data-snapshots=\"0\""),
+        "{html}"
+    );
+    let gone = html
+        .find("<tr class=\"vm stale\" data-vm=\"gone\"")
+        .unwrap();
+    let end = gone + html[gone..].find("</tr>").unwrap();
+    let html = format!("{}{}", &html[..gone], &html[end..]);
     let vms = attrs(&html, "<tr class=\"vm", "data-vm");
     assert_eq!(
         vms.iter().cloned().collect::<BTreeSet<_>>(),

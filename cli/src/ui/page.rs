@@ -244,6 +244,23 @@ pub fn overview(d: &Data, stale_after: std::time::Duration) -> String {
             plot::timeline(&times, from, now)
         );
     }
+    // VMs a job report names that have no snapshot at all: never backed up.
+    let never: std::collections::BTreeSet<&str> = d
+        .reports
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flat_map(|v| v["vms"].as_array().into_iter().flatten())
+        .filter_map(|vm| vm["name"].as_str())
+        .filter(|name| !vms.contains_key(name))
+        .collect();
+    for name in never {
+        let _ = write!(
+            b,
+            "<tr class=\"vm stale\" data-vm=\"{}\" data-snapshots=\"0\" data-last=\"\" data-stale=\"true\"><td>{}</td><td>never backed up</td><td class=\"age\">-</td><td class=\"n\">0</td><td></td><td></td><td></td><td></td></tr>",
+            esc(name),
+            esc(name)
+        );
+    }
     b.push_str("</table>");
 
     // Nights and growth: per UTC day, the bytes the snapshots of that day added.
