@@ -281,6 +281,15 @@ pub struct SealedPack {
 }
 
 impl SealedPack {
+    /// Makes the temporary file durable, for a pack sealed with `durable: false` on one
+    /// thread and put into a directory (renamed into place) from another.
+    pub fn sync(&self) -> Result<()> {
+        let tmp = self.tmp_path.as_ref().expect("set until put or drop");
+        std::fs::File::open(tmp)
+            .and_then(|f| f.sync_all())
+            .at(tmp)
+    }
+
     /// Puts the pack into `backend` under its id; the temporary file is gone after.
     pub fn put(mut self, backend: &dyn crate::backend::Backend) -> Result<FinishedPack> {
         let tmp = self.tmp_path.take().expect("set until put or drop");

@@ -30,7 +30,9 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<Outcome> {
         subset,
         name: a.name.clone(),
         snapshot,
-        workers: a.workers.unwrap_or_else(engine::default_workers),
+        // One more than the cores: while one worker waits for its pack to be read, the
+        // others keep the cores decoding (issue 19: 2.98 s -> 2.67 s on 2 cores).
+        workers: a.workers.unwrap_or_else(|| engine::default_workers() + 1),
     };
     let progress = Bar::new(g, "verify");
     let report = engine::maintain::verify::verify(&repo, &lock, &opts, &progress)
