@@ -285,9 +285,7 @@ impl SealedPack {
     /// thread and put into a directory (renamed into place) from another.
     pub fn sync(&self) -> Result<()> {
         let tmp = self.tmp_path.as_ref().expect("set until put or drop");
-        std::fs::File::open(tmp)
-            .and_then(|f| f.sync_all())
-            .at(tmp)
+        std::fs::File::open(tmp).and_then(|f| f.sync_all()).at(tmp)
     }
 
     /// Puts the pack into `backend` under its id; the temporary file is gone after.

@@ -99,7 +99,11 @@ fn main() {
             entropy_samples(d, 4096) > 7.9
         }),
     ] {
-        for (li, level) in LEVELS.iter().enumerate().filter(|(_, l)| [1, 3].contains(*l)) {
+        for (li, level) in LEVELS
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| [1, 3].contains(*l))
+        {
             let mut c = zstd::bulk::Compressor::new(*level).unwrap();
             let started = Instant::now();
             let mut stored = 0u64;
@@ -120,13 +124,12 @@ fn main() {
                 .filter(|(d, _)| test(d))
                 .map(|(d, s)| (d.len() - s) as u64)
                 .sum();
-            row(
-                &format!("{name}, else zstd {level}"),
-                stored,
-                secs,
-                skipped,
+            row(&format!("{name}, else zstd {level}"), stored, secs, skipped);
+            println!(
+                "{:<34} (skipped chunks zstd would have shrunk by {:.1} MB)",
+                "",
+                lost as f64 / 1e6
             );
-            println!("{:<34} (skipped chunks zstd would have shrunk by {:.1} MB)", "", lost as f64 / 1e6);
         }
     }
 }

@@ -379,7 +379,15 @@ fn check_manifest(
 ) -> Result<()> {
     let mut walker = ManifestWalker::new(*manifest, |id: &BlobId| nodes.read_node(id));
     let mut in_read = false;
-    let checked = check_extents(&mut walker, index, bad_blobs, report, snapshot, disk, &mut in_read);
+    let checked = check_extents(
+        &mut walker,
+        index,
+        bad_blobs,
+        report,
+        snapshot,
+        disk,
+        &mut in_read,
+    );
     if in_read {
         index.end_read()?;
     }
@@ -491,20 +499,20 @@ fn read_packs(
                     plain: Vec::new(),
                 };
                 loop {
-                let Some((pack, len)) = next.lock().expect("no panics hold it").next() else {
-                    return;
-                };
-                let (bad, problems, blobs, bytes) = check_pack(repo, pack, &mut bufs);
-                progress.advance(*len);
-                let mut f = found.lock().expect("no panics hold it");
-                f.0.extend(bad);
-                // Counted in full, listed up to the cap.
-                f.2 += problems.len() as u64;
-                let room = PROBLEMS_LISTED.saturating_sub(f.1.len());
-                f.1.extend(problems.into_iter().take(room));
-                f.3 += 1;
-                f.4 += blobs;
-                f.5 += bytes;
+                    let Some((pack, len)) = next.lock().expect("no panics hold it").next() else {
+                        return;
+                    };
+                    let (bad, problems, blobs, bytes) = check_pack(repo, pack, &mut bufs);
+                    progress.advance(*len);
+                    let mut f = found.lock().expect("no panics hold it");
+                    f.0.extend(bad);
+                    // Counted in full, listed up to the cap.
+                    f.2 += problems.len() as u64;
+                    let room = PROBLEMS_LISTED.saturating_sub(f.1.len());
+                    f.1.extend(problems.into_iter().take(room));
+                    f.3 += 1;
+                    f.4 += blobs;
+                    f.5 += bytes;
                 }
             });
         }
@@ -581,7 +589,9 @@ impl repo_format::backend::ReadAt for PackBytes<'_> {
         let mem = match self {
             PackBytes::Memory(m) => *m,
             PackBytes::Object(v) => v.as_slice(),
-            PackBytes::File(f) => return repo_format::backend::ReadAt::read_exact_at(f, out, offset),
+            PackBytes::File(f) => {
+                return repo_format::backend::ReadAt::read_exact_at(f, out, offset)
+            }
         };
         let end = offset
             .checked_add(out.len() as u64)
