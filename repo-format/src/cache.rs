@@ -26,3 +26,38 @@ pub fn dir_for(repo: &RepoId) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/dedisk"));
     base.join(repo.to_hex())
 }
+
+/// A JSON record of the cache folder `dir`: `T::default()` when it is missing, larger
+/// than `max_bytes` (a damaged or planted file is not read whole), not a regular file,
+/// or unreadable (logged): a cache is never a reason to fail.
+pub fn load_json<T: serde::de::DeserializeOwned + Default>(
+    dir: &std::path::Path,
+    name: &str,
+    max_bytes: u64,
+) -> T {
+    let p = dir.join(name);
+    let read = std::fs::symlink_metadata(&p)
+        .ok()
+        .filter(|m| m.is_file() && m.len() <= max_bytes)
+        .and_then(|_| std::fs::read(&p).ok());
+    match read.map(|b| serde_json::from_slice(&b)) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            log::warn!("ignoring unreadable {}: {e}", p.display());
+            T::default()
+        }
+        None => T::default(),
+    }
+}
+
+/// Writes a JSON record into the cache folder `dir` durably (private folder, atomic
+/// rename).
+pub fn save_json<T: serde::Serialize>(
+    dir: &std::path::Path,
+    name: &str,
+    value: &T,
+) -> crate::error::Result<()> {
+    crate::durable::create_private_dir(dir)?;
+    let bytes = serde_json::to_vec_pretty(value).expect("cache records serialize");
+    crate::durable::write_atomic(&dir.join(name), dir, &bytes)
+}

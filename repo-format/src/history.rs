@@ -4,7 +4,6 @@
 //! snapshots; `verify` compares the repository with this record to notice it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,36 +31,19 @@ pub struct History {
 
 /// Bounds the record a damaged or planted cache file could make us read.
 const MAX_HISTORY_BYTES: u64 = 64 << 20;
-
-fn path(repo: &Repository) -> PathBuf {
-    repo.cache_dir().join("seen.json")
-}
+/// Its file in the repository's cache folder.
+const FILE: &str = "seen.json";
 
 impl History {
     /// The record for `repo`; empty when there is none or it cannot be read (a cache
     /// is never a reason to fail).
     pub fn load(repo: &Repository) -> History {
-        let p = path(repo);
-        let read = std::fs::metadata(&p)
-            .ok()
-            .filter(|m| m.is_file() && m.len() <= MAX_HISTORY_BYTES)
-            .and_then(|_| std::fs::read(&p).ok());
-        match read.map(|b| serde_json::from_slice(&b)) {
-            Some(Ok(h)) => h,
-            Some(Err(e)) => {
-                log::warn!("ignoring unreadable {}: {e}", p.display());
-                History::default()
-            }
-            None => History::default(),
-        }
+        crate::cache::load_json(&repo.cache_dir(), FILE, MAX_HISTORY_BYTES)
     }
 
     /// Writes the record durably (private file in the cache).
     pub fn save(&self, repo: &Repository) -> Result<()> {
-        let dir = repo.cache_dir();
-        crate::durable::create_private_dir(&dir)?;
-        let bytes = serde_json::to_vec_pretty(self).expect("history serializes");
-        crate::durable::write_atomic(&path(repo), &dir, &bytes)
+        crate::cache::save_json(&repo.cache_dir(), FILE, self)
     }
 
     /// Notes that `id` of VM `name`, written at `time`, exists.

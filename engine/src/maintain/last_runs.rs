@@ -6,7 +6,6 @@
 //! error, and a failure to write it is logged.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use repo_format::Repository;
 use serde::{Deserialize, Serialize};
@@ -40,26 +39,13 @@ pub struct LastRuns {
     pub boot: BTreeMap<String, Outcome>,
 }
 
-fn path(repo: &Repository) -> PathBuf {
-    repo.cache_dir().join("last-runs.json")
-}
+/// Its file in the repository's cache folder.
+const FILE: &str = "last-runs.json";
 
 impl LastRuns {
     /// What this host recorded; empty when nothing was or the file is unreadable.
     pub fn load(repo: &Repository) -> LastRuns {
-        let p = path(repo);
-        let read = std::fs::symlink_metadata(&p)
-            .ok()
-            .filter(|m| m.is_file() && m.len() <= MAX_BYTES)
-            .and_then(|_| std::fs::read(&p).ok());
-        match read.map(|b| serde_json::from_slice(&b)) {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => {
-                log::warn!("ignoring unreadable {}: {e}", p.display());
-                LastRuns::default()
-            }
-            None => LastRuns::default(),
-        }
+        repo_format::cache::load_json(&repo.cache_dir(), FILE, MAX_BYTES)
     }
 
     /// Loads, applies `change` and saves (private, atomic); failures are logged.
@@ -73,11 +59,7 @@ impl LastRuns {
                 r.boot.remove(k);
             }
         }
-        let dir = repo.cache_dir();
-        let bytes = serde_json::to_vec_pretty(&r).expect("serializes");
-        let saved = repo_format::durable::create_private_dir(&dir)
-            .and_then(|()| repo_format::durable::write_atomic(&path(repo), &dir, &bytes));
-        if let Err(e) = saved {
+        if let Err(e) = repo_format::cache::save_json(&repo.cache_dir(), FILE, &r) {
             log::warn!("could not record the last runs in the cache: {e}");
         }
     }
