@@ -405,4 +405,13 @@ fn the_dashboard_shows_what_snapshots_json_says_in_a_real_browser() {
         &format!("GET / HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}x\r\n\r\n"),
     );
     assert_eq!(code, 401);
+    // The token in the URL is turned into a cookie and a redirect to a path of this
+    // site only (never "//elsewhere").
+    let (code, answer) = raw(
+        &addr,
+        &format!("GET //evil.example/?token={token} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    );
+    assert_eq!(code, 303, "{answer}");
+    assert!(answer.contains("Location: /\r\n"), "{answer}");
+    assert!(answer.contains("HttpOnly; SameSite=Strict"), "{answer}");
 }

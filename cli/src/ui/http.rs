@@ -151,7 +151,12 @@ impl Site {
                     if same(&g, token) {
                         // Into a cookie, and out of the address bar and the history.
                         let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
-                        let to = if path.starts_with('/') { path } else { "/" };
+                        // Only a path on this site ("//host/..." would leave it).
+                        let to = if path.starts_with('/') && !path.starts_with("//") {
+                            path
+                        } else {
+                            "/"
+                        };
                         return send(
                             req,
                             303,
