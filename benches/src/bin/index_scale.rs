@@ -57,7 +57,7 @@ fn main() {
             .expect("add a pack");
         n += count;
         pack_no += 1;
-        if pack_no % 20_000 == 0 {
+        if pack_no.is_multiple_of(20_000) {
             eprintln!("{n} rows, {:.0} s", started.elapsed().as_secs_f64());
         }
     }
