@@ -39,7 +39,7 @@ pub struct BlobStore<'r> {
     rng: u64,
     /// Packs being stored in the background: uploads to an object store, or the fsync
     /// and rename of a local pack.
-    uploads: Option<Uploads>,
+    uploads: Uploads,
 }
 
 /// Packs uploaded at once to an object store. A PUT of a 32 MiB pack takes a while on
@@ -127,7 +127,7 @@ impl<'r> BlobStore<'r> {
             node_encoder: repo.blob_encoder()?,
             repack: false,
             written: Vec::new(),
-            uploads: Some(Uploads::start(repo)),
+            uploads: Uploads::start(repo),
             rng: u64::from_le_bytes(
                 repo_format::ids::random_bytes()?[..8]
                     .try_into()
@@ -192,10 +192,7 @@ impl<'r> BlobStore<'r> {
     /// Whether an open pack of this store, or one being uploaded, holds blob `id`.
     fn holds(&self, id: &BlobId) -> bool {
         self.packs.iter().flatten().any(|(_, ids)| ids.contains(id))
-            || self
-                .uploads
-                .as_ref()
-                .is_some_and(|u| u.in_flight.values().any(|ids| ids.contains(id)))
+            || self.uploads.in_flight.values().any(|ids| ids.contains(id))
     }
 
     /// Encodes and stores a manifest node; returns its id. Most nodes of a nightly
@@ -226,10 +223,7 @@ impl<'r> BlobStore<'r> {
     }
 
     fn finish_one(&mut self, pack: PackWriter, ids: HashSet<BlobId>) -> Result<()> {
-        let Some(up) = self.uploads.as_mut() else {
-            let finished = pack.finish(self.repo.backend())?;
-            return self.indexed(finished);
-        };
+        let up = &mut self.uploads;
         // Sealed here (the TOC written), made durable and stored by a worker.
         let sealed = pack.seal(false)?;
         up.in_flight.insert(sealed.id, ids);
@@ -250,9 +244,7 @@ impl<'r> BlobStore<'r> {
     /// reclaims any that arrived).
     fn collect_uploads(&mut self, all: bool) -> Result<()> {
         loop {
-            let Some(up) = self.uploads.as_mut() else {
-                return Ok(());
-            };
+            let up = &mut self.uploads;
             if up.in_flight.is_empty() {
                 return Ok(());
             }

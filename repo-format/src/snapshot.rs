@@ -269,6 +269,16 @@ impl Snapshot {
     pub fn size_bytes(&self) -> u64 {
         self.disks.iter().map(|d| d.size_bytes).sum()
     }
+
+    /// Data bytes its disks reference (holes excluded), as recorded at backup time.
+    pub fn data_bytes(&self) -> u64 {
+        self.disks.iter().map(|d| d.stats.data_bytes).sum()
+    }
+
+    /// Bytes its backup added to the repository (compressed, sealed), as recorded.
+    pub fn new_stored_bytes(&self) -> u64 {
+        self.disks.iter().map(|d| d.stats.new_stored_bytes).sum()
+    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
         "ID", "TIME", "VM", "TAGS", "SIZE", "ADDED"
     ));
     for (id, s) in &rows {
-        let added: u64 = s.disks.iter().map(|d| d.stats.new_stored_bytes).sum();
+        let added = s.new_stored_bytes();
         output::line(format!(
             "{:<10} {:<19} {:<16} {:<12} {:>11} {:>11}  {}",
             id.short(),
@@ -76,7 +76,7 @@ pub fn stats(g: &Global) -> Result<Outcome> {
             Ok((_, s)) => {
                 snapshots += 1;
                 logical += s.size_bytes();
-                data += s.disks.iter().map(|d| d.stats.data_bytes).sum::<u64>();
+                data += s.data_bytes();
             }
             Err(e) => out.warnings.push(e.to_string()),
         }

@@ -29,17 +29,6 @@ pub struct Data {
     pub reports: Vec<(PathBuf, std::result::Result<serde_json::Value, String>)>,
 }
 
-impl Data {
-    /// Data bytes all snapshots reference (each snapshot's chunks counted once).
-    pub fn referenced(&self) -> u64 {
-        self.snapshots
-            .iter()
-            .flat_map(|(_, s)| &s.disks)
-            .map(|d| d.stats.data_bytes)
-            .sum()
-    }
-}
-
 /// Reads `Data`, sharing one reading between requests for a while.
 pub struct Source {
     repo: Arc<Repository>,

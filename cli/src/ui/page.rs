@@ -8,6 +8,7 @@ use repo_format::SnapshotId;
 
 use super::data::Data;
 use super::plot;
+use crate::output::bytes as human_bytes;
 
 /// Text for HTML, in element content or a quoted attribute.
 pub fn esc(s: &str) -> String {
@@ -26,10 +27,6 @@ pub fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-pub fn human_bytes(n: u64) -> String {
-    crate::output::bytes(n)
 }
 
 fn time(t: jiff::Timestamp) -> String {
@@ -107,7 +104,7 @@ pub fn overview(d: &Data, stale_after: std::time::Duration) -> String {
     // The numbers.
     let t = &d.totals;
     let logical: u64 = d.snapshots.iter().map(|(_, s)| s.size_bytes()).sum();
-    let referenced = d.referenced();
+    let referenced: u64 = d.snapshots.iter().map(|(_, s)| s.data_bytes()).sum();
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let vms: BTreeMap<&str, Vec<(SnapshotId, &repo_format::Snapshot)>> =
         d.snapshots.iter().fold(BTreeMap::new(), |mut m, (id, s)| {
@@ -216,7 +213,7 @@ pub fn overview(d: &Data, stale_after: std::time::Duration) -> String {
         let (last_id, last) = snaps.last().expect("a VM has a snapshot");
         let secs = now.as_second() - last.time.as_second();
         let stale = secs > stale_after.as_secs() as i64;
-        let added: u64 = last.disks.iter().map(|d| d.stats.new_stored_bytes).sum();
+        let added = last.new_stored_bytes();
         let times: Vec<_> = snaps
             .iter()
             .filter(|(_, s)| s.time >= from)
@@ -267,11 +264,7 @@ pub fn overview(d: &Data, stale_after: std::time::Duration) -> String {
     let mut nights: BTreeMap<String, u64> = BTreeMap::new();
     for (_, s) in &d.snapshots {
         let day = s.time.strftime("%Y-%m-%d").to_string();
-        *nights.entry(day).or_default() += s
-            .disks
-            .iter()
-            .map(|d| d.stats.new_stored_bytes)
-            .sum::<u64>();
+        *nights.entry(day).or_default() += s.new_stored_bytes();
     }
     let nights: Vec<(String, u64)> = nights.into_iter().collect();
     let shown = &nights[nights.len().saturating_sub(60)..];
@@ -294,7 +287,7 @@ pub fn overview(d: &Data, stale_after: std::time::Duration) -> String {
     // Every snapshot, newest first.
     b.push_str("<h2>Snapshots</h2><table id=\"snapshots\"><tr><th>id</th><th>time</th><th>VM</th><th>tags</th><th>disks</th><th>size</th><th>added</th></tr>");
     for (id, s) in d.snapshots.iter().rev() {
-        let added: u64 = s.disks.iter().map(|d| d.stats.new_stored_bytes).sum();
+        let added = s.new_stored_bytes();
         let _ = write!(
             b,
             "<tr class=\"snap\" data-id=\"{}\" data-vm=\"{}\"><td><a href=\"/snapshot/{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",

@@ -2,7 +2,8 @@
 
 use std::fmt::Write;
 
-use super::page::{esc, human_bytes};
+use super::page::esc;
+use crate::output::bytes as human_bytes;
 
 const W: f64 = 640.0;
 const H: f64 = 180.0;

@@ -243,6 +243,7 @@ pub fn boot_test(
     cancel: &crate::cancel::Cancel,
 ) -> Result<BootReport> {
     let started = Instant::now();
+    let started_at = jiff::Timestamp::now();
     let snap = repo.load_snapshot(&id)?;
     if snap.disks.is_empty() {
         return Err(Error::Usage(format!(
@@ -386,10 +387,14 @@ pub fn boot_test(
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = server.join();
     drop(scratch);
-    if outcome.is_err() {
+    match &outcome {
+        // What the dashboard and the metrics show (this host's cache).
+        Ok(r) => crate::maintain::last_runs::record_boot(&repo, r, started_at),
         // No test ran: leave no empty evidence folder behind (remove_dir keeps a
         // folder that holds anything).
-        let _ = std::fs::remove_dir(&opts.evidence);
+        Err(_) => {
+            let _ = std::fs::remove_dir(&opts.evidence);
+        }
     }
     outcome
 }

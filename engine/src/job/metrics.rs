@@ -71,8 +71,8 @@ pub fn repository(repo: &Repository, m: &mut Metrics) -> Result<()> {
     let mut vms: BTreeMap<String, (u64, jiff::Timestamp, u64, u64)> = BTreeMap::new();
     for (_, s) in repo.list_snapshots()?.into_iter().flatten() {
         snapshots += 1;
-        referenced += s.disks.iter().map(|d| d.stats.data_bytes).sum::<u64>();
-        let new: u64 = s.disks.iter().map(|d| d.stats.new_stored_bytes).sum();
+        referenced += s.data_bytes();
+        let new = s.new_stored_bytes();
         let e = vms
             .entry(s.name.clone())
             .or_insert((0, s.time, s.size_bytes(), new));

@@ -404,12 +404,7 @@ fn backup_vm(
             ));
         }
     }
-    result.new_stored_bytes = done
-        .snapshot
-        .disks
-        .iter()
-        .map(|d| d.stats.new_stored_bytes)
-        .sum();
+    result.new_stored_bytes = done.snapshot.new_stored_bytes();
     Ok(())
 }
 
@@ -711,7 +706,6 @@ fn boot_test_vm(
         .and_then(|lock| crate::access::boot::boot_test(repo.clone(), lock, id, &opts, cancel));
     match tried {
         Ok(r) => {
-            crate::maintain::last_runs::record_boot(repo, &r, jiff::Timestamp::now());
             if r.verdict != crate::access::boot::BootVerdict::Booted {
                 v.warnings
                     .push(format!("boot test of {}: {}", id.short(), r.reason));

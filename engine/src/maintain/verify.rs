@@ -492,17 +492,14 @@ fn read_packs(
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
             s.spawn(|| {
-                // This worker's pack buffers, reused from pack to pack: one for O_DIRECT
-                // reads (memory only where written), one for the rest.
-                let mut bufs = PackBufs {
-                    direct: None,
-                    plain: Vec::new(),
-                };
+                // This worker's buffer for O_DIRECT pack reads, reused from pack to
+                // pack (an anonymous mapping: memory only where written).
+                let mut buf = None;
                 loop {
                     let Some((pack, len)) = next.lock().expect("no panics hold it").next() else {
                         return;
                     };
-                    let (bad, problems, blobs, bytes) = check_pack(repo, pack, &mut bufs);
+                    let (bad, problems, blobs, bytes) = check_pack(repo, pack, &mut buf);
                     progress.advance(*len);
                     let mut f = found.lock().expect("no panics hold it");
                     f.0.extend(bad);
@@ -534,12 +531,6 @@ fn read_packs(
 /// one (no writer makes them, but a repository is not trusted) is streamed for its hash
 /// and its blobs read back from the file.
 const PACK_IN_MEMORY_MAX: u64 = 64 << 20;
-
-/// A worker's buffers for whole packs.
-struct PackBufs {
-    direct: Option<crate::io::AlignedBuf>,
-    plain: Vec<u8>,
-}
 
 /// Reads a whole local pack with O_DIRECT into `buf` (a verify reads each pack once:
 /// through the page cache every byte was copied once more, 12% of verify's CPU, and
@@ -577,38 +568,14 @@ fn read_direct(path: &std::path::Path, buf: &mut crate::io::AlignedBuf) -> Optio
     }
 }
 
-/// Where a pack's blobs are read from while it is checked.
-enum PackBytes<'a> {
-    Memory(&'a [u8]),
-    File(std::fs::File),
-    Object(Vec<u8>),
-}
-
-impl repo_format::backend::ReadAt for PackBytes<'_> {
-    fn read_exact_at(&self, out: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let mem = match self {
-            PackBytes::Memory(m) => *m,
-            PackBytes::Object(v) => v.as_slice(),
-            PackBytes::File(f) => {
-                return repo_format::backend::ReadAt::read_exact_at(f, out, offset)
-            }
-        };
-        let end = offset
-            .checked_add(out.len() as u64)
-            .filter(|end| *end <= mem.len() as u64)
-            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        out.copy_from_slice(&mem[offset as usize..end as usize]);
-        Ok(())
-    }
-}
-
 /// Checks one pack: its name against its content, then every blob. A local pack is
-/// read in one sequential pass into `buf`; a pack on an object store with one GET into
+/// read in one sequential O_DIRECT pass into `buf` (else streamed for its hash, its
+/// blobs then read back from the file); a pack on an object store with one GET into
 /// memory.
 fn check_pack(
     repo: &Repository,
     pack: &PackId,
-    bufs: &mut PackBufs,
+    buf: &mut Option<crate::io::AlignedBuf>,
 ) -> (Vec<BlobId>, Vec<Problem>, u64, u64) {
     let problem = |what: String| Problem {
         snapshot: None,
@@ -625,20 +592,19 @@ fn check_pack(
         .backend()
         .local_path(repo_format::backend::ObjectKind::Pack, &name);
     let direct = local.as_deref().and_then(|path| {
-        let buf = bufs.direct.get_or_insert_with(|| {
+        let buf = buf.get_or_insert_with(|| {
             crate::io::AlignedBuf::new(PACK_IN_MEMORY_MAX as usize + (4 << 20))
         });
         read_direct(path, buf)
     });
-    let file = match (local, direct) {
+    let file: Box<dyn repo_format::backend::ReadAt + '_> = match (local, direct) {
         (Some(_), Some(n)) => {
             len = n as u64;
-            let mem = &bufs.direct.as_ref().expect("set above")[..n];
+            let mem = &buf.as_ref().expect("set above")[..n];
             hasher.update(mem);
-            PackBytes::Memory(mem)
+            Box::new(mem)
         }
         (Some(path), None) => {
-            let buf = &mut bufs.plain;
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) => {
@@ -650,36 +616,22 @@ fn check_pack(
                     )
                 }
             };
-            buf.clear();
-            let mut whole = true;
-            if let Err(e) = (&mut file).take(PACK_IN_MEMORY_MAX + 1).read_to_end(buf) {
-                problems.push(problem(format!("pack {}: read failed: {e}", pack.short())));
-            }
-            hasher.update(buf);
-            len = buf.len() as u64;
-            if len > PACK_IN_MEMORY_MAX {
-                whole = false;
-                let mut block = vec![0u8; 1 << 20];
-                loop {
-                    match file.read(&mut block) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            hasher.update(&block[..n]);
-                            len += n as u64;
-                        }
-                        Err(e) => {
-                            problems
-                                .push(problem(format!("pack {}: read failed: {e}", pack.short())));
-                            break;
-                        }
+            len = 0;
+            let mut block = vec![0u8; 1 << 20];
+            loop {
+                match file.read(&mut block) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&block[..n]);
+                        len += n as u64;
+                    }
+                    Err(e) => {
+                        problems.push(problem(format!("pack {}: read failed: {e}", pack.short())));
+                        break;
                     }
                 }
             }
-            if whole {
-                PackBytes::Memory(buf)
-            } else {
-                PackBytes::File(file)
-            }
+            Box::new(file)
         }
         (None, _) => match repo
             .backend()
@@ -688,7 +640,7 @@ fn check_pack(
             Ok(bytes) => {
                 hasher.update(&bytes);
                 len = bytes.len() as u64;
-                PackBytes::Object(bytes)
+                Box::new(bytes)
             }
             Err(e) => {
                 return (
@@ -706,7 +658,7 @@ fn check_pack(
             pack.short()
         )));
     }
-    let entries = match read_toc(&file, len, &pack.to_hex(), repo.codec()) {
+    let entries = match read_toc(&*file, len, &pack.to_hex(), repo.codec()) {
         Ok(e) => e,
         Err(e) => {
             problems.push(problem(e.to_string()));
@@ -722,7 +674,7 @@ fn check_pack(
             pack: *pack,
             offset: e.offset,
         };
-        let ok = read_payload(&file, *pack, e, repo.codec())
+        let ok = read_payload(&*file, *pack, e, repo.codec())
             .and_then(|p| decoder.decode(e.id, e.kind, e.compression, e.raw_len, p, origin));
         if let Err(err) = ok {
             problems.push(problem(err.to_string()));

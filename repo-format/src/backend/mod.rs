@@ -182,8 +182,8 @@ impl ReadAt for std::fs::File {
     }
 }
 
-/// An object read whole into memory.
-impl ReadAt for Vec<u8> {
+/// Bytes in memory (an object read whole, a pack in a buffer).
+impl ReadAt for &[u8] {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let end = offset
             .checked_add(buf.len() as u64)
@@ -191,6 +191,13 @@ impl ReadAt for Vec<u8> {
             .ok_or(std::io::ErrorKind::UnexpectedEof)?;
         buf.copy_from_slice(&self[offset as usize..end as usize]);
         Ok(())
+    }
+}
+
+/// An object read whole into memory.
+impl ReadAt for Vec<u8> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.as_slice().read_exact_at(buf, offset)
     }
 }
 
