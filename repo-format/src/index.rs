@@ -450,28 +450,53 @@ impl Index {
         Ok(out)
     }
 
-    /// Every indexed blob location, grouped by pack: (id, stored bytes). A blob stored
-    /// in several packs is listed under each.
-    pub fn blobs_by_pack(&self) -> Result<HashMap<PackId, Vec<(BlobId, u64)>>> {
-        let wrap = |source| Error::Index {
-            path: self.path.clone(),
-            source,
-        };
+    /// Every indexed location of every blob, in ascending blob id order (a blob in
+    /// several packs gives one call per pack): (blob, pack, stored bytes). Streams the
+    /// table in its key order, so a caller merging it with another sorted list of ids
+    /// holds nothing per blob (prune's mark, issue 19).
+    pub fn scan_locations<E: From<Error>>(
+        &self,
+        mut f: impl FnMut(BlobId, PackId, u64) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let mut stmt = self
             .conn
-            .prepare("SELECT p.id, b.id, b.stored_len FROM blobs b JOIN packs p ON b.pack = p.num")
-            .map_err(wrap)?;
-        let mut rows = stmt.query([]).map_err(wrap)?;
-        let mut out: HashMap<PackId, Vec<(BlobId, u64)>> = HashMap::new();
-        while let Some(r) = rows.next().map_err(wrap)? {
-            let pack: Vec<u8> = r.get(0).map_err(wrap)?;
-            let blob: Vec<u8> = r.get(1).map_err(wrap)?;
-            let len: i64 = r.get(2).map_err(wrap)?;
-            let (Some(pack), Some(blob)) = (PackId::from_slice(&pack), BlobId::from_slice(&blob))
+            .prepare(
+                "SELECT b.id, p.id, b.stored_len FROM blobs b JOIN packs p ON b.pack = p.num
+                 ORDER BY b.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let blob: Vec<u8> = r.get(0).map_err(|e| self.err(e))?;
+            let pack: Vec<u8> = r.get(1).map_err(|e| self.err(e))?;
+            let len: i64 = r.get(2).map_err(|e| self.err(e))?;
+            let (Some(blob), Some(pack)) = (BlobId::from_slice(&blob), PackId::from_slice(&pack))
             else {
-                continue;
+                return Err(self.bad_row("a row of the blob table", "id").into());
             };
-            out.entry(pack).or_default().push((blob, len as u64));
+            f(blob, pack, len.max(0) as u64)?;
+        }
+        Ok(())
+    }
+
+    /// The packs the index places blob `id` in (condemned or not).
+    pub fn packs_holding(&self, id: &BlobId) -> Result<Vec<PackId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT p.id FROM blobs b JOIN packs p ON p.num = b.pack WHERE b.id = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([&id.0[..]], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let pack = r.map_err(|e| self.err(e))?;
+            out.push(
+                PackId::from_slice(&pack)
+                    .ok_or_else(|| self.bad_row("a row of the pack table", "pack id"))?,
+            );
         }
         Ok(out)
     }

@@ -9,6 +9,7 @@
 pub mod copy;
 pub mod forget;
 pub mod last_runs;
+pub mod live_set;
 pub mod prune;
 pub mod repair;
 pub mod verify;

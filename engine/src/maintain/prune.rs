@@ -27,6 +27,7 @@ use repo_format::condemn::{self, Condemnation, ListedCondemnation};
 use repo_format::lock::PruneLock;
 use repo_format::{BlobId, BlobReader, EncodedBlob, Node, PackId, Repository, SnapshotId};
 
+use super::live_set::{LiveSet, LiveSetBuilder};
 use crate::error::{Error, Result};
 
 /// How aggressively to reclaim, and how the store lists.
@@ -84,13 +85,40 @@ impl PruneReport {
 
 /// The blobs reachable from the snapshots walked so far; walks only snapshots it has
 /// not seen, so the sweep's second look costs what was added meanwhile.
-#[derive(Default)]
+///
+/// Memory is bounded whatever the repository's size (issue 19): the referenced ids go
+/// to on-disk sorted sets ([`LiveSet`], one per walk), and only the ids of manifest
+/// nodes already walked stay in memory (a node lists about 1,000 extents: some 50 KiB
+/// per TiB of unique data), so that a subtree shared by many snapshots is walked once.
 struct Marker {
-    live: HashSet<BlobId>,
+    live: Vec<LiveSet>,
+    nodes: HashSet<BlobId>,
     walked: HashSet<SnapshotId>,
+    scratch: std::path::PathBuf,
+    /// Distinct live ids over every walk.
+    count: u64,
 }
 
 impl Marker {
+    fn new(repo: &Repository) -> Self {
+        Marker {
+            live: Vec::new(),
+            nodes: HashSet::new(),
+            walked: HashSet::new(),
+            scratch: repo.tmp_dir(),
+            count: 0,
+        }
+    }
+
+    fn contains(&self, id: &BlobId) -> Result<bool> {
+        for set in &self.live {
+            if set.contains(id)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Walks every listed snapshot not walked yet. Refuses when a snapshot file is
     /// unreadable: its chunks would look unreferenced.
     fn mark(&mut self, repo: &Repository, cancel: &crate::cancel::Cancel) -> Result<()> {
@@ -100,6 +128,7 @@ impl Marker {
         // another host wrote after this prune took its lock.
         repo.reconcile(&mut repo.index()?)?;
         let mut reader = BlobReader::new(repo)?;
+        let mut found = LiveSetBuilder::with_run_ids(&self.scratch, MARK_RUN_IDS);
         for r in snapshots {
             let (id, snap) = r.map_err(|e| {
                 Error::Usage(format!(
@@ -118,9 +147,10 @@ impl Marker {
                 let mut stack = vec![root.root];
                 while let Some(id) = stack.pop() {
                     cancel.check()?;
-                    if !self.live.insert(id) {
+                    if !self.nodes.insert(id) {
                         continue; // a shared subtree, already walked
                     }
+                    found.insert(id)?;
                     match reader.read_node(&id)? {
                         Node::Interior { children, .. } => {
                             stack.extend(children.iter().map(|c| c.id))
@@ -128,7 +158,7 @@ impl Marker {
                         Node::Leaf(extents) => {
                             for e in extents {
                                 if let repo_format::Extent::Chunk { id, .. } = e {
-                                    self.live.insert(id);
+                                    found.insert(id)?;
                                 }
                             }
                         }
@@ -136,8 +166,176 @@ impl Marker {
                 }
             }
         }
+        let found = found.finish()?;
+        // Count what earlier walks did not find (a later walk is the few snapshots
+        // written meanwhile).
+        if self.live.is_empty() {
+            self.count = found.len();
+        } else {
+            for id in found.iter() {
+                if !self.contains(&id?)? {
+                    self.count += 1;
+                }
+            }
+        }
+        self.live.push(found);
         Ok(())
     }
+}
+
+/// Ids a mark holds in memory before it writes a run: unit tests write runs from the
+/// first few ids, so that their prunes go through the on-disk merge.
+#[cfg(not(test))]
+const MARK_RUN_IDS: usize = super::live_set::RUN_IDS;
+#[cfg(test)]
+const MARK_RUN_IDS: usize = 16;
+
+/// What the mark found per pack.
+#[derive(Default)]
+struct Tally {
+    /// Live blobs whose one home this pack is.
+    homed: u64,
+    /// Their stored bytes with headers.
+    homed_bytes: u64,
+    /// Bytes of every other blob, with headers.
+    dead_bytes: u64,
+}
+
+/// The home of live blob `id`: of the packs holding it that no record condemns, the
+/// one with the smallest id ([`tally_packs`] picks the same).
+fn home(
+    index: &repo_format::Index,
+    id: &BlobId,
+    already: &HashSet<PackId>,
+) -> Result<Option<PackId>> {
+    Ok(index
+        .packs_holding(id)?
+        .into_iter()
+        .filter(|p| !already.contains(p))
+        .min())
+}
+
+/// Whether condemned `pack` holds a live blob that no other pack holds, of those
+/// still listed on the store and condemned by no record. A pack never indexed
+/// (damaged, unreadable) is needed: what it holds is unknown.
+fn needed(
+    index: &repo_format::Index,
+    marker: &Marker,
+    pack: &PackId,
+    condemned: &HashSet<PackId>,
+    on_store: &HashMap<PackId, (u64, Option<SystemTime>)>,
+) -> Result<bool> {
+    let rows = index.rows_of_pack(pack)?;
+    if rows.is_empty() {
+        return Ok(true);
+    }
+    for row in rows {
+        if !marker.contains(&row.id)? {
+            continue;
+        }
+        let elsewhere = index
+            .packs_holding(&row.id)?
+            .iter()
+            .any(|p| !condemned.contains(p) && on_store.contains_key(p));
+        if !elsewhere {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The state of [`tally_packs`]'s merge.
+struct Merge<'a> {
+    tally: HashMap<PackId, Tally>,
+    missing: u64,
+    already: &'a HashSet<PackId>,
+    overhead: u64,
+    /// The locations of the blob being read: (pack, stored bytes).
+    group: Vec<(PackId, u64)>,
+}
+
+impl Merge<'_> {
+    /// Tallies blob `id`, whose locations are in `group`; the live ids before it are in
+    /// no pack.
+    fn close(
+        &mut self,
+        id: BlobId,
+        live_ids: &mut std::iter::Peekable<super::live_set::LiveIter<'_>>,
+    ) -> Result<()> {
+        let mut is_live = false;
+        while let Some(next) = live_ids.next_if(|n| n.as_ref().map_or(true, |n| *n <= id)) {
+            if next? == id {
+                is_live = true;
+            } else {
+                self.missing += 1;
+            }
+        }
+        let home = if is_live {
+            self.group
+                .iter()
+                .map(|(p, _)| *p)
+                .filter(|p| !self.already.contains(p))
+                .min()
+        } else {
+            None
+        };
+        for (pack, len) in self.group.drain(..) {
+            let t = self.tally.entry(pack).or_default();
+            if Some(pack) == home {
+                t.homed += 1;
+                t.homed_bytes += len + self.overhead;
+            } else {
+                t.dead_bytes += len + self.overhead;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One pass over the index in blob id order, merged with the (sorted) live set: each
+/// live blob keeps one home, of the packs holding it that no record condemns the one
+/// with the smallest id; every other copy, and every blob not live, is dead weight.
+/// Returns the tally of each pack and how many live blobs the index lacks.
+fn tally_packs(
+    index: &repo_format::Index,
+    live: &LiveSet,
+    already: &HashSet<PackId>,
+    overhead: u64,
+    cancel: &crate::cancel::Cancel,
+) -> Result<(HashMap<PackId, Tally>, u64)> {
+    let mut m = Merge {
+        tally: HashMap::new(),
+        missing: 0,
+        already,
+        overhead,
+        group: Vec::new(),
+    };
+    let mut live_ids = live.iter().peekable();
+    let mut current: Option<BlobId> = None;
+    let mut rows = 0u64;
+    index.scan_locations(|id, pack, len| -> Result<()> {
+        rows += 1;
+        if rows.is_multiple_of(65_536) {
+            cancel.check()?;
+        }
+        if current != Some(id) {
+            if let Some(prev) = current {
+                m.close(prev, &mut live_ids)?;
+            }
+            current = Some(id);
+        }
+        m.group.push((pack, len));
+        Ok(())
+    })?;
+    if let Some(prev) = current {
+        m.close(prev, &mut live_ids)?;
+    }
+    for rest in live_ids {
+        rest?;
+        m.missing += 1;
+    }
+    let (tally, missing) = (m.tally, m.missing);
+    Ok((tally, missing))
 }
 
 /// Every pack listed, with its length and when it was last written.
@@ -208,109 +406,73 @@ pub fn prune(
     // 2. Mark.
     progress.phase("mark");
     progress.start("", None);
-    let mut marker = Marker::default();
+    let mut marker = Marker::new(repo);
     marker.mark(repo, cancel)?;
     progress.finish();
     // The mark reconciled the index with `condemned/`, so it marks these packs too.
     let mut index = repo.index()?;
     let already = condemn::condemned_packs(&records);
-    let by_pack = index.blobs_by_pack()?;
     let lengths = index.pack_lengths()?;
+    let overhead = repo_format::pack::blob_overhead(repo.codec());
+    let (tally, missing) = tally_packs(&index, &marker.live[0], &already, overhead, cancel)?;
     let mut report = PruneReport {
         snapshots: marker.walked.len(),
-        live_blobs: marker.live.len() as u64,
+        live_blobs: marker.count,
         packs_before: lengths.len() as u64,
         bytes_before: lengths.values().sum(),
+        missing_blobs: missing,
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let indexed: HashSet<BlobId> = by_pack.values().flatten().map(|(id, _)| *id).collect();
-    report.missing_blobs = marker
-        .live
-        .iter()
-        .filter(|id| !indexed.contains(id))
-        .count() as u64;
 
-    // 3. Condemn. Each live blob keeps one home: of the packs holding it that no record
-    //    condemns, the one with the smallest id; every other copy is dead weight.
-    let mut home: HashMap<BlobId, PackId> = HashMap::new();
-    for (pack, blobs) in by_pack.iter().filter(|(p, _)| !already.contains(p)) {
-        for (id, _) in blobs.iter().filter(|(id, _)| marker.live.contains(id)) {
-            let h = home.entry(*id).or_insert(*pack);
-            if pack.0 < h.0 {
-                *h = *pack;
-            }
-        }
-    }
+    // 3. Condemn: packs that are no live blob's home, and repack those whose unused
+    //    share (the blobs not homed here, with their headers; the pack's own header and
+    //    TOC are overhead every pack has, not waste) exceeds the threshold.
     let mut condemned: Vec<PackId> = Vec::new();
-    let mut repack: Vec<(PackId, Vec<BlobId>)> = Vec::new();
+    let mut repack: Vec<PackId> = Vec::new();
+    let none = Tally::default();
     for (pack, len) in lengths.iter().filter(|(p, _)| !already.contains(p)) {
-        let blobs = by_pack.get(pack).map(Vec::as_slice).unwrap_or(&[]);
-        let homed: Vec<BlobId> = blobs
-            .iter()
-            .filter(|(id, _)| home.get(id) == Some(pack))
-            .map(|(id, _)| *id)
-            .collect();
-        // Unused: the blobs not homed here, with their headers (the pack's own header
-        // and TOC are overhead every pack has, not waste).
-        let dead_bytes: u64 = blobs
-            .iter()
-            .filter(|(id, _)| home.get(id) != Some(pack))
-            .map(|(_, n)| n + repo_format::pack::blob_overhead(repo.codec()))
-            .sum();
-        if homed.is_empty() {
+        let t = tally.get(pack).unwrap_or(&none);
+        if t.homed == 0 {
             condemned.push(*pack);
-        } else if 100.0 * dead_bytes as f64 / (*len).max(1) as f64 > opts.max_unused_pct {
-            repack.push((*pack, homed));
+        } else if 100.0 * t.dead_bytes as f64 / (*len).max(1) as f64 > opts.max_unused_pct {
+            repack.push(*pack);
         }
     }
+    repack.sort();
     report.packs_repacked = repack.len() as u64;
     if opts.dry_run {
         report.packs_condemned = (condemned.len() + repack.len()) as u64;
         report.packs_deleted = report.packs_condemned;
-        report.bytes_deleted = condemned
-            .iter()
-            .chain(repack.iter().map(|(p, _)| p))
-            .map(|p| lengths[p])
-            .sum();
-        report.bytes_written = repack
-            .iter()
-            .flat_map(|(p, ids)| {
-                let sizes: HashMap<&BlobId, u64> =
-                    by_pack[p].iter().map(|(id, n)| (id, *n)).collect();
-                ids.iter()
-                    .map(move |id| sizes[id] + repo_format::pack::blob_overhead(repo.codec()))
-                    .collect::<Vec<_>>()
-            })
-            .sum();
+        report.bytes_deleted = condemned.iter().chain(&repack).map(|p| lengths[p]).sum();
+        report.bytes_written = repack.iter().map(|p| tally[p].homed_bytes).sum();
         report.records_waiting = records.len() as u64;
         return Ok(report);
     }
+    drop(tally);
     // Live blobs are copied out before their pack is condemned: new packs are durable
     // and indexed first.
     let mut store = crate::store::BlobStore::for_repack(repo, lock)?;
     let mut reader = BlobReader::new(repo)?;
     progress.phase("repack");
-    progress.start("", Some(repack.iter().map(|(p, _)| lengths[p]).sum()));
-    for (pack, ids) in &repack {
+    progress.start("", Some(repack.iter().map(|p| lengths[p]).sum()));
+    for pack in &repack {
         cancel.check()?;
         progress.advance(lengths[pack]);
         let file = repo.pack_reader(pack)?;
-        let rows: HashMap<BlobId, repo_format::TocEntry> = index
-            .rows_of_pack(pack)?
-            .into_iter()
-            .map(|e| (e.id, e))
-            .collect();
+        // The live blobs homed here (as the tally found), in the pack's order.
+        let mut rows = index.rows_of_pack(pack)?;
+        rows.sort_by_key(|e| e.offset);
         let mut blobs = Vec::new();
         let mut ok = true;
-        for id in ids {
-            let loc = rows.get(id).map(|entry| repo_format::BlobLocation {
+        for entry in rows {
+            if !marker.contains(&entry.id)? || home(&index, &entry.id, &already)? != Some(*pack)
+            {
+                continue;
+            }
+            let loc = repo_format::BlobLocation {
                 pack: *pack,
-                entry: *entry,
-            });
-            let Some(loc) = loc else {
-                ok = false;
-                break;
+                entry,
             };
             let payload = repo_format::pack::read_payload(&file, *pack, &loc.entry, repo.codec())?;
             // Never copy damage into a new pack: check the blob decodes to its id.
@@ -320,7 +482,7 @@ pub fn prune(
                 break;
             }
             blobs.push(EncodedBlob {
-                id: *id,
+                id: entry.id,
                 kind: loc.entry.kind,
                 compression: loc.entry.compression,
                 raw_len: loc.entry.raw_len,
@@ -403,22 +565,8 @@ pub fn prune(
     sleep(lag, cancel)?;
     marker.mark(repo, cancel)?;
     report.snapshots = marker.walked.len();
-    report.live_blobs = marker.live.len() as u64;
+    report.live_blobs = marker.count;
     let on_store = listed_packs(repo)?;
-    let by_pack = index.blobs_by_pack()?;
-    let mut homes: HashMap<BlobId, Vec<PackId>> = HashMap::new();
-    for (pack, blobs) in &by_pack {
-        for (id, _) in blobs.iter().filter(|(id, _)| marker.live.contains(id)) {
-            homes.entry(*id).or_default().push(*pack);
-        }
-    }
-    let safe_elsewhere = |id: &BlobId| {
-        homes.get(id).is_some_and(|packs| {
-            packs
-                .iter()
-                .any(|p| !all_condemned.contains(p) && on_store.contains_key(p))
-        })
-    };
     let mut deleted = HashSet::new();
     let mut swept = HashSet::new();
     for (listed, rec) in sweepable {
@@ -432,14 +580,7 @@ pub fn prune(
                 continue;
             }
             let rewritten = matches!((modified, since), (Some(m), Some(s)) if *m >= s);
-            let needed = match by_pack.get(&pack) {
-                Some(blobs) => blobs
-                    .iter()
-                    .any(|(id, _)| marker.live.contains(id) && !safe_elsewhere(id)),
-                // Never indexed (damaged, unreadable): what it holds is unknown.
-                None => true,
-            };
-            if rewritten || needed {
+            if rewritten || needed(&index, &marker, &pack, &all_condemned, &on_store)? {
                 report.packs_kept += 1;
                 continue;
             }
@@ -810,5 +951,51 @@ mod tests {
             .list(ObjectKind::Condemned)
             .unwrap()
             .is_empty());
+    }
+
+    /// A pack half live is repacked: its live blobs move to a new pack, the old one is
+    /// deleted, and what stays referenced reads back byte for byte (the mark's ids in
+    /// many on-disk runs, [`MARK_RUN_IDS`]).
+    #[test]
+    fn a_half_dead_pack_is_repacked_and_what_is_live_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = test_repo(dir.path());
+        let shared = repo.lock_shared("backup").unwrap();
+        // Two snapshots whose chunks share packs: the second has the first's first
+        // half and new data.
+        let a = noise(4 << 20, 7);
+        let mut b = a[..2 << 20].to_vec();
+        b.extend(noise(2 << 20, 8));
+        let first = backup_of(
+            &repo,
+            &shared,
+            Box::new(StreamSource::new(std::io::Cursor::new(a), "a".into())),
+        );
+        let second = backup_of(
+            &repo,
+            &shared,
+            Box::new(StreamSource::new(std::io::Cursor::new(b.clone()), "b".into())),
+        );
+        drop(shared);
+        repo.remove_snapshot(&first.id).unwrap();
+        let report = prune_now(&repo);
+        assert!(report.packs_repacked >= 1, "{report:?}");
+        assert!(report.packs_deleted >= 1, "{report:?}");
+        assert_eq!(report.missing_blobs, 0);
+        let (_, snap) = repo
+            .list_snapshots()
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .find(|(id, _)| *id == second.id)
+            .unwrap();
+        assert_eq!(read_back(&repo, &snap), b);
+        // A second prune finds nothing more to do.
+        let again = prune_now(&repo);
+        assert_eq!(
+            (again.packs_repacked, again.packs_deleted),
+            (0, 0),
+            "{again:?}"
+        );
     }
 }

@@ -1,0 +1,303 @@
+//! The set of blob ids a prune found referenced, in bounded memory whatever the size of
+//! the repository (issue 19): ids are gathered in a buffer of [`RUN_IDS`], each full
+//! buffer is sorted and written to a scratch file as a run, and the runs are merged into
+//! one sorted file of distinct ids. Membership is a binary search of one block of that
+//! file, found through a fence (the first id of every block) kept in memory.
+//!
+//! Memory: the buffer (32 MiB), one read buffer per run while merging (32 KiB each), and
+//! the fences, 32 bytes per [`BLOCK_IDS`] ids (0.5 MiB per TiB of unique data at 64 KiB
+//! chunks). Disk: 32 bytes per id referenced, twice while merging, in unlinked files of
+//! the repository's scratch folder (they vanish with the process, even killed).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use repo_format::BlobId;
+
+use crate::error::{Error, Result};
+
+/// Ids held in memory before a run is written: 32 MiB.
+pub const RUN_IDS: usize = 1 << 20;
+/// Ids per block of the merged file, each with a fence in memory (32 KiB blocks).
+pub const BLOCK_IDS: usize = 1024;
+const ID: usize = 32;
+
+/// Gathers ids; [`LiveSetBuilder::finish`] makes the set.
+pub struct LiveSetBuilder {
+    dir: PathBuf,
+    buf: Vec<BlobId>,
+    limit: usize,
+    runs: Vec<File>,
+}
+
+impl LiveSetBuilder {
+    /// A builder whose runs go to unlinked files in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self::with_run_ids(dir, RUN_IDS)
+    }
+
+    /// As [`LiveSetBuilder::new`] with runs of `limit` ids (tests make many runs).
+    pub fn with_run_ids(dir: &Path, limit: usize) -> Self {
+        LiveSetBuilder {
+            dir: dir.into(),
+            buf: Vec::new(),
+            limit: limit.max(1),
+            runs: Vec::new(),
+        }
+    }
+
+    pub fn insert(&mut self, id: BlobId) -> Result<()> {
+        self.buf.push(id);
+        if self.buf.len() >= self.limit {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn io(&self, e: std::io::Error) -> Error {
+        Error::Repo(repo_format::Error::io(&self.dir, e))
+    }
+
+    /// A private scratch file that no name reaches (O_TMPFILE, mode 0600).
+    fn scratch(&self) -> Result<File> {
+        tempfile::tempfile_in(&self.dir).map_err(|e| self.io(e))
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        self.buf.sort_unstable();
+        self.buf.dedup();
+        let mut file = self.scratch()?;
+        let mut out = BufWriter::with_capacity(1 << 20, &mut file);
+        for id in &self.buf {
+            out.write_all(&id.0).map_err(|e| self.io(e))?;
+        }
+        out.flush().map_err(|e| self.io(e))?;
+        drop(out);
+        file.rewind().map_err(|e| self.io(e))?;
+        self.runs.push(file);
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// The set of every id inserted. Without a run written it stays in memory (it is
+    /// smaller than one run); otherwise the runs are merged into one file.
+    pub fn finish(mut self) -> Result<LiveSet> {
+        if self.runs.is_empty() {
+            self.buf.sort_unstable();
+            self.buf.dedup();
+            return Ok(LiveSet {
+                len: self.buf.len() as u64,
+                store: Store::Memory(std::mem::take(&mut self.buf)),
+            });
+        }
+        if !self.buf.is_empty() {
+            self.spill()?;
+        }
+        self.buf = Vec::new(); // the merge needs no more than its read buffers
+        let mut readers: Vec<BufReader<&File>> = self
+            .runs
+            .iter()
+            .map(|f| BufReader::with_capacity(32 << 10, f))
+            .collect();
+        let mut heap = BinaryHeap::new();
+        for (i, r) in readers.iter_mut().enumerate() {
+            if let Some(id) = next_id(r).map_err(|e| self.io(e))? {
+                heap.push(Reverse((id, i)));
+            }
+        }
+        let mut merged = self.scratch()?;
+        let mut out = BufWriter::with_capacity(1 << 20, &mut merged);
+        let mut fences = Vec::new();
+        let mut len = 0u64;
+        let mut last: Option<BlobId> = None;
+        while let Some(Reverse((id, i))) = heap.pop() {
+            if let Some(next) = next_id(&mut readers[i]).map_err(|e| self.io(e))? {
+                heap.push(Reverse((next, i)));
+            }
+            if last == Some(id) {
+                continue;
+            }
+            if len.is_multiple_of(BLOCK_IDS as u64) {
+                fences.push(id);
+            }
+            out.write_all(&id.0).map_err(|e| self.io(e))?;
+            len += 1;
+            last = Some(id);
+        }
+        out.flush().map_err(|e| self.io(e))?;
+        drop(out);
+        drop(readers);
+        Ok(LiveSet {
+            len,
+            store: Store::File {
+                file: merged,
+                fences,
+                dir: self.dir.clone(),
+            },
+        })
+    }
+}
+
+fn next_id(r: &mut impl Read) -> std::io::Result<Option<BlobId>> {
+    let mut id = [0u8; ID];
+    match r.read_exact(&mut id) {
+        Ok(()) => Ok(Some(BlobId(id))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+enum Store {
+    Memory(Vec<BlobId>),
+    File {
+        file: File,
+        fences: Vec<BlobId>,
+        dir: PathBuf,
+    },
+}
+
+/// A sorted set of distinct blob ids.
+pub struct LiveSet {
+    len: u64,
+    store: Store,
+}
+
+impl LiveSet {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, id: &BlobId) -> Result<bool> {
+        match &self.store {
+            Store::Memory(ids) => Ok(ids.binary_search(id).is_ok()),
+            Store::File { file, fences, dir } => {
+                let block = fences.partition_point(|f| f <= id);
+                if block == 0 {
+                    return Ok(false);
+                }
+                let first = (block - 1) as u64 * BLOCK_IDS as u64;
+                let count = (self.len - first).min(BLOCK_IDS as u64) as usize;
+                let mut bytes = vec![0u8; count * ID];
+                file.read_exact_at(&mut bytes, first * ID as u64)
+                    .map_err(|e| Error::Repo(repo_format::Error::io(dir, e)))?;
+                let (mut lo, mut hi) = (0, count);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    match bytes[mid * ID..(mid + 1) * ID].cmp(&id.0[..]) {
+                        std::cmp::Ordering::Less => lo = mid + 1,
+                        std::cmp::Ordering::Greater => hi = mid,
+                        std::cmp::Ordering::Equal => return Ok(true),
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Every id, in ascending order.
+    pub fn iter(&self) -> LiveIter<'_> {
+        LiveIter {
+            set: self,
+            at: 0,
+            block: Vec::new(),
+            in_block: 0,
+        }
+    }
+}
+
+/// Reads a [`LiveSet`] in order, a block at a time.
+pub struct LiveIter<'a> {
+    set: &'a LiveSet,
+    at: u64,
+    block: Vec<BlobId>,
+    in_block: usize,
+}
+
+impl Iterator for LiveIter<'_> {
+    type Item = Result<BlobId>;
+
+    fn next(&mut self) -> Option<Result<BlobId>> {
+        if self.at >= self.set.len {
+            return None;
+        }
+        let id = match &self.set.store {
+            Store::Memory(ids) => ids[self.at as usize],
+            Store::File { file, dir, .. } => {
+                if self.in_block == self.block.len() {
+                    // 32 blocks a read: 1 MiB.
+                    let count = (self.set.len - self.at).min(32 * BLOCK_IDS as u64) as usize;
+                    let mut bytes = vec![0u8; count * ID];
+                    if let Err(e) = file.read_exact_at(&mut bytes, self.at * ID as u64) {
+                        self.at = self.set.len;
+                        return Some(Err(Error::Repo(repo_format::Error::io(dir, e))));
+                    }
+                    self.block = bytes
+                        .chunks_exact(ID)
+                        .map(|c| BlobId(c.try_into().expect("32-byte chunks")))
+                        .collect();
+                    self.in_block = 0;
+                }
+                self.in_block += 1;
+                self.block[self.in_block - 1]
+            }
+        };
+        self.at += 1;
+        Some(Ok(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u64, salt: u8) -> Vec<BlobId> {
+        (0..n).map(|i| BlobId::of(&[&[salt][..], &i.to_le_bytes()].concat())).collect()
+    }
+
+    #[test]
+    fn runs_on_disk_merge_into_the_sorted_distinct_set() {
+        let dir = tempfile::tempdir().unwrap();
+        for (limit, n) in [(7, 5_000u64), (1_000_000, 5_000), (3, 10)] {
+            let mut b = LiveSetBuilder::with_run_ids(dir.path(), limit);
+            let all = ids(n, 1);
+            // Every id twice, the second time in reverse, across runs.
+            for id in all.iter().chain(all.iter().rev()) {
+                b.insert(*id).unwrap();
+            }
+            let set = b.finish().unwrap();
+            assert_eq!(set.len(), n);
+            let mut want = all.clone();
+            want.sort();
+            let got: Vec<BlobId> = set.iter().map(|r| r.unwrap()).collect();
+            assert_eq!(got, want, "limit {limit}");
+            for id in &all {
+                assert!(set.contains(id).unwrap());
+            }
+            for id in ids(n, 2) {
+                assert!(!set.contains(&id).unwrap());
+            }
+            // Ids below the first and above the last.
+            assert!(!set.contains(&BlobId([0; 32])).unwrap());
+            assert!(!set.contains(&BlobId([0xff; 32])).unwrap());
+        }
+        // No scratch file has a name.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_empty_set_holds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = LiveSetBuilder::new(dir.path()).finish().unwrap();
+        assert!(set.is_empty());
+        assert!(!set.contains(&BlobId([7; 32])).unwrap());
+        assert_eq!(set.iter().count(), 0);
+    }
+}
