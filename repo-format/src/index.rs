@@ -67,6 +67,8 @@ pub struct Index {
     path: PathBuf,
     /// The file's (device, inode) when this connection opened it.
     file_id: Option<(u64, u64)>,
+    /// Rows go to the staging table of [`Index::begin_bulk`].
+    bulk: bool,
 }
 
 /// (device, inode) of an index file, to tell whether it was replaced since.
@@ -125,6 +127,7 @@ impl Index {
             conn,
             path,
             file_id: None,
+            bulk: false,
         };
         let tables: i64 = idx
             .conn
@@ -178,6 +181,7 @@ impl Index {
             conn,
             path: path.into(),
             file_id: file_id(path),
+            bulk: false,
         })
     }
 
@@ -224,6 +228,7 @@ impl Index {
             conn,
             path: path.into(),
             file_id: file_id(path),
+            bulk: false,
         };
         if version == 0 {
             let tables: i64 = idx
@@ -388,40 +393,57 @@ impl Index {
     /// Records a durable pack and all its blobs, in one transaction. A blob indexed
     /// from another pack too keeps both locations ([`Index::lookup`] picks one).
     pub fn add_pack(&mut self, pack: &PackId, len_bytes: u64, entries: &[TocEntry]) -> Result<()> {
-        let insert = "INSERT OR IGNORE";
+        self.add_packs(&[(*pack, len_bytes, entries)])
+    }
+
+    /// [`Index::add_pack`] for many packs in one transaction: a rebuild from the TOCs
+    /// commits once per batch instead of once per pack (each commit writes every page it
+    /// touched to the log, and a pack's rows touch as many pages as it has rows).
+    pub fn add_packs(&mut self, packs: &[(PackId, u64, &[TocEntry])]) -> Result<()> {
         let path = self.path.clone();
         let wrap = |source| Error::Index {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(wrap)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO packs (id, len_bytes, blobs) VALUES (?1, ?2, ?3)",
-            params![&pack.0[..], len_bytes as i64, entries.len() as i64],
-        )
-        .map_err(wrap)?;
-        let num: i64 = tx
-            .query_row("SELECT num FROM packs WHERE id = ?1", [&pack.0[..]], |r| {
-                r.get(0)
-            })
-            .map_err(wrap)?;
         {
-            let sql = format!(
-                "{insert} INTO blobs (id, pack, offset, stored_len, raw_len, kind, compression)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            );
-            let mut ins = tx.prepare_cached(&sql).map_err(wrap)?;
-            for e in entries {
-                ins.execute(params![
-                    &e.id.0[..],
-                    num,
-                    e.offset as i64,
-                    e.stored_len as i64,
-                    e.raw_len as i64,
-                    e.kind as u8 as i64,
-                    e.compression as u8 as i64
-                ])
+            let mut add = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO packs (id, len_bytes, blobs) VALUES (?1, ?2, ?3)",
+                )
                 .map_err(wrap)?;
+            let mut num_of = tx
+                .prepare_cached("SELECT num FROM packs WHERE id = ?1")
+                .map_err(wrap)?;
+            let mut ins = tx
+                .prepare_cached(if self.bulk {
+                    "INSERT INTO bulk.rows
+                     (id, pack, offset, stored_len, raw_len, kind, compression)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                } else {
+                    "INSERT OR IGNORE INTO blobs
+                     (id, pack, offset, stored_len, raw_len, kind, compression)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                })
+                .map_err(wrap)?;
+            for (pack, len_bytes, entries) in packs {
+                add.execute(params![&pack.0[..], *len_bytes as i64, entries.len() as i64])
+                    .map_err(wrap)?;
+                let num: i64 = num_of
+                    .query_row([&pack.0[..]], |r| r.get(0))
+                    .map_err(wrap)?;
+                for e in entries.iter() {
+                    ins.execute(params![
+                        &e.id.0[..],
+                        num,
+                        e.offset as i64,
+                        e.stored_len as i64,
+                        e.raw_len as i64,
+                        e.kind as u8 as i64,
+                        e.compression as u8 as i64
+                    ])
+                    .map_err(wrap)?;
+                }
             }
         }
         tx.commit().map_err(wrap)
@@ -606,6 +628,65 @@ impl Index {
             }
         }
         Ok(t)
+    }
+
+    /// Starts filling an empty index from many packs (a rebuild from the TOCs): until
+    /// [`Index::finish_bulk`], [`Index::add_packs`] appends blob rows to a staging
+    /// table in the file `staging` (created private; it is deleted there), and the
+    /// finish inserts them sorted by key. Inserting random ids straight into the table's
+    /// B-tree writes a page per row once the index outgrows SQLite's cache (17.8 s per
+    /// million rows at 10 million); sorted, each page is written once.
+    pub fn begin_bulk(&mut self, staging: &Path) -> Result<()> {
+        let _ = std::fs::remove_file(staging);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(crate::durable::PRIVATE_FILE_MODE)
+            .open(staging)
+            .map_err(|e| Error::io(staging, e))?;
+        self.conn
+            .execute(
+                "ATTACH DATABASE ?1 AS bulk",
+                [staging.to_string_lossy().as_ref()],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute_batch(
+                "PRAGMA bulk.journal_mode = OFF;
+                 PRAGMA bulk.synchronous = OFF;
+                 PRAGMA cache_size = -65536;
+                 CREATE TABLE bulk.rows (id BLOB, pack INTEGER, offset INTEGER,
+                     stored_len INTEGER, raw_len INTEGER, kind INTEGER, compression INTEGER);
+                 DROP INDEX IF EXISTS blobs_by_pack;",
+            )
+            .map_err(|e| self.err(e))?;
+        self.bulk = true;
+        Ok(())
+    }
+
+    /// Ends [`Index::begin_bulk`]: the staged rows go into the blob table in key order
+    /// (SQLite sorts them in bounded memory, spilling to temporary files), the by-pack
+    /// index is made again, and the staging file is deleted (`staging`, as given to
+    /// `begin_bulk`).
+    pub fn finish_bulk(&mut self, staging: &Path) -> Result<()> {
+        let path = self.path.clone();
+        let wrap = |source| Error::Index {
+            path: path.clone(),
+            source,
+        };
+        self.bulk = false;
+        let tx = self.conn.transaction().map_err(wrap)?;
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO blobs SELECT * FROM bulk.rows ORDER BY id, pack;
+             CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);",
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)?;
+        self.conn
+            .execute_batch("DETACH DATABASE bulk; PRAGMA cache_size = -2000;")
+            .map_err(wrap)?;
+        std::fs::remove_file(staging).map_err(|e| Error::io(staging, e))?;
+        Ok(())
     }
 
     /// Folds the write-ahead log into the main file (after bulk work such as a rebuild).

@@ -74,7 +74,8 @@ impl TocEntry {
         self.offset + blob_overhead(codec)
     }
 
-    fn encode(&self) -> [u8; TOC_ENTRY_LEN as usize] {
+    /// The entry as the TOC stores it (FORMAT.md, "Pack files").
+    pub fn encode(&self) -> [u8; TOC_ENTRY_LEN as usize] {
         let mut b = [0u8; TOC_ENTRY_LEN as usize];
         b[..32].copy_from_slice(&self.id.0);
         b[32] = self.kind as u8;

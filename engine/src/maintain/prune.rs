@@ -474,8 +474,19 @@ pub fn prune(
                 pack: *pack,
                 entry,
             };
-            let payload = repo_format::pack::read_payload(&file, *pack, &loc.entry, repo.codec())?;
-            // Never copy damage into a new pack: check the blob decodes to its id.
+            // Never copy damage into a new pack: the blob's header must name it and
+            // the blob decode to its id. A damaged pack is left as it is (for verify
+            // and repair to explain), not allowed to stop every prune.
+            let payload =
+                match repo_format::pack::read_payload(&file, *pack, &loc.entry, repo.codec()) {
+                    Ok(p) => p,
+                    Err(e) if e.is_corruption() => {
+                        log::warn!("not repacking pack {}: {e}", pack.short());
+                        ok = false;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             if let Err(e) = reader.read_at(&loc) {
                 log::warn!("not repacking pack {}: {e}", pack.short());
                 ok = false;
