@@ -427,8 +427,12 @@ impl Index {
                 })
                 .map_err(wrap)?;
             for (pack, len_bytes, entries) in packs {
-                add.execute(params![&pack.0[..], *len_bytes as i64, entries.len() as i64])
-                    .map_err(wrap)?;
+                add.execute(params![
+                    &pack.0[..],
+                    *len_bytes as i64,
+                    entries.len() as i64
+                ])
+                .map_err(wrap)?;
                 let num: i64 = num_of
                     .query_row([&pack.0[..]], |r| r.get(0))
                     .map_err(wrap)?;
@@ -630,10 +634,11 @@ impl Index {
         Ok(t)
     }
 
-    /// Starts filling an empty index from many packs (a rebuild from the TOCs): until
+    /// Starts filling an empty index from many packs (a rebuild from the TOCs, into a
+    /// file no other connection has open, deleted if the rebuild fails): until
     /// [`Index::finish_bulk`], [`Index::add_packs`] appends blob rows to a staging
-    /// table in the file `staging` (created private; it is deleted there), and the
-    /// finish inserts them sorted by key. Inserting random ids straight into the table's
+    /// table in the file `staging` (created private; it is deleted there), nothing is
+    /// journaled, and the finish inserts the rows sorted by key. Inserting random ids straight into the table's
     /// B-tree writes a page per row once the index outgrows SQLite's cache (17.8 s per
     /// million rows at 10 million); sorted, each page is written once.
     pub fn begin_bulk(&mut self, staging: &Path) -> Result<()> {
@@ -654,7 +659,9 @@ impl Index {
             .execute_batch(
                 "PRAGMA bulk.journal_mode = OFF;
                  PRAGMA bulk.synchronous = OFF;
-                 PRAGMA cache_size = -65536;
+                 PRAGMA main.journal_mode = OFF;
+                 PRAGMA main.synchronous = OFF;
+                 PRAGMA cache_size = -16384;
                  CREATE TABLE bulk.rows (id BLOB, pack INTEGER, offset INTEGER,
                      stored_len INTEGER, raw_len INTEGER, kind INTEGER, compression INTEGER);
                  DROP INDEX IF EXISTS blobs_by_pack;",
@@ -683,8 +690,15 @@ impl Index {
         .map_err(wrap)?;
         tx.commit().map_err(wrap)?;
         self.conn
-            .execute_batch("DETACH DATABASE bulk; PRAGMA cache_size = -2000;")
+            .execute_batch(
+                "DETACH DATABASE bulk; PRAGMA cache_size = -2000;
+                 PRAGMA main.journal_mode = WAL; PRAGMA main.synchronous = NORMAL;",
+            )
             .map_err(wrap)?;
+        // Written without a journal or a sync: durable before anything renames it in.
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&self.path, e))?;
         std::fs::remove_file(staging).map_err(|e| Error::io(staging, e))?;
         Ok(())
     }

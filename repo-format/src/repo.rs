@@ -80,8 +80,7 @@ struct PackEnds<'a> {
 const PACK_TAIL_FETCH: u64 = 256 * 1024;
 /// Pack tables of contents read at once from an object store while indexing.
 const TOC_READERS: usize = 16;
-/// Local packs indexed per transaction (a rebuild of 10 million rows took 2.3x as long
-/// committing each pack alone).
+/// Local packs indexed per transaction (a commit writes every page its rows touched).
 const LOCAL_TOC_BATCH: usize = 64;
 
 /// What reading one pack's table of contents gave: the store's error, the pack gone
@@ -815,7 +814,11 @@ impl Repository {
         let packs: Vec<(PackId, u64)> = packs.into_iter().collect();
         let mut added = 0;
         let local = self.local_root().is_some();
-        let batch_len = if local { LOCAL_TOC_BATCH } else { TOC_READERS * 4 };
+        let batch_len = if local {
+            LOCAL_TOC_BATCH
+        } else {
+            TOC_READERS * 4
+        };
         for batch in packs.chunks(batch_len) {
             let mut tocs: Vec<(usize, TocRead)> = if local || batch.len() < 2 {
                 batch
@@ -833,9 +836,7 @@ impl Repository {
                                     .enumerate()
                                     .skip(k)
                                     .step_by(TOC_READERS)
-                                    .map(|(i, (id, len))| {
-                                        (i, self.read_pack_toc(id, Some(*len)))
-                                    })
+                                    .map(|(i, (id, len))| (i, self.read_pack_toc(id, Some(*len))))
                                     .collect::<Vec<_>>()
                             })
                         })
@@ -976,9 +977,10 @@ impl Repository {
             rebuilt: true,
             ..Default::default()
         };
-        let staging = self
-            .index_dir
-            .join(format!("{}index-rebuild-rows.sqlite", crate::lock::writer_tag()));
+        let staging = self.index_dir.join(format!(
+            "{}index-rebuild-rows.sqlite",
+            crate::lock::writer_tag()
+        ));
         let built = (|| -> Result<()> {
             let mut idx = Index::open(&tmp)?;
             idx.begin_bulk(&staging)?;

@@ -259,7 +259,9 @@ mod tests {
     use super::*;
 
     fn ids(n: u64, salt: u8) -> Vec<BlobId> {
-        (0..n).map(|i| BlobId::of(&[&[salt][..], &i.to_le_bytes()].concat())).collect()
+        (0..n)
+            .map(|i| BlobId::of(&[&[salt][..], &i.to_le_bytes()].concat()))
+            .collect()
     }
 
     #[test]

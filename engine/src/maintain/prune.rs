@@ -466,14 +466,10 @@ pub fn prune(
         let mut blobs = Vec::new();
         let mut ok = true;
         for entry in rows {
-            if !marker.contains(&entry.id)? || home(&index, &entry.id, &already)? != Some(*pack)
-            {
+            if !marker.contains(&entry.id)? || home(&index, &entry.id, &already)? != Some(*pack) {
                 continue;
             }
-            let loc = repo_format::BlobLocation {
-                pack: *pack,
-                entry,
-            };
+            let loc = repo_format::BlobLocation { pack: *pack, entry };
             // Never copy damage into a new pack: the blob's header must name it and
             // the blob decode to its id. A damaged pack is left as it is (for verify
             // and repair to explain), not allowed to stop every prune.
@@ -985,7 +981,10 @@ mod tests {
         let second = backup_of(
             &repo,
             &shared,
-            Box::new(StreamSource::new(std::io::Cursor::new(b.clone()), "b".into())),
+            Box::new(StreamSource::new(
+                std::io::Cursor::new(b.clone()),
+                "b".into(),
+            )),
         );
         drop(shared);
         repo.remove_snapshot(&first.id).unwrap();
@@ -1008,5 +1007,49 @@ mod tests {
             (0, 0),
             "{again:?}"
         );
+    }
+
+    /// A pack to repack whose live blob is damaged is left as it is (for verify and
+    /// repair to explain): the prune goes on and deletes nothing it would need.
+    #[test]
+    fn a_damaged_pack_is_not_repacked_and_does_not_stop_the_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = test_repo(dir.path());
+        let shared = repo.lock_shared("backup").unwrap();
+        let a = noise(4 << 20, 9);
+        let mut b = a[..2 << 20].to_vec();
+        b.extend(noise(2 << 20, 10));
+        let first = backup_of(
+            &repo,
+            &shared,
+            Box::new(StreamSource::new(std::io::Cursor::new(a), "a".into())),
+        );
+        backup_of(
+            &repo,
+            &shared,
+            Box::new(StreamSource::new(std::io::Cursor::new(b), "b".into())),
+        );
+        drop(shared);
+        repo.remove_snapshot(&first.id).unwrap();
+        // Damage the header of every chunk in every pack: each repack must give up.
+        let index = repo.index().unwrap();
+        for pack in repo.list_packs().unwrap().keys() {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(repo.pack_file(pack))
+                .unwrap();
+            let rows = index.rows_of_pack(pack).unwrap().into_iter();
+            for row in rows.filter(|r| r.kind == repo_format::BlobKind::Data) {
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&[0xA5], row.offset).unwrap();
+            }
+        }
+        let before = repo.list_packs().unwrap();
+        let report = prune_now(&repo);
+        assert_eq!(report.packs_repacked, 0, "{report:?}");
+        let after = repo.list_packs().unwrap();
+        // Packs with no live blob went; every pack that held a live one stayed.
+        assert!(after.len() < before.len(), "{report:?}");
+        assert_eq!(report.packs_deleted as usize, before.len() - after.len());
     }
 }
