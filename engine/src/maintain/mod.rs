@@ -8,8 +8,8 @@
 
 pub mod copy;
 pub mod forget;
+pub mod id_set;
 pub mod last_runs;
-pub mod live_set;
 pub mod prune;
 pub mod repair;
 pub mod verify;

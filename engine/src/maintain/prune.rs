@@ -27,7 +27,7 @@ use repo_format::condemn::{self, Condemnation, ListedCondemnation};
 use repo_format::lock::PruneLock;
 use repo_format::{BlobId, BlobReader, EncodedBlob, Node, PackId, Repository, SnapshotId};
 
-use super::live_set::{LiveSet, LiveSetBuilder};
+use super::id_set::{IdSet, IdSetBuilder};
 use crate::error::{Error, Result};
 
 /// How aggressively to reclaim, and how the store lists.
@@ -87,11 +87,11 @@ impl PruneReport {
 /// not seen, so the sweep's second look costs what was added meanwhile.
 ///
 /// Memory is bounded whatever the repository's size (issue 19): the referenced ids go
-/// to on-disk sorted sets ([`LiveSet`], one per walk), and only the ids of manifest
+/// to on-disk sorted sets ([`IdSet`], one per walk), and only the ids of manifest
 /// nodes already walked stay in memory (a node lists about 1,000 extents: some 50 KiB
 /// per TiB of unique data), so that a subtree shared by many snapshots is walked once.
 struct Marker {
-    live: Vec<LiveSet>,
+    live: Vec<IdSet>,
     nodes: HashSet<BlobId>,
     walked: HashSet<SnapshotId>,
     scratch: std::path::PathBuf,
@@ -128,7 +128,7 @@ impl Marker {
         // another host wrote after this prune took its lock.
         repo.reconcile(&mut repo.index()?)?;
         let mut reader = BlobReader::new(repo)?;
-        let mut found = LiveSetBuilder::with_run_ids(&self.scratch, MARK_RUN_IDS);
+        let mut found = IdSetBuilder::with_run_ids(&self.scratch, MARK_RUN_IDS);
         for r in snapshots {
             let (id, snap) = r.map_err(|e| {
                 Error::Usage(format!(
@@ -186,7 +186,7 @@ impl Marker {
 /// Ids a mark holds in memory before it writes a run: unit tests write runs from the
 /// first few ids, so that their prunes go through the on-disk merge.
 #[cfg(not(test))]
-const MARK_RUN_IDS: usize = super::live_set::RUN_IDS;
+const MARK_RUN_IDS: usize = super::id_set::RUN_IDS;
 #[cfg(test)]
 const MARK_RUN_IDS: usize = 16;
 
@@ -260,7 +260,7 @@ impl Merge<'_> {
     fn close(
         &mut self,
         id: BlobId,
-        live_ids: &mut std::iter::Peekable<super::live_set::LiveIter<'_>>,
+        live_ids: &mut std::iter::Peekable<super::id_set::IdIter<'_>>,
     ) -> Result<()> {
         let mut is_live = false;
         while let Some(next) = live_ids.next_if(|n| n.as_ref().map_or(true, |n| *n <= id)) {
@@ -298,7 +298,7 @@ impl Merge<'_> {
 /// Returns the tally of each pack and how many live blobs the index lacks.
 fn tally_packs(
     index: &repo_format::Index,
-    live: &LiveSet,
+    live: &IdSet,
     already: &HashSet<PackId>,
     overhead: u64,
     cancel: &crate::cancel::Cancel,

@@ -18,6 +18,7 @@ use repo_format::{
 };
 use serde::Serialize;
 
+use super::id_set::{IdSet, IdSetBuilder};
 use crate::error::{Error, Result};
 
 /// Which packs `--read-data` reads: all, a percentage, or slice K of N. Deterministic (by
@@ -181,7 +182,7 @@ pub fn verify(
         progress.phase("read-data");
         read_packs(repo, &packs, opts.workers, &mut report, progress)?
     } else {
-        HashSet::new()
+        IdSetBuilder::new(&scratch_dir(repo)).finish()?
     };
 
     // Every readable snapshot (the history checks look at all of them), read once.
@@ -372,7 +373,7 @@ fn check_manifest(
     index: &repo_format::Index,
     nodes: &mut BlobReader<&Repository>,
     manifest: &ManifestRoot,
-    bad_blobs: &HashSet<BlobId>,
+    bad_blobs: &IdSet,
     report: &mut VerifyReport,
     snapshot: &str,
     disk: &str,
@@ -401,7 +402,7 @@ const LOOKUPS_PER_READ: u64 = 65_536;
 fn check_extents<F>(
     walker: &mut ManifestWalker<F>,
     index: &repo_format::Index,
-    bad_blobs: &HashSet<BlobId>,
+    bad_blobs: &IdSet,
     report: &mut VerifyReport,
     snapshot: &str,
     disk: &str,
@@ -456,7 +457,7 @@ where
             index.end_read()?;
             *in_read = false;
         }
-        let reason = if bad_blobs.contains(&id) {
+        let reason = if bad_blobs.contains(&id)? {
             Some("damaged chunk data")
         } else if !index.contains(&id)? {
             Some("chunk missing from the repository")
@@ -477,18 +478,39 @@ where
     Ok(())
 }
 
-/// Reads the given packs on `workers` threads; returns the ids of blobs that failed.
+/// Where a verify spills: the repository's scratch folder, or the system's temporary
+/// folder for a repository this process may not write.
+fn scratch_dir(repo: &Repository) -> std::path::PathBuf {
+    if repo.is_writable() {
+        repo.tmp_dir()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Reads the given packs on `workers` threads; returns the ids of blobs that failed
+/// (in memory up to a million, on disk beyond: a repository damaged throughout is still
+/// verified in bounded memory).
 fn read_packs(
     repo: &Repository,
     packs: &[(PackId, u64)],
     workers: usize,
     report: &mut VerifyReport,
     progress: &dyn crate::progress::Progress,
-) -> Result<HashSet<BlobId>> {
+) -> Result<IdSet> {
     let next = Mutex::new(packs.iter());
     progress.start("", Some(packs.iter().map(|(_, len)| len).sum()));
-    // (bad blobs, problems listed, problems found, packs read, blobs, bytes)
-    let found = Mutex::new((HashSet::new(), Vec::new(), 0u64, 0u64, 0u64, 0u64));
+    // (bad blobs, problems listed, problems found, packs read, blobs, bytes, the
+    // first error keeping a bad blob's id)
+    let found = Mutex::new((
+        IdSetBuilder::new(&scratch_dir(repo)),
+        Vec::new(),
+        0u64,
+        0u64,
+        0u64,
+        0u64,
+        None,
+    ));
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
             s.spawn(|| {
@@ -502,7 +524,11 @@ fn read_packs(
                     let (bad, problems, blobs, bytes) = check_pack(repo, pack, &mut buf);
                     progress.advance(*len);
                     let mut f = found.lock().expect("no panics hold it");
-                    f.0.extend(bad);
+                    for id in bad {
+                        if let Err(e) = f.0.insert(id) {
+                            f.6.get_or_insert(e); // a full scratch disk
+                        }
+                    }
                     // Counted in full, listed up to the cap.
                     f.2 += problems.len() as u64;
                     let room = PROBLEMS_LISTED.saturating_sub(f.1.len());
@@ -515,15 +541,18 @@ fn read_packs(
         }
     });
     progress.finish();
-    let (bad, problems, found_count, packs_read, blobs, bytes) =
+    let (bad, problems, found_count, packs_read, blobs, bytes, failed) =
         found.into_inner().expect("threads joined");
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let listed = problems.len() as u64;
     problems.into_iter().for_each(|p| report.add(p));
     report.problem_count += found_count - listed;
     report.packs_read = packs_read;
     report.blobs_read = blobs;
     report.bytes_read = bytes;
-    Ok(bad)
+    bad.finish()
 }
 
 /// A local pack up to this size is read into the worker's buffer and its blobs checked

@@ -1,13 +1,14 @@
-//! The set of blob ids a prune found referenced, in bounded memory whatever the size of
-//! the repository (issue 19): ids are gathered in a buffer of [`RUN_IDS`], each full
-//! buffer is sorted and written to a scratch file as a run, and the runs are merged into
-//! one sorted file of distinct ids. Membership is a binary search of one block of that
-//! file, found through a fence (the first id of every block) kept in memory.
+//! A set of blob ids in bounded memory whatever its size (issue 19): the ids a prune
+//! found referenced, the damaged blobs a verify found. Ids are gathered in a buffer of
+//! [`RUN_IDS`]; each full buffer is sorted and written to a scratch file as a run, and
+//! the runs are merged into one sorted file of distinct ids. Membership is a binary
+//! search of one block of that file, found through a fence (the first id of every
+//! block) kept in memory. A set that never filled the buffer stays in memory, sorted.
 //!
 //! Memory: the buffer (32 MiB), one read buffer per run while merging (32 KiB each), and
 //! the fences, 32 bytes per [`BLOCK_IDS`] ids (0.5 MiB per TiB of unique data at 64 KiB
-//! chunks). Disk: 32 bytes per id referenced, twice while merging, in unlinked files of
-//! the repository's scratch folder (they vanish with the process, even killed).
+//! chunks). Disk: 32 bytes per id, twice while merging, in unlinked files of the
+//! repository's scratch folder (they vanish with the process, even killed).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -26,23 +27,23 @@ pub const RUN_IDS: usize = 1 << 20;
 pub const BLOCK_IDS: usize = 1024;
 const ID: usize = 32;
 
-/// Gathers ids; [`LiveSetBuilder::finish`] makes the set.
-pub struct LiveSetBuilder {
+/// Gathers ids; [`IdSetBuilder::finish`] makes the set.
+pub struct IdSetBuilder {
     dir: PathBuf,
     buf: Vec<BlobId>,
     limit: usize,
     runs: Vec<File>,
 }
 
-impl LiveSetBuilder {
+impl IdSetBuilder {
     /// A builder whose runs go to unlinked files in `dir`.
     pub fn new(dir: &Path) -> Self {
         Self::with_run_ids(dir, RUN_IDS)
     }
 
-    /// As [`LiveSetBuilder::new`] with runs of `limit` ids (tests make many runs).
+    /// As [`IdSetBuilder::new`] with runs of `limit` ids (tests make many runs).
     pub fn with_run_ids(dir: &Path, limit: usize) -> Self {
-        LiveSetBuilder {
+        IdSetBuilder {
             dir: dir.into(),
             buf: Vec::new(),
             limit: limit.max(1),
@@ -85,11 +86,11 @@ impl LiveSetBuilder {
 
     /// The set of every id inserted. Without a run written it stays in memory (it is
     /// smaller than one run); otherwise the runs are merged into one file.
-    pub fn finish(mut self) -> Result<LiveSet> {
+    pub fn finish(mut self) -> Result<IdSet> {
         if self.runs.is_empty() {
             self.buf.sort_unstable();
             self.buf.dedup();
-            return Ok(LiveSet {
+            return Ok(IdSet {
                 len: self.buf.len() as u64,
                 store: Store::Memory(std::mem::take(&mut self.buf)),
             });
@@ -131,7 +132,7 @@ impl LiveSetBuilder {
         out.flush().map_err(|e| self.io(e))?;
         drop(out);
         drop(readers);
-        Ok(LiveSet {
+        Ok(IdSet {
             len,
             store: Store::File {
                 file: merged,
@@ -161,12 +162,12 @@ enum Store {
 }
 
 /// A sorted set of distinct blob ids.
-pub struct LiveSet {
+pub struct IdSet {
     len: u64,
     store: Store,
 }
 
-impl LiveSet {
+impl IdSet {
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -203,8 +204,8 @@ impl LiveSet {
     }
 
     /// Every id, in ascending order.
-    pub fn iter(&self) -> LiveIter<'_> {
-        LiveIter {
+    pub fn iter(&self) -> IdIter<'_> {
+        IdIter {
             set: self,
             at: 0,
             block: Vec::new(),
@@ -213,15 +214,15 @@ impl LiveSet {
     }
 }
 
-/// Reads a [`LiveSet`] in order, a block at a time.
-pub struct LiveIter<'a> {
-    set: &'a LiveSet,
+/// Reads a [`IdSet`] in order, a block at a time.
+pub struct IdIter<'a> {
+    set: &'a IdSet,
     at: u64,
     block: Vec<BlobId>,
     in_block: usize,
 }
 
-impl Iterator for LiveIter<'_> {
+impl Iterator for IdIter<'_> {
     type Item = Result<BlobId>;
 
     fn next(&mut self) -> Option<Result<BlobId>> {
@@ -268,7 +269,7 @@ mod tests {
     fn runs_on_disk_merge_into_the_sorted_distinct_set() {
         let dir = tempfile::tempdir().unwrap();
         for (limit, n) in [(7, 5_000u64), (1_000_000, 5_000), (3, 10)] {
-            let mut b = LiveSetBuilder::with_run_ids(dir.path(), limit);
+            let mut b = IdSetBuilder::with_run_ids(dir.path(), limit);
             let all = ids(n, 1);
             // Every id twice, the second time in reverse, across runs.
             for id in all.iter().chain(all.iter().rev()) {
@@ -297,7 +298,7 @@ mod tests {
     #[test]
     fn an_empty_set_holds_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let set = LiveSetBuilder::new(dir.path()).finish().unwrap();
+        let set = IdSetBuilder::new(dir.path()).finish().unwrap();
         assert!(set.is_empty());
         assert!(!set.contains(&BlobId([7; 32])).unwrap());
         assert_eq!(set.iter().count(), 0);
