@@ -64,7 +64,7 @@ done
 echo "files of day 1's root filesystem by size (apparent bytes):"
 find "$src" -xdev -type f -printf '%s\n' | awk '
   { t += $1; if ($1 < 16384) a += $1; if ($1 < 65536) b += $1; if ($1 < 262144) c += $1; n++ }
-  END { printf "  %d files, %d bytes; under 16 KiB %d (%.1f%%), under 64 KiB %d (%.1f%%), under 256 KiB %d (%.1f%%)\n",
+  END { printf "  %d files, %.0f bytes; under 16 KiB %.0f (%.1f%%), under 64 KiB %.0f (%.1f%%), under 256 KiB %.0f (%.1f%%)\n",
         n, t, a, 100*a/t, b, 100*b/t, c, 100*c/t }'
 mount -o ro,loop,offset=$((6144 * 512)) "$OUT/xfs.raw" "$dst"
 echo "  XFS holds $(df -B1 --output=used "$dst" | tail -1) bytes used, ext4 $(df -B1 --output=used "$src" | tail -1)"

@@ -85,7 +85,7 @@ const LOCAL_TOC_BATCH: usize = 64;
 
 /// What reading one pack's table of contents gave: the store's error, the pack gone
 /// (None), or the TOC or why the pack is damaged.
-type TocRead = Result<Option<Result<Vec<TocEntry>>>>;
+pub type TocRead = Result<Option<Result<Vec<TocEntry>>>>;
 
 impl<'a> PackEnds<'a> {
     fn fetch(store: &'a dyn Backend, id: &PackId, len: u64) -> Result<PackEnds<'a>> {
