@@ -789,7 +789,8 @@ impl Repository {
     }
 
     /// What [`Repository::read_pack_toc`] found, to index: None when the pack is gone
-    /// (deleted since it was listed) or damaged (then not indexed).
+    /// (deleted since it was listed) or damaged (skipped with a warning, so one bad pack
+    /// never keeps the rest of the repository from opening).
     fn usable_toc(toc: Option<Result<Vec<TocEntry>>>) -> Option<Vec<TocEntry>> {
         match toc {
             None => None,
@@ -820,39 +821,11 @@ impl Repository {
             TOC_READERS * 4
         };
         for batch in packs.chunks(batch_len) {
-            let mut tocs: Vec<(usize, TocRead)> = if local || batch.len() < 2 {
-                batch
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (id, len))| (i, self.read_pack_toc(id, Some(*len))))
-                    .collect()
-            } else {
-                std::thread::scope(|s| {
-                    let readers: Vec<_> = (0..TOC_READERS.min(batch.len()))
-                        .map(|k| {
-                            s.spawn(move || {
-                                batch
-                                    .iter()
-                                    .enumerate()
-                                    .skip(k)
-                                    .step_by(TOC_READERS)
-                                    .map(|(i, (id, len))| (i, self.read_pack_toc(id, Some(*len))))
-                                    .collect::<Vec<_>>()
-                            })
-                        })
-                        .collect();
-                    readers
-                        .into_iter()
-                        .flat_map(|r| r.join().expect("a TOC reader does not panic"))
-                        .collect()
-                })
-            };
-            tocs.sort_by_key(|(i, _)| *i);
+            let tocs = self.read_pack_tocs(batch, if local { 1 } else { TOC_READERS });
             let mut found = Vec::new();
-            for (i, toc) in tocs {
+            for ((id, len), toc) in batch.iter().zip(tocs) {
                 if let Some(entries) = Self::usable_toc(toc?) {
-                    let (id, len) = batch[i];
-                    found.push((id, len, entries));
+                    found.push((*id, *len, entries));
                 }
             }
             let rows: Vec<(PackId, u64, &[TocEntry])> = found
@@ -863,6 +836,40 @@ impl Repository {
             added += rows.len();
         }
         Ok(added)
+    }
+
+    /// The TOCs of `packs` (listed with their lengths), in their order, read on up to
+    /// `readers` threads: each is a read or two at the end of a pack, two ranged GETs
+    /// of tens of milliseconds on an object store, so they are worth having in flight.
+    pub fn read_pack_tocs(&self, packs: &[(PackId, u64)], readers: usize) -> Vec<TocRead> {
+        let readers = readers.clamp(1, packs.len().max(1));
+        if readers == 1 {
+            return packs
+                .iter()
+                .map(|(id, len)| self.read_pack_toc(id, Some(*len)))
+                .collect();
+        }
+        let mut tocs: Vec<(usize, TocRead)> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..readers)
+                .map(|k| {
+                    s.spawn(move || {
+                        packs
+                            .iter()
+                            .enumerate()
+                            .skip(k)
+                            .step_by(readers)
+                            .map(|(i, (id, len))| (i, self.read_pack_toc(id, Some(*len))))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|r| r.join().expect("a TOC reader does not panic"))
+                .collect()
+        });
+        tocs.sort_by_key(|(i, _)| *i);
+        tocs.into_iter().map(|(_, toc)| toc).collect()
     }
 
     /// Pack `id`'s table of contents, read from its header, footer and TOC only (two

@@ -340,15 +340,17 @@ fn check_index_against_tocs(
             pack.short()
         )));
     }
-    let mut packs: Vec<_> = on_disk
+    let mut packs: Vec<(repo_format::PackId, u64)> = on_disk
         .iter()
         .filter(|(id, _)| indexed.contains(id))
+        .map(|(id, len)| (*id, *len))
         .collect();
     packs.sort();
-    progress.start("", Some(packs.iter().map(|(_, len)| **len).sum()));
+    progress.start("", Some(packs.iter().map(|(_, len)| *len).sum()));
     for batch in packs.chunks(TOC_READERS * 4) {
-        for (pack, toc) in read_tocs(repo, batch) {
-            progress.advance(on_disk[pack]);
+        let tocs = repo.read_pack_tocs(batch, TOC_READERS);
+        for ((pack, len), toc) in batch.iter().zip(tocs) {
+            progress.advance(*len);
             // An unreadable pack is reported by the pack checks; here only rows are judged.
             let Ok(Some(Ok(toc))) = toc else { continue };
             let toc: HashSet<repo_format::TocEntry> = toc.into_iter().collect();
@@ -370,37 +372,9 @@ fn check_index_against_tocs(
 }
 
 /// Pack tables of contents read at once: each is a read or two at the end of a pack
-/// (ranged GETs on an object store), so the pass waits on the disk or the network,
-/// not the CPU. One at a time, the 63 TOCs of a 1.8 GB repository took a second.
+/// (two ranged GETs on an object store), so the pass waits on the disk or the
+/// network, not the CPU.
 const TOC_READERS: usize = 16;
-
-/// The TOCs of `batch`, read on up to [`TOC_READERS`] threads, in `batch`'s order.
-fn read_tocs<'a>(
-    repo: &Repository,
-    batch: &[(&'a repo_format::PackId, &u64)],
-) -> Vec<(&'a repo_format::PackId, repo_format::repo::TocRead)> {
-    let mut tocs: Vec<(usize, repo_format::repo::TocRead)> = std::thread::scope(|s| {
-        let readers: Vec<_> = (0..TOC_READERS.min(batch.len()))
-            .map(|k| {
-                s.spawn(move || {
-                    batch
-                        .iter()
-                        .enumerate()
-                        .skip(k)
-                        .step_by(TOC_READERS)
-                        .map(|(i, (pack, len))| (i, repo.read_pack_toc(pack, Some(**len))))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        readers
-            .into_iter()
-            .flat_map(|r| r.join().expect("a TOC reader does not panic"))
-            .collect()
-    });
-    tocs.sort_by_key(|(i, _)| *i);
-    tocs.into_iter().map(|(i, toc)| (batch[i].0, toc)).collect()
-}
 
 /// Walks one manifest, turning missing and damaged chunks into byte-range problems.
 fn check_manifest(
