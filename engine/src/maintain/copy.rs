@@ -172,6 +172,11 @@ pub fn copy(
     Ok(report)
 }
 
+/// Chunks whose target id a copy remembers (about 80 bytes each: 40 MiB). A chunk not
+/// remembered is read and hashed again; the target's index still keeps it from being
+/// sent twice.
+const SEEN_MAX: usize = 1 << 19;
+
 /// The state of one copy run.
 struct Copier<'a> {
     from: &'a Repository,
@@ -180,7 +185,9 @@ struct Copier<'a> {
     reader: BlobReader<&'a Repository>,
     encoder: repo_format::BlobEncoder,
     store: BlobStore<'a>,
-    /// Source chunk id -> target chunk id, for chunks met before in this run.
+    /// Source chunk id -> target chunk id, for chunks met before in this run (at most
+    /// [`SEEN_MAX`]: a cache, emptied when full, so that copying a repository of any
+    /// size holds a bounded map).
     seen: HashMap<BlobId, BlobId>,
     dry_run: bool,
     report: &'a mut CopyReport,
@@ -265,6 +272,9 @@ impl Copier<'_> {
                 self.report.chunks_sent += 1;
                 self.report.bytes_sent += stored;
             }
+        }
+        if self.seen.len() >= SEEN_MAX {
+            self.seen.clear();
         }
         self.seen.insert(*id, target);
         Ok(target)
