@@ -638,9 +638,10 @@ impl Index {
     /// file no other connection has open, deleted if the rebuild fails): until
     /// [`Index::finish_bulk`], [`Index::add_packs`] appends blob rows to a staging
     /// table in the file `staging` (created private; it is deleted there), nothing is
-    /// journaled, and the finish inserts the rows sorted by key. Inserting random ids straight into the table's
-    /// B-tree writes a page per row once the index outgrows SQLite's cache (17.8 s per
-    /// million rows at 10 million); sorted, each page is written once.
+    /// journaled, and the finish inserts the rows sorted by key. Random ids inserted
+    /// straight into the table's B-tree write a page per row once the index outgrows
+    /// SQLite's cache (17.8 s per million rows at 10 million); sorted, each page is
+    /// written once.
     pub fn begin_bulk(&mut self, staging: &Path) -> Result<()> {
         let _ = std::fs::remove_file(staging);
         std::fs::OpenOptions::new()
