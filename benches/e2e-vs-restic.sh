@@ -20,16 +20,7 @@ export RESTIC_PASSWORD=bench-password DEDISK_PASSWORD=bench-password DEDISK_CACH
 command -v restic >/dev/null || { echo "needs restic (apt-get install restic)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time)" >&2; exit 1; }
 rm -rf "$B"; mkdir -p "$B"
-cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-# measure NAME CMD...: appends "NAME wall cpu rss_kib" to $B/times
-measure() {
-  local name=$1; shift
-  cold
-  /usr/bin/time -o "$B/t" -f "%e %U %S %M" "$@" > "$B/out.log" 2>&1 || { cat "$B/out.log" >&2; exit 1; }
-  read -r wall user sys rss < "$B/t"
-  echo "$name $wall $(echo "$user + $sys" | bc) $rss" >> "$B/times"
-}
-size() { du -sb "$1" | cut -f1; }
+. "$HERE/lib.sh"
 
 "$BIN" init -q "$B/dedisk-repo" >/dev/null
 restic init -q --repo "$B/restic-repo" >/dev/null

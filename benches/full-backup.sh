@@ -22,16 +22,7 @@ for t in borg restic casync /usr/bin/time; do
   command -v "$t" >/dev/null || { echo "needs $t (apt-get install borgbackup restic casync time)" >&2; exit 1; }
 done
 rm -rf "$B"; mkdir -p "$B"
-cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-# measure NAME CMD...: appends "NAME wall cpu rss_kib" to $B/times
-measure() {
-  local name=$1; shift
-  cold
-  /usr/bin/time -o "$B/t" -f "%e %U %S %M" "$@" > "$B/out.log" 2>&1 || { cat "$B/out.log" >&2; exit 1; }
-  read -r wall user sys rss < "$B/t"
-  echo "$name $wall $(echo "$user + $sys" | bc) $rss" >> "$B/times"
-}
-size() { du -sb "$1" | cut -f1; }
+. "$HERE/lib.sh"
 
 tools=()
 for level in $LEVELS; do

@@ -23,10 +23,10 @@ R=$D/repo
 export DEDISK_CACHE_DIR=$D/cache
 "$BIN" -q init --encryption none "$R" >/dev/null
 "$HERE/../target/release/index_scale" "$R" "$M"
-cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+. "$HERE/lib.sh"
 tib=$(echo "$M * 65536 / 2^40 * 10^6" | bc -l)
 printf '%-14s %9s %14s %10s %12s\n' step seconds "s/M chunks" "RSS MiB" "MiB per TiB"
-measure() {
+step() {
   local name=$1; shift
   cold
   /usr/bin/time -o "$D/t" -f "%e %M" "$@" > "$D/out.log" 2>&1 || { cat "$D/out.log" >&2; exit 1; }
@@ -34,13 +34,13 @@ measure() {
   printf '%-14s %9.1f %14.2f %10.0f %12.1f\n' "$name" "$wall" "$(echo "$wall / $M" | bc -l)" \
     "$(echo "$rss / 1024" | bc -l)" "$(echo "$rss / 1024 / $tib" | bc -l)"
 }
-measure verify "$BIN" -q --repo "$R" verify
-measure forget "$BIN" -q --repo "$R" forget --name vm0 --keep-tag keep
-measure prune "$BIN" -q --repo "$R" prune
+step verify "$BIN" -q --repo "$R" verify
+step forget "$BIN" -q --repo "$R" forget --name vm0 --keep-tag keep
+step prune "$BIN" -q --repo "$R" prune
 rm -f "$R"/index.sqlite*
-measure "repair index" "$BIN" -q --repo "$R" repair index
+step "repair index" "$BIN" -q --repo "$R" repair index
 head -c 1G /dev/urandom > "$D/new.raw"
-measure "backup 1 GiB" "$BIN" -q --repo "$R" backup --name new "vda=$D/new.raw"
-measure "restore 1 GiB" sh -c "'$BIN' -q --repo '$R' restore new@latest '$D/out.raw' && sync"
+step "backup 1 GiB" "$BIN" -q --repo "$R" backup --name new "vda=$D/new.raw"
+step "restore 1 GiB" sh -c "'$BIN' -q --repo '$R' restore new@latest '$D/out.raw' && sync"
 cmp "$D/new.raw" "$D/out.raw"
 echo "repository: $(du -sh "$R" | cut -f1) on disk (packs are sparse), $(ls "$R"/snapshots | wc -l) snapshots"

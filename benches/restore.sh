@@ -26,15 +26,7 @@ for t in restic borg /usr/bin/time; do
   command -v "$t" >/dev/null || { echo "needs $t" >&2; exit 1; }
 done
 rm -rf "$B"; mkdir -p "$B"
-cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-# measure NAME CMD...: appends "NAME wall cpu rss_kib" to $B/times
-measure() {
-  local name=$1; shift
-  cold
-  /usr/bin/time -o "$B/t" -f "%e %U %S %M" "$@" > "$B/out.log" 2>&1 || { cat "$B/out.log" >&2; exit 1; }
-  read -r wall user sys rss < "$B/t"
-  echo "$name $wall $(echo "$user + $sys" | bc) $rss" >> "$B/times"
-}
+. "$HERE/lib.sh"
 same() { cmp "$1" "$W/day7.raw" || { echo "$2 differs from day7.raw" >&2; exit 1; }; }
 
 "$BIN" init -q "$B/dedisk-repo" >/dev/null

@@ -334,8 +334,7 @@ fn tally_packs(
         rest?;
         m.missing += 1;
     }
-    let (tally, missing) = (m.tally, m.missing);
-    Ok((tally, missing))
+    Ok((m.tally, m.missing))
 }
 
 /// Every pack listed, with its length and when it was last written.
@@ -960,26 +959,22 @@ mod tests {
             .is_empty());
     }
 
-    /// A pack half live is repacked: its live blobs move to a new pack, the old one is
-    /// deleted, and what stays referenced reads back byte for byte (the mark's ids in
-    /// many on-disk runs, [`MARK_RUN_IDS`]).
-    #[test]
-    fn a_half_dead_pack_is_repacked_and_what_is_live_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = test_repo(dir.path());
+    /// Two snapshots whose chunks share packs, the second holding the first's first
+    /// half and new data (noise seeded `seed` and `seed + 1`); the first is then
+    /// forgotten, so the packs of the shared half are half dead. Returns the second
+    /// backup and its disk's bytes.
+    fn half_kept(repo: &Repository, seed: u64) -> (crate::backup::BackupOutcome, Vec<u8>) {
         let shared = repo.lock_shared("backup").unwrap();
-        // Two snapshots whose chunks share packs: the second has the first's first
-        // half and new data.
-        let a = noise(4 << 20, 7);
+        let a = noise(4 << 20, seed);
         let mut b = a[..2 << 20].to_vec();
-        b.extend(noise(2 << 20, 8));
+        b.extend(noise(2 << 20, seed + 1));
         let first = backup_of(
-            &repo,
+            repo,
             &shared,
             Box::new(StreamSource::new(std::io::Cursor::new(a), "a".into())),
         );
         let second = backup_of(
-            &repo,
+            repo,
             &shared,
             Box::new(StreamSource::new(
                 std::io::Cursor::new(b.clone()),
@@ -988,18 +983,22 @@ mod tests {
         );
         drop(shared);
         repo.remove_snapshot(&first.id).unwrap();
+        (second, b)
+    }
+
+    /// A pack half live is repacked: its live blobs move to a new pack, the old one is
+    /// deleted, and what stays referenced reads back byte for byte (the mark's ids in
+    /// many on-disk runs, [`MARK_RUN_IDS`]).
+    #[test]
+    fn a_half_dead_pack_is_repacked_and_what_is_live_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = test_repo(dir.path());
+        let (second, b) = half_kept(&repo, 7);
         let report = prune_now(&repo);
         assert!(report.packs_repacked >= 1, "{report:?}");
         assert!(report.packs_deleted >= 1, "{report:?}");
         assert_eq!(report.missing_blobs, 0);
-        let (_, snap) = repo
-            .list_snapshots()
-            .unwrap()
-            .into_iter()
-            .map(Result::unwrap)
-            .find(|(id, _)| *id == second.id)
-            .unwrap();
-        assert_eq!(read_back(&repo, &snap), b);
+        assert_eq!(read_back(&repo, &second.snapshot), b);
         // A second prune finds nothing more to do.
         let again = prune_now(&repo);
         assert_eq!(
@@ -1015,22 +1014,7 @@ mod tests {
     fn a_damaged_pack_is_not_repacked_and_does_not_stop_the_prune() {
         let dir = tempfile::tempdir().unwrap();
         let repo = test_repo(dir.path());
-        let shared = repo.lock_shared("backup").unwrap();
-        let a = noise(4 << 20, 9);
-        let mut b = a[..2 << 20].to_vec();
-        b.extend(noise(2 << 20, 10));
-        let first = backup_of(
-            &repo,
-            &shared,
-            Box::new(StreamSource::new(std::io::Cursor::new(a), "a".into())),
-        );
-        backup_of(
-            &repo,
-            &shared,
-            Box::new(StreamSource::new(std::io::Cursor::new(b), "b".into())),
-        );
-        drop(shared);
-        repo.remove_snapshot(&first.id).unwrap();
+        half_kept(&repo, 9);
         // Damage the header of every chunk in every pack: each repack must give up.
         let index = repo.index().unwrap();
         for pack in repo.list_packs().unwrap().keys() {
