@@ -72,11 +72,13 @@ pub fn send(n: &EmailNotify, subject: &str, body: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running {sendmail}: {e} (is an MTA installed?)"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(message.as_bytes())
-            .map_err(|e| format!("writing the message to {sendmail}: {e}"))?;
-    }
+    // A sendmail that refuses at once may exit before reading: the write then fails
+    // (broken pipe), but its exit status and message are the better answer, so the
+    // write error is kept until the child has been waited for.
+    let written = match child.stdin.take() {
+        Some(mut stdin) => stdin.write_all(message.as_bytes()),
+        None => Ok(()),
+    };
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
@@ -93,7 +95,7 @@ pub fn send(n: &EmailNotify, subject: &str, body: &str) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
     };
     if status.success() {
-        return Ok(());
+        return written.map_err(|e| format!("writing the message to {sendmail}: {e}"));
     }
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -225,5 +227,26 @@ mod tests {
         assert!(body.contains("term \\u{1b}[2J\n"), "{body}");
         assert!(body.lines().all(|l| l.len() <= MAX_LINE));
         assert_eq!(body.matches('x').count(), 2000);
+    }
+
+    #[test]
+    fn a_sendmail_that_exits_before_reading_is_named_by_its_status() {
+        // The body is larger than a pipe's buffer, so the write always meets a closed
+        // pipe: the answer must still be the status and message sendmail gave.
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("sendmail");
+        std::fs::write(&script, "#!/bin/sh\necho 'no such user' >&2\nexit 67\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let n = EmailNotify {
+            to: vec!["root".into()],
+            from: None,
+            sendmail: script.clone(),
+            on: SendOn::Always,
+        };
+        let body = "y\n".repeat(1 << 20);
+        let e = send(&n, "nightly", &body).unwrap_err();
+        assert!(e.contains("refused the message"), "{e}");
+        assert!(e.ends_with(": no such user"), "{e}");
     }
 }
