@@ -1,11 +1,13 @@
 //! A set of blob ids in bounded memory whatever its size (issue 19): the ids a prune
-//! found referenced, the damaged blobs a verify found. Ids are gathered in a buffer of
-//! [`RUN_IDS`]; each full buffer is sorted and written to a scratch file as a run, and
-//! the runs are merged into one sorted file of distinct ids. Membership is a binary
+//! found referenced, the chunks a verify's manifests reference, the damaged blobs it
+//! found. Ids are gathered in a buffer of [`RUN_IDS`]; each full buffer is sorted and
+//! written to a scratch file as a run; every 64 runs of a size are merged into one of the
+//! next (so few files are open however many ids come), and at the end the runs are
+//! merged into one sorted file of distinct ids. Membership is a binary
 //! search of one block of that file, found through a fence (the first id of every
 //! block) kept in memory. A set that never filled the buffer stays in memory, sorted.
 //!
-//! Memory: the buffer (32 MiB), one read buffer per run while merging (32 KiB each), and
+//! Memory: the buffer (8 MiB), one read buffer per run while merging (32 KiB each), and
 //! the fences, 32 bytes per [`BLOCK_IDS`] ids (0.5 MiB per TiB of unique data at 64 KiB
 //! chunks). Disk: 32 bytes per id, twice while merging, in unlinked files of the
 //! repository's scratch folder (they vanish with the process, even killed).
@@ -21,8 +23,8 @@ use repo_format::BlobId;
 
 use crate::error::{Error, Result};
 
-/// Ids held in memory before a run is written: 32 MiB.
-pub const RUN_IDS: usize = 1 << 20;
+/// Ids held in memory before a run is written: 8 MiB.
+pub const RUN_IDS: usize = 1 << 18;
 /// Ids per block of the merged file, each with a fence in memory (32 KiB blocks).
 pub const BLOCK_IDS: usize = 1024;
 const ID: usize = 32;
@@ -32,8 +34,16 @@ pub struct IdSetBuilder {
     dir: PathBuf,
     buf: Vec<BlobId>,
     limit: usize,
-    runs: Vec<File>,
+    /// Sorted runs of distinct ids and their level: a run of level L+1 is FAN_IN runs of
+    /// level L merged. Levels never increase towards the end.
+    runs: Vec<(u32, File)>,
 }
+
+/// Runs merged at once: when FAN_IN runs of one level are held they become one run of
+/// the next level (a size-tiered cascade), so however many ids come in, at most
+/// FAN_IN - 1 runs per level are held open (a few hundred files for billions of ids,
+/// under the usual limit of 1,024 descriptors) and each id is rewritten once a level.
+const FAN_IN: usize = 64;
 
 impl IdSetBuilder {
     /// A builder whose runs go to unlinked files in `dir`.
@@ -79,8 +89,62 @@ impl IdSetBuilder {
         out.flush().map_err(|e| self.io(e))?;
         drop(out);
         file.rewind().map_err(|e| self.io(e))?;
-        self.runs.push(file);
         self.buf.clear();
+        self.runs.push((0, file));
+        // The cascade: FAN_IN runs of the last level become one of the next.
+        loop {
+            let level = self.runs.last().expect("just pushed").0;
+            let same = self
+                .runs
+                .iter()
+                .rev()
+                .take_while(|(l, _)| *l == level)
+                .count();
+            if same < FAN_IN {
+                return Ok(());
+            }
+            let group: Vec<File> = self
+                .runs
+                .split_off(self.runs.len() - same)
+                .into_iter()
+                .map(|(_, f)| f)
+                .collect();
+            let mut merged = self.scratch()?;
+            let mut out = BufWriter::with_capacity(1 << 20, &mut merged);
+            self.merge(&group, |id| out.write_all(&id.0))?;
+            out.flush().map_err(|e| self.io(e))?;
+            drop(out);
+            merged.rewind().map_err(|e| self.io(e))?;
+            self.runs.push((level + 1, merged));
+        }
+    }
+
+    /// Merges sorted runs, giving `emit` each distinct id once, in ascending order.
+    fn merge(
+        &self,
+        runs: &[File],
+        mut emit: impl FnMut(BlobId) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let mut readers: Vec<BufReader<&File>> = runs
+            .iter()
+            .map(|f| BufReader::with_capacity(32 << 10, f))
+            .collect();
+        let mut heap = BinaryHeap::new();
+        for (i, r) in readers.iter_mut().enumerate() {
+            if let Some(id) = next_id(r).map_err(|e| self.io(e))? {
+                heap.push(Reverse((id, i)));
+            }
+        }
+        let mut last: Option<BlobId> = None;
+        while let Some(Reverse((id, i))) = heap.pop() {
+            if let Some(next) = next_id(&mut readers[i]).map_err(|e| self.io(e))? {
+                heap.push(Reverse((next, i)));
+            }
+            if last != Some(id) {
+                emit(id).map_err(|e| self.io(e))?;
+                last = Some(id);
+            }
+        }
         Ok(())
     }
 
@@ -99,39 +163,24 @@ impl IdSetBuilder {
             self.spill()?;
         }
         self.buf = Vec::new(); // the merge needs no more than its read buffers
-        let mut readers: Vec<BufReader<&File>> = self
-            .runs
-            .iter()
-            .map(|f| BufReader::with_capacity(32 << 10, f))
+        let runs: Vec<File> = std::mem::take(&mut self.runs)
+            .into_iter()
+            .map(|(_, f)| f)
             .collect();
-        let mut heap = BinaryHeap::new();
-        for (i, r) in readers.iter_mut().enumerate() {
-            if let Some(id) = next_id(r).map_err(|e| self.io(e))? {
-                heap.push(Reverse((id, i)));
-            }
-        }
         let mut merged = self.scratch()?;
         let mut out = BufWriter::with_capacity(1 << 20, &mut merged);
         let mut fences = Vec::new();
         let mut len = 0u64;
-        let mut last: Option<BlobId> = None;
-        while let Some(Reverse((id, i))) = heap.pop() {
-            if let Some(next) = next_id(&mut readers[i]).map_err(|e| self.io(e))? {
-                heap.push(Reverse((next, i)));
-            }
-            if last == Some(id) {
-                continue;
-            }
+        self.merge(&runs, |id| {
             if len.is_multiple_of(BLOCK_IDS as u64) {
                 fences.push(id);
             }
-            out.write_all(&id.0).map_err(|e| self.io(e))?;
             len += 1;
-            last = Some(id);
-        }
+            out.write_all(&id.0)
+        })?;
         out.flush().map_err(|e| self.io(e))?;
         drop(out);
-        drop(readers);
+        drop(runs);
         Ok(IdSet {
             len,
             store: Store::File {
@@ -140,6 +189,11 @@ impl IdSetBuilder {
                 dir: self.dir.clone(),
             },
         })
+    }
+
+    #[cfg(test)]
+    fn runs_held(&self) -> usize {
+        self.runs.len()
     }
 }
 
@@ -268,13 +322,17 @@ mod tests {
     #[test]
     fn runs_on_disk_merge_into_the_sorted_distinct_set() {
         let dir = tempfile::tempdir().unwrap();
-        for (limit, n) in [(7, 5_000u64), (1_000_000, 5_000), (3, 10)] {
+        // 10,000 runs of one id cascade two levels (64 and 4,096 runs).
+        for (limit, n) in [(7, 5_000u64), (1_000_000, 5_000), (3, 10), (1, 5_000)] {
             let mut b = IdSetBuilder::with_run_ids(dir.path(), limit);
             let all = ids(n, 1);
             // Every id twice, the second time in reverse, across runs.
+            let mut most = 0;
             for id in all.iter().chain(all.iter().rev()) {
                 b.insert(*id).unwrap();
+                most = most.max(b.runs_held());
             }
+            assert!(most < 3 * FAN_IN, "{most} runs held at once");
             let set = b.finish().unwrap();
             assert_eq!(set.len(), n);
             let mut want = all.clone();
