@@ -47,7 +47,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use ids::{BlobId, PackId, RepoId, SnapshotId};
 pub use index::{BlobLocation, Index, IndexTotals};
-pub use manifest::{Extent, ManifestBuilder, ManifestRoot, ManifestWalker, Node};
+pub use manifest::{ChildRef, Extent, ManifestBuilder, ManifestRoot, ManifestWalker, Node, Step};
 pub use pack::{FinishedPack, PackWriter, SealedPack, TocEntry};
 pub use repo::{IndexRepair, PackHandle, PackRange, Repository};
 pub use snapshot::{ChangeRecord, DiskStats, LostRange, Snapshot, SnapshotDisk, SnapshotMeta};

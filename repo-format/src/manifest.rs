@@ -420,11 +420,31 @@ fn closes(entries: usize, key: u32) -> bool {
 /// claims (level and byte length), so a damaged tree is an error, never a wrong disk.
 pub struct ManifestWalker<F> {
     fetch: F,
-    /// (node, next index, bytes the parent claimed for it)
-    stack: Vec<(Node, usize)>,
+    /// (node id, node, next index)
+    stack: Vec<(BlobId, Node, usize)>,
     offset: u64,
     root: ManifestRoot,
     started: bool,
+}
+
+/// One step of [`ManifestWalker::next_step`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// An extent and its disk offset.
+    Extent(u64, Extent),
+    /// The walk goes into the node `node.id`, at `level`: loaded, and its length and
+    /// extent count are those of `node` (checked against its parent's claim).
+    Enter { node: ChildRef, level: u8 },
+    /// The walk has been through the whole subtree of node `id`.
+    Leave(BlobId),
+    /// The subtree under `child` (its root at `level`, `None` for the tree's root),
+    /// starting at disk offset `offset`, was passed over because the caller chose to
+    /// skip it: it was not loaded, and the walk goes on after it.
+    Skipped {
+        offset: u64,
+        child: ChildRef,
+        level: Option<u8>,
+    },
 }
 
 impl<F: FnMut(&BlobId) -> Result<Node>> ManifestWalker<F> {
@@ -477,6 +497,23 @@ impl<F: FnMut(&BlobId) -> Result<Node>> ManifestWalker<F> {
 
     /// The next extent and its disk offset, or `None` at the end.
     pub fn next_extent(&mut self) -> Result<Option<(u64, Extent)>> {
+        loop {
+            match self.next_step(&mut |_, _| false)? {
+                Some(Step::Extent(at, e)) => return Ok(Some((at, e))),
+                Some(_) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next step of the walk, or `None` at the end. Before it loads a node (the root
+    /// included) it asks `skip` with what the parent claims of it and the level it must
+    /// have; on `true` the whole subtree is passed over unread (a caller that already
+    /// checked that node, say). What is passed over is neither loaded nor checked.
+    pub fn next_step(
+        &mut self,
+        skip: &mut dyn FnMut(&ChildRef, Option<u8>) -> bool,
+    ) -> Result<Option<Step>> {
         if !self.started {
             self.started = true;
             let root = self.root;
@@ -489,37 +526,63 @@ impl<F: FnMut(&BlobId) -> Result<Node>> ManifestWalker<F> {
                     ),
                 });
             }
-            let node = self.load(&root.root, root.len_bytes, root.extents, None)?;
-            self.stack.push((node, 0));
-        }
-        loop {
-            let Some((node, idx)) = self.stack.last_mut() else {
-                return Ok(None);
+            let child = ChildRef {
+                id: root.root,
+                len: root.len_bytes,
+                extents: root.extents,
             };
-            match node {
-                Node::Leaf(extents) => {
-                    if let Some(e) = extents.get(*idx).copied() {
-                        *idx += 1;
-                        let at = self.offset;
-                        // Cannot pass the root's length: every node's sums were checked
-                        // against its parent's claim, and decode refuses overflowing sums.
-                        self.offset = at.saturating_add(e.len()).min(self.root.len_bytes);
-                        return Ok(Some((at, e)));
-                    }
-                    self.stack.pop();
+            if skip(&child, None) {
+                self.offset = root.len_bytes;
+                return Ok(Some(Step::Skipped {
+                    offset: 0,
+                    child,
+                    level: None,
+                }));
+            }
+            let node = self.load(&root.root, root.len_bytes, root.extents, None)?;
+            let level = node.level();
+            self.stack.push((root.root, node, 0));
+            return Ok(Some(Step::Enter { node: child, level }));
+        }
+        let Some((id, node, idx)) = self.stack.last_mut() else {
+            return Ok(None);
+        };
+        match node {
+            Node::Leaf(extents) => {
+                if let Some(e) = extents.get(*idx).copied() {
+                    *idx += 1;
+                    let at = self.offset;
+                    // Cannot pass the root's length: every node's sums were checked
+                    // against its parent's claim, and decode refuses overflowing sums.
+                    self.offset = at.saturating_add(e.len()).min(self.root.len_bytes);
+                    return Ok(Some(Step::Extent(at, e)));
                 }
-                Node::Interior { level, children } => {
-                    if let Some(c) = children.get(*idx).copied() {
-                        *idx += 1;
-                        let child_level = *level - 1;
-                        let node = self.load(&c.id, c.len, c.extents, Some(child_level))?;
-                        self.stack.push((node, 0));
-                    } else {
-                        self.stack.pop();
+            }
+            Node::Interior { level, children } => {
+                if let Some(c) = children.get(*idx).copied() {
+                    *idx += 1;
+                    let child_level = *level - 1;
+                    if skip(&c, Some(child_level)) {
+                        let at = self.offset;
+                        self.offset = at.saturating_add(c.len).min(self.root.len_bytes);
+                        return Ok(Some(Step::Skipped {
+                            offset: at,
+                            child: c,
+                            level: Some(child_level),
+                        }));
                     }
+                    let node = self.load(&c.id, c.len, c.extents, Some(child_level))?;
+                    self.stack.push((c.id, node, 0));
+                    return Ok(Some(Step::Enter {
+                        node: c,
+                        level: child_level,
+                    }));
                 }
             }
         }
+        let id = *id;
+        self.stack.pop();
+        Ok(Some(Step::Leave(id)))
     }
 }
 
@@ -608,6 +671,71 @@ mod tests {
             new_nodes <= 3,
             "one changed chunk rewrote {new_nodes} nodes"
         );
+    }
+
+    /// A walk that skips subtrees passes over exactly their bytes: every extent after a
+    /// skipped subtree comes at the offset of the full walk, and Enter/Leave pair up.
+    #[test]
+    fn skipped_subtrees_keep_the_offsets_of_a_full_walk() {
+        let extents: Vec<Extent> = (0..30_000).map(chunk).collect();
+        let (root, store) = build(&extents);
+        let full = walk(root, &store).unwrap();
+        let mut loads = 0;
+        let mut w = ManifestWalker::new(root, |id: &BlobId| {
+            loads += 1;
+            Node::decode(*id, store.get(id).ok_or(Error::MissingBlob(*id))?)
+        });
+        // Skip every third leaf.
+        let mut leaves = 0;
+        let mut skip = |_: &ChildRef, level: Option<u8>| {
+            if level == Some(0) {
+                leaves += 1;
+                leaves % 3 == 0
+            } else {
+                false
+            }
+        };
+        let (mut got, mut skipped, mut open) = (vec![], 0u64, vec![]);
+        while let Some(step) = w.next_step(&mut skip).unwrap() {
+            match step {
+                Step::Extent(at, e) => got.push((at, e)),
+                Step::Enter { node, .. } => open.push(node.id),
+                Step::Leave(id) => assert_eq!(open.pop(), Some(id)),
+                Step::Skipped {
+                    offset,
+                    child,
+                    level,
+                } => {
+                    assert_eq!(level, Some(0));
+                    let before: u64 = full.iter().take_while(|(at, _)| *at < offset).count() as u64;
+                    assert_eq!(
+                        full[before as usize].0, offset,
+                        "a subtree starts at an extent"
+                    );
+                    skipped += child.extents;
+                }
+            }
+        }
+        drop(w);
+        assert!(loads < store.len(), "skipped leaves are not loaded");
+        assert!(open.is_empty());
+        assert!(skipped > 0);
+        assert_eq!(got.len() as u64 + skipped, full.len() as u64);
+        assert!(got.iter().all(|x| full.contains(x)));
+        // Skipping the root passes over everything.
+        let mut w = ManifestWalker::new(root, |_: &BlobId| -> Result<Node> {
+            panic!("nothing is loaded")
+        });
+        let step = w.next_step(&mut |_, level| level.is_none()).unwrap();
+        assert!(matches!(
+            step,
+            Some(Step::Skipped {
+                offset: 0,
+                level: None,
+                ..
+            })
+        ));
+        assert_eq!(w.next_step(&mut |_, _| false).unwrap(), None);
     }
 
     #[test]

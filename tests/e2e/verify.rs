@@ -101,6 +101,77 @@ fn flipped_bytes_and_lost_packs_are_named_by_snapshot_disk_and_range() {
     assert!(text.contains("chunk missing from the repository"), "{text}");
 }
 
+/// Nights share most of their manifest trees, and verify walks a shared subtree once
+/// (issue 19): what it counts and names must still be what every night references.
+#[test]
+fn damage_under_a_subtree_nights_share_is_named_in_every_night() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    // 8 KiB chunks: 40 MiB of data is 5,120 chunk references, several manifest leaves.
+    let repo = new_repo(
+        dir,
+        &[
+            "--chunker",
+            "fixed",
+            "--chunk-min",
+            "4",
+            "--chunk-avg",
+            "8",
+            "--chunk-max",
+            "16",
+            "--pack-size",
+            "1",
+        ],
+    );
+    let img = random_image(dir, "d.raw", 40 << 20, 48 << 20);
+    let disk = format!("sda={}", p(&img));
+    let first = backup_id(&repo, "vm", &[&disk]);
+    let second = backup_id(&repo, "vm", &[&disk]); // the same tree, root and all
+    sh(&format!(
+        "head -c 1048576 /dev/urandom | dd of='{}' bs=1M seek=39 conv=notrunc status=none",
+        img.display()
+    ));
+    let third = backup_id(&repo, "vm", &[&disk]); // the same tree but its last leaves
+
+    let clean = ok_json(&["verify", "--repo", p(&repo)]);
+    assert_eq!(clean["report"]["chunk_refs"], 3 * 5120, "{clean}");
+    assert_eq!(clean["report"]["problem_count"], 0, "{clean}");
+
+    // A lost pack: its chunks are missing in every night that references them.
+    std::fs::remove_file(&pack_files(&repo)[0]).unwrap();
+    let out = run(&["--json", "verify", "--repo", p(&repo)]);
+    assert_eq!(out.status.code(), Some(1));
+    // The report, then the error line.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = text.lines().find(|l| l.starts_with("{\"report\"")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(report).unwrap();
+    let r = &v["report"];
+    assert_eq!(r["chunk_refs"], 3 * 5120, "{r}");
+    let ranges = |snap: &str, below: u64| -> Vec<(u64, u64)> {
+        r["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["snapshot"] == snap && p["what"] == "chunk missing from the repository")
+            .map(|p| {
+                (
+                    p["range"][0].as_u64().unwrap(),
+                    p["range"][1].as_u64().unwrap(),
+                )
+            })
+            .filter(|(a, _)| *a < below)
+            .collect()
+    };
+    let all = ranges(&first, u64::MAX);
+    assert!(!all.is_empty(), "{r}");
+    assert_eq!(ranges(&second, u64::MAX), all, "{r}");
+    assert_eq!(ranges(&third, 39 << 20), ranges(&first, 39 << 20), "{r}");
+    assert_eq!(
+        r["problem_count"].as_u64().unwrap(),
+        r["problems"].as_array().unwrap().len() as u64
+    );
+}
+
 #[test]
 fn forget_applies_the_policy_per_vm_and_dry_run_changes_nothing() {
     let t = tempfile::tempdir().unwrap();

@@ -6,7 +6,13 @@
 //! pack is read, decompressed and checked against its BLAKE3 id, and every pack file
 //! against its own name. Packs are checked in parallel, each read sequentially.
 //!
-//! Damage is reported where it hurts: as byte ranges of snapshot disks.
+//! The manifests are walked once, a subtree that several nights share once, and the
+//! chunk ids they reference are sorted (on disk when many) and merged with the index in
+//! id order: verify costs one pass over the unique chunks, not an index lookup per
+//! chunk reference (issue 19; FORMAT.md, section 9.1).
+//!
+//! Damage is reported where it hurts: as byte ranges of snapshot disks, found by a
+//! second walk that only runs when chunks are missing or damaged.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -14,7 +20,7 @@ use std::sync::Mutex;
 
 use repo_format::pack::{read_payload, read_toc};
 use repo_format::{
-    BlobId, BlobReader, Extent, ManifestRoot, ManifestWalker, PackId, Repository, SnapshotId,
+    BlobId, BlobReader, Extent, ManifestRoot, ManifestWalker, PackId, Repository, SnapshotId, Step,
 };
 use serde::Serialize;
 
@@ -208,13 +214,21 @@ pub fn verify(
                 && opts.snapshot.is_none_or(|want| want == **id)
         })
         .collect();
-    // Oldest first, as listed.
-    snapshots.sort_by_key(|(id, s)| (s.time, **id));
+    // By VM, oldest first: a VM's nights follow one another, so the subtrees they share
+    // are still remembered when the next night comes.
+    snapshots.sort_by(|(a_id, a), (b_id, b)| (&a.name, a.time, a_id).cmp(&(&b.name, b.time, b_id)));
     let mut nodes = BlobReader::new(repo)?;
+    let scratch = scratch_dir(repo);
+
+    // 1. Walk every manifest once, each shared subtree once, gathering the chunk ids
+    //    (sorted and made distinct on disk when many). A damaged tree is reported here.
     progress.phase("snapshots");
+    let mut walked = CleanNodes::default();
+    let mut referenced = IdSetBuilder::new(&scratch);
+    let mut disks = Vec::new();
     for (id, snap) in snapshots {
         report.snapshots += 1;
-        let disks = snap
+        let listed = snap
             .disks
             .iter()
             .map(|d| (&d.label, &d.manifest, Some(d.size_bytes)))
@@ -223,17 +237,55 @@ pub fn verify(
                     .iter()
                     .map(|m| (&m.name, &m.manifest, Some(m.size_bytes))),
             );
-        for (label, manifest, size) in disks {
+        for (label, manifest, size) in listed {
             report.disks += 1;
             progress.start(&format!("{}/{label}", snap.name), size);
-            check_manifest(
-                &index,
+            let place = (id.short(), label.clone());
+            report.chunk_refs += walk_manifest(
                 &mut nodes,
                 manifest,
-                &bad_blobs,
+                &mut walked,
                 &mut report,
-                &id.short(),
-                label,
+                &place,
+                true,
+                &mut |id| referenced.insert(*id).map(|()| None),
+            )?;
+            disks.push((place, *manifest, format!("{}/{label}", snap.name), size));
+            progress.advance(size.unwrap_or(0));
+            progress.finish();
+        }
+    }
+    drop(walked);
+
+    // 2. Those ids against the index, both in id order: one pass over each, however
+    //    large the repository (not one index lookup per chunk reference).
+    let referenced = referenced.finish()?;
+    let missing = missing_from_index(&index, &referenced, &scratch)?;
+    drop(referenced);
+
+    // 3. Only when chunks are missing or damaged: walk again to name the disk ranges
+    //    they hurt (each clean subtree once).
+    if !missing.is_empty() || !bad_blobs.is_empty() {
+        progress.phase("damage");
+        let mut clean = CleanNodes::default();
+        for (place, manifest, name, size) in &disks {
+            progress.start(name, *size);
+            walk_manifest(
+                &mut nodes,
+                manifest,
+                &mut clean,
+                &mut report,
+                place,
+                false,
+                &mut |id| {
+                    Ok(if bad_blobs.contains(id)? {
+                        Some("damaged chunk data")
+                    } else if missing.contains(id)? {
+                        Some("chunk missing from the repository")
+                    } else {
+                        None
+                    })
+                },
             )?;
             progress.advance(size.unwrap_or(0));
             progress.finish();
@@ -347,12 +399,38 @@ fn check_index_against_tocs(
         .collect();
     packs.sort();
     progress.start("", Some(packs.iter().map(|(_, len)| *len).sum()));
+    // Each pack's rows summed up in one sequential pass over the blob table; a pack
+    // whose TOC sums up the same is consistent, and only one that does not has its rows
+    // looked up and compared one by one (a lookup per row was a random read of the
+    // index for every chunk: most of verify's time at 30 million chunks).
+    let numbers = index.pack_numbers()?;
+    let keys = std::hash::RandomState::new();
+    let mut sums: std::collections::HashMap<i64, RowSum> = std::collections::HashMap::new();
+    index.scan_rows(|pack, id, cols| -> Result<()> {
+        sums.entry(pack).or_default().add(&keys, id, cols);
+        Ok(())
+    })?;
     for batch in packs.chunks(TOC_READERS * 4) {
         let tocs = repo.read_pack_tocs(batch, TOC_READERS);
         for ((pack, len), toc) in batch.iter().zip(tocs) {
             progress.advance(*len);
             // An unreadable pack is reported by the pack checks; here only rows are judged.
             let Ok(Some(Ok(toc))) = toc else { continue };
+            let mut sum = RowSum::default();
+            for e in &toc {
+                let cols = [
+                    e.offset as i64,
+                    e.stored_len as i64,
+                    e.raw_len as i64,
+                    e.kind as u8 as i64,
+                    e.compression as u8 as i64,
+                ];
+                sum.add(&keys, &e.id.0, cols);
+            }
+            let indexed = numbers.get(pack).and_then(|n| sums.get(n));
+            if indexed == Some(&sum) {
+                continue;
+            }
             let toc: HashSet<repo_format::TocEntry> = toc.into_iter().collect();
             for row in index.rows_of_pack(pack)? {
                 if !toc.contains(&row) {
@@ -371,119 +449,194 @@ fn check_index_against_tocs(
     Ok(())
 }
 
+/// A pack's index rows (or TOC entries) summed up: how many, and the wrapping sum of a
+/// hash of each under keys random to this process (so no content can be made to sum up
+/// like another). Equal multisets of rows give equal sums.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct RowSum {
+    count: u64,
+    sum: u64,
+}
+
+impl RowSum {
+    fn add(&mut self, keys: &std::hash::RandomState, id: &[u8], cols: [i64; 5]) {
+        use std::hash::BuildHasher;
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(keys.hash_one((id, cols)));
+    }
+}
+
 /// Pack tables of contents read at once: each is a read or two at the end of a pack
 /// (two ranged GETs on an object store), so the pass waits on the disk or the
 /// network, not the CPU.
 const TOC_READERS: usize = 16;
 
-/// Walks one manifest, turning missing and damaged chunks into byte-range problems.
-fn check_manifest(
+/// The referenced ids the index does not hold: a merge of two sorted lists.
+fn missing_from_index(
     index: &repo_format::Index,
-    nodes: &mut BlobReader<&Repository>,
-    manifest: &ManifestRoot,
-    bad_blobs: &IdSet,
-    report: &mut VerifyReport,
-    snapshot: &str,
-    disk: &str,
-) -> Result<()> {
-    let mut walker = ManifestWalker::new(*manifest, |id: &BlobId| nodes.read_node(id));
-    let mut in_read = false;
-    let checked = check_extents(
-        &mut walker,
-        index,
-        bad_blobs,
-        report,
-        snapshot,
-        disk,
-        &mut in_read,
-    );
-    if in_read {
-        index.end_read()?;
+    referenced: &IdSet,
+    scratch: &std::path::Path,
+) -> Result<IdSet> {
+    let mut missing = IdSetBuilder::new(scratch);
+    let mut ids = referenced.iter();
+    let mut next = ids.next().transpose()?;
+    index.scan_rows(|_, id, _| -> Result<()> {
+        // A malformed id is no blob's: it matches nothing.
+        let Some(id) = BlobId::from_slice(id) else {
+            return Ok(());
+        };
+        while let Some(wanted) = next.filter(|w| *w <= id) {
+            if wanted < id {
+                missing.insert(wanted)?;
+            }
+            next = ids.next().transpose()?;
+        }
+        Ok(())
+    })?;
+    while let Some(wanted) = next {
+        missing.insert(wanted)?;
+        next = ids.next().transpose()?;
     }
-    checked
+    missing.finish()
 }
 
-/// Index lookups per read transaction of a manifest walk.
-const LOOKUPS_PER_READ: u64 = 65_536;
+/// Manifest nodes [`CleanNodes`] remembers (about 80 bytes each, 10 MiB in all): a VM's
+/// nights are walked one after the other, and one 8 TiB disk has about 130,000 nodes.
+const CLEAN_NODES_MAX: usize = 1 << 17;
 
-/// The walk of [`check_manifest`], inside the read transactions it opens.
-fn check_extents<F>(
-    walker: &mut ManifestWalker<F>,
-    index: &repo_format::Index,
-    bad_blobs: &IdSet,
+/// Manifest subtrees a walk has been through whole without finding a damaged chunk, so
+/// that the nights of a VM, which share all but a few nodes, go through each shared
+/// subtree once: the first walk (which gathers ids and judges none) passes over any
+/// subtree it already gathered, the second (which names damage) over clean ones.
+/// Bounded by [`CLEAN_NODES_MAX`], emptied when full: forgetting costs a walk again.
+#[derive(Default)]
+struct CleanNodes(std::collections::HashMap<BlobId, CleanNode>);
+
+#[derive(Clone, Copy)]
+struct CleanNode {
+    len: u64,
+    extents: u64,
+    level: u8,
+    /// Chunk references under the node, for the report's count.
+    chunk_refs: u64,
+}
+
+impl CleanNodes {
+    /// The node when it is known clean and is what `claim` says of it (a parent that
+    /// claims another length, extent count or level is damaged: the walk loads the
+    /// node and reports it).
+    fn get(&self, claim: &repo_format::ChildRef, level: Option<u8>) -> Option<CleanNode> {
+        self.0.get(&claim.id).copied().filter(|c| {
+            c.len == claim.len && c.extents == claim.extents && level.is_none_or(|l| l == c.level)
+        })
+    }
+
+    fn insert(&mut self, id: BlobId, node: CleanNode) {
+        if self.0.len() >= CLEAN_NODES_MAX {
+            self.0.clear();
+        }
+        self.0.insert(id, node);
+    }
+}
+
+/// Walks one disk's manifest, asking `judge` about every chunk reference outside the
+/// subtrees `clean` knows (`Some(reason)`: the chunk is damaged or missing). Adjacent
+/// damaged chunks with one reason are reported as one range of `place` (snapshot,
+/// disk); a damaged tree is reported when `report_trees` (the first walk). A subtree
+/// with no damaged chunk joins `clean`. Returns the chunk references under the tree.
+fn walk_manifest(
+    nodes: &mut BlobReader<&Repository>,
+    manifest: &ManifestRoot,
+    clean: &mut CleanNodes,
     report: &mut VerifyReport,
-    snapshot: &str,
-    disk: &str,
-    in_read: &mut bool,
-) -> Result<()>
-where
-    F: FnMut(&BlobId) -> repo_format::Result<repo_format::Node>,
-{
-    let mut lookups = 0u64;
+    (snapshot, disk): &(String, String),
+    report_trees: bool,
+    judge: &mut dyn FnMut(&BlobId) -> Result<Option<&'static str>>,
+) -> Result<u64> {
+    let mut walker = ManifestWalker::new(*manifest, |id: &BlobId| nodes.read_node(id));
+    let mut chunk_refs = 0u64;
     // (start, end, reason) of the damaged run being built, merged while adjacent.
-    let mut run: Option<(u64, u64, String)> = None;
-    let flush = |run: &mut Option<(u64, u64, String)>, report: &mut VerifyReport| {
+    let mut run: Option<(u64, u64, &'static str)> = None;
+    let flush = |run: &mut Option<(u64, u64, &'static str)>, report: &mut VerifyReport| {
         if let Some((a, b, what)) = run.take() {
             report.add(Problem {
-                snapshot: Some(snapshot.into()),
-                disk: Some(disk.into()),
+                snapshot: Some(snapshot.clone()),
+                disk: Some(disk.clone()),
                 range: Some((a, b)),
-                what,
+                what: what.to_string(),
             });
         }
     };
+    // The nodes being walked: (node, level, damaged chunks and chunk references
+    // counted when the walk went in).
+    let mut open: Vec<(repo_format::ChildRef, u8, u64, u64)> = Vec::new();
+    let mut damaged = 0u64;
     loop {
-        let next = match walker.next_extent() {
+        let step = walker.next_step(&mut |claim, level| clean.get(claim, level).is_some());
+        let next = match step {
             Ok(n) => n,
             Err(e) if e.is_corruption() => {
                 // A lost manifest node hides everything after it.
                 let at = run.as_ref().map_or(0, |r| r.0);
                 flush(&mut run, report);
-                report.add(Problem {
-                    snapshot: Some(snapshot.into()),
-                    disk: Some(disk.into()),
-                    range: None,
-                    what: format!("manifest unreadable (from byte {at} or earlier): {e}"),
-                });
-                return Ok(());
+                if report_trees {
+                    report.add(Problem {
+                        snapshot: Some(snapshot.clone()),
+                        disk: Some(disk.clone()),
+                        range: None,
+                        what: format!("manifest unreadable (from byte {at} or earlier): {e}"),
+                    });
+                }
+                return Ok(chunk_refs);
             }
             Err(e) => return Err(e.into()),
         };
-        let Some((offset, extent)) = next else { break };
-        let Extent::Chunk { id, len } = extent else {
-            continue;
+        let (offset, id, len) = match next {
+            None => break,
+            Some(Step::Enter { node, level }) => {
+                open.push((node, level, damaged, chunk_refs));
+                continue;
+            }
+            Some(Step::Leave(_)) => {
+                let (node, level, damaged_before, refs_before) =
+                    open.pop().expect("the walker pairs Enter and Leave");
+                if damaged == damaged_before {
+                    let known = CleanNode {
+                        len: node.len,
+                        extents: node.extents,
+                        level,
+                        chunk_refs: chunk_refs - refs_before,
+                    };
+                    clean.insert(node.id, known);
+                }
+                continue;
+            }
+            Some(Step::Skipped { child, level, .. }) => {
+                let known = clean.get(&child, level).expect("skipped because known");
+                chunk_refs += known.chunk_refs;
+                flush(&mut run, report);
+                continue;
+            }
+            Some(Step::Extent(offset, Extent::Chunk { id, len })) => (offset, id, len),
+            Some(Step::Extent(_, Extent::Hole { .. })) => continue,
         };
-        report.chunk_refs += 1;
-        // Lookups in read transactions of LOOKUPS_PER_READ (see Index::begin_read).
-        if !*in_read {
-            index.begin_read()?;
-            *in_read = true;
-            lookups = 0;
+        chunk_refs += 1;
+        let reason = judge(&id)?;
+        if reason.is_some() {
+            damaged += 1;
         }
-        lookups += 1;
-        if lookups == LOOKUPS_PER_READ {
-            index.end_read()?;
-            *in_read = false;
-        }
-        let reason = if bad_blobs.contains(&id)? {
-            Some("damaged chunk data")
-        } else if !index.contains(&id)? {
-            Some("chunk missing from the repository")
-        } else {
-            None
-        };
         let end = offset + len as u64;
         match (reason, run.as_mut()) {
             (Some(r), Some(cur)) if cur.1 == offset && cur.2 == r => cur.1 = end,
             (Some(r), _) => {
                 flush(&mut run, report);
-                run = Some((offset, end, r.to_string()));
+                run = Some((offset, end, r));
             }
             (None, _) => flush(&mut run, report),
         }
     }
     flush(&mut run, report);
-    Ok(())
+    Ok(chunk_refs)
 }
 
 /// Where a verify spills: the repository's scratch folder, or the system's temporary
