@@ -6,11 +6,7 @@
 //! and single-core compression speed. The result is in FORMAT.md, "Choosing the
 //! compression".
 
-use std::collections::HashSet;
-use std::io::Read;
 use std::time::Instant;
-
-use engine::chunk::{Cut, Cutter};
 
 /// Levels measured (negative: zstd's --fast=N).
 const LEVELS: [i32; 6] = [-5, -1, 1, 2, 3, 4];
@@ -20,30 +16,7 @@ fn main() {
         eprintln!("usage: compression_table RAW_IMAGE");
         std::process::exit(2);
     });
-    let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
-        eprintln!("{path}: {e}");
-        std::process::exit(1);
-    });
-    // The unique chunks, in memory (the workload's day 1 holds about 3 GB).
-    let mut chunks: Vec<Vec<u8>> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut cutter = Cutter::new(repo_format::ChunkerParams::default());
-    let mut buf = vec![0u8; 4 << 20];
-    let mut keep = |c: Cut| {
-        if let Cut::Chunk { data, .. } = c {
-            if seen.insert(blake3::hash(&data)) {
-                chunks.push(data);
-            }
-        }
-    };
-    loop {
-        let n = f.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        cutter.feed(&buf[..n], &mut keep);
-    }
-    cutter.finish(&mut keep);
+    let chunks = dedisk_benches::unique_chunks(&path);
     let raw: u64 = chunks.iter().map(|c| c.len() as u64).sum();
     println!(
         "{} unique chunks, {:.3} GB of data",
