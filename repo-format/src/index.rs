@@ -129,17 +129,34 @@ impl Index {
             file_id: None,
             bulk: false,
         };
-        let tables: i64 = idx
-            .conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(|e| idx.err(e))?;
-        if tables == 0 {
-            idx.conn.execute_batch(SCHEMA).map_err(|e| idx.err(e))?;
-            idx.conn
-                .pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)
-                .map_err(|e| idx.err(e))?;
-        }
+        idx.create_schema().map_err(|e| idx.err(e))?;
         Ok(idx)
+    }
+
+    /// Creates the tables and sets the schema version in one transaction, unless a
+    /// schema is there (another process may have just made it). One transaction: a
+    /// process killed in the middle leaves an empty file, which the next one fills,
+    /// never tables without a version, which would be set aside as broken.
+    fn create_schema(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let made = (|| {
+            let tables: i64 =
+                self.conn
+                    .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            if tables == 0 {
+                self.conn.execute_batch(SCHEMA)?;
+                self.conn
+                    .pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)?;
+            }
+            Ok(())
+        })();
+        match made {
+            Ok(()) => self.conn.execute_batch("COMMIT"),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     fn check_version(&self) -> Result<()> {
@@ -231,15 +248,12 @@ impl Index {
             bulk: false,
         };
         if version == 0 {
-            let tables: i64 = idx
+            idx.create_schema().map_err(wrap)?;
+            let version: i64 = idx
                 .conn
-                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .pragma_query_value(None, "user_version", |r| r.get(0))
                 .map_err(wrap)?;
-            if tables == 0 {
-                idx.conn.execute_batch(SCHEMA).map_err(wrap)?;
-                idx.conn
-                    .pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)
-                    .map_err(wrap)?;
+            if version == INDEX_SCHEMA_VERSION {
                 return Ok(idx);
             }
         }
@@ -821,6 +835,35 @@ mod tests {
         assert!(!path.exists(), "no empty index was created");
         let mem = Index::open_memory("t").unwrap();
         assert!(mem.pack_ids().unwrap().is_empty());
+    }
+
+    /// Hosts' processes that open a new index at once each get a usable one: the schema
+    /// is made once, in one transaction (CI once saw a prune killed between the tables
+    /// and the version, and the next prune set the index aside as broken).
+    #[test]
+    fn processes_opening_a_new_index_at_once_all_get_one_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            let path = dir.path().join(format!("index-{round}.sqlite"));
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let idx = Index::open(&path).unwrap();
+                        assert!(idx.pack_ids().unwrap().is_empty());
+                    });
+                }
+            });
+        }
+        // Tables without the version (what a kill between the two used to leave) are not
+        // taken for an index.
+        let path = dir.path().join("half.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        drop(conn);
+        let e = Index::open(&path).err().expect("refused");
+        assert!(e.is_broken_index(), "{e}");
     }
 
     #[test]
