@@ -453,6 +453,16 @@ pub fn prune(
     // and indexed first.
     let mut store = crate::store::BlobStore::for_repack(repo, lock)?;
     let mut reader = BlobReader::new(repo)?;
+    // Packs this run leaves no blob in: a blob homed in a repacked pack is copied only
+    // when no copy survives outside them. Copying one that has a surviving copy made
+    // the new pack dead weight for the next prune (hosts that back up at once store
+    // the same blob twice), so prunes never settled.
+    let doomed: HashSet<PackId> = already
+        .iter()
+        .chain(&condemned)
+        .chain(&repack)
+        .copied()
+        .collect();
     progress.phase("repack");
     progress.start("", Some(repack.iter().map(|p| lengths[p]).sum()));
     for pack in &repack {
@@ -466,6 +476,13 @@ pub fn prune(
         let mut ok = true;
         for entry in rows {
             if !marker.contains(&entry.id)? || home(&index, &entry.id, &already)? != Some(*pack) {
+                continue;
+            }
+            let survives = index
+                .packs_holding(&entry.id)?
+                .iter()
+                .any(|p| !doomed.contains(p));
+            if survives {
                 continue;
             }
             let loc = repo_format::BlobLocation { pack: *pack, entry };
