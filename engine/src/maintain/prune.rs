@@ -201,20 +201,6 @@ struct Tally {
     dead_bytes: u64,
 }
 
-/// The home of live blob `id`: of the packs holding it that no record condemns, the
-/// one with the smallest id ([`tally_packs`] picks the same).
-fn home(
-    index: &repo_format::Index,
-    id: &BlobId,
-    already: &HashSet<PackId>,
-) -> Result<Option<PackId>> {
-    Ok(index
-        .packs_holding(id)?
-        .into_iter()
-        .filter(|p| !already.contains(p))
-        .min())
-}
-
 /// Whether condemned `pack` holds a live blob that no other pack holds, of those
 /// still listed on the store and condemned by no record. A pack never indexed
 /// (damaged, unreadable) is needed: what it holds is unknown.
@@ -475,14 +461,14 @@ pub fn prune(
         let mut blobs = Vec::new();
         let mut ok = true;
         for entry in rows {
-            if !marker.contains(&entry.id)? || home(&index, &entry.id, &already)? != Some(*pack) {
+            if !marker.contains(&entry.id)? {
                 continue;
             }
-            let survives = index
-                .packs_holding(&entry.id)?
-                .iter()
-                .any(|p| !doomed.contains(p));
-            if survives {
+            // One lookup answers both: is this pack the blob's home (of the packs no
+            // record condemns, the smallest id), and does a copy survive elsewhere.
+            let holders = index.packs_holding(&entry.id)?;
+            let home = holders.iter().filter(|p| !already.contains(p)).min();
+            if home != Some(pack) || holders.iter().any(|p| !doomed.contains(p)) {
                 continue;
             }
             let loc = repo_format::BlobLocation { pack: *pack, entry };
