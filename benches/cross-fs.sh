@@ -3,8 +3,9 @@
 # offsets (issue 19). Builds xfs.raw: day 1's root filesystem copied file by file
 # (`cp -a`) into XFS in a GPT disk whose partition starts elsewhere, a second VM
 # installed from the same files on another filesystem. For each chunker configuration
-# in CONFIGS (default "16/64/256 4/64/256 8/32/128"; min/avg/max KiB, aligned-cdc,
-# encrypted, zstd 3) it prints:
+# in CONFIGS (default "16/64/256/256 16/64/256/0 8/32/128/0"; min/avg/max KiB and the
+# file-start tail in bytes, 0 for no cuts at file starts; aligned-cdc, encrypted,
+# zstd 3) it prints:
 #   - alone: the repository holding only xfs.raw;
 #   - adds: what xfs.raw adds to a repository holding day1.raw, and adds/alone;
 #   - nights: the repository after day1..day7 of one VM (the nightly figure it must not
@@ -14,7 +15,7 @@
 set -euo pipefail
 export DEDISK_PASSWORD=${DEDISK_PASSWORD:-bench-password}
 W=${1:-/var/tmp/vmwork}
-CONFIGS=${2:-"16/64/256 4/64/256 8/32/128"}
+CONFIGS=${2:-"16/64/256/256 16/64/256/0 8/32/128/0"}
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${DEDISK:-$HERE/../target/release/dedisk}
 OUT=${OUT:-/var/tmp/dedisk-cross-fs}
@@ -41,10 +42,10 @@ if [ ! -f "$OUT/xfs.raw" ]; then
 fi
 
 repo_bytes() { du -sb "$1" | cut -f1; }
-printf '%-12s %14s %14s %8s %14s %10s\n' min/avg/max alone adds adds/alone nights index
+printf '%-14s %14s %14s %8s %14s %10s\n' min/avg/max/tail alone adds adds/alone nights index
 for c in $CONFIGS; do
-  IFS=/ read -r mn av mx <<< "$c"
-  init() { rm -rf "$1" "$DEDISK_CACHE_DIR"; "$BIN" init -q "$1" --chunk-min "$mn" --chunk-avg "$av" --chunk-max "$mx" >/dev/null; }
+  IFS=/ read -r mn av mx tail <<< "$c"
+  init() { rm -rf "$1" "$DEDISK_CACHE_DIR"; "$BIN" init -q "$1" --chunk-min "$mn" --chunk-avg "$av" --chunk-max "$mx" --file-start-tail "${tail:-256}" >/dev/null; }
   R=$OUT/repo; init "$R"
   "$BIN" backup -q --repo "$R" --name b "vda=$OUT/xfs.raw" >/dev/null
   alone=$(repo_bytes "$R")
@@ -57,7 +58,7 @@ for c in $CONFIGS; do
   for d in 1 2 3 4 5 6 7; do "$BIN" backup -q --repo "$R" --name a "vda=$W/day$d.raw" >/dev/null; done
   nights=$(repo_bytes "$R")
   index=$(du -cb "$DEDISK_CACHE_DIR" | tail -1 | cut -f1)
-  printf '%-12s %14s %14s %7.1f%% %14s %10s\n' "$c" "$alone" "$adds" "$(echo "100 * $adds / $alone" | bc -l)" "$nights" "$index"
+  printf '%-14s %14s %14s %7.1f%% %14s %10s\n' "$c" "$alone" "$adds" "$(echo "100 * $adds / $alone" | bc -l)" "$nights" "$index"
   rm -rf "$R"
 done
 

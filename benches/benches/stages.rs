@@ -51,10 +51,7 @@ fn stages(c: &mut Criterion) {
         ChunkerAlgorithm::Fastcdc,
         ChunkerAlgorithm::Fixed,
     ] {
-        let params = ChunkerParams {
-            algorithm: alg,
-            ..ChunkerParams::default()
-        };
+        let params = ChunkerParams::default_for(alg);
         g.bench_function(format!("cut/{alg}"), |b| {
             b.iter(|| {
                 let mut n = 0usize;

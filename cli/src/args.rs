@@ -213,6 +213,11 @@ pub struct InitArgs {
     /// Largest chunk, in KiB.
     #[arg(long, value_name = "KIB")]
     pub chunk_max: Option<u32>,
+    /// aligned-cdc: also cut where a block follows at least this many zero bytes (the
+    /// slack after a file's end), so the same files deduplicate in any layout; 0 turns it
+    /// off [default: 256].
+    #[arg(long, value_name = "BYTES")]
+    pub file_start_tail: Option<u32>,
     /// zstd compression level for new chunks (1-19).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression_level: i32,

@@ -895,7 +895,7 @@ _dedisk() {
             return 0
             ;;
         dedisk__subcmd__init)
-            opts="-v -q -h --encryption --key-label --kdf-memory --kdf-passes --kdf-lanes --chunker --chunk-min --chunk-avg --chunk-max --compression-level --pack-size --repo --cache-dir --json --verbose --quiet --lock-wait --key-file --help"
+            opts="-v -q -h --encryption --key-label --kdf-memory --kdf-passes --kdf-lanes --chunker --chunk-min --chunk-avg --chunk-max --file-start-tail --compression-level --pack-size --repo --cache-dir --json --verbose --quiet --lock-wait --key-file --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -934,6 +934,10 @@ _dedisk() {
                     return 0
                     ;;
                 --chunk-max)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file-start-tail)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

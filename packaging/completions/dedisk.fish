@@ -66,6 +66,7 @@ fixed\t''"
 complete -c dedisk -n "__fish_dedisk_using_subcommand init" -l chunk-min -d 'Smallest chunk, in KiB' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand init" -l chunk-avg -d 'Target average chunk, in KiB' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand init" -l chunk-max -d 'Largest chunk, in KiB' -r
+complete -c dedisk -n "__fish_dedisk_using_subcommand init" -l file-start-tail -d 'aligned-cdc: also cut where a block follows at least this many zero bytes (the slack after a file\'s end), so the same files deduplicate in any layout; 0 turns it off [default: 256]' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand init" -l compression-level -d 'zstd compression level for new chunks (1-19)' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand init" -l pack-size -d 'Target pack file size, in MiB' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand init" -l repo -d 'The repository: a directory, or `s3://BUCKET/PREFIX` (credentials, region and endpoint from AWS_* variables or ~/.aws, as for the AWS CLI)' -r

@@ -47,8 +47,10 @@ impl std::fmt::Display for ChunkerAlgorithm {
     }
 }
 
-/// Chunker identity (see FORMAT.md, "Chunking").
+/// Chunker identity (see FORMAT.md, "Chunking"). Unknown fields are refused: a chunker
+/// setting this version does not know would cut differently from what the writer meant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChunkerParams {
     pub algorithm: ChunkerAlgorithm,
     pub min_bytes: u32,
@@ -60,6 +62,19 @@ pub struct ChunkerParams {
     pub seed: u64,
     /// A run of all-zero aligned blocks at least this long is recorded as a hole, not stored.
     pub zero_run_min_bytes: u32,
+    /// aligned-cdc only: a block boundary after this many zero bytes (the slack a file
+    /// leaves after its end in its last block) is also a cut, from one block into a chunk
+    /// on, when the block it starts is not all zero there. The same files then make the
+    /// same chunks in whatever order and at whatever offsets a filesystem put them
+    /// (FORMAT.md 7.2). 0 is off: repositories made before the field existed have none,
+    /// and keep cutting as they did. Written only when non-zero, so their config (and its
+    /// MAC) stay byte for byte what they were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub file_start_tail_bytes: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Default for ChunkerParams {
@@ -73,11 +88,26 @@ impl Default for ChunkerParams {
             align_bytes: 4096,
             seed: 0,
             zero_run_min_bytes: 16 * 1024,
+            file_start_tail_bytes: 256,
         }
     }
 }
 
 impl ChunkerParams {
+    /// The default parameters with another algorithm: cuts at file starts belong to
+    /// aligned-cdc only.
+    pub fn default_for(algorithm: ChunkerAlgorithm) -> Self {
+        let d = ChunkerParams::default();
+        ChunkerParams {
+            algorithm,
+            file_start_tail_bytes: match algorithm {
+                ChunkerAlgorithm::AlignedCdc => d.file_start_tail_bytes,
+                _ => 0,
+            },
+            ..d
+        }
+    }
+
     /// Checks the invariants every chunker relies on.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let ChunkerParams {
@@ -111,6 +141,21 @@ impl ChunkerParams {
         }
         if self.zero_run_min_bytes < align || !self.zero_run_min_bytes.is_multiple_of(align) {
             return Err("zero_run_min_bytes must be a non-zero multiple of align_bytes".into());
+        }
+        let tail = self.file_start_tail_bytes;
+        if tail != 0 {
+            if self.algorithm != ChunkerAlgorithm::AlignedCdc {
+                return Err(format!(
+                    "file_start_tail_bytes is for aligned-cdc, not {}",
+                    self.algorithm
+                ));
+            }
+            if !(8..=align / 2).contains(&tail) || !tail.is_multiple_of(8) {
+                return Err(format!(
+                    "file_start_tail_bytes {tail} must be 0 or a multiple of 8 in 8..={}",
+                    align / 2
+                ));
+            }
         }
         Ok(())
     }
@@ -355,5 +400,34 @@ mod tests {
         let mut p = ChunkerParams::default();
         p.avg_bytes += 1;
         assert!(p.validate().is_err());
+        for tail in [4, 260, 2056, 4096] {
+            let p = ChunkerParams {
+                file_start_tail_bytes: tail,
+                ..ChunkerParams::default()
+            };
+            assert!(p.validate().is_err(), "tail {tail}");
+        }
+        let p = ChunkerParams {
+            algorithm: ChunkerAlgorithm::Fastcdc,
+            ..ChunkerParams::default()
+        };
+        assert!(p.validate().unwrap_err().contains("aligned-cdc"));
+    }
+
+    /// A chunker written before `file_start_tail_bytes` existed reads as 0 (its cuts do
+    /// not move) and serializes without the field, so an encrypted config's MAC input is
+    /// still the bytes its MAC was made over. A field this version does not know is
+    /// refused rather than ignored.
+    #[test]
+    fn a_chunker_without_file_starts_keeps_its_bytes() {
+        let old = r#"{"algorithm":"aligned-cdc","min_bytes":16384,"avg_bytes":65536,"max_bytes":262144,"align_bytes":4096,"seed":0,"zero_run_min_bytes":16384}"#;
+        let p: ChunkerParams = serde_json::from_str(old).unwrap();
+        assert_eq!(p.file_start_tail_bytes, 0);
+        assert!(p.validate().is_ok());
+        assert_eq!(serde_json::to_string(&p).unwrap(), old);
+        let new = serde_json::to_string(&ChunkerParams::default()).unwrap();
+        assert!(new.contains(r#""file_start_tail_bytes":256"#), "{new}");
+        let unknown = old.replace('}', r#","cut_at_magic":true}"#);
+        assert!(serde_json::from_str::<ChunkerParams>(&unknown).is_err());
     }
 }

@@ -357,6 +357,19 @@ fn sealed_packs_configs_and_key_files_follow_format_section_10() {
     let mut changed = config.clone();
     changed.compression.level = 19;
     assert!(changed.check_mac("c".as_ref(), &master).is_err());
+    // A config written before `file_start_tail_bytes` existed (the golden of then) still
+    // checks under its MAC and cuts as it did; dropping the field from one that has it
+    // (to turn cuts at file starts off behind the owner's back) is caught.
+    let before = repo_format::RepoConfig::parse(
+        "c".as_ref(),
+        include_bytes!("golden/config-v2-no-file-starts.json"),
+    )
+    .unwrap();
+    assert_eq!(before.chunker.file_start_tail_bytes, 0);
+    before.check_mac("c".as_ref(), &master).unwrap();
+    let mut stripped = config.clone();
+    stripped.chunker.file_start_tail_bytes = 0;
+    assert!(stripped.check_mac("c".as_ref(), &master).is_err());
 
     // Key files: every field but `wrapped` is associated data of the wrapped key.
     let quick = KdfParams {

@@ -8,6 +8,7 @@ mod backup_restore;
 mod cbt;
 mod copy;
 mod crash;
+mod cross_fs;
 mod damage;
 mod differential;
 mod docs;

@@ -21,10 +21,7 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
         ChunkerArg::Fastcdc => ChunkerAlgorithm::Fastcdc,
         ChunkerArg::Fixed => ChunkerAlgorithm::Fixed,
     };
-    let mut chunker = ChunkerParams {
-        algorithm,
-        ..ChunkerParams::default()
-    };
+    let mut chunker = ChunkerParams::default_for(algorithm);
     if let Some(k) = a.chunk_min {
         chunker.min_bytes = k.saturating_mul(1024);
     }
@@ -38,8 +35,11 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
         .zero_run_min_bytes
         .min(chunker.min_bytes.max(chunker.align_bytes));
     chunker.zero_run_min_bytes -= chunker.zero_run_min_bytes % chunker.align_bytes;
+    if let Some(t) = a.file_start_tail {
+        chunker.file_start_tail_bytes = t;
+    }
     if let Err(e) = chunker.validate() {
-        bail!("invalid chunk sizes: {e}");
+        bail!("invalid chunker settings: {e}");
     }
     let compression = CompressionParams {
         level: a.compression_level,

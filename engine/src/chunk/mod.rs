@@ -125,7 +125,7 @@ impl CutPoints {
     pub fn next_cut(&self, data: &[u8], offset: u64) -> usize {
         let p = &self.params;
         let (min, max) = (p.min_bytes as usize, p.max_bytes as usize);
-        if data.len() <= min {
+        if data.len() <= min && p.file_start_tail_bytes == 0 {
             return data.len();
         }
         let limit = data.len().min(max);
@@ -138,12 +138,20 @@ impl CutPoints {
             }
             ChunkerAlgorithm::AlignedCdc => {
                 let align = p.align_bytes as usize;
-                let mut at = min;
+                // Below `min` only a file start cuts; from `min` on, the hash too.
+                let mut at = if p.file_start_tail_bytes > 0 {
+                    align
+                } else {
+                    min
+                };
                 while at < limit {
-                    if at + ALIGNED_WINDOW <= data.len()
-                        && self.aligned_candidate(&data[at..at + ALIGNED_WINDOW])
-                    {
-                        return at;
+                    if at + ALIGNED_WINDOW <= data.len() {
+                        let window = &data[at..at + ALIGNED_WINDOW];
+                        if self.file_starts_at(data, at)
+                            || (at >= min && self.aligned_candidate(window))
+                        {
+                            return at;
+                        }
                     }
                     at += align;
                 }
@@ -166,6 +174,19 @@ impl CutPoints {
                 len.max(1)
             }
         }
+    }
+
+    /// Whether the block boundary `at` of a chunk's `data` (`at` is at least one block in)
+    /// looks like the start of a file: the `file_start_tail_bytes` before it are zero, as
+    /// the slack after a file's last byte in its last block is, and the block it starts
+    /// does not begin with zeros. Filesystems start files on block boundaries, so cutting
+    /// there makes the same files give the same chunks in any order and at any offset;
+    /// a false start inside a file costs a smaller chunk, never a lost match, since the
+    /// decision reads only bytes of the chunk being cut (so a resumed cutter, section 16
+    /// of FORMAT.md, decides the same). Not keyed: see FORMAT.md 7.2 for what that shows.
+    fn file_starts_at(&self, data: &[u8], at: usize) -> bool {
+        let tail = self.params.file_start_tail_bytes as usize;
+        tail > 0 && is_zero(&data[at - tail..at]) && !is_zero(&data[at..at + ALIGNED_WINDOW])
     }
 
     /// aligned-cdc's decision for a block boundary, from the first 64 bytes of the block
@@ -440,6 +461,15 @@ mod tests {
             align_bytes: 4096,
             seed: 0,
             zero_run_min_bytes: 8192,
+            file_start_tail_bytes: 0,
+        }
+    }
+
+    /// [`params`] with cuts at file starts.
+    fn with_file_starts(algorithm: ChunkerAlgorithm) -> ChunkerParams {
+        ChunkerParams {
+            file_start_tail_bytes: 256,
+            ..params(algorithm)
         }
     }
 
@@ -521,10 +551,7 @@ mod tests {
     fn keyed_cuts_depend_on_the_secret_and_keep_every_rule() {
         let data = disk(11, 6 << 20);
         for alg in [ChunkerAlgorithm::AlignedCdc, ChunkerAlgorithm::Fastcdc] {
-            let p = ChunkerParams {
-                algorithm: alg,
-                ..ChunkerParams::default()
-            };
+            let p = ChunkerParams::default_for(alg);
             let cuts_with = |secret: Option<[u8; 32]>| {
                 let mut c = Cutter::keyed(p, secret);
                 let mut cuts = vec![];
@@ -626,6 +653,109 @@ mod tests {
         }
     }
 
+    /// Files of random sizes, each starting on a block and followed by zero slack up to
+    /// the next block, in one order and then in another order at another offset: what a
+    /// second VM installed from the same files on another filesystem holds.
+    fn files_in_order(files: &[Vec<u8>], order: &[usize], lead_blocks: usize) -> Vec<u8> {
+        let mut disk = vec![0xa5u8; lead_blocks * 4096];
+        for &i in order {
+            disk.extend_from_slice(&files[i]);
+            disk.resize(disk.len().next_multiple_of(4096), 0);
+        }
+        disk
+    }
+
+    #[test]
+    fn the_same_files_in_another_order_make_the_same_chunks() {
+        let mut x = 99u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // 600 files of 1 KiB to 120 KiB of incompressible bytes that never end in zeros.
+        let files: Vec<Vec<u8>> = (0..600)
+            .map(|_| {
+                let len = 1024 + (next() % (120 << 10)) as usize;
+                (0..len).map(|_| (next() % 255) as u8 + 1).collect()
+            })
+            .collect();
+        let a_order: Vec<usize> = (0..files.len()).collect();
+        let mut b_order = a_order.clone();
+        for i in (1..b_order.len()).rev() {
+            b_order.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        let a = files_in_order(&files, &a_order, 3);
+        let b = files_in_order(&files, &b_order, 7);
+        let shared_bytes = |p: ChunkerParams| {
+            let chunks = |d: &[u8]| {
+                let mut set = std::collections::HashMap::new();
+                for (off, len, is_chunk) in cut_all(p, d, 1 << 20, false) {
+                    if is_chunk {
+                        let bytes = &d[off as usize..(off + len) as usize];
+                        set.insert(blake3::hash(bytes), len);
+                    }
+                }
+                set
+            };
+            let (ca, cb) = (chunks(&a), chunks(&b));
+            let new: u64 = cb
+                .iter()
+                .filter(|(h, _)| !ca.contains_key(*h))
+                .map(|(_, l)| l)
+                .sum();
+            new as f64 / b.len() as f64
+        };
+        let without = shared_bytes(params(ChunkerAlgorithm::AlignedCdc));
+        let with = shared_bytes(with_file_starts(ChunkerAlgorithm::AlignedCdc));
+        // Without file starts every chunk that spans two files is new (61 % here). With
+        // them only what follows a file whose slack is shorter than the tail (1 file in
+        // 16) is (6.2 %).
+        assert!(with < 0.08, "with file starts {:.1} % is new", with * 100.0);
+        assert!(without > 0.4, "without {:.1} % is new", without * 100.0);
+    }
+
+    #[test]
+    fn only_a_file_start_cuts_below_min() {
+        let p = with_file_starts(ChunkerAlgorithm::AlignedCdc);
+        let data = disk(17, 8 << 20);
+        let mut files = vec![];
+        let mut x = 5u64;
+        for _ in 0..200 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            files.push(vec![(x >> 60) as u8 | 1; 100 + (x >> 40) as usize % 30_000]);
+        }
+        let order: Vec<usize> = (0..files.len()).collect();
+        let mut data = [data, files_in_order(&files, &order, 1)].concat();
+        // A block whose zero tail is one byte short of the rule: no file start there.
+        data.extend_from_slice(&[7u8; 4096 - 255]);
+        data.extend_from_slice(&[0u8; 255]);
+        data.extend_from_slice(&[7u8; 40_000]);
+        let cuts = cut_all(p, &data, 1 << 20, false);
+        check_cover(&p, &data, &cuts);
+        let chunks: Vec<_> = cuts.iter().filter(|c| c.2).collect();
+        let mut short = 0;
+        for (i, &&(off, len, _)) in chunks.iter().enumerate() {
+            assert_eq!(off % 4096, 0);
+            let end = (off + len) as usize;
+            let is_last_of_run = chunks.get(i + 1).is_none_or(|n| n.0 != off + len);
+            if len < p.min_bytes as u64 && !is_last_of_run {
+                short += 1;
+                assert!(
+                    is_zero(&data[end - 256..end]) && !is_zero(&data[end..end + 64]),
+                    "a {len}-byte chunk at {off} ends where no file starts"
+                );
+            }
+        }
+        assert!(short > 30, "{short} chunks cut at file starts below min");
+        let near = data.len() - 40_000 - 4096;
+        assert!(
+            chunks.iter().all(|c| c.0 + c.1 != near as u64 + 4096),
+            "255 zero bytes are not a file's slack"
+        );
+    }
+
     #[test]
     fn short_zero_runs_stay_inside_chunks_and_trailing_zeros_are_a_hole() {
         let mut data = vec![1u8; 40960];
@@ -642,13 +772,17 @@ mod tests {
     #[test]
     fn golden_cut_points() {
         let data = disk(42, 8 << 20);
-        for (alg, expected) in [
-            (ChunkerAlgorithm::AlignedCdc, "5a00659d9a446d64"),
-            (ChunkerAlgorithm::Fastcdc, "d9ca8aae4181f860"),
-            (ChunkerAlgorithm::Fixed, "04e6051074f0362a"),
+        // The first three are the defaults before file starts (and what every repository
+        // made before them still cuts with); the last is today's default.
+        for (alg, tail, expected) in [
+            (ChunkerAlgorithm::AlignedCdc, 0, "5a00659d9a446d64"),
+            (ChunkerAlgorithm::Fastcdc, 0, "d9ca8aae4181f860"),
+            (ChunkerAlgorithm::Fixed, 0, "04e6051074f0362a"),
+            (ChunkerAlgorithm::AlignedCdc, 256, "620cd65d0c64408c"),
         ] {
             let p = ChunkerParams {
                 algorithm: alg,
+                file_start_tail_bytes: tail,
                 ..ChunkerParams::default()
             };
             let cuts = cut_all(p, &data, 1 << 20, false);
@@ -669,9 +803,13 @@ mod tests {
         /// The same disk gives the same cuts whatever the piece size and whether zeros
         /// arrive as data or as source holes.
         #[test]
-        fn cuts_do_not_depend_on_piece_sizes(seed in 1u64..10_000, len in 1usize..(1 << 20), piece in 1usize..300_000, alg in 0..3u8) {
-            let alg = [ChunkerAlgorithm::AlignedCdc, ChunkerAlgorithm::Fastcdc, ChunkerAlgorithm::Fixed][alg as usize];
-            let p = params(alg);
+        fn cuts_do_not_depend_on_piece_sizes(seed in 1u64..10_000, len in 1usize..(1 << 20), piece in 1usize..300_000, alg in 0..4u8) {
+            let p = match alg {
+                0 => params(ChunkerAlgorithm::AlignedCdc),
+                1 => params(ChunkerAlgorithm::Fastcdc),
+                2 => params(ChunkerAlgorithm::Fixed),
+                _ => with_file_starts(ChunkerAlgorithm::AlignedCdc),
+            };
             let data = disk(seed, len);
             let reference = cut_all(p, &data, 1 << 20, false);
             check_cover(&p, &data, &reference);
