@@ -71,6 +71,27 @@ pub struct Index {
     bulk: bool,
 }
 
+/// Turns `conn`'s database to WAL. Switching a file that is not yet in WAL needs it to
+/// itself for a moment, and SQLite answers SQLITE_BUSY at once, without the busy
+/// handler, when another connection holds it then: the processes of a job that start
+/// together on a new cache do. So this waits as the busy timeout would (60 s).
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// (device, inode) of an index file, to tell whether it was replaced since.
 pub fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -176,11 +197,10 @@ impl Index {
     pub fn open_existing(path: &Path) -> Result<Index> {
         let idx = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         // WAL and synchronous=NORMAL: see `open`.
-        for (pragma, value) in [("journal_mode", "WAL"), ("synchronous", "NORMAL")] {
-            idx.conn
-                .pragma_update(None, pragma, value)
-                .map_err(|e| idx.err(e))?;
-        }
+        set_wal(&idx.conn).map_err(|e| idx.err(e))?;
+        idx.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| idx.err(e))?;
         idx.check_version()?;
         Ok(idx)
     }
@@ -234,8 +254,7 @@ impl Index {
         // WAL: readers (restore workers, a concurrent mount) never block the one writer.
         // synchronous=NORMAL may lose the last commits on power loss; harmless, because
         // the index is a cache that `reconcile` refills from the packs.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(wrap)?;
+        set_wal(&conn).map_err(wrap)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(wrap)?;
         let version: i64 = conn
@@ -840,6 +859,27 @@ mod tests {
     /// A new index gets its tables and version in one transaction (CI once saw a prune
     /// killed between the two, and the next prune set the index aside as broken): an
     /// empty file is filled, tables without a version are refused.
+    /// Processes that open a new index at once (a job's disks starting together on a new
+    /// cache) each get a usable one: the schema is made once, and turning the file to
+    /// WAL waits for the others instead of failing with SQLITE_BUSY.
+    #[test]
+    fn processes_opening_a_new_index_at_once_all_get_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..50 {
+            let path = dir.path().join(format!("index-{round}.sqlite"));
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let idx = Index::open(&path).unwrap();
+                        assert!(idx.pack_ids().unwrap().is_empty());
+                    });
+                }
+            });
+        }
+    }
+
     #[test]
     fn a_new_index_gets_its_schema_whole() {
         let dir = tempfile::tempdir().unwrap();
