@@ -103,3 +103,46 @@ fn the_same_files_on_xfs_reuse_the_chunks_of_ext4() {
         without * 100.0
     );
 }
+
+#[test]
+fn init_refuses_cuts_at_file_starts_it_cannot_make() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let r = p(&repo);
+    let e = fails(
+        &[
+            "init",
+            "--encryption",
+            "none",
+            "--chunker",
+            "fastcdc",
+            "--file-start-tail",
+            "256",
+            r,
+        ],
+        1,
+        "file_start_tail_bytes is for aligned-cdc, not fastcdc",
+    );
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    fails(
+        &[
+            "init",
+            "--encryption",
+            "none",
+            "--file-start-tail",
+            "100",
+            r,
+        ],
+        1,
+        "must be 0 or a multiple of 8 in 8..=2048",
+    );
+    assert!(!repo.exists(), "nothing is created");
+    // fastcdc without the flag makes a repository without the field.
+    ok(&["init", "--encryption", "none", "--chunker", "fastcdc", r]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("config.json")).unwrap()).unwrap();
+    assert!(
+        config["chunker"].get("file_start_tail_bytes").is_none(),
+        "{config}"
+    );
+}

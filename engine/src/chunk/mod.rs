@@ -688,7 +688,7 @@ mod tests {
         }
         let a = files_in_order(&files, &a_order, 3);
         let b = files_in_order(&files, &b_order, 7);
-        let shared_bytes = |p: ChunkerParams| {
+        let new_share = |p: ChunkerParams| {
             let chunks = |d: &[u8]| {
                 let mut set = std::collections::HashMap::new();
                 for (off, len, is_chunk) in cut_all(p, d, 1 << 20, false) {
@@ -707,8 +707,8 @@ mod tests {
                 .sum();
             new as f64 / b.len() as f64
         };
-        let without = shared_bytes(params(ChunkerAlgorithm::AlignedCdc));
-        let with = shared_bytes(with_file_starts(ChunkerAlgorithm::AlignedCdc));
+        let without = new_share(params(ChunkerAlgorithm::AlignedCdc));
+        let with = new_share(with_file_starts(ChunkerAlgorithm::AlignedCdc));
         // Without file starts every chunk that spans two files is new (61 % here). With
         // them only what follows a file whose slack is shorter than the tail (1 file in
         // 16) is (6.2 %).
