@@ -10,7 +10,7 @@ use crate::helpers::*;
 /// Files of 1 KiB to 160 KiB of distinct, incompressible bytes, as a userland holds.
 fn make_files(dir: &Path) {
     sh(&format!(
-        "set -e; mkdir -p '{d}'; i=0; for s in $(seq 1 260); do
+        "set -e; mkdir -p '{d}'; for s in $(seq 1 260); do
            n=$(( (s * 7919 % 160) * 1024 + s * 13 % 1000 + 1024 ))
            head -c $n /dev/urandom > '{d}'/f$s.bin
          done",
@@ -56,11 +56,9 @@ fn adds_over_alone(dir: &Path, tag: &str, init_flags: &[&str], first: &Path, sec
 
 #[test]
 fn the_same_files_on_xfs_reuse_the_chunks_of_ext4() {
+    // Under CI the tools are required (`have` fails the test without them).
     if !(is_root() && have_image_tools() && have("mkfs.xfs") && have("shuf")) {
-        assert!(
-            std::env::var_os("CI").is_none() || !is_root(),
-            "XFS is tested as root under CI"
-        );
+        eprintln!("SKIPPED: needs root, mkfs.xfs and shuf");
         return;
     }
     let t = tempfile::tempdir().unwrap();
