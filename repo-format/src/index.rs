@@ -546,27 +546,48 @@ impl Index {
     /// several packs gives one call per pack): (blob, pack, stored bytes). Streams the
     /// table in its key order, so a caller merging it with another sorted list of ids
     /// holds nothing per blob (prune's mark, issue 19).
+    ///
+    /// The pack table (a few dozen bytes per pack) is read into memory first and each
+    /// row's pack number looked up there: joining in SQL cost a B-tree search per row,
+    /// about a fifth of a pass over 30 million rows. A row whose pack number is in no
+    /// pack row is left out, as the join did.
     pub fn scan_locations<E: From<Error>>(
         &self,
         mut f: impl FnMut(BlobId, PackId, u64) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
+        let mut packs: HashMap<i64, PackId> = HashMap::new();
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT b.id, p.id, b.stored_len FROM blobs b JOIN packs p ON b.pack = p.num
-                 ORDER BY b.id",
-            )
+            .prepare("SELECT num, id FROM packs")
             .map_err(|e| self.err(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let blob: Vec<u8> = r.get(0).map_err(|e| self.err(e))?;
-            let pack: Vec<u8> = r.get(1).map_err(|e| self.err(e))?;
+            let id: Vec<u8> = r.get(1).map_err(|e| self.err(e))?;
+            let id = PackId::from_slice(&id)
+                .ok_or_else(|| self.bad_row("a row of the pack table", "pack id"))?;
+            packs.insert(r.get(0).map_err(|e| self.err(e))?, id);
+        }
+        drop(rows);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, pack, stored_len FROM blobs ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let num: i64 = r.get(1).map_err(|e| self.err(e))?;
+            let Some(pack) = packs.get(&num) else {
+                continue;
+            };
+            let blob = r
+                .get_ref(0)
+                .map_err(|e| self.err(e))?
+                .as_blob()
+                .map_err(|e| self.err(e.into()))?;
             let len: i64 = r.get(2).map_err(|e| self.err(e))?;
-            let (Some(blob), Some(pack)) = (BlobId::from_slice(&blob), PackId::from_slice(&pack))
-            else {
+            let Some(blob) = BlobId::from_slice(blob) else {
                 return Err(self.bad_row("a row of the blob table", "id").into());
             };
-            f(blob, pack, len.max(0) as u64)?;
+            f(blob, *pack, len.max(0) as u64)?;
         }
         Ok(())
     }
@@ -843,6 +864,46 @@ mod tests {
         // Another connection (the file on disk) sees all of it.
         let again = Index::open_existing(&path).unwrap();
         assert_eq!(again.pack_lengths().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn locations_come_in_id_order_with_their_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let mut idx = Index::open(&path).unwrap();
+        let (a, b) = (PackId([0xa; 32]), PackId([0xb; 32]));
+        idx.add_pack(&a, 5000, &[entry(7, 16), entry(2, 200)])
+            .unwrap();
+        idx.add_pack(&b, 7000, &[entry(2, 16), entry(5, 300)])
+            .unwrap();
+        let scan = |idx: &Index| {
+            let mut seen = Vec::new();
+            idx.scan_locations(|id, pack, len| -> Result<()> {
+                seen.push((id.0[0], pack, len));
+                Ok(())
+            })
+            .map(|()| seen)
+        };
+        let mut want = vec![(2, a, 102), (2, b, 102), (5, b, 105), (7, a, 107)];
+        let mut got = scan(&idx).unwrap();
+        got.sort(); // the two locations of blob 2 may come in either order
+        want.sort();
+        assert_eq!(got, want);
+        // A row naming a pack number no pack row has is left out, as a join would; a
+        // pack row whose id is not 32 bytes is a damaged index.
+        // (The file is hostile input: its writer need not have enforced foreign keys.)
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.pragma_update(None, "foreign_keys", false).unwrap();
+        raw.execute(
+            "INSERT INTO blobs (id, pack, offset, stored_len, raw_len, kind, compression)
+             VALUES (?1, 999, 0, 1, 1, 0, 1)",
+            [&[1u8; 32][..]],
+        )
+        .unwrap();
+        assert_eq!(scan(&idx).unwrap().len(), 4);
+        raw.execute("UPDATE packs SET id = x'00' WHERE id = ?1", [&b.0[..]])
+            .unwrap();
+        assert!(matches!(scan(&idx), Err(Error::Index { .. })));
     }
 
     #[test]
