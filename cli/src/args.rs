@@ -539,7 +539,7 @@ pub struct VerifyArgs {
     /// Only this snapshot (id prefix, `latest` or `VM@latest`).
     #[arg(long)]
     pub snapshot: Option<String>,
-    /// Threads reading packs (default: one per core, plus one).
+    /// Threads checking the data of packs read ahead (default: one per core, plus one).
     #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
     /// Instead: check the guest filesystems of SNAPSHOT read-only through the mount

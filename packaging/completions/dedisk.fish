@@ -224,7 +224,7 @@ complete -c dedisk -n "__fish_dedisk_using_subcommand stats" -s h -l help -d 'Pr
 complete -c dedisk -n "__fish_dedisk_using_subcommand verify" -l subset -d 'With --read-data: only a deterministic share of the packs, `N%` or slice `K/N`' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand verify" -l name -d 'Only this VM\'s snapshots' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand verify" -l snapshot -d 'Only this snapshot (id prefix, `latest` or `VM@latest`)' -r
-complete -c dedisk -n "__fish_dedisk_using_subcommand verify" -l workers -d 'Threads reading packs (default: one per core, plus one)' -r
+complete -c dedisk -n "__fish_dedisk_using_subcommand verify" -l workers -d 'Threads checking the data of packs read ahead (default: one per core, plus one)' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand verify" -l fsck -d 'Instead: check the guest filesystems of SNAPSHOT read-only through the mount (e2fsck -fn, xfs_repair -n, btrfs check --readonly, fsck.vfat -n)' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand verify" -l boot -d 'Instead: boot SNAPSHOT in a throwaway QEMU guest on copy-on-write overlays of its NBD export (nothing is written anywhere) and wait for a sign that it booted' -r
 complete -c dedisk -n "__fish_dedisk_using_subcommand verify" -l boot-serial -d 'With --boot: the sign is a serial-console line matching this regular expression' -r

@@ -649,9 +649,14 @@ fn scratch_dir(repo: &Repository) -> std::path::PathBuf {
     }
 }
 
-/// Reads the given packs on `workers` threads; returns the ids of blobs that failed
-/// (in memory up to a million, on disk beyond: a repository damaged throughout is still
-/// verified in bounded memory).
+/// Reads the given packs and checks them on `workers` threads; returns the ids of
+/// blobs that failed (in memory up to a million, on disk beyond: a repository damaged
+/// throughout is still verified in bounded memory).
+///
+/// Reader threads fetch packs ahead into a pool of `workers + 1` buffers while the
+/// workers check the ones already fetched: a worker that read its own pack waited for
+/// the disk for a third of its time (measured on the shared workload: 10-40 % of the
+/// two cores idle in I/O wait).
 fn read_packs(
     repo: &Repository,
     packs: &[(PackId, u64)],
@@ -659,8 +664,21 @@ fn read_packs(
     report: &mut VerifyReport,
     progress: &dyn crate::progress::Progress,
 ) -> Result<IdSet> {
+    let workers = workers.max(1);
     let next = Mutex::new(packs.iter());
     progress.start("", Some(packs.iter().map(|(_, len)| len).sum()));
+    // The buffers bound the packs in memory: each fetch, local or not, holds one (an
+    // anonymous mapping: memory only where a pack was read into it).
+    let buffers = workers + 1;
+    let (pool_tx, pool_rx) = crossbeam_channel::bounded(buffers);
+    for _ in 0..buffers {
+        pool_tx
+            .send(crate::io::AlignedBuf::new(
+                PACK_IN_MEMORY_MAX as usize + (4 << 20),
+            ))
+            .expect("room for every buffer");
+    }
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(buffers);
     // (bad blobs, problems listed, problems found, packs read, blobs, bytes, the
     // first error keeping a bad blob's id)
     let found = Mutex::new((
@@ -673,17 +691,30 @@ fn read_packs(
         None,
     ));
     std::thread::scope(|s| {
-        for _ in 0..workers.max(1) {
-            s.spawn(|| {
-                // This worker's buffer for O_DIRECT pack reads, reused from pack to
-                // pack (an anonymous mapping: memory only where written).
-                let mut buf = None;
-                loop {
+        for _ in 0..buffers {
+            let (pool_rx, ready_tx, next) = (pool_rx.clone(), ready_tx.clone(), &next);
+            s.spawn(move || {
+                // A buffer first, then the next pack: packs are fetched in order.
+                while let Ok(mut buf) = pool_rx.recv() {
                     let Some((pack, len)) = next.lock().expect("no panics hold it").next() else {
                         return;
                     };
-                    let (bad, problems, blobs, bytes) = check_pack(repo, pack, &mut buf);
-                    progress.advance(*len);
+                    let fetched = fetch_pack(repo, pack, &mut buf);
+                    if ready_tx.send((pack, *len, buf, fetched)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop((pool_rx, ready_tx));
+        for _ in 0..workers {
+            let (ready_rx, pool_tx, found) = (ready_rx.clone(), pool_tx.clone(), &found);
+            s.spawn(move || {
+                for (pack, len, buf, fetched) in ready_rx {
+                    let (bad, problems, blobs, bytes) = check_pack(repo, pack, &buf, fetched);
+                    // Never blocks: the pool has room for every buffer.
+                    let _ = pool_tx.send(buf);
+                    progress.advance(len);
                     let mut f = found.lock().expect("no panics hold it");
                     for id in bad {
                         if let Err(e) = f.0.insert(id) {
@@ -716,7 +747,7 @@ fn read_packs(
     bad.finish()
 }
 
-/// A local pack up to this size is read into the worker's buffer and its blobs checked
+/// A local pack up to this size is read into a pooled buffer and its blobs checked
 /// from there (one sequential read, no second pass through the page cache); a larger
 /// one (no writer makes them, but a repository is not trusted) is streamed for its hash
 /// and its blobs read back from the file.
@@ -758,14 +789,43 @@ fn read_direct(path: &std::path::Path, buf: &mut crate::io::AlignedBuf) -> Optio
     }
 }
 
-/// Checks one pack: its name against its content, then every blob. A local pack is
-/// read in one sequential O_DIRECT pass into `buf` (else streamed for its hash, its
-/// blobs then read back from the file); a pack on an object store with one GET into
-/// memory.
+/// A pack's bytes as a reader thread fetched them for [`check_pack`].
+enum Fetched {
+    /// A local pack read whole with O_DIRECT: the buffer's first bytes.
+    Direct(usize),
+    /// A local pack to stream from its file (larger than the buffer, or a filesystem
+    /// that refuses O_DIRECT).
+    File(std::path::PathBuf),
+    /// A pack on an object store, with one GET.
+    Object(Vec<u8>),
+    /// The GET failed: what to report.
+    Failed(String),
+}
+
+/// Fetches one pack for its check: a local pack in one sequential O_DIRECT pass into
+/// `buf` when it fits, a pack on an object store with one GET into memory.
+fn fetch_pack(repo: &Repository, pack: &PackId, buf: &mut crate::io::AlignedBuf) -> Fetched {
+    let name = pack.to_hex();
+    let kind = repo_format::backend::ObjectKind::Pack;
+    match repo.backend().local_path(kind, &name) {
+        Some(path) => match read_direct(&path, buf) {
+            Some(n) => Fetched::Direct(n),
+            None => Fetched::File(path),
+        },
+        None => match repo.backend().get(kind, &name) {
+            Ok(bytes) => Fetched::Object(bytes),
+            Err(e) => Fetched::Failed(format!("pack {}: {e}", pack.short())),
+        },
+    }
+}
+
+/// Checks one pack as fetched: its name against its content, then every blob. A pack
+/// streamed from its file is hashed on the way and its blobs read back from the file.
 fn check_pack(
     repo: &Repository,
     pack: &PackId,
-    buf: &mut Option<crate::io::AlignedBuf>,
+    buf: &crate::io::AlignedBuf,
+    fetched: Fetched,
 ) -> (Vec<BlobId>, Vec<Problem>, u64, u64) {
     let problem = |what: String| Problem {
         snapshot: None,
@@ -775,26 +835,16 @@ fn check_pack(
     };
     let mut problems = Vec::new();
     let mut bad = Vec::new();
-    let name = pack.to_hex();
     let mut hasher = blake3::Hasher::new();
     let mut len;
-    let local = repo
-        .backend()
-        .local_path(repo_format::backend::ObjectKind::Pack, &name);
-    let direct = local.as_deref().and_then(|path| {
-        let buf = buf.get_or_insert_with(|| {
-            crate::io::AlignedBuf::new(PACK_IN_MEMORY_MAX as usize + (4 << 20))
-        });
-        read_direct(path, buf)
-    });
-    let file: Box<dyn repo_format::backend::ReadAt + '_> = match (local, direct) {
-        (Some(_), Some(n)) => {
+    let file: Box<dyn repo_format::backend::ReadAt + '_> = match fetched {
+        Fetched::Direct(n) => {
             len = n as u64;
-            let mem = &buf.as_ref().expect("set above")[..n];
+            let mem = &buf[..n];
             hasher.update(mem);
             Box::new(mem)
         }
-        (Some(path), None) => {
+        Fetched::File(path) => {
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) => {
@@ -823,24 +873,12 @@ fn check_pack(
             }
             Box::new(file)
         }
-        (None, _) => match repo
-            .backend()
-            .get(repo_format::backend::ObjectKind::Pack, &name)
-        {
-            Ok(bytes) => {
-                hasher.update(&bytes);
-                len = bytes.len() as u64;
-                Box::new(bytes)
-            }
-            Err(e) => {
-                return (
-                    bad,
-                    vec![problem(format!("pack {}: {e}", pack.short()))],
-                    0,
-                    0,
-                )
-            }
-        },
+        Fetched::Object(bytes) => {
+            hasher.update(&bytes);
+            len = bytes.len() as u64;
+            Box::new(bytes)
+        }
+        Fetched::Failed(what) => return (bad, vec![problem(what)], 0, 0),
     };
     if hasher.finalize().as_bytes() != &pack.0 {
         problems.push(problem(format!(
