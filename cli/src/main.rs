@@ -106,7 +106,29 @@ fn recover_index(g: &args::Global, why: &repo_format::Error) -> anyhow::Result<(
     Ok(())
 }
 
+/// Keeps glibc's allocator from handing chunk-sized memory back to the kernel between
+/// chunks. By default it maps buffers above a moving threshold on their own and trims
+/// each thread's heap as soon as 128 KiB at its top are free, so the cutter's next chunk
+/// buffer (16-256 KiB, freed by another thread) faulted its pages in afresh: a third of a
+/// night's CPU time was the kernel's (page faults, clearing, unmapping). Fixed
+/// thresholds keep the pipeline's few MiB in flight mapped: measured on the shared
+/// workload's day 2 against day 1 (caches dropped, three runs each), system time
+/// 1.16-1.46 s became 0.84-0.96 s, peak RSS unchanged. A `GLIBC_TUNABLES` set by the
+/// caller wins.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        // SAFETY: mallopt only sets allocator parameters; called first thing in main,
+        // before any thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+        }
+    }
+}
+
 fn main() {
+    tune_malloc();
     let cli = Cli::parse();
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => "error",

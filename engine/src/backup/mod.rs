@@ -54,6 +54,13 @@ const READ_DEPTH: usize = 4;
 const SPLICE_READERS: usize = 3;
 /// Chunks queued per worker.
 const CHUNKS_PER_WORKER: usize = 16;
+/// The cutter hands chunks on in batches of up to this many, or of at least
+/// [`BATCH_BYTES`]: one channel message and one thread wakeup per chunk cost about a
+/// fifth of a night's CPU time (perf on the shared workload's day 2: context switches,
+/// wakeups and channel spinning).
+const BATCH_CHUNKS: usize = 8;
+/// A batch of chunks holding at least this much data goes on at once.
+const BATCH_BYTES: usize = 512 << 10;
 pub use repo_format::snapshot::MAX_META_BYTES;
 
 /// What to back up and how.
@@ -476,6 +483,48 @@ struct Work {
     item: Item,
 }
 
+/// Collects [`Work`] into batches for the workers (see [`BATCH_CHUNKS`]).
+struct Batcher {
+    tx: Sender<Vec<Work>>,
+    batch: Vec<Work>,
+    bytes: usize,
+    /// The workers have gone away.
+    closed: bool,
+}
+
+impl Batcher {
+    fn new(tx: Sender<Vec<Work>>) -> Self {
+        Batcher {
+            tx,
+            batch: Vec::with_capacity(BATCH_CHUNKS),
+            bytes: 0,
+            closed: false,
+        }
+    }
+
+    /// Adds `work` (dropped once the workers have gone away: see `closed`).
+    fn push(&mut self, work: Work) {
+        self.bytes += match &work.item {
+            Item::Cut(Cut::Chunk { data, .. }) | Item::Verify { data, .. } => data.len(),
+            _ => 0,
+        };
+        self.batch.push(work);
+        if self.batch.len() >= BATCH_CHUNKS || self.bytes >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Hands on what is collected (the cutter calls it before it waits for more input).
+    fn flush(&mut self) {
+        if self.batch.is_empty() || self.closed {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CHUNKS));
+        self.bytes = 0;
+        self.closed = self.tx.send(batch).is_err();
+    }
+}
+
 struct Done {
     seq: u64,
     extent: Extent,
@@ -506,8 +555,10 @@ pub fn back_up_one(
             .send(AlignedBuf::new(READ_BUF_BYTES))
             .expect("receiver alive");
     }
-    let (work_tx, work_rx) = bounded::<Work>(workers * CHUNKS_PER_WORKER);
-    let (done_tx, done_rx) = bounded::<Done>(workers * CHUNKS_PER_WORKER);
+    // In batches: the same chunks in flight as one queue of CHUNKS_PER_WORKER each.
+    let depth = (workers * CHUNKS_PER_WORKER / BATCH_CHUNKS).max(2);
+    let (work_tx, work_rx) = bounded::<Vec<Work>>(depth);
+    let (done_tx, done_rx) = bounded::<Vec<Done>>(depth);
 
     std::thread::scope(|s| {
         // Full read: a reader and a cutter. From a change map: one splice stage that
@@ -585,7 +636,7 @@ fn splice_stage(
     source: &mut dyn DiskSource,
     params: repo_format::ChunkerParams,
     secret: Option<[u8; 32]>,
-    tx: Sender<Work>,
+    tx: Sender<Vec<Work>>,
     cancel: &crate::cancel::Cancel,
 ) -> Result<(Option<u64>, changes::SpliceStats)> {
     let size = plan.base.len_bytes;
@@ -596,7 +647,9 @@ fn splice_stage(
     let mut seq = 0u64;
     let mut open = true;
     let mut out = |item: Item| {
-        open = tx.send(Work { seq, item }).is_ok();
+        // One at a time: the splice may wait for a read between two items, and a
+        // night read this way is short.
+        open = tx.send(vec![Work { seq, item }]).is_ok();
         seq += 1;
         open
     };
@@ -765,36 +818,33 @@ fn cut_stage(
     mut cutter: Cutter,
     rx: Receiver<Piece>,
     pool: Sender<AlignedBuf>,
-    tx: Sender<Work>,
+    tx: Sender<Vec<Work>>,
 ) -> Result<Option<u64>> {
-    let closed = std::cell::Cell::new(false);
+    let mut out = Batcher::new(tx);
     let mut seq = 0u64;
-    let mut emit = |cut: Cut| {
-        if !closed.get()
-            && tx
-                .send(Work {
-                    seq,
-                    item: Item::Cut(cut),
-                })
-                .is_err()
-        {
-            closed.set(true);
-        }
+    let mut emit = |out: &mut Batcher, cut: Cut| {
+        out.push(Work {
+            seq,
+            item: Item::Cut(cut),
+        });
         seq += 1;
     };
     for piece in rx {
         match piece {
             Piece::Data { buf, len } => {
-                cutter.feed(&buf[..len], &mut emit);
+                cutter.feed(&buf[..len], &mut |cut| emit(&mut out, cut));
                 let _ = pool.send(buf);
             }
-            Piece::Zeros { len } => cutter.feed_zeros(len, &mut emit),
+            Piece::Zeros { len } => cutter.feed_zeros(len, &mut |cut| emit(&mut out, cut)),
             Piece::End => {
-                let size = cutter.finish(&mut emit);
-                return Ok((!closed.get()).then_some(size));
+                let size = cutter.finish(&mut |cut| emit(&mut out, cut));
+                out.flush();
+                return Ok((!out.closed).then_some(size));
             }
         }
-        if closed.get() {
+        // The next piece may take a while: the workers get what is cut so far.
+        out.flush();
+        if out.closed {
             return Ok(None);
         }
     }
@@ -802,65 +852,78 @@ fn cut_stage(
 }
 
 /// Hashes chunks and compresses the ones the repository does not have yet.
-fn hash_stage(repo: &Repository, rx: Receiver<Work>, tx: Sender<Done>) -> Result<()> {
+fn hash_stage(repo: &Repository, rx: Receiver<Vec<Work>>, tx: Sender<Vec<Done>>) -> Result<()> {
     let index = repo.index()?;
     let mut encoder = repo.blob_encoder()?;
-    for Work { seq, item } in rx {
-        let done = match item {
-            Item::Known(extent) => Done {
-                seq,
-                extent,
-                new: None,
-            },
-            Item::Verify { offset, id, data } => {
-                // An extent the map called unchanged: it must still be the base's chunk.
-                if encoder.id_of(&data) != id {
-                    return Err(Error::MapLied {
-                        offset,
-                        len: data.len() as u64,
-                    });
-                }
-                Done {
-                    seq,
-                    extent: Extent::Chunk {
-                        id,
-                        len: data.len() as u32,
-                    },
-                    new: None,
-                }
-            }
-            Item::Cut(Cut::Hole { len, .. }) => Done {
-                seq,
-                extent: Extent::Hole { len },
-                new: None,
-            },
-            Item::Cut(Cut::Chunk { data, .. }) => {
-                let id = encoder.id_of(&data);
-                let extent = Extent::Chunk {
-                    id,
-                    len: data.len() as u32,
-                };
-                // A chunk the index knows (in a pack no prune condemned) is never
-                // compressed or written again.
-                let new = if index.has_usable(&id)? {
-                    None
-                } else {
-                    Some(encoder.encode_with_id(id, BlobKind::Data, &data)?)
-                };
-                Done { seq, extent, new }
-            }
-        };
-        if tx.send(done).is_err() {
+    for batch in rx {
+        let mut out = Vec::with_capacity(batch.len());
+        for Work { seq, item } in batch {
+            out.push(hash_one(&index, &mut encoder, seq, item)?);
+        }
+        if tx.send(out).is_err() {
             return Ok(());
         }
     }
     Ok(())
 }
 
+/// One item of [`hash_stage`].
+fn hash_one(
+    index: &repo_format::Index,
+    encoder: &mut repo_format::BlobEncoder,
+    seq: u64,
+    item: Item,
+) -> Result<Done> {
+    Ok(match item {
+        Item::Known(extent) => Done {
+            seq,
+            extent,
+            new: None,
+        },
+        Item::Verify { offset, id, data } => {
+            // An extent the map called unchanged: it must still be the base's chunk.
+            if encoder.id_of(&data) != id {
+                return Err(Error::MapLied {
+                    offset,
+                    len: data.len() as u64,
+                });
+            }
+            Done {
+                seq,
+                extent: Extent::Chunk {
+                    id,
+                    len: data.len() as u32,
+                },
+                new: None,
+            }
+        }
+        Item::Cut(Cut::Hole { len, .. }) => Done {
+            seq,
+            extent: Extent::Hole { len },
+            new: None,
+        },
+        Item::Cut(Cut::Chunk { data, .. }) => {
+            let id = encoder.id_of(&data);
+            let extent = Extent::Chunk {
+                id,
+                len: data.len() as u32,
+            };
+            // A chunk the index knows (in a pack no prune condemned) is never
+            // compressed or written again.
+            let new = if index.has_usable(&id)? {
+                None
+            } else {
+                Some(encoder.encode_with_id(id, BlobKind::Data, &data)?)
+            };
+            Done { seq, extent, new }
+        }
+    })
+}
+
 /// Stores new chunks as they arrive and feeds extents to the manifest in disk order.
 fn write_stage(
     store: &mut BlobStore<'_>,
-    rx: Receiver<Done>,
+    rx: Receiver<Vec<Done>>,
     progress: &dyn Progress,
 ) -> Result<(ManifestBuilder, DiskStats)> {
     let mut stats = DiskStats::default();
@@ -869,7 +932,7 @@ fn write_stage(
     // Bounded by the chunks in flight (channel capacities plus workers).
     let mut waiting: BTreeMap<u64, Extent> = BTreeMap::new();
     let mut next = 0u64;
-    for done in rx {
+    for done in rx.into_iter().flatten() {
         if let Some(blob) = &done.new {
             if let Some(stored) = store.put(blob)? {
                 stats.new_chunks += 1;
