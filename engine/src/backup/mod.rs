@@ -504,6 +504,9 @@ impl Batcher {
 
     /// Adds `work` (dropped once the workers have gone away: see `closed`).
     fn push(&mut self, work: Work) {
+        if self.closed {
+            return;
+        }
         self.bytes += match &work.item {
             Item::Cut(Cut::Chunk { data, .. }) | Item::Verify { data, .. } => data.len(),
             _ => 0,
@@ -955,4 +958,59 @@ fn write_stage(
         }
     }
     Ok((builder, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seq: u64, len: usize) -> Work {
+        Work {
+            seq,
+            item: Item::Cut(Cut::Chunk {
+                offset: seq << 20,
+                data: vec![1; len],
+            }),
+        }
+    }
+
+    #[test]
+    fn batches_hand_every_item_on_in_order_by_count_or_bytes() {
+        let (tx, rx) = unbounded();
+        let mut out = Batcher::new(tx);
+        for seq in 0..20 {
+            out.push(chunk(seq, 4096));
+        }
+        // Two full batches went on by count; the rest waits for a flush.
+        let sizes: Vec<usize> = rx.try_iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [BATCH_CHUNKS, BATCH_CHUNKS]);
+        out.flush();
+        out.flush(); // nothing collected: no empty batch
+        assert_eq!(rx.try_iter().map(|b| b.len()).collect::<Vec<_>>(), [4]);
+        // Two large chunks reach BATCH_BYTES before the count does; holes weigh nothing.
+        out.push(chunk(20, 300 << 10));
+        out.push(Work {
+            seq: 21,
+            item: Item::Cut(Cut::Hole {
+                offset: 0,
+                len: 1 << 30,
+            }),
+        });
+        assert!(rx.try_recv().is_err());
+        out.push(chunk(22, 300 << 10));
+        let batch = rx.try_recv().unwrap();
+        assert_eq!(
+            batch.iter().map(|w| w.seq).collect::<Vec<_>>(),
+            [20, 21, 22]
+        );
+        // The workers gone: nothing more is collected or sent.
+        drop(rx);
+        out.push(chunk(23, 4096));
+        out.flush();
+        assert!(out.closed);
+        for seq in 24..100 {
+            out.push(chunk(seq, 4096));
+        }
+        assert!(out.batch.is_empty());
+    }
 }

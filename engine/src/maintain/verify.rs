@@ -731,6 +731,9 @@ fn read_packs(
                 }
             });
         }
+        // Only the threads hold the channels now: readers stop if every worker has
+        // gone (a panic), instead of waiting for a buffer forever.
+        drop((ready_rx, pool_tx));
     });
     progress.finish();
     let (bad, problems, found_count, packs_read, blobs, bytes, failed) =
