@@ -483,11 +483,14 @@ struct Work {
     item: Item,
 }
 
-/// Collects [`Work`] into batches for the workers (see [`BATCH_CHUNKS`]).
+/// Numbers the cutter's cuts and collects them into batches for the workers (see
+/// [`BATCH_CHUNKS`]).
 struct Batcher {
     tx: Sender<Vec<Work>>,
     batch: Vec<Work>,
     bytes: usize,
+    /// The number of the next cut.
+    seq: u64,
     /// The workers have gone away.
     closed: bool,
 }
@@ -498,20 +501,24 @@ impl Batcher {
             tx,
             batch: Vec::with_capacity(BATCH_CHUNKS),
             bytes: 0,
+            seq: 0,
             closed: false,
         }
     }
 
-    /// Adds `work` (dropped once the workers have gone away: see `closed`).
-    fn push(&mut self, work: Work) {
+    /// Adds the next cut (dropped once the workers have gone away: see `closed`).
+    fn push(&mut self, cut: Cut) {
         if self.closed {
             return;
         }
-        self.bytes += match &work.item {
-            Item::Cut(Cut::Chunk { data, .. }) | Item::Verify { data, .. } => data.len(),
-            _ => 0,
-        };
-        self.batch.push(work);
+        if let Cut::Chunk { data, .. } = &cut {
+            self.bytes += data.len();
+        }
+        self.batch.push(Work {
+            seq: self.seq,
+            item: Item::Cut(cut),
+        });
+        self.seq += 1;
         if self.batch.len() >= BATCH_CHUNKS || self.bytes >= BATCH_BYTES {
             self.flush();
         }
@@ -824,23 +831,15 @@ fn cut_stage(
     tx: Sender<Vec<Work>>,
 ) -> Result<Option<u64>> {
     let mut out = Batcher::new(tx);
-    let mut seq = 0u64;
-    let mut emit = |out: &mut Batcher, cut: Cut| {
-        out.push(Work {
-            seq,
-            item: Item::Cut(cut),
-        });
-        seq += 1;
-    };
     for piece in rx {
         match piece {
             Piece::Data { buf, len } => {
-                cutter.feed(&buf[..len], &mut |cut| emit(&mut out, cut));
+                cutter.feed(&buf[..len], &mut |cut| out.push(cut));
                 let _ = pool.send(buf);
             }
-            Piece::Zeros { len } => cutter.feed_zeros(len, &mut |cut| emit(&mut out, cut)),
+            Piece::Zeros { len } => cutter.feed_zeros(len, &mut |cut| out.push(cut)),
             Piece::End => {
-                let size = cutter.finish(&mut |cut| emit(&mut out, cut));
+                let size = cutter.finish(&mut |cut| out.push(cut));
                 out.flush();
                 return Ok((!out.closed).then_some(size));
             }
@@ -964,13 +963,10 @@ fn write_stage(
 mod tests {
     use super::*;
 
-    fn chunk(seq: u64, len: usize) -> Work {
-        Work {
-            seq,
-            item: Item::Cut(Cut::Chunk {
-                offset: seq << 20,
-                data: vec![1; len],
-            }),
+    fn chunk(n: u64, len: usize) -> Cut {
+        Cut::Chunk {
+            offset: n << 20,
+            data: vec![1; len],
         }
     }
 
@@ -989,12 +985,9 @@ mod tests {
         assert_eq!(rx.try_iter().map(|b| b.len()).collect::<Vec<_>>(), [4]);
         // Two large chunks reach BATCH_BYTES before the count does; holes weigh nothing.
         out.push(chunk(20, 300 << 10));
-        out.push(Work {
-            seq: 21,
-            item: Item::Cut(Cut::Hole {
-                offset: 0,
-                len: 1 << 30,
-            }),
+        out.push(Cut::Hole {
+            offset: 0,
+            len: 1 << 30,
         });
         assert!(rx.try_recv().is_err());
         out.push(chunk(22, 300 << 10));
