@@ -25,7 +25,7 @@ pub fn unique_chunks_with(path: &str, params: repo_format::ChunkerParams) -> Vec
     let mut keep = |c: Cut| {
         if let Cut::Chunk { data, .. } = c {
             if seen.insert(blake3::hash(&data)) {
-                chunks.push(data);
+                chunks.push(data.to_vec());
             }
         }
     };

@@ -2,10 +2,14 @@
 //!
 //! ```text
 //!  reader ──pieces──▶ cutter ──chunks──▶ N hash/compress workers ──done──▶ writer
-//!    ▲                  │                  (skip chunks the index knows)    (this thread:
-//!    └──── buffer pool ─┘                                                  packs, index,
+//!    ▲                                     (skip chunks the index knows)    (this thread:
+//!    └──────────── buffer pool ──────────────────┘                          packs, index,
 //!                                                                          manifest tree)
 //! ```
+//!
+//! A chunk is a range of the read buffer it was cut from, not a copy (only one that
+//! straddles two reads is copied: [`Cutter::feed_shared`]); a buffer goes back to the
+//! reader's pool when the last chunk cut from it has been hashed and compressed.
 //!
 //! Every channel is bounded, so memory stays flat whatever the disk size: a few read
 //! buffers, a few dozen chunks in flight, one open pack, one open manifest node per tree
@@ -36,7 +40,7 @@ use repo_format::{
     Snapshot, SnapshotDisk, SnapshotId, SnapshotMeta,
 };
 
-use crate::chunk::{Cut, Cutter};
+use crate::chunk::{Cut, Cutter, SharedBuf};
 use crate::error::{Error, Result};
 use crate::io::AlignedBuf;
 use crate::progress::Progress;
@@ -822,6 +826,29 @@ fn read_sequential(
     Ok(read)
 }
 
+/// A read buffer lent to the cutter's chunks: it goes back to the reader's pool when the
+/// last of them is dropped.
+struct Pooled {
+    buf: Option<AlignedBuf>,
+    len: usize,
+    pool: Sender<AlignedBuf>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf.as_ref().expect("held until dropped")[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            // The reader may be gone (it stopped early): the buffer is then freed.
+            let _ = self.pool.send(buf);
+        }
+    }
+}
+
 /// Cuts the disk and numbers the cuts. Returns the disk size, or `None` when the input
 /// ended early (the reader failed) or the output closed (a later stage failed).
 fn cut_stage(
@@ -834,8 +861,14 @@ fn cut_stage(
     for piece in rx {
         match piece {
             Piece::Data { buf, len } => {
-                cutter.feed(&buf[..len], &mut |cut| out.push(cut));
-                let _ = pool.send(buf);
+                // The chunks point into the buffer, which goes back to the reader once
+                // the last of them is hashed (or stored).
+                let shared: SharedBuf = std::sync::Arc::new(Pooled {
+                    buf: Some(buf),
+                    len,
+                    pool: pool.clone(),
+                });
+                cutter.feed_shared(&shared, &mut |cut| out.push(cut));
             }
             Piece::Zeros { len } => cutter.feed_zeros(len, &mut |cut| out.push(cut)),
             Piece::End => {
@@ -966,7 +999,7 @@ mod tests {
     fn chunk(n: u64, len: usize) -> Cut {
         Cut::Chunk {
             offset: n << 20,
-            data: vec![1; len],
+            data: vec![1; len].into(),
         }
     }
 
