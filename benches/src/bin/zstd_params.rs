@@ -20,7 +20,16 @@ fn main() {
     // (name, base level, parameters set on top of it)
     let mut sets: Vec<(String, i32, Vec<CParameter>)> =
         (1..=3).map(|l| (format!("level {l}"), l, vec![])).collect();
-    for (h, c) in [(16, 15), (15, 15), (15, 14), (14, 15), (13, 14), (14, 14), (13, 13), (12, 13)] {
+    for (h, c) in [
+        (16, 15),
+        (15, 15),
+        (15, 14),
+        (14, 15),
+        (13, 14),
+        (14, 14),
+        (13, 13),
+        (12, 13),
+    ] {
         sets.push((
             format!("dfast hashLog {h} chainLog {c} minMatch 5"),
             3,

@@ -287,8 +287,8 @@ impl CutPoints {
 /// to copy: ones fed by [`Cutter::feed`], the end of an earlier read, zeros of a source
 /// hole) followed by `shared` (a range of the read buffer being fed, not copied). Chunks
 /// that lie in `shared` alone go on as ranges of it; only a chunk that straddles two
-/// reads is copied. Copying every chunk twice (into `pending`, then out of it) was about
-/// a seventh of a night's CPU time.
+/// reads is copied. Copying every chunk twice (into `pending`, then out of it) cost about
+/// a tenth of a full backup's CPU time.
 pub struct Cutter {
     points: CutPoints,
     align: u64,
