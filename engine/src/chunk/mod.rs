@@ -29,11 +29,7 @@ pub type SharedBuf = Arc<dyn AsRef<[u8]> + Send + Sync>;
 /// A chunk's bytes: a range of a shared read buffer, or a copy of its own where the
 /// chunk straddles two reads (or was fed by [`Cutter::feed`]).
 pub enum ChunkBytes {
-    Shared {
-        buf: SharedBuf,
-        start: usize,
-        end: usize,
-    },
+    Shared(SharedRange),
     Owned(Vec<u8>),
 }
 
@@ -41,7 +37,7 @@ impl std::ops::Deref for ChunkBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            ChunkBytes::Shared { buf, start, end } => &(**buf).as_ref()[*start..*end],
+            ChunkBytes::Shared(range) => range.bytes(),
             ChunkBytes::Owned(v) => v,
         }
     }
@@ -64,21 +60,22 @@ impl Eq for ChunkBytes {}
 impl std::fmt::Debug for ChunkBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self {
-            ChunkBytes::Shared { .. } => "shared",
+            ChunkBytes::Shared(_) => "shared",
             ChunkBytes::Owned(_) => "owned",
         };
         write!(f, "ChunkBytes({kind}, {} bytes)", self.len())
     }
 }
 
-/// The part of the current data run that still lies in the last shared buffer fed.
-struct SharedRun {
+/// `start..end` of a shared buffer: a chunk's bytes, or the part of the cutter's
+/// current data run that still lies in the buffer being fed.
+pub struct SharedRange {
     buf: SharedBuf,
     start: usize,
     end: usize,
 }
 
-impl SharedRun {
+impl SharedRange {
     fn bytes(&self) -> &[u8] {
         &(*self.buf).as_ref()[self.start..self.end]
     }
@@ -306,7 +303,7 @@ pub struct Cutter {
     pending_at: u64,
     /// The rest of the run, in the buffer of the current [`Cutter::feed_shared`] call
     /// (copied into `pending` before any other input is taken, so it always is).
-    shared: Option<SharedRun>,
+    shared: Option<SharedRange>,
     /// A partial block carried between pieces (pieces need not be block-aligned).
     partial: Vec<u8>,
 }
@@ -517,7 +514,7 @@ impl Cutter {
             (Some((_, at)), Some(run)) if run.end == at => run.end += data.len(),
             (Some((buf, at)), _) => {
                 self.settle();
-                self.shared = Some(SharedRun {
+                self.shared = Some(SharedRange {
                     buf: buf.clone(),
                     start: at,
                     end: at + data.len(),
@@ -552,11 +549,11 @@ impl Cutter {
             // All in the shared buffer: a range of it.
             Some(run) if own == 0 => {
                 let len = self.points.next_cut(run.bytes(), offset);
-                let data = ChunkBytes::Shared {
+                let data = ChunkBytes::Shared(SharedRange {
                     buf: run.buf.clone(),
                     start: run.start,
                     end: run.start + len,
-                };
+                });
                 run.start += len;
                 if run.start == run.end {
                     self.shared = None;
